@@ -217,7 +217,14 @@ def train(
     """Train a timm backbone with self-cure relabelling and reliability scores; record per-sample dynamics."""
     from fercure.stages.train import run_train
     from fercure.train.config import TrainConfig
+    from fercure.workspace import check_input_file
 
+    if pretrained is not None:
+        try:
+            check_input_file(pretrained, option="--pretrained",
+                             hint="Pass a state-dict file saved with torch.save (a regular file, not a pipe or device).")
+        except WorkspaceError as e:
+            _fail(str(e))
     config = TrainConfig(
         backbone=backbone, image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
         device=device.value, pretrained=str(pretrained) if pretrained else None, selfcure=selfcure,
@@ -237,13 +244,22 @@ def audit_labels(
     report: Optional[Path] = typer.Option(None, help="Where to write the HTML report (default WS/report.html)."),
     score: str = typer.Option("confidence", help="label_quality signal: confidence (mean p(given) over epochs), confidence_variability (mean + std over epochs), aum, last, self_confidence, oof, reliability, importance."),
     threshold_method: ThresholdMethod = typer.Option(ThresholdMethod.noise_rate, help="How is_label_issue is decided without ground truth (docs/METHODS.md)."),
+    force: bool = typer.Option(False, help="Overwrite an existing --report file (the default WS/report.html is always rewritten)."),
 ) -> None:
     """Score every label: wrong or not, what it should be, how sure, ambiguous or not."""
     from fercure.audit import SIGNALS
     from fercure.stages.audit import run_audit
+    from fercure.workspace import Workspace
 
     if score not in SIGNALS:
         _fail(f"--score must be one of {', '.join(SIGNALS)}, not {score!r}.", 2)
+    # Checked before the audit runs: a refused report must not cost the audit (or leave it half done).
+    ws = Workspace(workspace)
+    try:
+        ws.check_output(report if report is not None else ws.report, force=force, option="--report",
+                        may_replace=[ws.report])
+    except WorkspaceError as e:
+        _fail(str(e))
     _run(run_audit, "audit-labels", workspace=workspace, run_id=run, report_path=report,
          method=score, threshold_method=threshold_method.value)
 

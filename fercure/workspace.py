@@ -11,10 +11,11 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 import pandas as pd
 import pyarrow as pa
@@ -29,6 +30,10 @@ META_KEY = b"fercure"
 
 class WorkspaceError(Exception):
     """The workspace or an input is not what a stage needs. The message says what to do."""
+
+
+class OutputExistsError(WorkspaceError):
+    """An output file is already there and --force was not given."""
 
 
 def sample_id(relative_path: str) -> str:
@@ -111,6 +116,37 @@ class Workspace:
                     n += 1
         return n
 
+    def owned(self) -> dict[Path, str]:
+        """The files and folders stages write here, with what they are: never an output's target."""
+        return {
+            self.manifest: "the workspace's manifest (written by prepare)",
+            self.rejects: "the workspace's rejects table (written by prepare)",
+            self.faces_dir: "the workspace's crop folder (written by prepare)",
+            self.runs_dir: "the workspace's training runs (written by train)",
+            self.audit: "the workspace's audit table (written by audit-labels)",
+            self.report: "the workspace's report (written by audit-labels)",
+        }
+
+    def prepared_inputs(self) -> tuple[str | None, str | None]:
+        """(input root, label file) as prepare recorded them in the manifest's metadata; (None, None)
+        before prepare ran. Both are absolute paths."""
+        if not self.manifest.exists():
+            return None, None
+        meta = read_metadata(self.manifest)
+        return meta.get("input_root"), meta.get("labels_file")
+
+    def check_output(self, path: Path | str, *, force: bool, option: str,
+                     may_replace: Iterable[Path] = ()) -> Path:
+        """``check_output_path`` for an output of a stage on this workspace: never into the input
+        folder, over the label file or over a file the workspace owns (except ``may_replace``)."""
+        input_root, labels_file = self.prepared_inputs()
+        keep = {Path(p).resolve() for p in may_replace}
+        protected = {p: d for p, d in self.owned().items() if p.resolve() not in keep}
+        if labels_file:
+            protected[Path(labels_file)] = "the label file given to prepare"
+        return check_output_path(path, force=force, option=option, input_root=input_root,
+                                 protected=protected, may_replace=keep)
+
     def require(self, path: Path, stage: str) -> Path:
         if not path.exists():
             raise WorkspaceError(
@@ -120,13 +156,124 @@ class Workspace:
 
 
 # ---------------------------------------------------------------------------------------------
+# Output paths: one rule for every path a user can name
+
+
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def file_kind(path: Path | str) -> str | None:
+    """What ``path`` is when it exists and is not a regular file ("a folder", "a FIFO ..."); None
+    for a regular file or nothing at all. Symbolic links are followed. Never opens the path."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def check_input_file(path: Path | str, *, option: str, hint: str) -> Path:
+    """Refuse an input that is missing or not a regular file before anything opens it: opening a
+    FIFO blocks until a writer comes, and /dev/zero never ends. ``hint`` says what to pass instead."""
+    path = Path(path)
+    if not path.exists():
+        raise WorkspaceError(f"{option} {path} does not exist. {hint}")
+    kind = file_kind(path)
+    if kind:
+        raise WorkspaceError(f"{option} {path} is {kind}, not a regular file. {hint}")
+    return path
+
+
+def check_output_path(
+    path: Path | str,
+    *,
+    force: bool,
+    option: str = "output",
+    input_root: Path | str | None = None,
+    protected: Mapping[Path, str] | None = None,
+    may_replace: Iterable[Path] = (),
+    folder: bool = False,
+) -> Path:
+    """Refuse an output path whose writing would destroy something; return it otherwise.
+
+    Refused: a path inside ``input_root``; a path that is, or lies inside, one of ``protected``
+    (path → what it is: the label file, the workspace's own files); something that is not a regular
+    file (a device such as /dev/null, a FIFO, a socket; a folder unless ``folder``): it would be
+    replaced by a regular file; an existing file without ``force``, unless it is in ``may_replace``
+    (a stage's own output, such as the default report).
+    """
+    path = Path(path)
+    shown = f"{option} {path}"
+    if input_root and is_inside(path, input_root):
+        raise WorkspaceError(f"{shown} lies inside the input folder {input_root}; fercure never writes into "
+                             "its input. Choose a path outside it.")
+    for owned, what in (protected or {}).items():
+        if is_inside(path, owned):
+            raise WorkspaceError(f"{shown} is {what}" + ("" if path.resolve() == Path(owned).resolve() else
+                                 f" or lies inside it ({owned})") +
+                                 "; fercure never overwrites its inputs or its own files. Choose another path.")
+    kind = file_kind(path)
+    if folder:
+        if kind not in (None, "a folder") or path.is_file():
+            raise WorkspaceError(f"{shown} is {kind or 'a file'}, not a folder; fercure never replaces it. "
+                                 "Give the path of a new or existing folder.")
+        return path
+    if kind == "a folder":
+        raise WorkspaceError(f"{shown} is a folder; give a file path such as {path / 'name'} instead.")
+    if kind:
+        raise WorkspaceError(f"{shown} is {kind}, not a regular file; fercure never replaces it with a "
+                             "file. Give the path of a regular file.")
+    keep = {Path(p).resolve() for p in may_replace}
+    if not force and path.exists() and path.resolve() not in keep:
+        raise OutputExistsError(f"{path} already exists; pass --force to overwrite it.")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
 # Atomic writes
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux shows it (os.umask sets it, and
+    another thread could create a file in between)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _new_file_mode(path: Path) -> int:
+    """Mode for a file written over ``path``: the mode of the file it replaces, else what open()
+    would give under the user's umask (mkstemp's temporary files are always 0600)."""
+    try:
+        st = os.stat(path)
+        if stat.S_ISREG(st.st_mode):
+            return stat.S_IMODE(st.st_mode)
+    except OSError:
+        pass
+    return 0o666 & ~_umask()
 
 
 @contextlib.contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``."""
+    """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``.
+
+    A ``path`` that exists and is not a regular file (/dev/null, a FIFO, a folder) is refused: the
+    rename would replace it with a regular file."""
     path = Path(path)
+    kind = file_kind(path)
+    if kind:
+        raise WorkspaceError(f"{path} is {kind}, not a regular file; fercure never replaces it. "
+                             "Give the path of a regular file.")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -134,6 +281,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
+            os.fchmod(f.fileno(), _new_file_mode(path))
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
         _fsync_dir(path.parent)

@@ -56,3 +56,80 @@ def test_missing_stage_output_names_the_command(tmp_path: Path):
         ws.latest_run()
     with pytest.raises(WorkspaceError, match="fercure prepare"):
         ws.require(ws.manifest, "prepare")
+
+
+@pytest.mark.parametrize("umask,expected", [(0o022, 0o644), (0o077, 0o600)])
+def test_atomic_writes_follow_the_umask(tmp_path: Path, umask: int, expected: int):
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        write_table(pd.DataFrame({"a": [1]}), tmp_path / "t.parquet")
+        wsmod.atomic_write_text(tmp_path / "report.html", "<html></html>")
+    finally:
+        os.umask(old)
+    for name in ("t.parquet", "report.html"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == expected
+
+
+def test_rewriting_a_file_keeps_its_mode(tmp_path: Path):
+    import os
+    import stat
+
+    target = tmp_path / "report.html"
+    wsmod.atomic_write_text(target, "one")
+    os.chmod(target, 0o640)
+    wsmod.atomic_write_text(target, "two")
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640 and target.read_text() == "two"
+
+
+# ---------------------------------------------------------------------------------------------
+# Output paths
+
+
+def test_output_rule_refuses_what_would_destroy_something(tmp_path: Path):
+    import os
+
+    from fercure.workspace import check_output_path
+
+    data = tmp_path / "data"
+    data.mkdir()
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\n")
+    owned = tmp_path / "ws" / "runs"
+    (owned / "r1").mkdir(parents=True)
+    protected = {labels: "the label file", owned: "the training runs"}
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    existing = tmp_path / "old.html"
+    existing.write_text("keep me")
+
+    def refused(path, match, **kw):
+        with pytest.raises(WorkspaceError, match=match):
+            check_output_path(path, force=kw.pop("force", True), option="--report", input_root=data,
+                              protected=protected, **kw)
+
+    refused(data / "r.html", "inside the input folder")
+    refused(labels, "is the label file")
+    refused(owned / "r1" / "config.json", "inside it")
+    refused(fifo, "FIFO")
+    refused("/dev/null", "character device")
+    refused(tmp_path, "is a folder")
+    refused(existing, "--force", force=False)
+    assert existing.read_text() == "keep me" and labels.read_text() == "path,label\n"
+    assert check_output_path(existing, force=True) == existing
+    assert check_output_path(existing, force=False, may_replace=[existing]) == existing
+    assert check_output_path(tmp_path / "new.html", force=False, input_root=data) == tmp_path / "new.html"
+
+
+def test_atomic_write_never_replaces_a_non_regular_file(tmp_path: Path):
+    import os
+    import stat
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(WorkspaceError, match="FIFO"):
+        wsmod.atomic_write_text(fifo, "x")
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    assert [p.name for p in tmp_path.iterdir()] == ["fifo"]

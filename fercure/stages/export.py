@@ -14,13 +14,13 @@ from pathlib import Path
 
 from fercure import __version__
 from fercure import export as core
+from fercure import workspace as ws_errors
 from fercure.workspace import (
     SCHEMA_VERSION,
     Workspace,
     WorkspaceError,
     atomic_path,
     atomic_write_json,
-    is_inside,
     read_metadata,
     read_table,
     write_table,
@@ -33,7 +33,7 @@ class ExportError(WorkspaceError):
     """The export cannot go ahead as asked (message says what to do)."""
 
 
-class OutputExistsError(ExportError):
+class OutputExistsError(ExportError, ws_errors.OutputExistsError):
     """The output file is already there and ``force`` was not given."""
 
 
@@ -52,13 +52,6 @@ class ExportSummary:
 def provenance_path_for(output: Path) -> Path:
     """Where a CSV export's provenance goes: ``cleaned.csv`` → ``cleaned.csv.provenance.json``."""
     return output.with_name(output.name + ".provenance.json")
-
-
-def _protected(ws: Workspace) -> set[Path]:
-    paths = {ws.manifest, ws.rejects, ws.store, ws.audit, ws.report}
-    if ws.runs_dir.exists():
-        paths |= {p for p in ws.runs_dir.rglob("*") if p.is_file()}
-    return {p.resolve() for p in paths}
 
 
 def run_export(
@@ -83,20 +76,15 @@ def run_export(
     ws.require(ws.audit, "audit-labels")
 
     sidecar = provenance_path_for(output) if fmt == "csv" else None
-    targets = [output] + ([sidecar] if sidecar else [])
-    input_root = read_metadata(ws.manifest).get("input_root")
-    for target in targets:
-        if input_root and is_inside(target, input_root):
-            raise ExportError(f"{target} lies inside the input folder {input_root}; fercure never writes into "
-                              "its input. Choose an output path outside it.")
-        if target.resolve() in _protected(ws):
-            raise ExportError(f"{target} is one of the workspace's own files; fercure never overwrites its "
-                              "inputs. Choose another output path.")
-        if target.is_dir():
-            raise ExportError(f"{target} is a directory; give a file path such as {target / ('cleaned.' + fmt)}.")
-    existing = [t for t in targets if t.exists()]
-    if existing and not force:
-        raise OutputExistsError(f"{existing[0]} already exists; pass --force to overwrite it.")
+    # One rule for every output (fercure.workspace.check_output_path): never into the input folder,
+    # over the label file or the workspace's own files, over a device/FIFO/folder, or silently.
+    for target in [output] + ([sidecar] if sidecar else []):
+        try:
+            ws.check_output(target, force=force, option="--output")
+        except ws_errors.OutputExistsError as e:
+            raise OutputExistsError(str(e)) from None
+        except WorkspaceError as e:
+            raise ExportError(str(e)) from None
 
     manifest_ids = read_table(ws.manifest)["sample_id"].astype(str)
     audit = read_table(ws.audit)

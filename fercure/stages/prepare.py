@@ -32,7 +32,7 @@ from fercure.workspace import (
     Workspace,
     WorkspaceError,
     atomic_path,
-    is_inside,
+    check_output_path,
     read_metadata,
     read_table,
     write_table,
@@ -83,12 +83,15 @@ class PrepareSummary:
         return max(self.stage_seconds, key=self.stage_seconds.get) if self.stage_seconds else ""
 
 
-def _check_not_inside(workspace: Path, input_root: Path) -> None:
-    if is_inside(workspace, input_root):
-        raise WorkspaceError(
-            f"The workspace {workspace} lies inside the input folder {input_root}; fercure never writes "
-            "into its input. Choose a workspace outside it."
-        )
+def _check_workspace(ws: Workspace, input_root: Path, labels_file: Path | str | None) -> None:
+    """The output rule (fercure.workspace.check_output_path) for the workspace folder and each file
+    prepare writes in it: not in the input folder, not the label file, no device/FIFO replaced.
+    The workspace's own files are rewritten without --force: that is what re-running prepare does."""
+    protected = {Path(labels_file): "the label file given with --labels"} if labels_file else {}
+    for path, folder in ((ws.root, True), (ws.faces_dir, True), (ws.manifest, False), (ws.rejects, False),
+                         (ws.store, False)):
+        check_output_path(path, force=True, option="--workspace", input_root=input_root,
+                          protected=protected, folder=folder)
 
 
 def _file_stamp(path: Path) -> tuple[int, int]:
@@ -269,7 +272,7 @@ def run_prepare(
         raise WorkspaceError(f"--on-no-face must be keep or drop, not {on_no_face!r}.")
     if multi_face not in ("largest", "most-central", "drop"):
         raise WorkspaceError(f"--multi-face must be largest, most-central or drop, not {multi_face!r}.")
-    _check_not_inside(ws.root, input_root)
+    _check_workspace(ws, input_root, labels_file)
     settings = PrepareSettings(image_size, on_no_face, multi_face, float(min_face_size), float(min_score))
 
     samples, rejects = discover(input_root, Path(labels_file) if labels_file else None, classes)
