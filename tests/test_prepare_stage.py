@@ -147,3 +147,53 @@ def test_no_usable_image_is_an_error_but_rows_are_kept(tmp_path: Path):
     manifest = table_without_times(tmp_path / "ws")
     assert sorted(manifest["face_status"]) == ["unreadable", "unreadable"]
     assert manifest["reason"].str.len().min() > 0
+
+
+def _bmp(path: Path, value: int) -> None:
+    """An uncompressed image: a file of the same size whatever its pixels."""
+    from PIL import Image
+
+    rng = np.random.default_rng(value)
+    pixels = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, format="BMP")
+
+
+def test_a_file_rewritten_with_the_same_size_and_mtime_gets_a_new_crop(tmp_path: Path):
+    root = tmp_path / "data"
+    for cls in ("happy", "sad"):
+        (root / cls).mkdir(parents=True)
+        _bmp(root / cls / "a.bmp", 1 if cls == "happy" else 2)
+    target = root / "happy" / "a.bmp"
+    ws = tmp_path / "ws"
+    run(root, ws)
+    first = np.load(Workspace(ws).store).copy()
+    row = table_without_times(ws).set_index("source_path").loc["happy/a.bmp"]
+
+    st = target.stat()
+    _bmp(target, 3)  # what rsync or cp -p does: new bytes, same size, same mtime
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert target.stat().st_size == st.st_size and target.stat().st_mtime_ns == st.st_mtime_ns
+
+    again = run(root, ws)
+    assert again.n_reused == 1  # sad/a.bmp is unchanged
+    manifest = table_without_times(ws).set_index("source_path")
+    crops = np.load(Workspace(ws).store)
+    new_row = manifest.loc["happy/a.bmp"]
+    assert new_row["content_hash"] != row["content_hash"]
+    assert not np.array_equal(crops[new_row["store_index"]], first[row["store_index"]])
+    fresh = tmp_path / "fresh"
+    run(root, fresh)
+    fresh_row = table_without_times(fresh).set_index("source_path").loc["happy/a.bmp"]
+    assert np.array_equal(crops[new_row["store_index"]], np.load(Workspace(fresh).store)[fresh_row["store_index"]])
+
+
+def test_a_manifest_without_content_hashes_is_rebuilt(small_input: Path, tmp_path: Path):
+    ws = Workspace(tmp_path / "ws")
+    run(small_input, ws.root)
+    old = read_table(ws.manifest).drop(columns="content_hash")
+    from fercure.workspace import read_metadata, write_table
+
+    write_table(old, ws.manifest, read_metadata(ws.manifest))
+    again = run(small_input, ws.root)
+    assert again.n_reused == 0 and again.n_samples == 13
+    assert read_table(ws.manifest)["content_hash"].str.len().min() == 32

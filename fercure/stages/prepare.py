@@ -3,7 +3,8 @@
 Work goes in chunks. Each finished chunk is saved under WS/faces/parts/ (crops + rows, written
 atomically), so an interrupted run resumes at the first unfinished chunk. A finished workspace is
 also reused: re-running on the same input with the same settings takes every unchanged sample's
-row and crop from the existing manifest and store, and only processes new or changed files.
+row and crop from the existing manifest and store, and only processes new or changed files
+("unchanged": same bytes, by a blake2b hash; size and mtime survive an rsync or `cp -p` rewrite).
 """
 
 from __future__ import annotations
@@ -102,6 +103,20 @@ def _file_stamp(path: Path) -> tuple[int, int]:
         return -1, -1
 
 
+def _content_hash(path: Path) -> str:
+    """blake2b of the file's bytes: what decides whether an input changed since the last run. Size
+    and mtime do not: rsync and ``cp -p`` rewrite a file and keep both. '' when it cannot be read
+    (decoding then says why)."""
+    h = hashlib.blake2b(digest_size=16)
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    except OSError:
+        return ""
+    return h.hexdigest()
+
+
 def _display_path(path: str) -> str:
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
@@ -192,7 +207,8 @@ def _save_part(part_dir: Path, k: int, df: pd.DataFrame, crops: np.ndarray) -> N
     write_table(df, part_dir / f"part-{k:05d}.parquet")
 
 
-def _load_part(part_dir: Path, k: int, sample_ids: list[str]) -> tuple[pd.DataFrame, np.ndarray] | None:
+def _load_part(part_dir: Path, k: int, sample_ids: list[str],
+               content_hashes: list[str]) -> tuple[pd.DataFrame, np.ndarray] | None:
     rows_path, crops_path = part_dir / f"part-{k:05d}.parquet", part_dir / f"part-{k:05d}.npy"
     if not (rows_path.exists() and crops_path.exists()):
         return None
@@ -203,6 +219,8 @@ def _load_part(part_dir: Path, k: int, sample_ids: list[str]) -> tuple[pd.DataFr
         return None
     if df["sample_id"].tolist() != sample_ids:
         return None
+    if "content_hash" not in df.columns or df["content_hash"].tolist() != content_hashes:
+        return None  # a file changed since the interrupted run: redo its chunk
     return df, crops
 
 
@@ -213,7 +231,10 @@ def _reusable_rows(ws: Workspace, settings: PrepareSettings, input_root: Path) -
     meta = read_metadata(ws.manifest)
     if meta.get("settings_fingerprint") != settings.fingerprint() or meta.get("input_root") != str(input_root.resolve()):
         return None
-    return read_table(ws.manifest), open_store(ws.store)
+    previous = read_table(ws.manifest)
+    if "content_hash" not in previous.columns:
+        return None  # a manifest from before content hashes: nothing proves a file is unchanged
+    return previous, open_store(ws.store)
 
 
 def _mark_duplicates(df: pd.DataFrame, max_distance: int) -> int:
@@ -287,9 +308,12 @@ def run_prepare(
         )
     ws.root.mkdir(parents=True, exist_ok=True)
     ws.remove_stale_temps()
-    stamps = [_file_stamp(input_root / p) for p in samples["source_path"]]
+    paths = [input_root / p for p in samples["source_path"]]
+    stamps = [_file_stamp(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        hashes = list(pool.map(_content_hash, paths))
     samples = samples.assign(
-        file_size=[s[0] for s in stamps], file_mtime_ns=[s[1] for s in stamps],
+        file_size=[s[0] for s in stamps], file_mtime_ns=[s[1] for s in stamps], content_hash=hashes,
         # Parquet strings must be valid UTF-8: keep the on-disk name for opening the file, and a
         # readable (backslash-escaped) form in the tables. sample_id was derived from the original.
         _fs_path=samples["source_path"], source_path=samples["source_path"].map(_display_path),
@@ -301,7 +325,7 @@ def run_prepare(
     todo = samples
     if previous is not None:
         prev_df, prev_store = previous
-        key = ["sample_id", "source_path", "label", "split", "file_size", "file_mtime_ns"]
+        key = ["sample_id", "source_path", "label", "split", "content_hash"]
         merged = samples[key].merge(prev_df, on=key, how="inner")
         if len(merged):
             has = merged["store_index"].to_numpy() >= 0
@@ -333,7 +357,7 @@ def run_prepare(
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             for k, lo in enumerate(range(0, len(todo), chunk_size)):
                 rows = todo.iloc[lo : lo + chunk_size]
-                loaded = _load_part(part_dir, k, rows["sample_id"].tolist())
+                loaded = _load_part(part_dir, k, rows["sample_id"].tolist(), rows["content_hash"].tolist())
                 if loaded is None:
                     if detector is None:
                         detector = FaceDetector(device=resolved, batch_size=batch_size, min_face_size=int(min_face_size))
@@ -378,7 +402,8 @@ def run_prepare(
     columns = [
         "sample_id", "source_path", "label", "split", "face_status", "reason", "face_count", "face_score",
         "bbox", "landmarks", "face_size", "blur_score", "brightness", "contrast", "phash", "duplicate_of",
-        "store_index", "width", "height", "file_size", "file_mtime_ns", "detection_status", "detection_reason",
+        "store_index", "width", "height", "file_size", "file_mtime_ns", "content_hash", "detection_status",
+        "detection_reason",
     ]
     meta = {
         "classes": class_list, "input_root": str(input_root.resolve()),
