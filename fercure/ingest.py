@@ -521,9 +521,17 @@ class _Locator:
         self.abs_root = os.path.abspath(self.root_s)
         self.real_root = os.path.realpath(self.root_s)
         self.encoding = encoding
+        self._cache: dict[str, tuple[str | None, str, str]] = {}
 
     def locate(self, raw: str) -> tuple[str | None, str, str]:
-        """Return (relative posix path, "", "") or (None, problem, hint)."""
+        """Return (relative posix path, "", "") or (None, problem, hint). A path listed many times
+        is looked up on disk once."""
+        found = self._cache.get(raw)
+        if found is None:
+            found = self._cache[raw] = self._locate(raw)
+        return found
+
+    def _locate(self, raw: str) -> tuple[str | None, str, str]:
         p = raw.strip()
         if "\x00" in p:
             return None, "path contains a NUL character", "fix the path in the label file"
@@ -657,25 +665,27 @@ def _discover_label_file(root: Path, labels_file: Path, wanted: set[str] | None,
         good.append((row, rel, label, split, shown))
 
     # Duplicates, judged on the normalised path so "a\b.png", "./a/b.png" and "a/b.png" are one.
+    # One pass to group, one over the groups: linear in the rows however often a path repeats.
     by_path: dict[str, list[tuple[int, str, str, str, str]]] = {}
     for g in good:
         by_path.setdefault(g[1], []).append(g)
     samples: list[tuple[str, str, str]] = []
-    for row, rel, label, split, shown in good:
-        group = by_path[rel]
-        labels = {g[2] for g in group}
-        if len(labels) > 1:
-            listing = ", ".join(f"row {g[0]}: {g[2]!r}" for g in group[:5])
-            if len(group) > 5:  # keep hints short when one path is listed many times
-                listing += f", and {len(group) - 5} more rows"
-            rejects.append(_Reject(file_s, row, shown, "conflicting labels for the same path",
-                                   f"{listing}; keep one row with the right label "
-                                   "(all rows of this path are rejected)"))
-        elif group[0][0] != row:
-            rejects.append(_Reject(file_s, row, shown, "duplicate row",
-                                   f"row {group[0][0]} already lists this path with the same label; "
-                                   "remove this row"))
-        else:
-            samples.append((rel, label, split))
+    for rel, group in by_path.items():  # insertion order: samples keep the order of first rows
+        first_row, _, label, split, _ = group[0]
+        firsts = {}  # label -> its first row: the hint shows each conflicting label once
+        for g in group:
+            firsts.setdefault(g[2], g[0])
+        if len(firsts) > 1:
+            shown_rows = sorted((r, lab) for lab, r in firsts.items())[:5]
+            listing = ", ".join(f"row {r}: {lab!r}" for r, lab in shown_rows)
+            if len(group) > len(shown_rows):  # keep hints short when one path is listed many times
+                listing += f", and {len(group) - len(shown_rows)} more rows"
+            hint = f"{listing}; keep one row with the right label (all rows of this path are rejected)"
+            rejects.extend(_Reject(file_s, g[0], g[4], "conflicting labels for the same path", hint)
+                           for g in group)
+            continue
+        samples.append((rel, label, split))
+        hint = f"row {first_row} already lists this path with the same label; remove this row"
+        rejects.extend(_Reject(file_s, g[0], g[4], "duplicate row", hint) for g in group[1:])
     rejects.sort(key=lambda r: r.row)
     return samples, rejects

@@ -560,3 +560,29 @@ def test_fuzz_label_file_reader(fuzz_root: Path, data: st.DataObject) -> None:
     assert set(rejects["row"]).isdisjoint(kept)
     assert rejects["row"].is_unique
     assert (rejects["problem"].str.len() > 0).all()
+
+
+def test_many_repeated_paths_are_judged_per_path(tmp_path: Path):
+    """A generated file where every path repeats many times (this was quadratic in the rows)."""
+    root = tmp_path / "data"
+    n_paths, repeats = 50, 120
+    lines = ["path,label"]
+    for i in range(n_paths * repeats):
+        k = i % n_paths
+        _touch(root, f"happy/{k}.png") if i < n_paths else None
+        # paths 0..9 get one conflicting row among their repeats; the rest repeat identically
+        label = "sad" if k < 10 and i // n_paths == 7 else "happy"
+        lines.append(f"{'./' if i % 3 == 0 else ''}happy/{k}.png,{label}")
+    labels = _csv(tmp_path / "labels.csv", "\n".join(lines) + "\n")
+    samples, rejects = discover(root, labels)
+
+    assert samples["source_path"].tolist() == [f"happy/{k}.png" for k in range(10, n_paths)]
+    problems = rejects["problem"].value_counts().to_dict()
+    assert problems == {"conflicting labels for the same path": 10 * repeats,
+                        "duplicate row": (n_paths - 10) * (repeats - 1)}
+    assert rejects["row"].is_monotonic_increasing and rejects["row"].is_unique
+    conflict = rejects[rejects["problem"].str.startswith("conflicting")].iloc[0]
+    # each conflicting label once, with its first row, and a count of the rest
+    assert conflict["hint"].startswith(f"row 2: 'happy', row {2 + 7 * n_paths}: 'sad', and {repeats - 2} more rows")
+    dup = rejects[(rejects["problem"] == "duplicate row") & (rejects["source_path"] == "happy/11.png")]
+    assert (dup["hint"].str.startswith("row 13 already lists")).all()  # row 13: the path's first row
