@@ -50,7 +50,9 @@ import math
 import os
 import posixpath
 import re
+import select
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,7 +60,7 @@ from typing import Any
 import pandas as pd
 
 from fercure.images import IMAGE_EXTENSIONS
-from fercure.workspace import WorkspaceError, sample_id
+from fercure.workspace import WorkspaceError, file_kind, sample_id
 
 log = logging.getLogger("fercure.ingest")
 
@@ -78,6 +80,10 @@ SPLIT_FOLDERS = frozenset({"train", "training", "test", "testing", "val", "valid
 CSV_SUFFIXES = frozenset({".csv", ".tsv", ".txt"})
 PARQUET_SUFFIXES = frozenset({".parquet", ".pq"})
 _DELIMITERS = (",", ";", "\t")
+# A label file that is not a regular file (a pipe, /dev/stdin) is read into memory, at most this much,
+# waiting at most this long for data.
+MAX_STREAM_BYTES = 512 * 2**20
+STREAM_IDLE_SECONDS = 30.0
 _WINDOWS_ABS = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")
 
 
@@ -314,26 +320,80 @@ def _read_label_table(path: Path, notes: list[str]) -> _Table:
         raise LabelFileError(f"Label file {path} does not exist. Check the path passed with --labels.")
     if path.is_dir():
         raise LabelFileError(f"Label file {path} is a folder. Pass the CSV or Parquet file itself.")
+    kind = file_kind(path)
+    # A pipe (`--labels <(...)`, /dev/stdin) or device can be read only once: read it into memory
+    # first and sniff the format from that buffer.
+    raw = _read_stream(path, kind) if kind else None
     try:
-        with open(path, "rb") as f:
-            head = f.read(8)
+        if raw is None:
+            with open(path, "rb") as f:
+                head = f.read(8)
+        else:
+            head = raw[:8]
     except OSError as e:
         raise LabelFileError(f"Cannot read label file {path}: {e.strerror or e}. "
                              "Check that it exists and that you may read it.") from e
     suffix = path.suffix.lower()
     if suffix in PARQUET_SUFFIXES or (suffix not in CSV_SUFFIXES and head.startswith(b"PAR1")):
-        return _read_parquet(path)
+        return _read_parquet(path, raw)
     if head.startswith(b"PK\x03\x04"):
         raise LabelFileError(f"Label file {path} looks like an Excel workbook (or another zip file). "
                              "Save it as CSV (UTF-8) and pass that.")
-    return _read_csv(path, notes)
+    return _read_csv(path, notes, raw)
 
 
-def _read_parquet(path: Path) -> _Table:
+def _read_stream(path: Path, kind: str) -> bytes:
+    """All of a label file that is not a regular file, read once and bounded: at most
+    MAX_STREAM_BYTES (/dev/zero never ends) and at most STREAM_IDLE_SECONDS without data (a FIFO
+    nobody writes to must not hang)."""
+    try:
+        # O_NONBLOCK: opening a FIFO that has no writer yet would block forever.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        raise LabelFileError(f"Cannot read label file {path} ({kind}): {e.strerror or e}. "
+                             "Save the labels to a regular file and pass that.") from e
+    buf = bytearray()
+    writer_seen = False  # EOF before any writer connected is "not yet", not "empty"
+    deadline = time.monotonic() + STREAM_IDLE_SECONDS
+    try:
+        while True:
+            try:
+                chunk = os.read(fd, 1 << 20)
+            except BlockingIOError:  # a writer is connected but has sent nothing yet
+                writer_seen = True
+                chunk = None
+            except OSError as e:
+                raise LabelFileError(f"Cannot read label file {path} ({kind}): {e.strerror or e}.") from e
+            if chunk:
+                buf += chunk
+                deadline = time.monotonic() + STREAM_IDLE_SECONDS
+                if len(buf) > MAX_STREAM_BYTES:
+                    raise LabelFileError(
+                        f"Label file {path} is {kind} that gave more than {MAX_STREAM_BYTES // 2**20} MB. "
+                        f"Label files that are not regular files are read into memory, up to "
+                        f"{MAX_STREAM_BYTES // 2**20} MB: save the labels to a regular file and pass that.")
+                continue
+            if chunk == b"" and (buf or writer_seen):
+                return bytes(buf)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise LabelFileError(
+                    f"Label file {path} is {kind} and nothing came from it for {STREAM_IDLE_SECONDS:.0f} s. "
+                    "Save the labels to a regular file and pass that.")
+            if chunk is None:
+                select.select([fd], [], [], left)  # wakes on data or on the writer closing
+            else:
+                time.sleep(min(0.05, left))  # no writer yet: look again shortly
+    finally:
+        os.close(fd)
+
+
+def _read_parquet(path: Path, raw: bytes | None = None) -> _Table:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(path if raw is None else pa.BufferReader(raw))
     except Exception as e:  # ArrowInvalid, OSError, ...: the file as a whole is unusable
         raise LabelFileError(f"Cannot read label file {path} as Parquet: {e}. "
                              "Re-export it, or save it as CSV.") from e
@@ -422,9 +482,9 @@ def _choose_delimiter(text: str, suffix: str) -> str:
     return best
 
 
-def _read_csv(path: Path, notes: list[str]) -> _Table:
+def _read_csv(path: Path, notes: list[str], raw: bytes | None = None) -> _Table:
     try:
-        raw = path.read_bytes()
+        raw = path.read_bytes() if raw is None else raw
     except OSError as e:
         raise LabelFileError(f"Cannot read label file {path}: {e.strerror or e}.") from e
     text, encoding = _decode_text(path, raw, notes)

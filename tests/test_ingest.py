@@ -586,3 +586,58 @@ def test_many_repeated_paths_are_judged_per_path(tmp_path: Path):
     assert conflict["hint"].startswith(f"row 2: 'happy', row {2 + 7 * n_paths}: 'sad', and {repeats - 2} more rows")
     dup = rejects[(rejects["problem"] == "duplicate row") & (rejects["source_path"] == "happy/11.png")]
     assert (dup["hint"].str.startswith("row 13 already lists")).all()  # row 13: the path's first row
+
+
+# ---------------------------------------------------------------------------------------------
+# Label files that are not regular files: read once, bounded, never hanging
+
+
+def _write_later(path: Path, data: bytes) -> "threading.Thread":
+    import threading
+
+    def writer() -> None:
+        with open(path, "wb") as f:  # blocks until discover opens the FIFO for reading
+            f.write(data)
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet"])
+def test_labels_from_a_fifo_are_read_once_and_sniffed_from_memory(tmp_path: Path, kind: str):
+    root = tmp_path / "data"
+    _touch(root, "happy/a.png")
+    _touch(root, "sad/b.png")
+    if kind == "csv":
+        data = b"path,label\nhappy/a.png,happy\nsad/b.png,sad\n"
+    else:
+        sink = io.BytesIO()
+        pq.write_table(pa.table({"path": ["happy/a.png", "sad/b.png"], "label": ["happy", "sad"]}), sink)
+        data = sink.getvalue()
+    fifo = tmp_path / "labels"  # no suffix, like /dev/fd/63: the format comes from the bytes
+    os.mkfifo(fifo)
+    writer = _write_later(fifo, data)
+    samples, rejects = discover(root, fifo)
+    writer.join(timeout=5)
+    assert samples["source_path"].tolist() == ["happy/a.png", "sad/b.png"] and rejects.empty
+
+
+def test_labels_from_an_endless_device_stop_at_the_cap(tmp_path: Path, monkeypatch):
+    from fercure import ingest
+
+    monkeypatch.setattr(ingest, "MAX_STREAM_BYTES", 2**20)
+    _touch(tmp_path / "data", "happy/a.png")
+    with pytest.raises(LabelFileError, match=r"/dev/zero is a character device .*up to 1 MB"):
+        discover(tmp_path / "data", Path("/dev/zero"))
+
+
+def test_a_fifo_nobody_writes_to_times_out(tmp_path: Path, monkeypatch):
+    from fercure import ingest
+
+    monkeypatch.setattr(ingest, "STREAM_IDLE_SECONDS", 0.3)
+    _touch(tmp_path / "data", "happy/a.png")
+    fifo = tmp_path / "labels.csv"
+    os.mkfifo(fifo)
+    with pytest.raises(LabelFileError, match="FIFO.*nothing came from it"):
+        discover(tmp_path / "data", fifo)
