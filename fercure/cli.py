@@ -62,9 +62,9 @@ class Format(str, Enum):
 
 
 def _fail(message: str, code: int = 1) -> None:
-    from fercure.console import err_console
+    from fercure.console import err_console, text
 
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {text(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -93,7 +93,7 @@ def _render(summary: object, title: str) -> None:
     import pandas as pd
     from rich.table import Table
 
-    from fercure.console import console, counts_table, kv_table
+    from fercure.console import console, counts_table, kv_table, text
 
     scalars: dict[str, str] = {}
     extras = []
@@ -112,10 +112,10 @@ def _render(summary: object, title: str) -> None:
                 t = Table(title=label, title_justify="left")
                 t.add_column("")
                 for c in value.columns:
-                    t.add_column(str(c), justify="right")
+                    t.add_column(text(c), justify="right")
                 for idx, row in value.iterrows():
-                    cells = [_fmt(v.item() if hasattr(v, "item") else v) for v in row.tolist()]
-                    t.add_row(str(idx), *cells)
+                    cells = [text(_fmt(v.item() if hasattr(v, "item") else v)) for v in row.tolist()]
+                    t.add_row(text(idx), *cells)
                 extras.append(t)
         elif isinstance(value, (list, tuple)):
             if value:

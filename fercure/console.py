@@ -1,10 +1,16 @@
-"""Terminal rendering: rich progress bars for the stages' Reporter interface, and summary tables."""
+"""Terminal rendering: rich progress bars for the stages' Reporter interface, and summary tables.
+
+Every string that comes from the user's data (labels, paths, messages quoting them) goes through
+``text()`` before rich sees it: rich reads ``[...]`` as markup, so a label such as ``[/b]angry``
+would raise MarkupError after the stage finished, and ``[red]x.png`` would print as ``x.png``.
+"""
 
 from __future__ import annotations
 
 from typing import Mapping
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -18,6 +24,11 @@ from rich.table import Table
 
 console = Console()
 err_console = Console(stderr=True)
+
+
+def text(value: object) -> str:
+    """``value`` as text rich prints literally (no markup)."""
+    return escape(str(value))
 
 
 class _RichHandle:
@@ -48,10 +59,10 @@ class RichReporter:
         self._progress.__exit__(*exc)
 
     def task(self, description: str, total: int | None) -> _RichHandle:
-        return _RichHandle(self._progress, self._progress.add_task(description, total=total))
+        return _RichHandle(self._progress, self._progress.add_task(text(description), total=total))
 
     def log(self, message: str) -> None:
-        self._progress.console.print(message)
+        self._progress.console.print(text(message))
 
 
 def counts_table(title: str, counts: Mapping[str, int], key: str = "value", total: bool = True) -> Table:
@@ -59,7 +70,7 @@ def counts_table(title: str, counts: Mapping[str, int], key: str = "value", tota
     table.add_column(key)
     table.add_column("count", justify="right")
     for k, v in counts.items():
-        table.add_row(str(k), f"{v:,}")
+        table.add_row(text(k), f"{v:,}")
     if total and counts:
         table.add_row("[bold]total", f"[bold]{sum(counts.values()):,}")
     return table
@@ -70,5 +81,5 @@ def kv_table(title: str, rows: Mapping[str, object]) -> Table:
     table.add_column("what", style="bold")
     table.add_column("value")
     for k, v in rows.items():
-        table.add_row(k, str(v))
+        table.add_row(text(k), text(v))
     return table
