@@ -219,12 +219,15 @@ def train(
     from fercure.train.config import TrainConfig
     from fercure.workspace import check_input_file
 
-    if pretrained is not None:
-        try:
+    from fercure.workspace import Workspace
+
+    try:
+        if pretrained is not None:
             check_input_file(pretrained, option="--pretrained",
                              hint="Pass a state-dict file saved with torch.save (a regular file, not a pipe or device).")
-        except WorkspaceError as e:
-            _fail(str(e))
+        Workspace(workspace).check_readable(resume=resume)
+    except WorkspaceError as e:
+        _fail(str(e))
     config = TrainConfig(
         backbone=backbone, image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
         device=device.value, pretrained=str(pretrained) if pretrained else None, selfcure=selfcure,
@@ -258,6 +261,7 @@ def audit_labels(
     try:
         ws.check_output(report if report is not None else ws.report, force=force, option="--report",
                         may_replace=[ws.report])
+        ws.check_readable()
     except WorkspaceError as e:
         _fail(str(e))
     _run(run_audit, "audit-labels", workspace=workspace, run_id=run, report_path=report,

@@ -11,7 +11,7 @@ from typing import Iterable
 
 import numpy as np
 
-from fercure.workspace import WorkspaceError, atomic_path
+from fercure.workspace import WorkspaceError, atomic_path, damaged
 
 
 def write_store(path: Path | str, chunks: Iterable[np.ndarray], total: int, size: int) -> None:
@@ -45,7 +45,10 @@ def open_store(path: Path | str) -> np.ndarray:
     path = Path(path)
     if not path.exists():
         raise WorkspaceError(f"{path} does not exist. Run `fercure prepare` first.")
-    arr = np.load(path, mmap_mode="r")
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as e:  # truncated: the header promises more than is there
+        raise damaged(path, e) from e
     if arr.ndim != 4 or arr.shape[3] != 3 or arr.dtype != np.uint8:
         raise WorkspaceError(f"{path} holds {arr.shape} {arr.dtype}, not uint8 (N, S, S, 3) crops. Re-run `fercure prepare`.")
     return arr

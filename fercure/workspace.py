@@ -36,6 +36,34 @@ class OutputExistsError(WorkspaceError):
     """An output file is already there and --force was not given."""
 
 
+class DamagedFileError(WorkspaceError):
+    """A workspace file exists but cannot be read (truncated, overwritten); the message names the
+    command that rebuilds it."""
+
+
+def rebuild_hint(path: Path | str) -> str:
+    """The command that rebuilds a workspace file, from where it lies in the layout below."""
+    path = Path(path)
+    parts = path.parts
+    if "runs" in parts[:-1]:
+        ws = Path(*parts[: len(parts) - 1 - parts[::-1].index("runs")])
+        return f"Train a new run: `fercure train -w {ws}` (without --resume)."
+    if path.name in ("manifest.parquet", "rejects.parquet"):
+        return f"Re-run the same `fercure prepare INPUT -w {path.parent}` command: it rebuilds its files."
+    if path.name == "crops.npy":
+        return f"Re-run the same `fercure prepare INPUT -w {path.parent.parent}` command: it rebuilds its files."
+    if path.name in ("audit.parquet", "report.html"):
+        return f"Re-run `fercure audit-labels -w {path.parent}`."
+    return "Write it again with the command that made it."
+
+
+def damaged(path: Path | str, error: BaseException) -> DamagedFileError:
+    err = DamagedFileError(f"{path} is damaged and cannot be read ({type(error).__name__}: {error}). "
+                           + rebuild_hint(path))
+    err.path = Path(path)
+    return err
+
+
 def sample_id(relative_path: str) -> str:
     """Stable id of a sample: a hash of its source path relative to the input root (posix form)."""
     rel = Path(relative_path).as_posix()
@@ -146,6 +174,29 @@ class Workspace:
             protected[Path(labels_file)] = "the label file given to prepare"
         return check_output_path(path, force=force, option=option, input_root=input_root,
                                  protected=protected, may_replace=keep)
+
+    def check_readable(self, *, resume: bool = False) -> None:
+        """Fail before a stage starts, naming the file and the command that rebuilds it, when the
+        crop store is damaged or (``resume``) an unfinished run's config.json cannot be read.
+        Parquet tables are checked as they are read (``read_table``)."""
+        from fercure.store import open_store  # store imports this module
+
+        if self.store.exists():
+            open_store(self.store)
+        if not (resume and self.runs_dir.is_dir()):
+            return
+        for run in sorted(self.runs_dir.iterdir()):
+            # unfinished: a checkpoint and no predictions (what --resume picks from)
+            if not ((run / "checkpoint.pt").exists() and not (run / "predictions.parquet").exists()):
+                continue
+            config = run / "config.json"
+            try:
+                json.loads(config.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:
+                raise DamagedFileError(
+                    f"{config} is damaged or missing ({type(e).__name__}: {e}); run {run.name} cannot be "
+                    f"resumed. Start a new run: `fercure train -w {self.root}` without --resume (and delete "
+                    f"{run} if you no longer need it).") from e
 
     def require(self, path: Path, stage: str) -> Path:
         if not path.exists():
@@ -328,10 +379,13 @@ def write_table(df: pd.DataFrame, path: Path | str, metadata: dict[str, Any] | N
 
 
 def read_metadata(path: Path | str) -> dict[str, Any]:
-    raw = pq.read_schema(path).metadata or {}
-    if META_KEY not in raw:
-        return {}
-    return json.loads(raw[META_KEY])
+    try:
+        raw = pq.read_schema(path).metadata or {}
+        return json.loads(raw[META_KEY]) if META_KEY in raw else {}
+    except FileNotFoundError:
+        raise
+    except (pa.ArrowException, OSError, ValueError) as e:  # truncated, not Parquet, broken JSON
+        raise damaged(path, e) from e
 
 
 def read_table(path: Path | str, check_version: bool = True) -> pd.DataFrame:
@@ -346,4 +400,9 @@ def read_table(path: Path | str, check_version: bool = True) -> pd.DataFrame:
                 f"{version}; this fercure ({__version__}) reads schema {SCHEMA_VERSION}. "
                 "Re-run the stage that wrote it, or use the matching fercure version."
             )
-    return pq.read_table(path).to_pandas()
+    try:
+        return pq.read_table(path).to_pandas()
+    except FileNotFoundError:
+        raise
+    except (pa.ArrowException, OSError) as e:
+        raise damaged(path, e) from e

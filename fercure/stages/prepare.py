@@ -30,6 +30,7 @@ from fercure.ingest import REJECT_COLUMNS, discover
 from fercure.progress import NULL, Reporter
 from fercure.store import open_store, write_store
 from fercure.workspace import (
+    DamagedFileError,
     Workspace,
     WorkspaceError,
     atomic_path,
@@ -224,17 +225,27 @@ def _load_part(part_dir: Path, k: int, sample_ids: list[str],
     return df, crops
 
 
-def _reusable_rows(ws: Workspace, settings: PrepareSettings, input_root: Path) -> tuple[pd.DataFrame, np.ndarray] | None:
-    """Rows and crops of a finished earlier run with the same settings and input root."""
+def _reusable_rows(ws: Workspace, settings: PrepareSettings, input_root: Path,
+                   notes: list[str]) -> tuple[pd.DataFrame, np.ndarray] | None:
+    """Rows and crops of a finished earlier run with the same settings and input root. Damaged or
+    out-of-step files are not reused (a note says so): this run rewrites them."""
     if not (ws.manifest.exists() and ws.store.exists()):
         return None
-    meta = read_metadata(ws.manifest)
-    if meta.get("settings_fingerprint") != settings.fingerprint() or meta.get("input_root") != str(input_root.resolve()):
+    try:
+        meta = read_metadata(ws.manifest)
+        if meta.get("settings_fingerprint") != settings.fingerprint() or meta.get("input_root") != str(input_root.resolve()):
+            return None
+        previous = read_table(ws.manifest)
+        store = open_store(ws.store)
+    except DamagedFileError as e:
+        notes.append(f"{e.path} is damaged; prepare processes every sample again and rewrites it.")
         return None
-    previous = read_table(ws.manifest)
     if "content_hash" not in previous.columns:
         return None  # a manifest from before content hashes: nothing proves a file is unchanged
-    return previous, open_store(ws.store)
+    if "store_index" not in previous.columns or previous["store_index"].max() >= len(store):
+        notes.append(f"{ws.manifest} and {ws.store} are out of step; prepare processes every sample again.")
+        return None
+    return previous, store
 
 
 def _mark_duplicates(df: pd.DataFrame, max_distance: int) -> int:
@@ -321,7 +332,10 @@ def run_prepare(
 
     # Reuse rows and crops of a finished earlier run for unchanged files.
     reused_rows, reused_crops = pd.DataFrame(), np.zeros((0, image_size, image_size, 3), np.uint8)
-    previous = _reusable_rows(ws, settings, input_root)
+    n_notes = len(notes)
+    previous = _reusable_rows(ws, settings, input_root, notes)
+    for note in notes[n_notes:]:
+        reporter.log(note)
     todo = samples
     if previous is not None:
         prev_df, prev_store = previous
