@@ -289,6 +289,8 @@ def _demo_labels(data: Path, workspace: Path, limit: int | None) -> Path:
     from fercure.workspace import atomic_path
 
     df = pd.read_csv(labels, dtype=str, keep_default_na=False)
+    if "label" not in df.columns:
+        _fail(f"--limit needs a 'label' column in {labels} (it has {', '.join(df.columns)}).")
     subset = df.groupby("label", sort=False).head(limit)
     out = Path(workspace) / "demo-labels.csv"
     with atomic_path(out) as tmp:
