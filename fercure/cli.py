@@ -313,8 +313,12 @@ def _demo_scorecard(data: Path, workspace: Path) -> None:
                       "scored against).", soft_wrap=True, highlight=False)
         return
     audit_path = Workspace(workspace).audit
-    card = scorecard(read_table(audit_path), pd.read_csv(reference_path, keep_default_na=False),
-                     read_metadata(audit_path).get("stats"))
+    try:
+        card = scorecard(read_table(audit_path), pd.read_csv(reference_path, keep_default_na=False),
+                         read_metadata(audit_path).get("stats"))
+    except ValueError as e:
+        console.print(f"Scorecard skipped: {e}.", soft_wrap=True, highlight=False)
+        return
     card["reference"] = str(reference_path)
     atomic_write_json(Path(workspace) / "scorecard.json", card)
     console.print(render_scorecard(card))
