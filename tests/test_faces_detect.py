@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import small_sample_paths
 from fercure.faces.detect import Detection, FaceDetector, _nms_min, facenet_detect
 
 REPO = Path(__file__).resolve().parent.parent
 WILD = REPO / "sample_data" / "wild"
-FER = REPO / "sample_data" / "images"
 
 
 def _load(name: str) -> np.ndarray:
@@ -20,7 +20,7 @@ def _load(name: str) -> np.ndarray:
 def _fer(n: int, border: int = 48) -> list[np.ndarray]:
     """FER 48×48 crops upscaled to 160 px with a border: the benchmark's input shape."""
     out = []
-    for f in sorted(FER.glob("*/*.png"))[:n]:
+    for f in small_sample_paths()[:n]:
         g = np.asarray(Image.open(f).convert("L").resize((160, 160), Image.Resampling.BILINEAR))
         out.append(np.repeat(np.pad(g, border, mode="edge")[:, :, None], 3, axis=2))
     return out

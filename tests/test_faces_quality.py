@@ -1,17 +1,16 @@
 """quality.py: blur, brightness/contrast, perceptual hash, duplicates, status rules, face choice."""
 
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+from conftest import small_sample_paths
 from fercure.faces import quality as q
 from fercure.faces.align import resize_whole
 from fercure.faces.detect import Detection
 
-SAMPLE = Path(__file__).resolve().parent.parent / "sample_data" / "images"
 
 
 def _checkerboard(size=112, cell=8) -> np.ndarray:
@@ -25,8 +24,8 @@ def _blur(img: np.ndarray, radius: float) -> np.ndarray:
 
 
 def _faces(n: int) -> np.ndarray:
-    files = sorted(SAMPLE.glob("*/*.png"))[:n]
-    assert len(files) == n, "sample_data/images is missing"
+    files = small_sample_paths()[:n]
+    assert len(files) == n and all(f.is_file() for f in files), "sample_data/images is missing"
     return np.stack([resize_whole(np.asarray(Image.open(f).convert("RGB")), 112) for f in files])
 
 
