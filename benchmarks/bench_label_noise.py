@@ -3,10 +3,16 @@
 Side by side, in one process, on the same images, device, resolution and epochs:
 
 * fercure           its own chain through the stage functions: run_prepare → run_train (default
-                    TrainConfig) → run_audit → run_export (default policy); score 1 − label_quality.
+                    TrainConfig: plain core + probe + planted flips + kNN + retrain) → run_audit →
+                    run_export (default policy); score 1 − label_quality.
 * fercure_thorough  the same chain with TrainConfig(ensemble=3[, folds=K]).
-* plain_dynamics    one plain run (selfcure=False, reliability=False) scored by mean p(given) over
-                    epochs; its flags and suggestions come from fercure's audit of that run.
+* seeds             the seeds' methods as 0.1 shipped them: SCN + ARBEx, one run, no retrain.
+* elr               the memorisation-resistant candidate: ELR + per-epoch mirror-averaged eval pass.
+* plain_dynamics    one plain run (the core alone: no probe, no planted flips, no retrain) scored by
+                    mean p(given) over epochs; its flags and suggestions come from fercure's audit.
+
+Every chain's predictions are also audited under every score × threshold rule (audit_variants:
+cheap, no training), so the candidates compare on the same fits.
 * cleanlab_oof      cleanlab.filter.find_label_issues on K-fold out-of-fold probabilities of the
                     same backbone (plain config) at the same resolution and epochs.
 
@@ -48,7 +54,7 @@ CLASS_TO_FERPLUS = {"angry": "anger", "disgust": "disgust", "fear": "fear", "hap
 FERPLUS_TO_CLASS = {v: k for k, v in CLASS_TO_FERPLUS.items()}
 VOTE_COLUMNS = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt",
                 "unknown", "NF"]
-METHODS = ("fercure", "fercure_thorough", "plain_dynamics", "cleanlab_oof")
+METHODS = ("fercure", "fercure_thorough", "seeds", "elr", "plain_dynamics", "cleanlab_oof")
 STEPS = METHODS + ("downstream", "calibration")
 
 # Per-scale defaults; every one can be overridden on the command line.
@@ -59,6 +65,11 @@ SCALES: dict[str, dict[str, Any]] = {
     "small": {"n_train": 1500, "image_size": 48, "epochs": 5, "test_limit": 1000,
               "thorough_ensemble": 3, "thorough_folds": 0, "cleanlab_folds": 5, "batch_size": 128,
               "downstream_thorough": 0},
+    # The CPU reference scale: big enough that the models learn (several thousand images, 15 epochs),
+    # small enough for every candidate, cleanlab and the downstream retrains on 2 cores in about 80 minutes.
+    "reference": {"n_train": 4000, "image_size": 48, "epochs": 15, "test_limit": 1500,
+                  "thorough_ensemble": 3, "thorough_folds": 0, "cleanlab_folds": 5, "batch_size": 128,
+                  "downstream_thorough": 0},
     # The README protocol: all 26,892 training images, 96 px, 20 epochs.
     "full": {"n_train": 0, "image_size": 96, "epochs": 20, "test_limit": 0,
              "thorough_ensemble": 3, "thorough_folds": 5, "cleanlab_folds": 5, "batch_size": 128,
@@ -70,8 +81,16 @@ SIGNAL_DIRECTIONS = {
     "mean_p_given": "low", "aum": "low", "last_p_given": "low", "importance_weight": "low",
     "reliability": "low", "oof_p_given": "low", "final_p_given": "low", "rel_p_given": "low",
     "var_p_given": "high", "uncertainty_entropy": "high", "uncertainty_mutual_info": "high",
-    "relabel_count": "high", "mean_plus_std_p_given": "low",
+    "relabel_count": "high", "mean_plus_std_p_given": "low", "forgetting": "high", "knn_agreement": "low",
+    "fusion_quality": "low", "retrain_p_given": "low", "mean_p_given_eval": "low",
+    "retrain_combined": "low",
 }
+# Audit variants scored on every chain's predictions: label_quality signal (or blend) × threshold rule.
+AUDIT_SCORES: dict[str, Any] = {"confidence": "confidence", "confidence_variability": "confidence_variability",
+                                "aum": "aum", "retrain": "retrain", "fusion": "fusion", "knn": "knn",
+                                "eval": "eval", "confidence+knn": {"confidence": 1.0, "knn": 1.0},
+                                "retrain+knn": {"retrain": 2.0, "knn": 1.0}}
+AUDIT_THRESHOLDS = ("noise_rate", "planted")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,6 +228,9 @@ def signal_metrics(truth: pd.DataFrame, pred: pd.DataFrame, classes: list[str]) 
     if {"mean_p_given", "var_p_given"} <= set(table.columns):  # audit's --score confidence_variability
         table["mean_plus_std_p_given"] = table["mean_p_given"] + np.sqrt(table["var_p_given"].clip(lower=0))
         cols["mean_plus_std_p_given"] = None
+    if {"mean_p_given", "retrain_p_given"} <= set(table.columns):
+        table["retrain_combined"] = (table["mean_p_given"] + table["retrain_p_given"]) / 2
+        cols["retrain_combined"] = None
     r_cols = [f"rel_p_{c}" for c in classes]
     if all(c in table.columns for c in r_cols):  # ARBEx-corrected probability of the given label
         table["rel_p_given"] = np.where(ok, table[r_cols].to_numpy(dtype=float)[rows, gi], np.nan)
@@ -240,7 +262,7 @@ def suggestion_sources(truth: pd.DataFrame, pred: pd.DataFrame, classes: list[st
     choose which one the audit should suggest from."""
     out: dict[str, float] = {}
     ok = pred["given_index"].notna().to_numpy()
-    for prefix in ("p", "mean_p", "rel_p"):
+    for prefix in ("p", "mean_p", "rel_p", "knn_p", "retrain_p"):
         cols = [f"{prefix}_{c}" for c in classes]
         if all(c in pred.columns for c in cols):
             arg = np.nan_to_num(pred[cols].to_numpy(dtype=float), nan=-1.0).argmax(axis=1)
@@ -268,10 +290,23 @@ class Bench:
     reporter: LogReporter
     results: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    reuse: dict[str, dict[str, Any]] = field(default_factory=dict)  # chain → its earlier metrics
 
     def note(self, msg: str) -> None:
         self.notes.append(msg)
         self.reporter.log("note: " + msg)
+
+    def save_partial(self, key: str, value: Any) -> None:
+        """Keep each finished step in <out>.partial.json, so a long run that is stopped keeps what
+        it measured (the final merge into <out> happens only at the end)."""
+        import json
+        import os
+
+        self.results[key] = value
+        path = Path(str(self.args.out) + ".partial.json")
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(common.to_jsonable({**self.results, "notes": self.notes}), indent=1))
+        os.replace(tmp, path)
 
     def train_config(self, **kw: Any) -> Any:
         from fercure.train.config import TrainConfig
@@ -288,17 +323,33 @@ class Bench:
 
 def run_chain(b: Bench, ws: Path, name: str, config: Any, truth_ws: pd.DataFrame) -> dict[str, Any]:
     """fercure's stages on a prepared workspace: train → audit → export. Returns metrics plus the
-    frames the later steps need (audit, cleaned, predictions), aligned with ``truth_ws``."""
+    frames the later steps need (audit, cleaned, predictions), aligned with ``truth_ws``.
+
+    With ``--reuse NAME`` the chain's finished run from ``--reuse-from`` (an earlier results or
+    .partial.json of the same workspace) is audited and exported again with the current code instead
+    of being trained again; its training seconds are the earlier run's."""
+    from types import SimpleNamespace
+
     from fercure.stages.audit import run_audit
     from fercure.stages.export import run_export
     from fercure.stages.train import run_train
-    from fercure.workspace import read_table
+    from fercure.workspace import read_metadata, read_table
 
     b.reporter.log(f"{name}: ensemble={config.ensemble} folds={config.folds} selfcure={config.selfcure} "
                    f"reliability={config.reliability} epochs={config.epochs} size={config.image_size}")
     t = Timer()
+    earlier = b.reuse.get(name)
     with t:
-        ts = run_train(ws, config, reporter=b.reporter)
+        if earlier is not None:
+            run_dir = ws / "runs" / earlier["run_id"]
+            ts = SimpleNamespace(run_id=earlier["run_id"], run_dir=run_dir, seconds=earlier["train_seconds"],
+                                 images_per_s=earlier["images_per_s"], n_samples=earlier["n_trained"],
+                                 final_train_accuracy=earlier["final_train_accuracy"], temperature=None,
+                                 classes=list(read_metadata(run_dir / "predictions.parquet")["classes"]))
+            b.note(f"{name}: fits reused from run {ts.run_id} ({earlier['train_seconds']:.0f}s of training), "
+                   "audited and exported again with this commit's code")
+        else:
+            ts = run_train(ws, config, reporter=b.reporter)
         au = run_audit(ws, run_id=ts.run_id, write_report=False, reporter=b.reporter)
         audit = read_table(au.audit_path)  # read now: the next chain's audit overwrites WS/audit.parquet
         ex = run_export(ws, b.scratch / f"cleaned_{name}.parquet", force=True)
@@ -310,15 +361,69 @@ def run_chain(b: Bench, ws: Path, name: str, config: Any, truth_ws: pd.DataFrame
     m = detection_metrics(truth_ws, score, audit_a["is_label_issue"].fillna(False).to_numpy(bool),
                           audit_a["suggested_label"].to_numpy(dtype=object))
     m["suggestion_accuracy_by_source"] = suggestion_sources(truth_ws, pred_a, ts.classes)
-    m.update(seconds=t.seconds, train_seconds=ts.seconds, images_per_s=ts.images_per_s,
+    meta = read_metadata(ts.run_dir / "predictions.parquet")
+    m["model_strength"] = meta.get("model_strength")
+    m["self_check"] = meta.get("self_check")
+    m["flagged_vs_clear_errors"] = float(m["flagged_all"] / max(int(truth_ws["positive"].sum()), 1))
+    m["review_share"] = float(ex.actions.get("review", 0) / max(len(cleaned), 1))
+    m["audit_variants"] = audit_variants(b, ws, ts.run_id, truth_ws)
+    m.update(seconds=t.seconds + (ts.seconds if earlier is not None else 0.0), reused=earlier is not None,
+             train_seconds=ts.seconds, images_per_s=ts.images_per_s,
              final_train_accuracy=ts.final_train_accuracy, run_id=ts.run_id, n_trained=ts.n_samples,
              threshold_method_used=au.thresholds.get("threshold_method_used"),
              export_actions=ex.actions, temperature=ts.temperature,
              config={k: v for k, v in config.to_dict().items() if k != "extra"})
     b.reporter.log(f"{name}: AUROC {m['auroc']:.3f} AP {m['ap']:.3f} flagged {m['flagged']} "
                    f"P {m['precision']:.3f} R {m['recall']:.3f} ({m['seconds']:.0f}s)")
+    b.save_partial(name, {**m, "signals": signal_metrics(truth_ws, pred_a, ts.classes)})
     return {"metrics": m, "audit": audit_a, "cleaned": cleaned, "pred": pred_a, "classes": ts.classes,
             "summary": ts}
+
+
+def audit_variants(b: Bench, ws: Path, run_id: str, truth_ws: pd.DataFrame) -> dict[str, Any]:
+    """Every AUDIT_SCORES × AUDIT_THRESHOLDS audit of one run's predictions (no training), scored
+    against the FER+ truth: detection, flagged count vs clear errors, export actions (default
+    policy), relabel precision, and is_ambiguous against vote disagreement."""
+    from fercure import audit as core
+    from fercure.export import apply_policy
+    from fercure.workspace import read_metadata, read_table
+
+    manifest = read_table(ws / "manifest.parquet")
+    pred_path = ws / "runs" / run_id / "predictions.parquet"
+    pred, meta = read_table(pred_path), read_metadata(pred_path)
+    classes = list(meta["classes"])
+    sid = truth_ws["sample_id"]
+    n_clear = int(truth_ws["positive"].sum())
+    disagree = (truth_ws["majority_votes"] <= 5).to_numpy()
+    out: dict[str, Any] = {}
+    for name, method in AUDIT_SCORES.items():
+        for rule in AUDIT_THRESHOLDS:
+            try:
+                table, stats = core.build_audit(manifest, pred, classes, method=method, threshold_method=rule,
+                                                run_meta=meta)
+            except ValueError as e:  # a signal this run does not have
+                out[f"{name}|{rule}"] = {"error": str(e)}
+                continue
+            a = aligned(table, sid)
+            score = 1.0 - a["label_quality"].to_numpy(dtype=np.float64)
+            flagged = a["is_label_issue"].fillna(False).to_numpy(bool)
+            m = detection_metrics(truth_ws, score, flagged, a["suggested_label"].to_numpy(dtype=object))
+            cleaned = aligned(apply_policy(table, classes), sid)
+            act = cleaned["action"].to_numpy(dtype=object)
+            relab = act == "relabel"
+            maj = truth_ws["majority"].to_numpy(dtype=object)
+            amb = a["is_ambiguous"].fillna(False).to_numpy(bool)
+            m.update(threshold_used=stats["threshold_method_used"],
+                     flagged_vs_clear_errors=float(flagged.sum() / max(n_clear, 1)),
+                     review_share=float(np.mean(act == "review")), relabel_share=float(relab.mean()),
+                     drop_share=float(np.mean(act == "drop")),
+                     relabel_right=float(np.mean(cleaned["clean_label"].to_numpy(dtype=object)[relab] == maj[relab]))
+                     if relab.any() else None,
+                     ambiguous_share=float(amb.mean()),
+                     ambiguous_precision=float(disagree[amb].mean()) if amb.any() else None,
+                     ambiguous_recall=float(amb[disagree].mean()) if disagree.any() else None)
+            out[f"{name}|{rule}"] = m
+    return out
 
 
 def oof_probabilities(b: Bench, store: np.ndarray, rows: np.ndarray, given: np.ndarray,
@@ -331,7 +436,7 @@ def oof_probabilities(b: Bench, store: np.ndarray, rows: np.ndarray, given: np.n
     from fercure.train import ensemble as ens
     from fercure.train.loop import fit, predict, resolve_device, to_device_store
 
-    cfg = b.train_config(selfcure=False, reliability=False)
+    cfg = b.train_config()
     dev_store = to_device_store(store, resolve_device(b.device))
     labels_full = np.zeros(store.shape[0], dtype=np.int64)
     labels_full[rows] = given
@@ -353,7 +458,7 @@ def downstream_fit(b: Bench, images: np.ndarray, labels: np.ndarray, keep: np.nd
     publictest logits/probs."""
     from fercure.train.loop import fit, predict
 
-    cfg = b.train_config(selfcure=False, reliability=False)
+    cfg = b.train_config()
     res = fit(images, labels, classes, cfg, index=np.flatnonzero(keep), seed=seed, reporter=b.reporter,
               description=f"train downstream seed {seed} ({int(keep.sum())} images)")
     return predict(res.model, test_images, cfg)
@@ -380,6 +485,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", default=",".join(STEPS),
                     help=f"comma-separated subset of {','.join(STEPS)}")
     ap.add_argument("--backbone", default="resnet18", help="timm backbone for every model")
+    ap.add_argument("--reuse", default="", help="comma-separated chains whose finished runs are audited again "
+                                                "instead of trained again (needs --reuse-from and --workspace)")
+    ap.add_argument("--reuse-from", type=Path, default=None,
+                    help="results JSON (or .partial.json) of an earlier run on the same --workspace")
     g = ap.add_argument_group("overrides of the --scale preset (unset: the preset; 0 for n-train/test-limit: all)")
     for name, kind, hlp in [("n_train", int, "training images (stratified subset; full: all)"),
                             ("image_size", int, "training resolution (px)"), ("epochs", int, "epochs of every fit"),
@@ -423,6 +532,17 @@ def main(argv: list[str] | None = None) -> int:
         scratch.mkdir(parents=True, exist_ok=True)
         cleanup = False
     b = Bench(args, cfg, device, scratch, reporter)
+    if args.reuse:
+        if args.reuse_from is None or args.workspace is None:
+            ap.error("--reuse needs --reuse-from and --workspace")
+        import json
+
+        earlier = json.loads(args.reuse_from.read_text())
+        earlier = earlier.get(common.device_kind(device), earlier)
+        b.reuse = {c.strip(): earlier[c.strip()] for c in args.reuse.split(",") if c.strip()}
+        for c, v in earlier.items():  # chains measured earlier and not run again are carried over
+            if c in METHODS and c not in steps and isinstance(v, dict):
+                b.results[c] = v
     try:
         payload = run(b, data, steps)
     finally:
@@ -481,9 +601,16 @@ def run(b: Bench, data: Path, steps: list[str]) -> dict[str, Any]:
         if not cfg["thorough_folds"]:
             b.note("fercure_thorough: folds=0 at this scale (each fold is one more fit); "
                    "ensemble only, so no oof_p_given signal")
+    if "seeds" in steps:
+        chains["seeds"] = run_chain(b, ws, "seeds", b.train_config(
+            selfcure=True, reliability=True, erase_p=0.5, label_smoothing=0.0, holdout=0.0, plant_rate=0.0,
+            retrain=False, knn=0), truth_ws)
+    if "elr" in steps:
+        chains["elr"] = run_chain(b, ws, "elr", b.train_config(elr=True, epoch_eval=True, retrain=False),
+                                  truth_ws)
     if "plain_dynamics" in steps:
-        chains["plain_dynamics"] = run_chain(b, ws, "plain_dynamics",
-                                             b.train_config(selfcure=False, reliability=False), truth_ws)
+        chains["plain_dynamics"] = run_chain(b, ws, "plain_dynamics", b.train_config(
+            holdout=0.0, plant_rate=0.0, retrain=False, knn=0), truth_ws)
         # The protocol's score is mean p(given) itself (also the audit's default label_quality).
         pm = chains["plain_dynamics"]
         score = 1.0 - pm["pred"]["mean_p_given"].to_numpy(dtype=np.float64)
@@ -491,7 +618,14 @@ def run(b: Bench, data: Path, steps: list[str]) -> dict[str, Any]:
         pm["metrics"].update(auroc=m["auroc"], ap=m["ap"])
     for name, ch in chains.items():
         out[name] = ch["metrics"]
+    for name, m in list(b.results.items()):  # chains carried over from --reuse-from, not run again
+        if name in METHODS and name not in out:
+            out[name] = {**m, "carried_over": True}
+            b.note(f"{name}: figures carried over from {b.args.reuse_from} (same workspace, fits and settings)")
     out["signals"] = {name: signal_metrics(truth_ws, ch["pred"], ch["classes"]) for name, ch in chains.items()}
+    for name in METHODS:
+        if out.get(name, {}).get("carried_over") and "signals" in out[name]:
+            out["signals"][name] = out[name].pop("signals")
 
     # ---- cleanlab on out-of-fold probabilities ----------------------------------------------
     classes = sorted(CLASS_TO_FERPLUS)  # the workspace's order too: sorted labels of the manifest
@@ -530,6 +664,7 @@ def run(b: Bench, data: Path, steps: list[str]) -> dict[str, Any]:
                  find_label_issues_seconds=t_cl.seconds,
                  folds=cfg["cleanlab_folds"], filter_by="prune_by_noise_rate (cleanlab default)")
         out["cleanlab_oof"] = m
+        b.save_partial("cleanlab_oof", m)
         margin = probs[np.arange(len(idx)), given] - np.where(
             np.eye(len(classes), dtype=bool)[given], -1.0, probs).max(axis=1)
         for nm, x in (("oof_self_confidence", probs[np.arange(len(idx)), given]), ("oof_margin", margin)):
@@ -602,6 +737,7 @@ def downstream(b: Bench, data: Path, truth_ws: pd.DataFrame, test: pd.DataFrame,
         res[name] = {"accuracy": float(np.mean(accs)), "per_seed": accs, "n_train": int(keep.sum()),
                      "n_relabelled": changed, "n_dropped": int((~keep).sum()), "what": desc, "seconds": t.seconds}
         rep.log(f"downstream {name}: accuracy {np.mean(accs):.3f} {accs} on {int(keep.sum())} images")
+        b.save_partial("downstream_" + name, res[name])
     out: dict[str, Any] = {"downstream": {**res, "n_test": len(ev), "n_test_eligible": len(eligible)}}
 
     if "calibration" in steps:

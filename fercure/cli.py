@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from fercure import __version__
+from fercure.audit import DEFAULT_SCORE, DEFAULT_THRESHOLD
 from fercure.workspace import WorkspaceError
 
 app = typer.Typer(
@@ -51,7 +52,9 @@ class Policy(str, Enum):
 
 
 class ThresholdMethod(str, Enum):
+    retrain = "retrain"
     noise_rate = "noise_rate"
+    planted = "planted"
     mixture = "mixture"
     confident_joint = "confident_joint"
 
@@ -128,6 +131,11 @@ def _render(summary: object, title: str) -> None:
     console.print(kv_table(title, scalars))
     for t in extras:
         console.print(t)
+    warning = getattr(summary, "warning", None)
+    if warning:
+        from rich.panel import Panel
+
+        console.print(Panel(text(warning), title="warning", border_style="bold red"))
 
 
 def _run(fn, title: str, **kwargs):
@@ -193,7 +201,8 @@ def prepare(
 @app.command(
     epilog="Examples:\n\n"
     "  fercure train -w ws                                   # resnet18 from scratch, 20 epochs\n\n"
-    "  fercure train -w ws --epochs 30 --ensemble 3 --device cuda\n\n"
+    "  fercure train -w ws --epochs 30 --thorough --device cuda\n\n"
+    "  fercure train -w ws --selfcure --reliability          # the SCN + ARBEx methods\n\n"
     "  fercure train -w ws --pretrained resnet18.pth         # a local state dict"
 )
 def train(
@@ -206,15 +215,23 @@ def train(
     lr: float = typer.Option(1e-3, help="Peak learning rate (AdamW, cosine schedule)."),
     seed: int = typer.Option(0),
     pretrained: Optional[Path] = typer.Option(None, help="Local state-dict file to start the backbone from."),
-    selfcure: bool = typer.Option(True, "--selfcure/--no-selfcure", help="SCN importance weights, rank regularisation, relabelling."),
-    relabel_scope: str = typer.Option("low", help="Relabel only the low-importance group (SCN paper) or all samples (official code)."),
-    reliability: bool = typer.Option(True, "--reliability/--no-reliability", help="ARBEx anchors + attention reliability."),
+    selfcure: bool = typer.Option(False, "--selfcure/--no-selfcure", help="SCN part: importance weights, rank regularisation, relabelling (off by default: measured below the plain core, docs/METHODS.md)."),
+    relabel_scope: str = typer.Option("low", help="SCN: relabel only the low-importance group (paper) or all samples (official code)."),
+    reliability: bool = typer.Option(False, "--reliability/--no-reliability", help="ARBEx part: anchors + attention reliability (off by default, see docs/METHODS.md)."),
+    elr: bool = typer.Option(False, "--elr/--no-elr", help="ELR part: early-learning regularisation against memorising wrong labels."),
+    label_smoothing: float = typer.Option(0.1, min=0.0, max=0.5, help="Label smoothing of the core cross-entropy."),
+    holdout: float = typer.Option(0.05, min=0.0, max=0.5, help="Share held out of the first model to measure its strength (0: off)."),
+    plant_rate: float = typer.Option(0.03, min=0.0, max=0.2, help="Share of labels flipped on purpose inside the run: the self-check (0: off)."),
+    retrain: bool = typer.Option(True, "--retrain/--no-retrain", help="Train a second model without the most suspect share and score that share held out."),
+    knn: int = typer.Option(10, min=0, help="Neighbours for the embedding label-agreement signal (0: off)."),
+    amp: str = typer.Option("auto", help="bf16 autocast: auto (CUDA only), bf16 (also on CPU), off."),
+    thorough: bool = typer.Option(False, help="Slower, steadier scores: a 3-model ensemble for the first stage."),
     ensemble: int = typer.Option(1, min=1, help="Deep-ensemble members (uncertainty: entropy, mutual information)."),
     distill_generations: int = typer.Option(0, min=0, help="Self-distillation generations from the ensemble's soft labels."),
     folds: int = typer.Option(0, min=0, help="Cross-fitting folds for out-of-sample probabilities (0: off)."),
     resume: bool = typer.Option(False, help="Continue the latest unfinished run from its last epoch checkpoint."),
 ) -> None:
-    """Train a timm backbone with self-cure relabelling and reliability scores; record per-sample dynamics."""
+    """Train a timm backbone and record how every sample behaves (the evidence audit-labels judges labels by)."""
     from fercure.stages.train import run_train
     from fercure.train.config import TrainConfig
     from fercure.workspace import check_input_file
@@ -231,7 +248,9 @@ def train(
     config = TrainConfig(
         backbone=backbone, image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
         device=device.value, pretrained=str(pretrained) if pretrained else None, selfcure=selfcure,
-        relabel_scope=relabel_scope, reliability=reliability, ensemble=ensemble,
+        relabel_scope=relabel_scope, reliability=reliability, elr=elr, label_smoothing=label_smoothing,
+        holdout=holdout, plant_rate=plant_rate, retrain=retrain, knn=knn, amp=amp,
+        ensemble=max(ensemble, 3) if thorough else ensemble,
         distill_generations=distill_generations, folds=folds,
     )
     _run(run_train, "train", workspace=workspace, config=config, resume=resume)
@@ -245,8 +264,8 @@ def audit_labels(
     workspace: Path = WorkspaceOpt,
     run: Optional[str] = typer.Option(None, help="Run id under WS/runs (default: the latest)."),
     report: Optional[Path] = typer.Option(None, help="Where to write the HTML report (default WS/report.html)."),
-    score: str = typer.Option("confidence", help="label_quality signal: confidence (mean p(given) over epochs), confidence_variability (mean + std over epochs), aum, last, self_confidence, oof, reliability, importance."),
-    threshold_method: ThresholdMethod = typer.Option(ThresholdMethod.noise_rate, help="How is_label_issue is decided without ground truth (docs/METHODS.md)."),
+    score: str = typer.Option(DEFAULT_SCORE, help="label_quality signal: retrain (first and second model averaged), confidence (mean p(given) over epochs), confidence_variability (mean + std), aum, knn (neighbour label agreement), fusion (fitted on planted flips), eval, last, self_confidence, oof, reliability, importance."),
+    threshold_method: ThresholdMethod = typer.Option(ThresholdMethod(DEFAULT_THRESHOLD), help="How is_label_issue is decided without ground truth (docs/METHODS.md)."),
     force: bool = typer.Option(False, help="Overwrite an existing --report file (the default WS/report.html is always rewritten)."),
 ) -> None:
     """Score every label: wrong or not, what it should be, how sure, ambiguous or not."""

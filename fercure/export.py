@@ -20,10 +20,18 @@ situation                                   relabel   drop   flag    soft
 face problem: unreadable, duplicate, or     drop      drop   review  drop
 no_face with no crop (prepare dropped it)
 label issue with a confident suggestion     relabel   drop   review  review
-label issue without one                     review    drop   review  review
+label issue without one, ambiguous          review    drop   review  review
+label issue without one, not ambiguous      drop      drop   review  review
 ambiguous (not a label issue)               review    keep   review  keep
+model too weak to judge (any label verdict) keep      keep   review  keep
 anything else                               keep      keep   keep    keep
 ==========================================  ========  =====  ======  ======
+
+"Model too weak": the audit's model-strength verdict is ``too_weak`` (its probe accuracy is not
+clearly above chance, or it could not find the labels flipped on purpose): its flags are noise, so
+no label is changed or dropped on their account and the reason says so. When the verdict is
+``weak``, a confident suggestion is still not trusted (on the CPU benchmark such relabels matched
+the annotators less often than not): the label issue is treated as one without a suggestion.
 
 ``clean_label``: the suggested label for ``relabel``; the original label for ``keep`` and ``review``
 (unchanged until a person decides); empty (null) for ``drop``, so a consumer that trains on
@@ -31,8 +39,11 @@ clean_label cannot use a dropped row by accident.
 
 Why relabel is this conservative: on FER2013 relabelling the flagged samples to the model's argmax
 *lowered* downstream accuracy (0.663 vs 0.670 raw) while correct relabels raised it to 0.801
-(benchmarks/fer2013-ferplus): a wrong relabel costs more than a kept wrong label, so unsure cases go
-to review, not to a guess.
+(benchmarks/fer2013-ferplus): a wrong relabel costs more than a kept wrong label, so a label issue
+without a confident suggestion is not guessed. It is dropped (the given label is likely wrong and
+no replacement is trusted) unless the sample is ambiguous, and review is kept for the ambiguous
+cases a person can settle: sending every unsure flag to review made review a quarter of the
+dataset on the benchmark (benchmarks/RESULTS.md), which no one reviews.
 
 ``p_<class>``: for ``relabel``, ``drop`` and ``flag`` the audit's distribution (what the model
 believed; NaN for samples the run did not train). For ``soft`` they are training targets: the
@@ -64,7 +75,9 @@ _RULES = {
     "face": {"relabel": "drop", "drop": "drop", "flag": "review", "soft": "drop"},
     "issue_confident": {"relabel": "relabel", "drop": "drop", "flag": "review", "soft": "review"},
     "issue_unsure": {"relabel": "review", "drop": "drop", "flag": "review", "soft": "review"},
+    "issue_unsure_clear": {"relabel": "drop", "drop": "drop", "flag": "review", "soft": "review"},
     "ambiguous": {"relabel": "review", "drop": "keep", "flag": "review", "soft": "keep"},
+    "too_weak": {"relabel": "keep", "drop": "keep", "flag": "review", "soft": "keep"},
     "clean": {"relabel": "keep", "drop": "keep", "flag": "keep", "soft": "keep"},
 }
 
@@ -77,25 +90,27 @@ def face_problem(audit: pd.DataFrame) -> np.ndarray:
     return np.isin(status, FACE_DROP_STATUSES) | ((status == "no_face") & no_crop)
 
 
-def situations(audit: pd.DataFrame, min_confidence: float = 0.5) -> np.ndarray:
-    """The rules-table situation of each row (first match wins): face, issue_confident,
-    issue_unsure, ambiguous or clean."""
+def situations(audit: pd.DataFrame, min_confidence: float = 0.5, model_verdict: str | None = None) -> np.ndarray:
+    """The rules-table situation of each row (first match wins): face, too_weak (every label verdict
+    when the model was too weak to judge), issue_confident, issue_unsure (ambiguous),
+    issue_unsure_clear (not ambiguous), ambiguous or clean."""
     face = face_problem(audit)
     issue = audit["is_label_issue"].fillna(False).to_numpy(dtype=bool)
     amb = audit["is_ambiguous"].fillna(False).to_numpy(dtype=bool)
     conf = audit["suggested_label_confidence"].to_numpy(dtype=float)
     differs = (audit["suggested_label"].astype(object).to_numpy() != audit["given_label"].astype(object).to_numpy()) \
         & audit["suggested_label"].notna().to_numpy()
-    confident = issue & differs & ~amb & (np.nan_to_num(conf, nan=-1.0) >= min_confidence)
+    confident = issue & differs & ~amb & (np.nan_to_num(conf, nan=-1.0) >= min_confidence) & (model_verdict != "weak")
+    weak = np.full(len(audit), model_verdict == "too_weak") & (issue | amb)
     return np.select(
-        [face, confident, issue, amb],
-        ["face", "issue_confident", "issue_unsure", "ambiguous"],
+        [face, weak, confident, issue & amb, issue, amb],
+        ["face", "too_weak", "issue_confident", "issue_unsure", "issue_unsure_clear", "ambiguous"],
         default="clean",
     ).astype(object)
 
 
 def apply_policy(audit: pd.DataFrame, classes: Sequence[str], policy: str = "relabel", *,
-                 min_confidence: float = 0.5) -> pd.DataFrame:
+                 min_confidence: float = 0.5, model_verdict: str | None = None) -> pd.DataFrame:
     """The cleaned table for ``policy`` (see the module docstring for the rules).
 
     Parameters
@@ -107,6 +122,9 @@ def apply_policy(audit: pd.DataFrame, classes: Sequence[str], policy: str = "rel
     policy : {"relabel", "drop", "flag", "soft"}, default "relabel"
     min_confidence : float, default 0.5
         Least suggested_label_confidence for a relabel.
+    model_verdict : {"ok", "weak", "too_weak", None}
+        The audit's model-strength verdict: ``too_weak`` label verdicts change nothing; ``weak``
+        suggestions are not trusted for a relabel.
 
     Returns
     -------
@@ -120,7 +138,7 @@ def apply_policy(audit: pd.DataFrame, classes: Sequence[str], policy: str = "rel
     """
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
-    sit = situations(audit, min_confidence)
+    sit = situations(audit, min_confidence, model_verdict)
     action = np.array([_RULES[s][policy] for s in sit], dtype=object)
     original = audit["given_label"].astype(str).to_numpy(dtype=object)
     suggested = audit["suggested_label"].astype(object).to_numpy()
@@ -134,7 +152,7 @@ def apply_policy(audit: pd.DataFrame, classes: Sequence[str], policy: str = "rel
         "original_label": original,
         "clean_label": clean,
         "action": action,
-        "reason": _reasons(audit, sit, action, original, suggested, min_confidence),
+        "reason": _reasons(audit, sit, action, original, suggested, min_confidence, model_verdict),
         "label_quality": audit["label_quality"].to_numpy(dtype=float),
         "suggested_label": suggested,
         "suggested_label_confidence": audit["suggested_label_confidence"].to_numpy(dtype=float),
@@ -171,7 +189,7 @@ def _soft_targets(probs: np.ndarray, sit: np.ndarray, action: np.ndarray, clean:
 
 
 def _reasons(audit: pd.DataFrame, sit: np.ndarray, action: np.ndarray, original: np.ndarray,
-             suggested: np.ndarray, min_confidence: float) -> list[str]:
+             suggested: np.ndarray, min_confidence: float, verdict: str | None = None) -> list[str]:
     """What the policy did, then the audit's own explanation (which carries the numbers)."""
     audit_reason = audit["reason"].fillna("").astype(str).to_numpy() if "reason" in audit.columns else [""] * len(audit)
     trained = audit["trained"].to_numpy(dtype=bool) if "trained" in audit.columns else audit["label_quality"].notna().to_numpy()
@@ -184,16 +202,20 @@ def _reasons(audit: pd.DataFrame, sit: np.ndarray, action: np.ndarray, original:
             head = f"face problem ({audit['face_status'].iat[i]})"
         elif s == "issue_confident":
             head = f"likely mislabelled: {original[i]} -> {suggested[i]} ({conf[i]:.2f} >= {min_confidence:.2f})"
-        elif s == "issue_unsure":
+        elif s in ("issue_unsure", "issue_unsure_clear"):
             if suggested[i] == original[i] or suggested[i] is None:
                 why = "no other label is preferred"
             elif amb[i]:
                 why = f"the suggestion {suggested[i]} is ambiguous"
+            elif verdict == "weak":
+                why = f"the model is weak, so its suggestion {suggested[i]} ({conf[i]:.2f}) is not trusted"
             else:
                 why = f"the suggestion {suggested[i]} ({conf[i]:.2f}) is below {min_confidence:.2f}"
             head = f"likely mislabelled, but {why}"
         elif s == "ambiguous":
             head = "ambiguous expression"
+        elif s == "too_weak":
+            head = "flagged, but the model was too weak to judge labels (see the audit's warning)"
         elif not trained[i]:
             head = "not audited"
         else:

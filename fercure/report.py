@@ -31,6 +31,9 @@ th{background:#f4f4f4}td.l,th.l{text-align:left}
 .path{color:#555}.lab{font-weight:600}.bad{color:#b00}.good{color:#070}
 .kpi{display:inline-block;margin:0 18px 8px 0}.kpi b{font-size:1.4em;display:block}
 .muted{color:#777;font-size:.85em}
+.verdict{border-radius:6px;padding:8px 12px;margin:10px 0}.v-ok{background:#eef7ee}
+.v-weak{background:#fff6e0}.v-too_weak{background:#fde8e8;font-weight:600}.v-unknown{background:#f4f4f4}
+.guess{color:#777}
 """
 
 
@@ -122,7 +125,10 @@ def _card(row: pd.Series, crops: np.ndarray | None, thumb: int) -> str:
     else:
         img = '<div class="noimg">no crop</div>'
     given, sugg = row.get("given_label"), row.get("suggested_label")
-    change = (f'<span class="lab bad">{_e(given)}</span> → <span class="lab good">{_e(sugg)}</span>'
+    conf = row.get("suggested_label_confidence")
+    # green only for a suggestion that is more likely right than not; a guess stays grey
+    sure = pd.notna(conf) and float(conf) >= 0.5
+    change = (f'<span class="lab bad">{_e(given)}</span> → <span class="lab {"good" if sure else "guess"}">{_e(sugg)}</span>'
               if pd.notna(sugg) and sugg != given else f'<span class="lab">{_e(given)}</span>')
     return (
         f'<div class="card">{img}<div>{change}</div>'
@@ -184,7 +190,7 @@ def render_report(
                 _fmt(d.get("mean_label_quality")), _fmt(d.get("threshold"))]
                for c, d in per_class.items()]
     pc_html = _table(["class", "samples", "label issues", "ambiguous", "mean label_quality",
-                      "label_quality cut" if used == "noise_rate" else "confident-joint threshold"], pc_rows)
+                      "label_quality cut" if used in ("noise_rate", "planted") else "confident-joint threshold"], pc_rows)
 
     tm = np.asarray(stats.get("transition_matrix", np.zeros((len(classes), len(classes)))), dtype=np.int64)
     hist = histogram_svg(audit["label_quality"].to_numpy(dtype=float), issue,
@@ -200,9 +206,26 @@ def render_report(
         amb_rows = amb_rows.sort_values("top2_margin", kind="stable")
     amb_cards = "".join(_card(r, crops, thumb_size) for _, r in amb_rows.head(max_ambiguous).iterrows())
 
+    ms = stats.get("model_strength") or {}
+    sc = stats.get("self_check") or {}
+    verdict = str(ms.get("verdict", "unknown"))
+    sc_bits = []
+    if sc.get("n_planted"):
+        sc_bits.append(f"{int(sc['n_planted'])} labels were flipped on purpose inside the run (never written anywhere)")
+        if sc.get("auroc_mean_p") is not None:
+            sc_bits.append(f"the score ranked them at AUROC {_fmt(sc['auroc_mean_p'])}")
+        if sc.get("recall_at_estimated_share") is not None:
+            sc_bits.append(f"{_fmt(100 * sc['recall_at_estimated_share'], 0)}% of them fall in the estimated "
+                           f"share of wrong labels ({_fmt(100 * (sc.get('estimated_error_share') or 0), 0)}%)")
+    strength_html = (f'<div class="verdict v-{_e(verdict)}">Model strength: <b>{_e(verdict)}</b> — '
+                     f'{_e(ms.get("message", "not measured"))}'
+                     + (f'<br><span class="muted">Self-check: {_e("; ".join(sc_bits))}.</span>' if sc_bits else "")
+                     + "</div>")
     thr_line = (f"mixture on label_quality, cut at {_fmt(mix_t, 3)}" if used == "mixture"
                 else "per class, the confident joint's count of wrong labels, lowest label_quality first "
                      "(per-class cuts in the table above)" if used == "noise_rate"
+                else "per class, lowest label_quality first, as many as the planted flips say are wrong "
+                     "(per-class cuts in the table above)" if used == "planted"
                 else "confident joint (per-class thresholds in the table above)")
     method = stats.get("method", "confidence")
     method_txt = method if isinstance(method, str) else ", ".join(f"{k}×{v}" for k, v in method.items())
@@ -215,6 +238,7 @@ def render_report(
 <p class="muted">run {_e(run_id or '?')} · fercure {_e(__version__)} · score: {_e(method_txt)} ·
 is_label_issue: {_e(thr_line)} · ambiguous: top-2 gap &lt; {_fmt(stats.get('ambiguity_margin'))}
 and top-1 &lt; {_fmt(stats.get('ambiguity_max_confidence'))}</p>
+{strength_html}
 <div>{kpi_html}</div>
 <h2>Per class</h2>{pc_html}
 <h2>Noise transition (given → suggested)</h2>

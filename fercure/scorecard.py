@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fercure.metrics import auroc as _auroc
+
 KEYS = (
     "n_scored", "n_known_errors", "n_clean", "n_flagged", "known_errors_flagged", "recall",
     "flagged_with_verdict", "precision", "precision_if_random", "auroc", "n_auroc",
@@ -34,21 +36,9 @@ def _ratio(num: int, den: int) -> float | None:
 
 
 def auroc(positive: np.ndarray, score: np.ndarray) -> float | None:
-    """P(score of a random positive > score of a random negative), ties counting one half
-    (Mann–Whitney U with average ranks). None when either class is empty."""
-    y = np.asarray(positive, dtype=bool)
-    s = np.asarray(score, dtype=np.float64)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return None
-    order = np.argsort(s, kind="mergesort")
-    sorted_s = s[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_s)) + 1]
-    ends = np.r_[starts[1:], len(s)]
-    ranks = np.empty(len(s), dtype=np.float64)
-    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)  # 1-based average ranks
-    u = ranks[y].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
+    """``fercure.metrics.auroc``, with None (not NaN) when either class is empty, for JSON."""
+    value = _auroc(positive, score)
+    return None if math.isnan(value) else value
 
 
 def _flag(series: pd.Series) -> np.ndarray:

@@ -179,7 +179,7 @@ def test_build_audit_keeps_every_manifest_row():
     man["blur_score"] = np.exp(np.random.default_rng(3).normal(5, 0.2, 703))
     man.loc[5, "blur_score"] = 0.01
     preds = predictions_table(p, given, ids).sample(frac=1, random_state=0)  # order must not matter
-    out, stats = audit.build_audit(man, preds, CLASSES, threshold_method="mixture")
+    out, stats = audit.build_audit(man, preds, CLASSES, method="confidence", threshold_method="mixture")
 
     assert out["sample_id"].tolist() == man["sample_id"].tolist()
     assert out["given_label"].tolist() == man["label"].tolist()
@@ -225,7 +225,7 @@ def test_mixture_falls_back_to_confident_joint_when_the_low_group_is_the_bulk():
     preds = predictions_table(p, given, [f"s{i}" for i in range(600)])
     preds["mean_p_given"] = np.where(rng.random(600) < 0.8, rng.uniform(0.05, 0.15, 600), rng.uniform(0.85, 0.95, 600))
     man = manifest_table([f"s{i}" for i in range(600)], [CLASSES[g] for g in given])
-    _, stats = audit.build_audit(man, preds, CLASSES, threshold_method="mixture")
+    _, stats = audit.build_audit(man, preds, CLASSES, method="confidence", threshold_method="mixture")
     assert stats["mixture"]["weights"][0] > 0.5
     assert stats["threshold_method_used"] == "confident_joint"
     assert stats["n_label_issues"] == stats["confident_joint_n_flagged"]
@@ -288,12 +288,13 @@ def test_noise_rate_flags_few_on_nearly_clean_data(noise, memorise):
     ids = [f"s{i}" for i in range(len(p))]
     man = manifest_table(ids, [CLASSES[g] for g in given])
     preds = predictions_table(p, given, ids)
-    out, stats = audit.build_audit(man, preds, CLASSES)  # the default
+    # without a retrain in the run the default rule falls back to the confident joint's count
+    out, stats = audit.build_audit(man, preds, CLASSES, method="confidence")
     assert stats["threshold_method_used"] == "noise_rate"
     assert out["is_label_issue"].mean() < 0.05  # measured 0.1%, 0%, 3.4%, 1.2%
     if noise == 0.0 and memorise == 0.0:
         # ...where the mixture cuts the clean data roughly in half (measured 47%)
-        mix, _ = audit.build_audit(man, preds, CLASSES, threshold_method="mixture")
+        mix, _ = audit.build_audit(man, preds, CLASSES, method="confidence", threshold_method="mixture")
         assert mix["is_label_issue"].mean() > 0.3
 
 
@@ -326,7 +327,7 @@ def test_build_audit_noise_rate_records_counts_and_cuts_and_is_deterministic():
     ids = [f"s{i:04d}" for i in range(len(p))]
     man = manifest_table(ids, [CLASSES[g] for g in given])
     preds = predictions_table(p, given, ids)
-    out, stats = audit.build_audit(man, preds, CLASSES)
+    out, stats = audit.build_audit(man, preds, CLASSES, method="confidence")
     assert stats["threshold_method"] == stats["threshold_method_used"] == "noise_rate"
     issue = out["is_label_issue"].to_numpy()
     q = out["label_quality"].to_numpy()
@@ -346,7 +347,7 @@ def test_build_audit_noise_rate_records_counts_and_cuts_and_is_deterministic():
     json.dumps(stats, allow_nan=False)
     # identical inputs → identical output; a reordered predictions table → the same flags and counts
     # (its sums run in another order, so thresholds may differ in the last bit)
-    out2, stats2 = audit.build_audit(man, preds, CLASSES)
+    out2, stats2 = audit.build_audit(man, preds, CLASSES, method="confidence")
     pd.testing.assert_frame_equal(out2, out)
     assert stats2 == stats
     out3, stats3 = audit.build_audit(man, preds.sample(frac=1, random_state=1), CLASSES)
@@ -400,3 +401,40 @@ def test_confidence_variability_ranks_steady_low_below_swinging():
     assert sig[0] < sig[1] < sig[2]
     assert np.all((sig >= 0) & (sig <= 1))
     assert sig[3] == pytest.approx(1.0 / ((1 + np.sqrt(2)) / 2))  # μ = σ = 0.5
+
+
+def _audit(p, given, **kw):
+    ids = [f"s{i}" for i in range(len(given))]
+    return audit.build_audit(manifest_table(ids, [CLASSES[g] for g in given]), predictions_table(p, given, ids),
+                             CLASSES, **kw)
+
+
+def test_a_flagged_sample_never_gets_its_given_label_back():
+    p, given, true, flip = synthetic(n=700, noise=0.3, seed=3, memorise=3.5)  # memorised: argmax = given
+    table, _ = _audit(p, given, method="confidence", threshold_method="planted",
+                      run_meta={"self_check": {"estimated_error_share": 0.3}})
+    flagged = table["is_label_issue"].to_numpy()
+    probs = table[[f"p_{c}" for c in CLASSES]].to_numpy()
+    argmax_is_given = probs.argmax(1) == [CLASSES.index(g) for g in table["given_label"]]
+    assert flagged.sum() == 210 and (flagged & argmax_is_given).sum() > 20
+    assert (table.loc[flagged, "suggested_label"] != table.loc[flagged, "given_label"]).all()
+    assert (table.loc[~flagged, "suggested_label"] == table.loc[~flagged, "given_label"]).all()
+
+
+def test_planted_threshold_flags_the_estimated_share_and_reports_the_self_check():
+    p, given, true, flip = synthetic(n=1000, noise=0.2, seed=4)
+    meta = {"self_check": {"estimated_error_share": 0.15, "n_planted": 30, "auroc_mean_p": 0.93},
+            "model_strength": {"verdict": "weak", "message": "Model is weak: ..."}}
+    table, stats = _audit(p, given, method="confidence", threshold_method="planted", run_meta=meta)
+    assert stats["threshold_method_used"] == "planted" and table["is_label_issue"].sum() == 150
+    assert stats["model_strength"]["verdict"] == "weak" and stats["self_check"]["n_planted"] == 30
+    # without a planted estimate the rule falls back to the confident joint's count
+    _, stats2 = _audit(p, given, method="confidence", threshold_method="planted")
+    assert stats2["threshold_method_used"] == "noise_rate"
+
+
+def test_retrain_score_averages_the_second_opinion_where_there_is_one():
+    preds = pd.DataFrame({"mean_p_given": [0.2, 0.8, 0.6], "retrain_p_given": [0.6, np.nan, 0.0]})
+    probs = np.full((3, 2), 0.5)
+    sig = audit.signals_from_predictions(preds, probs, np.zeros(3, int))
+    assert np.allclose(sig["retrain"], [0.4, 0.8, 0.3])

@@ -74,8 +74,11 @@ def test_train_writes_run(chain: Path):
     dyn = pd.read_parquet(run / "dynamics.parquet")
     preds = pd.read_parquet(run / "predictions.parquet")
     assert {"sample_id", "epoch", "p_given", "margin", "importance_weight", "predicted", "relabeled"} <= set(dyn.columns)
-    # one row per trained sample per epoch
-    assert len(dyn) == 3 * len(preds) * config.get("ensemble", 1)
+    # one row per trained sample per epoch; planted-flip and probe samples are left out (they were
+    # not trained with their given label)
+    real = ~(preds["planted"] | preds["probe"])
+    assert preds["probe"].sum() >= 7 and set(dyn["sample_id"]) == set(preds.loc[real, "sample_id"])
+    assert len(dyn) == 3 * int(real.sum()) * config.get("ensemble", 1)
     assert np.all((dyn["p_given"] >= 0) & (dyn["p_given"] <= 1))
 
 

@@ -50,8 +50,8 @@ def audit_rows() -> pd.DataFrame:
 EXPECTED = {  # sample → action under relabel, drop, flag, soft (the rules table)
     "clean": ("keep", "keep", "keep", "keep"),
     "sure_err": ("relabel", "drop", "review", "review"),
-    "weak_err": ("review", "drop", "review", "review"),
-    "same_err": ("review", "drop", "review", "review"),
+    "weak_err": ("drop", "drop", "review", "review"),  # a likely wrong label, no trusted replacement
+    "same_err": ("drop", "drop", "review", "review"),
     "amb": ("review", "keep", "review", "keep"),
     "amb_err": ("review", "drop", "review", "review"),
     "dup": ("drop", "drop", "review", "drop"),
@@ -93,9 +93,11 @@ def test_reasons_carry_the_numbers():
     assert out.at["untrained", "reason"].startswith("kept: not audited")
 
 
-def test_min_confidence_moves_a_relabel_to_review():
+def test_min_confidence_turns_a_relabel_into_a_drop():
+    # below the bar the suggestion is not trusted: the likely wrong label is dropped, not guessed
     out = export.apply_policy(audit_rows(), CLASSES, "relabel", min_confidence=0.9).set_index("sample_id")
-    assert out.at["sure_err", "action"] == "review" and out.at["sure_err", "clean_label"] == "happy"
+    assert out.at["sure_err", "action"] == "drop" and pd.isna(out.at["sure_err", "clean_label"])
+    assert "below 0.90" in out.at["sure_err", "reason"]
 
 
 def test_soft_policy_keeps_distributions_where_uncertain_one_hot_elsewhere():
@@ -227,3 +229,26 @@ def test_run_export_refuses_a_stale_audit(tmp_path):
     write_table(pd.concat([man, extra], ignore_index=True), ws.manifest, {"classes": CLASSES})
     with pytest.raises(ExportError, match="audit-labels"):
         run_export(ws, tmp_path / "c.parquet")
+
+
+def test_a_model_too_weak_to_judge_changes_no_label():
+    audit = pd.DataFrame({
+        "sample_id": ["a", "b", "c", "d"], "source_path": ["a.png", "b.png", "c.png", "d.png"],
+        "split": "train", "given_label": ["x", "x", "y", "y"], "trained": True,
+        "suggested_label": ["y", "x", "x", "y"], "suggested_label_confidence": [0.9, 0.8, 0.3, 0.9],
+        "label_quality": [0.1, 0.9, 0.2, 0.5], "is_label_issue": [True, False, True, False],
+        "is_ambiguous": [False, False, False, True], "face_status": ["ok", "ok", "ok", "duplicate"],
+        "store_index": [0, 1, 2, 3], "reliability": 0.5, "uncertainty_entropy": 0.5,
+        "p_x": [0.1, 0.8, 0.3, 0.5], "p_y": [0.9, 0.2, 0.7, 0.5], "reason": "",
+    })
+    strong = export.apply_policy(audit, ["x", "y"])
+    assert strong["action"].tolist() == ["relabel", "keep", "drop", "drop"]
+    weak = export.apply_policy(audit, ["x", "y"], model_verdict="too_weak")
+    assert weak["action"].tolist() == ["keep", "keep", "keep", "drop"]  # face problems still count
+    assert weak["clean_label"].tolist()[:3] == ["x", "x", "y"]
+    assert "too weak" in weak["reason"].iloc[0]
+    assert export.apply_policy(audit, ["x", "y"], "flag", model_verdict="too_weak")["action"].tolist()[:3] == ["review", "keep", "review"]
+    # a weak model's confident suggestion is not trusted: the likely wrong label is dropped instead
+    merely_weak = export.apply_policy(audit, ["x", "y"], model_verdict="weak")
+    assert merely_weak["action"].tolist() == ["drop", "keep", "drop", "drop"]
+    assert "not trusted" in merely_weak["reason"].iloc[0]

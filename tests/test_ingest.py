@@ -9,6 +9,7 @@ import io
 import os
 import posixpath
 import tempfile
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -592,9 +593,7 @@ def test_many_repeated_paths_are_judged_per_path(tmp_path: Path):
 # Label files that are not regular files: read once, bounded, never hanging
 
 
-def _write_later(path: Path, data: bytes) -> "threading.Thread":
-    import threading
-
+def _write_later(path: Path, data: bytes) -> threading.Thread:
     def writer() -> None:
         with open(path, "wb") as f:  # blocks until discover opens the FIFO for reading
             f.write(data)

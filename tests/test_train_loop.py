@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from fercure.train.config import TrainConfig
-from fercure.train.ensemble import ensemble_uncertainty, mc_dropout_probs
+from fercure.train.ensemble import ensemble_uncertainty
 from fercure.train.loop import fit, predict
 from fercure.train.model import PretrainedWeightsError, build_model, load_pretrained
+from fercure.train.parts import build_parts
 from fercure.train.reliability import anchor_separation
 
 CLASSES = ["a", "b", "c"]
@@ -58,9 +59,10 @@ def tiny_config(**kw) -> TrainConfig:
 @pytest.fixture(scope="module")
 def trained():
     imgs, given, noisy = synthetic()
-    cfg = tiny_config()
+    cfg = tiny_config(selfcure=True, reliability=True)
     torch.manual_seed(cfg.seed)
-    init_sep = anchor_separation(build_model(cfg, 3).anchors.detach()).item()  # same init as fit
+    parts = build_parts(cfg, len(imgs), 3, torch.device("cpu"))
+    init_sep = anchor_separation(build_model(cfg, 3, parts).heads["arbex"].anchors.detach()).item()  # same init as fit
     res = fit(imgs, given, CLASSES, cfg)
     return imgs, given, noisy, cfg, res, init_sep
 
@@ -90,14 +92,14 @@ def test_anchors_of_different_classes_move_apart(trained):
 
 def test_predict_outputs(trained):
     imgs, _, _, cfg, res, _ = trained
-    out = predict(res.model, imgs[:40], cfg, batch_size=16)
+    out = predict(res.model, imgs[:40], cfg, batch_size=16, parts=res.parts)
     assert out["probs"].shape == (40, 3) and np.allclose(out["probs"].sum(1), 1, atol=1e-5)
-    assert out["rel_probs"].shape == (40, 3)
+    assert out["rel_probs"].shape == (40, 3) and out["embedding"].shape[0] == 40
     assert ((out["reliability"] >= 0) & (out["reliability"] <= 1)).all()
     assert ((out["alpha"] > 0) & (out["alpha"] < 1)).all()
-    mc = mc_dropout_probs(res.model, imgs[:40], cfg, p=0.3, samples=5, batch_size=16)
-    assert mc.shape == (5, 40, 3)
-    assert ensemble_uncertainty(mc)["mutual_info"].mean() > 0
+    # the mirror-averaged pass is a different, still normalised, prediction
+    flip = predict(res.model, imgs[:40], cfg, batch_size=16, flip=True)
+    assert np.allclose(flip["probs"].sum(1), 1, atol=1e-5) and not np.allclose(flip["probs"], out["probs"])
 
 
 def test_relabelling_follows_the_rule_during_fit():

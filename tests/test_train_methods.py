@@ -144,9 +144,10 @@ def test_stratified_folds_and_job_plan():
         counts = np.bincount(f[labels == c], minlength=3)
         assert counts.max() - counts.min() <= 1
     jobs = plan_jobs(TrainConfig(ensemble=2, distill_generations=1, folds=3))
-    assert [j.key for j in jobs] == ["g0m0", "g0m1", "g1m0", "g1m1", "fold0", "fold1", "fold2"]
+    assert [j.key for j in jobs] == ["g0m0", "g0m1", "g1m0", "g1m1", "fold0", "fold1", "fold2", "retrain"]
     assert [j.member for j in jobs if j.kind == "member"] == [0, 1, 2, 3]
     assert len({j.seed for j in jobs}) == len(jobs)
+    assert [j.key for j in plan_jobs(TrainConfig(retrain=False))] == ["g0m0"]
 
 
 # ---- config and schedule -----------------------------------------------------------------------
@@ -156,8 +157,12 @@ def test_config_roundtrip_and_validation():
     again = TrainConfig.from_dict({**cfg.to_dict(), "unknown_key": 1})
     assert again == cfg and again.relabel_start == 15
     assert TrainConfig().relabel_start == 10
+    # a fraction never rounds to epoch 0 (a random model's "confident" predictions)
+    assert TrainConfig(epochs=1, relabel_epoch=0.5).relabel_start == 1
+    assert TrainConfig(epochs=3, relabel_epoch=0.1).relabel_start == 1
     for bad in ({"relabel_scope": "some"}, {"beta": 1.5}, {"device": "tpu"}, {"folds": 1},
-                {"batch_size": 1}):
+                {"batch_size": 1}, {"amp": "fp8"}, {"holdout": 0.9}, {"plant_rate": -0.1},
+                {"knn": -1}):
         with pytest.raises(ValueError):
             TrainConfig(**bad)
 

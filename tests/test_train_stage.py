@@ -66,16 +66,24 @@ def test_run_train_writes_the_run(tmp_path):
                 + [f"mean_p_{c}" for c in CLASSES]
                 + ["mean_p_given", "var_p_given", "aum", "last_p_given", "importance_weight",
                    "relabel_count", "scn_label", "reliability"] + [f"rel_p_{c}" for c in CLASSES]
-                + ["uncertainty_entropy", "uncertainty_mutual_info", "oof_p_given"])
+                + ["uncertainty_entropy", "uncertainty_mutual_info", "oof_p_given", "forgetting",
+                   "knn_agreement", "fusion_quality", "retrain_p_given", "mean_p_given_eval"]
+                + [f"knn_p_{c}" for c in CLASSES] + [f"retrain_p_{c}" for c in CLASSES]
+                + ["retrain_held_out", "planted", "probe"])
     assert list(pred.columns) == expected
     assert len(pred) == 37 and pred["sample_id"].is_unique
     assert pred["oof_p_given"].isna().all() and (pred["uncertainty_mutual_info"] == 0).all()
     assert np.allclose(pred[[f"p_{c}" for c in CLASSES]].sum(axis=1), 1, atol=1e-4)
     assert read_metadata(s.run_dir / "predictions.parquet")["classes"] == CLASSES
 
+    # every score is about the given label, and the retrain scored the share it dropped held out
+    assert pred["mean_p_given"].between(0, 1).all() and pred["retrain_p_given"].between(0, 1).all()
+    assert pred["retrain_held_out"].sum() == round(0.3 * 37)
+    assert pred["probe"].sum() == 3  # round(5% of 12-13 per class) → at least 1 per class
     dyn = pd.read_parquet(s.run_dir / "dynamics.parquet")
     assert list(dyn.columns) == DYNAMICS_COLUMNS
-    assert len(dyn) == 37 * 2 and set(dyn["epoch"]) == {0, 1} and set(dyn["member"]) == {0}
+    real = int((~(pred["planted"] | pred["probe"])).sum())
+    assert len(dyn) == real * 2 and set(dyn["epoch"]) == {0, 1} and set(dyn["member"]) == {0}
     assert dyn["relabeled"].dtype == bool
 
     state = torch.load(s.run_dir / "model.pt", weights_only=True)

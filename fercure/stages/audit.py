@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
@@ -31,7 +31,7 @@ from fercure.workspace import (
 # Keys of build_audit's stats that decide the flags; they travel as the audit's "thresholds".
 THRESHOLD_KEYS = (
     "method", "threshold_method", "threshold_method_used", "distribution", "class_thresholds", "noise_rate",
-    "mixture", "confident_joint_n_flagged", "ambiguity_margin", "ambiguity_max_confidence", "blur_threshold",
+    "mixture", "confident_joint_n_flagged", "suggest_from", "ambiguity_margin", "ambiguity_max_confidence", "blur_threshold",
 )
 
 
@@ -55,6 +55,14 @@ class AuditSummary:
     audit_path: Path
     report_path: Path | None
     seconds: float
+    model_verdict: str = "unknown"  # ok | weak | too_weak | unknown (see fercure.train.detection)
+    model_strength: str = ""  # the verdict in a sentence: probe accuracy vs chance, planted flips
+    self_check: dict = field(default_factory=dict)  # planted flips: how many, how well ranked
+
+    @property
+    def warning(self) -> str | None:
+        """What the terminal shows in red/yellow under the summary when the model is not strong."""
+        return self.model_strength if self.model_verdict in ("weak", "too_weak") else None
 
 
 def _classes(ws: Workspace, run_id: str, predictions_path: Path) -> list[str]:
@@ -79,8 +87,8 @@ def run_audit(
     run_id: str | None = None,
     report_path: Path | str | None = None,
     reporter: Reporter = NULL,
-    method: str | Mapping[str, float] = "confidence",
-    threshold_method: str = "noise_rate",
+    method: str | Mapping[str, float] = core.DEFAULT_SCORE,
+    threshold_method: str = core.DEFAULT_THRESHOLD,
     write_report: bool = True,
 ) -> AuditSummary:
     """Score every manifest sample's label with run ``run_id`` (default: the latest finished run).
@@ -111,7 +119,8 @@ def run_audit(
 
     try:
         table, stats = core.build_audit(manifest, predictions, classes, method=method,
-                                        threshold_method=threshold_method)
+                                        threshold_method=threshold_method,
+                                        run_meta=read_metadata(predictions_path))
     except ValueError as e:
         raise AuditInputError(f"Cannot audit run {run_id!r} ({predictions_path}) against {ws.manifest}: {e}. "
                               f"If the manifest changed after training, re-run `fercure train -w {ws.root}`.") from e
@@ -134,6 +143,9 @@ def run_audit(
         atomic_write_text(out_report, html)
     task.advance()
     task.close()
+    verdict = stats["model_strength"].get("verdict")
+    if verdict in ("weak", "too_weak"):
+        reporter.log(f"audit-labels: {stats['model_strength'].get('message')}")
 
     per_class = pd.DataFrame.from_dict(stats["per_class"], orient="index")
     per_class.index.name = "class"
@@ -155,4 +167,19 @@ def run_audit(
         audit_path=ws.audit,
         report_path=out_report,
         seconds=time.perf_counter() - start,
+        model_verdict=str(stats["model_strength"].get("verdict", "unknown")),
+        model_strength=str(stats["model_strength"].get("message", "")),
+        self_check=_self_check_rows(stats["self_check"]),
     )
+
+
+def _self_check_rows(sc: dict) -> dict:
+    """The planted-flip self-check as a few readable numbers for the terminal summary."""
+    out = {}
+    if sc.get("n_planted"):
+        out["planted flips"] = sc["n_planted"]
+        for key, label in (("auroc_mean_p", "ranked at AUROC"), ("recall_at_estimated_share", "found at the estimated error share"),
+                           ("estimated_error_share", "estimated share of wrong labels")):
+            if sc.get(key) is not None:
+                out[label] = round(float(sc[key]), 3)
+    return out

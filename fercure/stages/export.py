@@ -98,13 +98,16 @@ def run_export(
             f"Re-run `fercure audit-labels -w {ws.root}`.")
     classes = audit_meta.get("classes") or [c[2:] for c in audit.columns if c.startswith("p_")]
 
-    cleaned = core.apply_policy(audit, classes, policy, min_confidence=min_confidence)
+    verdict = ((audit_meta.get("stats") or {}).get("model_strength") or {}).get("verdict")
+    cleaned = core.apply_policy(audit, classes, policy, min_confidence=min_confidence,
+                                model_verdict=verdict)
     counts = core.action_counts(cleaned)
     provenance = {
         "run_id": audit_meta.get("run_id"),
         "thresholds": audit_meta.get("thresholds", {}),
         "policy": policy,
         "min_confidence": float(min_confidence),
+        "model_strength": verdict,
         "classes": list(classes),
         "soft_labels": "training targets" if policy == "soft" else "model distribution",
         "actions": counts,

@@ -29,15 +29,17 @@ import torch
 
 from fercure import __version__
 from fercure.progress import NULL, Reporter
+from fercure.train import detection as det
 from fercure.train import dynamics as dyn
 from fercure.train import ensemble as ens
 from fercure.train.config import TrainConfig
+from fercure.train.parts import part_names
 from fercure.train.loop import fit, predict, resolve_device, to_device_store
 from fercure.workspace import (Workspace, WorkspaceError, atomic_path, atomic_write_json,
                                read_metadata, read_table, write_table)
 
 EXCLUDED_STATUSES = {"unreadable", "duplicate"}
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: the parts engine (0.2); a format-1 checkpoint cannot be resumed
 
 
 @dataclass
@@ -56,8 +58,13 @@ class TrainSummary:
     members: int = 1
     generations: int = 0
     folds: int = 0
-    temperature: float | None = None  # fitted on out-of-fold logits when folds > 0
+    temperature: float | None = None  # fitted on out-of-fold logits when folds > 0 (applied to oof_p_given)
     resumed: bool = False
+    parts: list[str] = field(default_factory=list)  # method parts switched on (scn, arbex, elr, distill)
+    probe_accuracy: float | None = None  # the first model's held-out accuracy on the probe (given labels)
+    chance_accuracy: float | None = None  # the probe's most frequent class share
+    planted_flips: int = 0  # labels flipped on purpose in the first model (never written anywhere)
+    retrained_without: int = 0  # samples the second model did not train on (scored held out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,6 +240,10 @@ def run_train(workspace: Workspace | Path, config: TrainConfig, *, resume: bool 
         except Exception as exc:
             raise WorkspaceError(f"{run_dir / 'checkpoint.pt'} cannot be read ({exc}); "
                                  "start a new run without --resume.") from exc
+        if ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise WorkspaceError(f"{run_dir / 'checkpoint.pt'} was written by another fercure version "
+                                 f"(checkpoint format {ckpt.get('format')}, this one reads "
+                                 f"{CHECKPOINT_FORMAT}); start a new run without --resume.")
         if ckpt.get("fingerprint") != fingerprint:
             raise WorkspaceError(f"The manifest or crops changed since run {run_id} started; it "
                                  "cannot be resumed. Start a new run without --resume.")
@@ -244,20 +255,24 @@ def run_train(workspace: Workspace | Path, config: TrainConfig, *, resume: bool 
         run_dir = ws.run_dir(run_id)
         run_dir.mkdir(parents=True, exist_ok=False)
         atomic_write_json(run_dir / "config.json", {
-            **config.to_dict(), "classes": data.classes, "run_id": run_id,
+            **config.to_dict(), "classes": data.classes, "run_id": run_id, "parts": part_names(config),
             "n_samples": len(data.sample_ids), "fercure_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "fingerprint": fingerprint})
 
     device = resolve_device(config.device)
     store = to_device_store(data.store, device)  # the whole uint8 store goes to the device once
-    labels_full = np.zeros(store.shape[0], dtype=np.int64)
-    labels_full[data.rows] = data.given
     n, c = len(data.rows), len(data.classes)
+    plan = det.plan_run(data.given, c, config)
+    labels_full = np.zeros(store.shape[0], dtype=np.int64)
+    labels_full[data.rows] = plan.train_labels
+    given_full = np.zeros(store.shape[0], dtype=np.int64)
+    given_full[data.rows] = data.given
     jobs = ens.plan_jobs(config)
     final_gen = config.distill_generations
     first_final = f"g{final_gen}m0"
     folds = ens.stratified_folds(data.given, config.folds, config.seed) if config.folds else None
     done: dict[str, dict[str, Any]] = {k: _to_numpy(v) for k, v in ckpt["done"].items()}
+    fit_pos = np.flatnonzero(~plan.holdout)  # the first models never see the probe
 
     writer = _CheckpointWriter(run_dir / "checkpoint.pt")
     try:
@@ -267,29 +282,33 @@ def run_train(workspace: Workspace | Path, config: TrainConfig, *, resume: bool 
             resume_state = None
             if ckpt.get("current") and ckpt["current"]["key"] == job.key:
                 resume_state = ckpt["current"]["state"]
+            soft, labels = None, labels_full
             if job.kind == "member":
-                train_pos = np.arange(n)
-                soft = None
+                train_pos = fit_pos
                 if job.generation > 0:  # students learn the previous generation's ensemble mean
                     prev = [done[f"g{job.generation - 1}m{i}"]["probs"] for i in range(config.ensemble)]
-                    soft = np.mean(prev, axis=0)
-            else:
+                    soft = np.mean(prev, axis=0)[fit_pos]
+            elif job.kind == "fold":
                 train_pos = np.flatnonzero(folds != job.fold)
-                soft = None
+                labels = given_full
+            else:  # retrain: the given labels, without the first models' most suspect share
+                first = det.first_stage_scores(plan, [done[f"g0m{i}"] for i in range(config.ensemble)], c)
+                train_pos = np.flatnonzero(~det.suspects(first, plan, config.retrain_drop))
+                labels = given_full
 
             def save(state: dict[str, Any], key: str = job.key) -> None:
                 ckpt["current"] = {"key": key, "state": state}
                 writer.submit(ckpt)
 
             desc = "train" if len(jobs) == 1 else f"train {job.key}"
-            res = fit(store, labels_full, data.classes, config, index=data.rows[train_pos], seed=job.seed,
+            res = fit(store, labels, data.classes, config, index=data.rows[train_pos], seed=job.seed,
                       soft_targets=soft, resume_state=resume_state, on_epoch_end=save,
                       reporter=reporter, description=desc)
             record: dict[str, Any] = {"history": res.history, "seconds": res.seconds,
-                                      "seen": float(res.images_per_s * res.seconds)}
+                                      "seen": float(res.images_per_s * res.seconds), "trained": train_pos}
+            pr = predict(res.model, store, config, index=data.rows, parts=res.parts, flip=True)
             if job.kind == "member":
-                pr = predict(res.model, store, config, index=data.rows)
-                record.update(probs=pr["probs"], logits=pr["logits"],
+                record.update(probs=pr["probs"], logits=pr["logits"], embedding=pr["embedding"],
                               rel_probs=pr.get("rel_probs", pr["probs"]),
                               reliability=pr.get("reliability", pr["probs"].max(axis=1)),
                               labels=res.labels, relabel_count=res.relabel_count,
@@ -299,10 +318,11 @@ def run_train(workspace: Workspace | Path, config: TrainConfig, *, resume: bool 
                         run_dir / "members" / f"{job.key}.pt"
                     with atomic_path(target) as tmp:
                         torch.save({k: v.detach().cpu() for k, v in res.model.state_dict().items()}, tmp)
-            else:
+            elif job.kind == "fold":
                 held = np.flatnonzero(folds == job.fold)
-                pr = predict(res.model, store, config, index=data.rows[held])
-                record.update(held=held, logits=pr["logits"], probs=pr["probs"])
+                record.update(held=held, logits=pr["logits"][held], probs=pr["probs"][held])
+            else:
+                record.update(probs=pr["probs"], mean_probs=res.mean_probs, dynamics=res.dynamics)
             done[job.key] = record
             ckpt["done"][job.key] = _to_tensors(record)
             ckpt["current"] = None
@@ -315,7 +335,6 @@ def run_train(workspace: Workspace | Path, config: TrainConfig, *, resume: bool 
     members0 = [done[f"g0m{i}"] for i in range(config.ensemble)]
     finals = [done[f"g{final_gen}m{i}"] for i in range(config.ensemble)]
     unc = ens.ensemble_uncertainty(np.stack([m["probs"] for m in finals]))
-    summary = dyn.summarize([m["dynamics"] for m in members0])
     oof = np.full(n, np.nan)
     temperature = None
     if config.folds:
@@ -323,23 +342,40 @@ def run_train(workspace: Workspace | Path, config: TrainConfig, *, resume: bool 
         for k in range(config.folds):
             r = done[f"fold{k}"]
             oof_logits[r["held"]] = r["logits"]
-        oof_probs = torch.softmax(torch.from_numpy(oof_logits), dim=1).numpy()
-        oof = oof_probs[np.arange(n), data.given]
         temperature = ens.fit_temperature(oof_logits, data.given)
-    scn = dyn.majority_labels([m["labels"] for m in members0], c)
-    relabel_count = np.rint(np.mean([m["relabel_count"] for m in members0], axis=0)).astype(np.int64)
+        oof_probs = torch.softmax(torch.from_numpy(oof_logits / temperature), dim=1).numpy()
+        oof = oof_probs[np.arange(n), data.given]
+    scn, relabel_count = data.given.copy(), np.zeros(n, dtype=np.int64)
+    scn[fit_pos] = dyn.majority_labels([m["labels"] for m in members0], c)
+    scn[plan.planted] = data.given[plan.planted]  # never report a planted label
+    relabel_count[fit_pos] = np.rint(np.mean([m["relabel_count"] for m in members0], axis=0))
+    cols, self_check, strength = det.aggregate(plan, members0, done.get("retrain"), c, config)
+    mean_probs = unc["mean"].copy()  # probe samples: the held-out prediction
+    mean_probs[fit_pos] = np.mean([m["mean_probs"] for m in members0], axis=0)
 
     pred_df = dyn.predictions_frame(
         data.sample_ids, data.classes, data.given, probs=unc["mean"],
-        mean_probs=np.mean([m["mean_probs"] for m in members0], axis=0), summary=summary,
+        mean_probs=mean_probs, signals=cols,
         relabel_count=relabel_count, scn_index=scn,
         reliability=np.mean([m["reliability"] for m in finals], axis=0),
         rel_probs=np.mean([m["rel_probs"] for m in finals], axis=0),
         entropy=unc["entropy"], mutual_info=unc["mutual_info"], oof_p_given=oof)
-    dyn_frames = [dyn.dynamics_frame(data.sample_ids, data.given, done[j.key]["dynamics"], j.member)
-                  for j in jobs if j.kind == "member"]
+    # Planted and probe samples were not trained with their given label: their dynamics rows
+    # would describe a label that is not theirs (or nothing), so dynamics.parquet leaves them out.
+    real = ~(plan.planted | plan.holdout)
+    real = ~(plan.planted | plan.holdout)
+    dyn_frames = []
+    for j in jobs:
+        if j.kind != "member":
+            continue
+        pos = done[j.key]["trained"]
+        keep = real[pos]
+        sel = pos[keep]
+        dyn_frames.append(dyn.dynamics_frame([data.sample_ids[i] for i in sel], data.given[sel],
+                                             {k: v[:, keep] for k, v in done[j.key]["dynamics"].items()},
+                                             j.member))
     meta = {"run_id": run_id, "classes": data.classes, "config": config.to_dict(),
-            "temperature": temperature}
+            "temperature": temperature, "self_check": self_check, "model_strength": strength}
     write_table(pd.concat(dyn_frames, ignore_index=True), run_dir / "dynamics.parquet", meta)
 
     seconds_train = sum(r["seconds"] for r in done.values())
@@ -360,4 +396,6 @@ def run_train(workspace: Workspace | Path, config: TrainConfig, *, resume: bool 
         final_train_accuracy=final_acc, relabeled=int((scn != data.given).sum()),
         classes=data.classes, n_excluded=data.n_excluded, members=config.ensemble,
         generations=config.distill_generations, folds=config.folds, temperature=temperature,
-        resumed=resumed)
+        resumed=resumed, parts=part_names(config), probe_accuracy=strength.get("holdout_accuracy"),
+        chance_accuracy=strength.get("chance_accuracy"), planted_flips=int(plan.planted.sum()),
+        retrained_without=int(cols["retrain_held_out"].sum()) if "retrain_held_out" in cols else 0)

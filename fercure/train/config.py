@@ -1,7 +1,9 @@
 """Training configuration: one flat dataclass, saved as config.json in every run.
 
-Defaults follow the papers the methods come from; where fercure departs from a paper the field's
-comment says so.
+The core is plain cross-entropy training that records per-sample dynamics; the methods (SCN,
+ARBEx, ELR, distillation) are parts switched on here. Defaults are chosen by measurement
+(benchmarks/RESULTS.md): a method that did not beat the plain core on real label noise is off by
+default. A method's own hyper-parameters follow its paper; where fercure departs, the comment says so.
 """
 
 from __future__ import annotations
@@ -23,10 +25,16 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     pretrained: str | None = None  # local state_dict path for the backbone (torch.load weights_only)
-    dropout: float = 0.0  # dropout on the embedding before the heads (MC dropout uses its own rate)
+    dropout: float = 0.0  # dropout on the embedding before the classifier
+    label_smoothing: float = 0.1  # on the core cross-entropy
+    erase_p: float = 0.0  # random erasing probability (the SCN recipe uses 0.5)
+    amp: str = "auto"  # auto: bf16 autocast on CUDA only | bf16: also on CPU | off
+    # Per-epoch eval pass (no augmentation, image + mirror averaged) recording p(given) beside the
+    # training-pass dynamics; costs about a third of an epoch.
+    epoch_eval: bool = False
 
     # --- SCN (Self-Cure Network, Wang et al., CVPR 2020) --------------------------------------
-    selfcure: bool = True  # α-weighted logits + rank regularisation + relabelling
+    selfcure: bool = False  # α-weighted logits + rank regularisation + relabelling
     beta: float = 0.7  # fraction of a batch in the high-importance group
     margin1: float = 0.15  # δ1: required gap mean(α_high) − mean(α_low)
     margin2: float = 0.2  # δ2: relabel when p_max − p_label > δ2
@@ -37,12 +45,24 @@ class TrainConfig:
     relabel_scope: str = "low"  # low: paper (only the low-importance group); all: official code
 
     # --- ARBEx reliability balancing (Wasi et al., 2023) --------------------------------------
-    reliability: bool = True
+    reliability: bool = False
     anchors_per_class: int = 3
     anchor_dim: int = 128  # anchors live in a projected, L2-normalised space
     anchor_weight: float = 1.0  # weight of the anchor loss (pull to own class, push classes apart)
     attention_heads: int = 4  # heads of the self-attention over the batch's embeddings
     reliability_weight: float = 1.0  # weight of the CE on the corrected distribution
+
+    # --- ELR (early-learning regularisation, Liu et al., NeurIPS 2020) -------------------------
+    elr: bool = False
+    elr_lambda: float = 3.0  # weight of log(1 − <p, t>), t = per-sample EMA of predictions
+    elr_beta: float = 0.7  # EMA momentum of the targets
+
+    # --- detection pipeline (fercure.stages.train) ----------------------------------------------
+    holdout: float = 0.05  # stratified share held out of the first model: model-strength probe
+    plant_rate: float = 0.03  # share of labels flipped on purpose in the first model (self-check)
+    retrain: bool = True  # drop the most suspect share, train a second model, re-score
+    retrain_drop: float = 0.3  # share of samples the second model does not train on
+    knn: int = 10  # neighbours for embedding label agreement (0 = off)
 
     # --- EMENet-style ensembles, distillation, cross-fitting ----------------------------------
     ensemble: int = 1  # M independent members (seeds seed, seed+1, ...)
@@ -74,16 +94,25 @@ class TrainConfig:
             raise ValueError(f"folds must be 0 (off) or >= 2, not {self.folds}")
         if self.distill_generations < 0:
             raise ValueError("distill_generations must be >= 0")
+        if self.amp not in ("auto", "bf16", "off"):
+            raise ValueError(f"amp must be auto, bf16 or off, not {self.amp!r}")
+        for name, hi in (("holdout", 0.5), ("plant_rate", 0.2), ("retrain_drop", 0.9),
+                         ("label_smoothing", 0.5), ("erase_p", 1.0)):
+            v = float(getattr(self, name))
+            if not 0.0 <= v <= hi:
+                raise ValueError(f"{name} must be in [0, {hi}], not {v}")
+        if self.knn < 0:
+            raise ValueError("knn must be >= 0")
         if self.anchors_per_class < 1:
             raise ValueError("anchors_per_class must be >= 1")
 
     @property
     def relabel_start(self) -> int:
-        """First 0-based epoch at which SCN relabels (resolves the fraction form)."""
+        """First 0-based epoch at which SCN relabels (resolves the fraction form). Never 0: at
+        epoch 0 the model is random and its "confident" predictions are noise."""
         r = float(self.relabel_epoch)
-        if 0.0 < r < 1.0:
-            return int(round(r * self.epochs))
-        return int(r)
+        start = int(round(r * self.epochs)) if 0.0 < r < 1.0 else int(r)
+        return max(1, start)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

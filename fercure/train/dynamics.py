@@ -68,28 +68,31 @@ def majority_labels(label_sets: Sequence[np.ndarray], num_classes: int) -> np.nd
 
 
 def predictions_frame(sample_ids: Sequence[str], classes: Sequence[str], given_index: np.ndarray, *,
-                      probs: np.ndarray, mean_probs: np.ndarray, summary: dict[str, np.ndarray],
+                      probs: np.ndarray, mean_probs: np.ndarray, signals: dict[str, np.ndarray],
                       relabel_count: np.ndarray, scn_index: np.ndarray, reliability: np.ndarray,
                       rel_probs: np.ndarray, entropy: np.ndarray, mutual_info: np.ndarray,
                       oof_p_given: np.ndarray) -> pd.DataFrame:
-    """predictions.parquet, columns in the order of docs/ARCHITECTURE.md."""
+    """predictions.parquet, columns in the order of docs/ARCHITECTURE.md. ``signals`` are the
+    per-sample columns of ``fercure.train.detection.aggregate`` (about the given label)."""
     given_index = np.asarray(given_index, dtype=np.int64)
     cls = np.asarray(classes, dtype=object)
+    n = len(given_index)
+
+    def f32(name: str) -> np.ndarray:
+        v = signals.get(name)
+        return np.full(n, np.nan, np.float32) if v is None else np.asarray(v, dtype=np.float32)
+
     cols: dict[str, np.ndarray] = {
         "sample_id": np.asarray(sample_ids, dtype=object),
         "given_label": cls[given_index],
         "given_index": given_index,
     }
-    for j, name in enumerate(classes):
-        cols[f"p_{name}"] = probs[:, j].astype(np.float32)
-    for j, name in enumerate(classes):
-        cols[f"mean_p_{name}"] = mean_probs[:, j].astype(np.float32)
+    for prefix, dist in (("p", probs), ("mean_p", mean_probs)):
+        for j, name in enumerate(classes):
+            cols[f"{prefix}_{name}"] = dist[:, j].astype(np.float32)
+    for name in ("mean_p_given", "var_p_given", "aum", "last_p_given", "importance_weight"):
+        cols[name] = f32(name)
     cols.update({
-        "mean_p_given": summary["mean_p_given"].astype(np.float32),
-        "var_p_given": summary["var_p_given"].astype(np.float32),
-        "aum": summary["aum"].astype(np.float32),
-        "last_p_given": summary["last_p_given"].astype(np.float32),
-        "importance_weight": summary["importance_weight"].astype(np.float32),
         "relabel_count": np.asarray(relabel_count, dtype=np.int64),
         "scn_label": cls[np.asarray(scn_index, dtype=np.int64)],
         "reliability": np.asarray(reliability, dtype=np.float32),
@@ -101,4 +104,14 @@ def predictions_frame(sample_ids: Sequence[str], classes: Sequence[str], given_i
         "uncertainty_mutual_info": np.asarray(mutual_info, dtype=np.float32),
         "oof_p_given": np.asarray(oof_p_given, dtype=np.float32),
     })
+    for name in ("forgetting", "knn_agreement", "fusion_quality", "retrain_p_given", "mean_p_given_eval"):
+        cols[name] = f32(name)
+    for prefix, key in (("knn_p", "knn_probs"), ("retrain_p", "retrain_probs")):
+        dist = signals.get(key)
+        for j, name in enumerate(classes):
+            cols[f"{prefix}_{name}"] = (np.full(n, np.nan, np.float32) if dist is None
+                                        else dist[:, j].astype(np.float32))
+    for name in ("retrain_held_out", "planted", "probe"):
+        v = signals.get(name)
+        cols[name] = np.zeros(n, bool) if v is None else np.asarray(v, dtype=bool)
     return pd.DataFrame(cols)

@@ -1,6 +1,5 @@
 """Ensembles, self-distillation, cross-fitting and calibration (EMENet-style; Lakshminarayanan et
-al. 2017 for deep ensembles, Guo et al. 2017 for temperature scaling, Gal & Ghahramani 2016 for MC
-dropout).
+al. 2017 for deep ensembles, Guo et al. 2017 for temperature scaling).
 
 - ``ensemble=M``: M members that differ only in seed (init, order, augmentation); their mean
   probabilities are the prediction, the entropy of the mean is the total uncertainty and the mutual
@@ -10,8 +9,9 @@ dropout).
   (1−w)·CE(given labels) + w·CE(soft labels of generation g−1's ensemble mean).
 - ``folds=K``: K models, each trained without one stratified fold and scored on it, give
   out-of-fold probabilities (what confident learning wants).
-- ``fit_temperature``: one scalar T minimising held-out NLL; ``mc_dropout_probs`` is the cheap
-  single-model comparison.
+- ``fit_temperature``: one scalar T minimising held-out NLL (applied to the out-of-fold
+  probabilities when ``folds`` > 0). MC dropout was removed in 0.2: no command could reach it, and
+  a deep ensemble or the folds give the same uncertainty with a measured use.
 """
 
 from __future__ import annotations
@@ -84,32 +84,6 @@ def fit_temperature(logits: np.ndarray | torch.Tensor, labels: np.ndarray | torc
     return float(np.exp((a + b) / 2.0))
 
 
-@torch.no_grad()
-def mc_dropout_probs(model: Any, images: Any, config: Any, *, p: float = 0.5, samples: int = 20,
-                     seed: int = 0, batch_size: int | None = None) -> np.ndarray:
-    """MC dropout (head only): one eval-mode backbone pass per batch, then ``samples`` dropout
-    masks on the embedding before the classifier. Returns (samples,N,C) probabilities; feed them to
-    ``ensemble_uncertainty`` to compare with a deep ensemble. Head-only dropout works for any
-    backbone (most timm CNNs have no dropout inside) and costs one forward pass."""
-    from fercure.train import augment
-    from fercure.train.loop import batch_bounds, to_device_store
-
-    device = next(model.parameters()).device
-    store = to_device_store(images, device)
-    gen = torch.Generator(device=device)
-    gen.manual_seed(seed)
-    model.eval()
-    chunks = []
-    for s, e in batch_bounds(store.shape[0], batch_size or config.eval_batch_size):
-        emb = model.backbone(augment.eval_batch(store[s:e], config.image_size)).float()
-        outs = []
-        for _ in range(samples):
-            keep = (torch.rand(emb.shape, generator=gen, device=device) >= p).float()
-            outs.append(F.softmax(model.classifier(emb * keep / (1.0 - p)).float(), dim=1))
-        chunks.append(torch.stack(outs))
-    return torch.cat(chunks, dim=1).cpu().numpy()
-
-
 # ---------------------------------------------------------------------------------------------
 # Planning the fits of one run
 
@@ -118,7 +92,7 @@ def mc_dropout_probs(model: Any, images: Any, config: Any, *, p: float = 0.5, sa
 class Job:
     """One fit of a run. key is stable so checkpoints can say which jobs are done."""
     key: str
-    kind: str  # member | fold
+    kind: str  # member | fold | retrain
     generation: int = 0
     member: int = 0
     fold: int = -1
@@ -131,7 +105,8 @@ class Job:
 
 
 def plan_jobs(config: Any) -> list[Job]:
-    """Members of generation 0, then students of generations 1..G, then the K folds."""
+    """Members of generation 0, then students of generations 1..G, then the K folds, then the
+    retrain (a second model without the most suspect share, which scores that share held out)."""
     jobs: list[Job] = []
     m = config.ensemble
     for g in range(config.distill_generations + 1):
@@ -140,6 +115,8 @@ def plan_jobs(config: Any) -> list[Job]:
                             seed=config.seed + 1000 * g + i))
     for k in range(config.folds):
         jobs.append(Job(key=f"fold{k}", kind="fold", fold=k, seed=config.seed + 100_000 + k))
+    if getattr(config, "retrain", False):
+        jobs.append(Job(key="retrain", kind="retrain", seed=config.seed + 200_000))
     return jobs
 
 

@@ -1,19 +1,21 @@
-"""The training loop: arrays in, a trained model and its per-sample training dynamics out.
+"""The training loop: a plain cross-entropy core that records per-sample dynamics, with the
+method parts (``fercure.train.parts``) plugged in through their hooks.
 
 Read top to bottom: ``fit`` uploads the uint8 store to the device once, then for every epoch draws
 a permutation, and for every batch gathers crops from the device store, augments them on the
-device, runs the model (bf16 autocast + channels_last on CUDA), takes an optimiser step, and writes
-the batch's per-sample statistics (p(given), margin, α, prediction, relabel events) into device
-tensors. Nothing inside the step waits for the device; the statistics come to the host once per
-epoch. SCN relabelling updates a device tensor of current labels in place.
+device, runs the model (backbone under bf16 autocast where enabled, heads in fp32), takes an
+optimiser step, and writes the batch's per-sample statistics (p(label), margin, prediction, SCN α,
+relabel events) into device tensors. Nothing inside the step waits for the device; the statistics
+come to the host once per epoch.
 
-Every random draw goes through one explicit generator (plus the global RNG for dropout), and all of
-it is saved in the per-epoch checkpoint, so on CPU a resumed fit is bit-identical to an
-uninterrupted one.
+Everything a resumed fit needs lives in one ``FitState`` (model, optimiser, random streams,
+current labels, running sums, dynamics, part states), saved after every epoch; on CPU a resumed
+fit is bit-identical to an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -25,13 +27,17 @@ import torch.nn.functional as F
 
 from fercure.device import resolve_device
 from fercure.progress import NULL, Reporter
-from fercure.train import augment, selfcure
+from fercure.train import augment
 from fercure.train.config import TrainConfig
-from fercure.train.losses import ensemble_heads, training_loss
 from fercure.train.model import FerNet, build_model
-from fercure.train.reliability import anchor_separation
+from fercure.train.parts import Part, Step, build_parts
+from fercure.workspace import WorkspaceError
 
 DYNAMICS_KEYS = ("p_given", "margin", "alpha", "predicted", "current_index", "relabeled")
+
+
+class TrainingDivergedError(WorkspaceError):
+    """The loss stopped being finite: every probability after that is NaN, nothing to audit."""
 
 
 def to_device_store(images: Any, device: torch.device, chunk: int = 4096) -> torch.Tensor:
@@ -68,11 +74,11 @@ def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
 
 
 def make_optimizer(model: FerNet, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    # No weight decay on biases, norms and anchors (anchors are compared by cosine; decay would
-    # only shrink them and raise their effective learning rate).
+    # No weight decay on biases, norms, anchors and memory tokens (anchors are compared by cosine;
+    # decay would only shrink them and raise their effective learning rate).
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        (no_decay if p.ndim <= 1 or name == "anchors" else decay).append(p)
+        (no_decay if p.ndim <= 1 or name.endswith(("anchors", "memory")) else decay).append(p)
     groups = [{"params": decay, "weight_decay": config.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     kw: dict[str, Any] = {"lr": config.lr}
@@ -81,14 +87,22 @@ def make_optimizer(model: FerNet, config: TrainConfig, device: torch.device) -> 
     return torch.optim.AdamW(groups, **kw)
 
 
+def autocast_factory(config: TrainConfig, device: torch.device) -> Callable[[], Any] | None:
+    """bf16 autocast for the backbone: on CUDA by default, on CPU only with amp='bf16'."""
+    if config.amp == "off" or (config.amp == "auto" and device.type != "cuda"):
+        return None
+    return functools.partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16)
+
+
 @dataclass
 class FitResult:
     model: FerNet
     classes: list[str]
     labels: np.ndarray  # (N,) current labels after SCN relabelling
     relabel_count: np.ndarray  # (N,)
-    dynamics: dict[str, np.ndarray]  # each (E,N): DYNAMICS_KEYS
+    dynamics: dict[str, np.ndarray]  # each (E,N): DYNAMICS_KEYS (+ p_given_eval with epoch_eval)
     mean_probs: np.ndarray  # (N,C) mean over epochs of the training-time probabilities
+    parts: list[Part] = field(default_factory=list)
     history: list[dict[str, float]] = field(default_factory=list)
     device: str = "cpu"
     seconds: float = 0.0  # wall time of the training epochs
@@ -99,9 +113,61 @@ class FitResult:
         return float(self.history[-1]["train_accuracy"]) if self.history else float("nan")
 
 
+class FitState:
+    """Everything a fit carries from one epoch to the next, with one save/load pair."""
+
+    def __init__(self, model: FerNet, opt: torch.optim.Optimizer, gen: torch.Generator,
+                 parts: list[Part], labels: torch.Tensor, n: int, c: int, device: torch.device) -> None:
+        self.model, self.opt, self.gen, self.parts = model, opt, gen, parts
+        self.device = device
+        self.current = labels.clone()
+        self.relabel_count = torch.zeros(n, dtype=torch.long, device=device)
+        self.sum_probs = torch.zeros(n, c, dtype=torch.float32, device=device)
+        self.dyn: dict[str, list[np.ndarray]] = {}
+        self.history: list[dict[str, float]] = []
+        self.epoch = -1  # last finished epoch
+        self.train_seconds, self.seen = 0.0, 0
+
+    def save(self, seed: int) -> dict[str, Any]:
+        """A CPU snapshot (torch-saveable with weights_only=True); the live tensors keep training."""
+        cuda = self.device.type == "cuda"
+        return {
+            "epoch": self.epoch, "model": _snapshot(self.model.state_dict()),
+            "optimizer": _snapshot(self.opt.state_dict()),
+            "generator": self.gen.get_state(), "cpu_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if cuda else None,
+            "current": _snapshot(self.current), "relabel_count": _snapshot(self.relabel_count),
+            "sum_probs": _snapshot(self.sum_probs),
+            "parts": {p.name: _snapshot(p.state()) for p in self.parts},
+            # tensors, not numpy arrays, so the checkpoint loads with weights_only=True
+            "dynamics": {k: [torch.from_numpy(a) for a in v] for k, v in self.dyn.items()},
+            "history": list(self.history), "train_seconds": self.train_seconds, "seen": self.seen,
+            "seed": seed, "n": int(self.current.numel()),
+        }
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.gen.set_state(state["generator"].to(self.gen.get_state().device))
+        torch.set_rng_state(state["cpu_rng"])
+        if self.device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        # copies: these are updated in place and must not alter the caller's state
+        self.current = state["current"].to(self.device, copy=True)
+        self.relabel_count = state["relabel_count"].to(self.device, copy=True)
+        self.sum_probs = state["sum_probs"].to(self.device, copy=True)
+        for p in self.parts:
+            p.load_state(state.get("parts", {}).get(p.name, {}))
+        self.dyn = {k: [torch.as_tensor(a).numpy() for a in v] for k, v in state["dynamics"].items()}
+        self.history = list(state["history"])
+        self.train_seconds, self.seen = state["train_seconds"], state["seen"]
+        self.epoch = int(state["epoch"])
+
+
 def fit(images: Any, labels: Any, classes: list[str], config: TrainConfig, *,
         index: np.ndarray | None = None, seed: int | None = None,
         soft_targets: np.ndarray | torch.Tensor | None = None,
+        record_labels: Any = None,
         resume_state: dict[str, Any] | None = None,
         on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
         reporter: Reporter = NULL, description: str = "train") -> FitResult:
@@ -110,10 +176,11 @@ def fit(images: Any, labels: Any, classes: list[str], config: TrainConfig, *,
     Parameters
     ----------
     images : (N,S,S,3) uint8 array, memory map, or a uint8 tensor already on the device.
-    labels : (N,) integer given labels (indices into ``classes``).
-    index : rows of ``images`` to train on (default all); dynamics are returned for these rows.
+    labels : (N,) integer training labels (indices into ``classes``), indexed by store row.
+    index : store rows to train on (default all); dynamics are returned for these rows.
     seed : overrides ``config.seed`` (ensemble members, folds).
     soft_targets : (len(index),C) teacher probabilities for a distillation student.
+    record_labels : (N,) labels whose p(label) the dynamics record (default ``labels``).
     resume_state : a state passed to ``on_epoch_end`` earlier; training continues after its epoch.
     on_epoch_end : called with a checkpoint state (torch-saveable dict) after every epoch.
     """
@@ -124,55 +191,37 @@ def fit(images: Any, labels: Any, classes: list[str], config: TrainConfig, *,
     rows = torch.arange(store.shape[0], device=device) if index is None else \
         torch.tensor(np.asarray(index, dtype=np.int64), device=device)
     n, c = int(rows.numel()), len(classes)
-    given = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=device)[rows]
+    train_y = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=device)[rows]
+    rec_y = train_y if record_labels is None else \
+        torch.as_tensor(np.asarray(record_labels), dtype=torch.long, device=device)[rows]
     soft = None if soft_targets is None else torch.as_tensor(soft_targets, dtype=torch.float32,
                                                               device=device)
 
     torch.manual_seed(seed)  # model init and dropout
-    model = build_model(config, c).to(device)
+    parts = build_parts(config, n, c, device, soft_targets=soft)
+    model = build_model(config, c, parts).to(device)
+    model.amp = autocast_factory(config, device)
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(model, config, device)
     step_model = torch.compile(model) if (cuda and config.compile) else model
     gen = torch.Generator(device=device)
     gen.manual_seed(seed + 7919)  # augmentation + permutation stream, separate from init
-
-    current = given.clone()
-    relabel_count = torch.zeros(n, dtype=torch.long, device=device)
-    sum_probs = torch.zeros(n, c, dtype=torch.float32, device=device)
-    dyn: dict[str, list[np.ndarray]] = {k: [] for k in DYNAMICS_KEYS}
-    history: list[dict[str, float]] = []
-    start_epoch, train_seconds, seen = 0, 0.0, 0
-
+    st = FitState(model, opt, gen, parts, train_y, n, c, device)
     if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        opt.load_state_dict(resume_state["optimizer"])
-        gen.set_state(resume_state["generator"].to(gen.get_state().device))
-        torch.set_rng_state(resume_state["cpu_rng"])
-        if cuda and resume_state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(resume_state["cuda_rng"], device)
-        # clone: these are updated in place and must not alter the caller's state
-        current = resume_state["current"].to(device, copy=True)
-        relabel_count = resume_state["relabel_count"].to(device, copy=True)
-        sum_probs = resume_state["sum_probs"].to(device, copy=True)
-        dyn = {k: [torch.as_tensor(a).numpy() for a in v] for k, v in resume_state["dynamics"].items()}
-        history = list(resume_state["history"])
-        train_seconds, seen = resume_state["train_seconds"], resume_state["seen"]
-        start_epoch = int(resume_state["epoch"]) + 1
+        st.load(resume_state)
 
     bounds = batch_bounds(n, config.batch_size)
     total_steps = config.epochs * len(bounds)
     warmup = max(1, min(len(bounds), total_steps // 10))
-    relabel_from = config.relabel_start
-    anchors = model.anchors if config.reliability else None
-    amp = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if cuda else _nullcontext()
+    aug = augment.AugmentConfig(erase_p=config.erase_p)
+    ce_weight = math.prod(p.ce_weight for p in parts)
     bar = reporter.task(description, total=config.epochs)
-    bar.advance(start_epoch)
+    bar.advance(st.epoch + 1)
 
-    for epoch in range(start_epoch, config.epochs):
+    for epoch in range(st.epoch + 1, config.epochs):
         t0 = time.perf_counter()
         model.train()
-        do_relabel = config.selfcure and epoch >= relabel_from
         perm = torch.randperm(n, generator=gen, device=device)
         ep = {
             "p_given": torch.zeros(n, device=device), "margin": torch.zeros(n, device=device),
@@ -186,75 +235,84 @@ def fit(images: Any, labels: Any, classes: list[str], config: TrainConfig, *,
             for g in opt.param_groups:
                 g["lr"] = lr_at(epoch * len(bounds) + b, total_steps, warmup, config.lr)
             idx = perm[s:e]
-            x = augment.train_batch(store[rows[idx]], config.image_size, gen)
+            x = augment.train_batch(store[rows[idx]], config.image_size, gen, aug)
             if cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
-            y = current[idx]
-            with amp:
-                out = step_model(x)
-            parts = training_loss(out, y, config, anchors=anchors,
-                                  soft_targets=None if soft is None else soft[idx])
+            step = Step(idx=idx, labels=st.current[idx], epoch=epoch)
+            out = step_model(x)
+            z = out["logits"]
+            for p in parts:
+                z = p.transform_logits(out, z)
+            loss = ce_weight * F.cross_entropy(z, step.labels, label_smoothing=config.label_smoothing)
+            for p in parts:
+                extra = p.loss(out, z, step)
+                if extra is not None:
+                    loss = loss + extra
             opt.zero_grad(set_to_none=True)
-            parts.total.backward()
+            loss.backward()
             opt.step()
 
             with torch.no_grad():  # per-sample statistics of this (augmented) forward pass
-                probs = torch.softmax(out["logits"].detach().float(), dim=1)
-                g_idx = given[idx]
-                p_giv = probs.gather(1, g_idx.view(-1, 1)).squeeze(1)
-                others = probs.scatter(1, g_idx.view(-1, 1), -1.0).amax(dim=1)
-                pred = probs.argmax(dim=1)
-                ep["p_given"][idx] = p_giv
-                ep["margin"][idx] = p_giv - others
-                ep["predicted"][idx] = pred
-                if config.selfcure:
-                    ep["alpha"][idx] = out["alpha"].detach().float()
-                sum_probs[idx] += probs
-                loss_sum += parts.total.detach() * (e - s)
-                correct += (pred == y).sum()
-                if do_relabel:
-                    new, mask = selfcure.relabel(probs, y, out["alpha"].detach(), config.beta,
-                                                 config.margin2, config.relabel_scope)
-                    current[idx] = new
-                    relabel_count[idx] += mask.long()
-                    ep["relabeled"][idx] = mask
+                probs = torch.softmax(out["logits"].detach(), dim=1)
+                _record(ep, idx, probs, rec_y[idx])
+                if "alpha" in out:
+                    ep["alpha"][idx] = out["alpha"].detach()
+                st.sum_probs[idx] += probs
+                loss_sum += loss.detach() * (e - s)
+                correct += (probs.argmax(dim=1) == step.labels).sum()
+                for p in parts:
+                    change = p.relabel(out, out["logits"], step)
+                    if change is not None:
+                        new, mask = change
+                        st.current[idx] = new
+                        st.relabel_count[idx] += mask.long()
+                        ep["relabeled"][idx] |= mask
 
         # One host copy per epoch (this is also the epoch's only synchronisation).
         host = {k: v.cpu().numpy() for k, v in ep.items()}
-        host["current_index"] = current.cpu().numpy().copy()  # on CPU .cpu() aliases `current`
-        for k in DYNAMICS_KEYS:
-            dyn[k].append(host[k].astype(np.float32) if k in ("p_given", "margin", "alpha") else host[k])
+        host["current_index"] = st.current.cpu().numpy().copy()  # on CPU .cpu() aliases `current`
+        if config.epoch_eval:
+            pe = predict(model, store, config, index=rows.cpu().numpy(), flip=True)["probs"]
+            host["p_given_eval"] = pe[np.arange(n), rec_y.cpu().numpy()]
+        for k, v in host.items():
+            st.dyn.setdefault(k, []).append(v.astype(np.float32) if v.dtype.kind == "f" else v)
+        epoch_loss = float(loss_sum) / n  # the epoch's one sync already happened above
+        if not math.isfinite(epoch_loss) or not np.isfinite(host["p_given"]).all():
+            raise TrainingDivergedError(
+                f"Training diverged in epoch {epoch + 1} of {description!r} (the loss is {epoch_loss}): every "
+                f"prediction after this is NaN, so there is nothing to audit. Lower the learning rate "
+                f"(--lr, now {config.lr:g}) and start a new run.")
         secs = time.perf_counter() - t0
-        train_seconds += secs
-        seen += n
-        rec = {"epoch": epoch, "loss": float(loss_sum) / n, "train_accuracy": float(correct) / n,
+        st.train_seconds += secs
+        st.seen += n
+        st.epoch = epoch
+        rec = {"epoch": epoch, "loss": epoch_loss, "train_accuracy": float(correct) / n,
                "relabeled": int(host["relabeled"].sum()), "seconds": secs, "images_per_s": n / secs}
-        if anchors is not None:  # how far apart the class anchors are (ARBEx), for the record
-            rec["anchor_separation"] = float(anchor_separation(anchors.detach()))
-        history.append(rec)
+        for p in parts:
+            if hasattr(p, "anchor_separation"):  # how far apart the class anchors are (ARBEx)
+                rec["anchor_separation"] = p.anchor_separation()
+        st.history.append(rec)
         if on_epoch_end is not None:
-            on_epoch_end({  # a CPU snapshot: the live tensors keep training after this
-                "epoch": epoch, "model": _snapshot(model.state_dict()),
-                "optimizer": _snapshot(opt.state_dict()),
-                "generator": gen.get_state(), "cpu_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state(device) if cuda else None,
-                "current": _snapshot(current), "relabel_count": _snapshot(relabel_count),
-                "sum_probs": _snapshot(sum_probs),
-                # tensors, not numpy arrays, so the checkpoint loads with weights_only=True
-                "dynamics": {k: [torch.from_numpy(a) for a in v] for k, v in dyn.items()},
-                "history": list(history), "train_seconds": train_seconds, "seen": seen,
-                "seed": seed, "n": n,
-            })
+            on_epoch_end(st.save(seed))
         bar.advance(1)  # after the checkpoint: a bar at k means k epochs are safe on disk
     bar.close()
 
-    epochs_done = max(1, len(dyn["p_given"]))
+    epochs_done = max(1, len(st.dyn.get("p_given", [])))
     return FitResult(
-        model=model, classes=list(classes), labels=current.cpu().numpy(),
-        relabel_count=relabel_count.cpu().numpy(),
-        dynamics={k: np.stack(v) if v else np.zeros((0, n)) for k, v in dyn.items()},
-        mean_probs=(sum_probs / epochs_done).cpu().numpy(), history=history, device=str(device),
-        seconds=train_seconds, images_per_s=seen / train_seconds if train_seconds > 0 else 0.0)
+        model=model, classes=list(classes), labels=st.current.cpu().numpy(),
+        relabel_count=st.relabel_count.cpu().numpy(),
+        dynamics={k: np.stack(v) for k, v in st.dyn.items()},
+        mean_probs=(st.sum_probs / epochs_done).cpu().numpy(), parts=parts, history=st.history,
+        device=str(device), seconds=st.train_seconds,
+        images_per_s=st.seen / st.train_seconds if st.train_seconds > 0 else 0.0)
+
+
+def _record(ep: dict[str, torch.Tensor], idx: torch.Tensor, probs: torch.Tensor, y: torch.Tensor) -> None:
+    p_y = probs.gather(1, y.view(-1, 1)).squeeze(1)
+    others = probs.scatter(1, y.view(-1, 1), -1.0).amax(dim=1)
+    ep["p_given"][idx] = p_y
+    ep["margin"][idx] = p_y - others
+    ep["predicted"][idx] = probs.argmax(dim=1)
 
 
 def _snapshot(obj: Any) -> Any:
@@ -268,41 +326,36 @@ def _snapshot(obj: Any) -> Any:
     return obj
 
 
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-
 @torch.no_grad()
 def predict(model: FerNet, images: Any, config: TrainConfig, *, index: np.ndarray | None = None,
-            batch_size: int | None = None, device: torch.device | None = None
-            ) -> dict[str, np.ndarray]:
-    """Eval-mode pass without augmentation. Returns numpy arrays for the selected rows:
-    logits, probs (N,C), alpha (N,), and with reliability rel_probs (N,C), reliability (N,)."""
+            batch_size: int | None = None, device: torch.device | None = None,
+            parts: list[Part] | None = None, flip: bool = False) -> dict[str, np.ndarray]:
+    """Eval-mode pass without augmentation. Returns numpy arrays for the selected rows: logits,
+    probs (N,C), embedding (N,D), and what the given parts add (SCN alpha; ARBEx rel_probs,
+    reliability). With ``flip`` the logits and embedding are averaged over the image and its
+    mirror image (faces are near-symmetric, so this halves the variance for free)."""
     device = device or next(model.parameters()).device
-    cuda = device.type == "cuda"
     store = to_device_store(images, device)
     rows = torch.arange(store.shape[0], device=device) if index is None else \
         torch.tensor(np.asarray(index, dtype=np.int64), device=device)
     bs = batch_size or config.eval_batch_size
+    was_training = model.training
     model.eval()
-    outs: dict[str, list[torch.Tensor]] = {"logits": [], "alpha": [], "rel_probs": [], "reliability": []}
-    amp = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if cuda else _nullcontext()
+    outs: dict[str, list[torch.Tensor]] = {}
     for s, e in batch_bounds(int(rows.numel()), bs):
         x = augment.eval_batch(store[rows[s:e]], config.image_size)
-        if cuda:
+        if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        with amp:
-            out = model(x)
-        outs["logits"].append(out["logits"].float())
-        outs["alpha"].append(out["alpha"].float() if config.selfcure else torch.ones_like(out["alpha"]))
-        if model.has_reliability:
-            corrected, relia = ensemble_heads(out, model.anchors)
-            outs["rel_probs"].append(corrected)
-            outs["reliability"].append(relia)
-    res = {k: torch.cat(v).cpu().numpy() for k, v in outs.items() if v}
-    res["probs"] = F.softmax(torch.from_numpy(res["logits"]), dim=1).numpy()
-    return res
+        out = model(x)
+        if flip:
+            mirrored = model(torch.flip(x, dims=[3]))
+            out = {k: (v + mirrored[k]) / 2 if v.is_floating_point() else v for k, v in out.items()}
+        res = {"logits": out["logits"], "embedding": out["embedding"]}
+        for p in parts or []:
+            res.update(p.predict(out))
+        for k, v in res.items():
+            outs.setdefault(k, []).append(v.float())
+    model.train(was_training)
+    res_np = {k: torch.cat(v).cpu().numpy() for k, v in outs.items()}
+    res_np["probs"] = F.softmax(torch.from_numpy(res_np["logits"]), dim=1).numpy()
+    return res_np

@@ -1,18 +1,16 @@
-"""The network: a timm backbone (any name, created with pretrained=False) and small heads.
+"""The network: a timm backbone (any name, created with pretrained=False), a linear classifier,
+and the heads the method parts add (SCN's importance weight, ARBEx's anchors and attention).
 
-heads on the pooled embedding e (B,D):
-- ``classifier``: Linear(D,C) → logits;
-- ``alpha``: Linear(D,1) + sigmoid → SCN importance weight;
-- ARBEx (when ``reliability``): ``anchor_proj`` Linear(D,A) into the anchor space, ``anchors``
-  (C,K,A) learnable points, and a multi-head self-attention over the batch's embeddings followed by
-  its own classifier ``attn_classifier``.
-The heads cost nothing next to the backbone, so they always run; the losses decide what is used.
+Precision: on CUDA the backbone runs under bf16 autocast; the classifier and every head run in
+fp32 outside autocast, on the fp32 embedding, so probabilities (and every statistic derived from
+them) match the CPU path up to the backbone's rounding.
 """
 
 from __future__ import annotations
 
-import math
+import contextlib
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -27,55 +25,40 @@ class PretrainedWeightsError(WorkspaceError):
 
 class FerNet(nn.Module):
     def __init__(self, backbone: str, num_classes: int, *, dropout: float = 0.0,
-                 reliability: bool = True, anchors_per_class: int = 3, anchor_dim: int = 128,
-                 attention_heads: int = 4) -> None:
+                 heads: dict[str, nn.Module] | None = None) -> None:
         super().__init__()
         try:
             self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0, in_chans=3)
         except RuntimeError as exc:  # timm raises RuntimeError("Unknown model ...")
             raise WorkspaceError(f"Unknown backbone {backbone!r}: {exc}. Use a timm model name, "
                                  "e.g. resnet18.") from exc
-        d = int(self.backbone.num_features)
-        self.embed_dim = d
+        self.embed_dim = int(self.backbone.num_features)
         self.num_classes = num_classes
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(d, num_classes)
-        self.alpha = nn.Linear(d, 1)
-        self.has_reliability = reliability
-        if reliability:
-            self.anchor_proj = nn.Linear(d, anchor_dim)
-            # Unit-scale anchors (std 1/sqrt(A)): compared by cosine, so their norm sets how fast
-            # Adam can turn them; N(0,1) in 128-d would make them ~11x slower to move.
-            self.anchors = nn.Parameter(
-                torch.randn(num_classes, anchors_per_class, anchor_dim) / math.sqrt(anchor_dim))
-            heads = math.gcd(d, max(1, attention_heads))  # MHA needs D divisible by heads
-            self.attention = nn.MultiheadAttention(d, heads, batch_first=True)
-            self.attn_classifier = nn.Linear(d, num_classes)
+        self.classifier = nn.Linear(self.embed_dim, num_classes)
+        self.heads = nn.ModuleDict(heads or {})
+        self.amp: Any = None  # a context manager factory for the backbone, set by the loop
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        emb = self.backbone(x)
-        h = self.dropout(emb)
-        out = {
-            "embedding": emb,
-            "logits": self.classifier(h).float(),
-            "alpha": torch.sigmoid(self.alpha(h).float()).squeeze(1),
-        }
-        if self.has_reliability:
-            out.update(self.reliability_heads(emb))
+        with (self.amp() if self.amp is not None else contextlib.nullcontext()):
+            emb = self.backbone(x)
+        emb = emb.float()
+        device_type = emb.device.type
+        with torch.autocast(device_type=device_type, enabled=False):
+            out = {"embedding": emb, "logits": self.classifier(self.dropout(emb))}
+            for head in self.heads.values():
+                out.update(head(emb))
         return out
 
-    def reliability_heads(self, emb: torch.Tensor) -> dict[str, torch.Tensor]:
-        z = self.anchor_proj(emb).float()
-        seq = emb.unsqueeze(0)  # the batch is the sequence: each sample attends to the others
-        att, _ = self.attention(seq, seq, seq, need_weights=False)
-        return {"anchor_z": z, "attn_logits": self.attn_classifier(att.squeeze(0)).float()}
 
-
-def build_model(config, num_classes: int) -> FerNet:
-    """Model for a TrainConfig; loads ``config.pretrained`` into the backbone when set."""
-    model = FerNet(config.backbone, num_classes, dropout=config.dropout,
-                   reliability=config.reliability, anchors_per_class=config.anchors_per_class,
-                   anchor_dim=config.anchor_dim, attention_heads=config.attention_heads)
+def build_model(config, num_classes: int, parts: list | None = None) -> FerNet:
+    """Model for a TrainConfig and its method parts; loads ``config.pretrained`` into the backbone
+    when set."""
+    model = FerNet(config.backbone, num_classes, dropout=config.dropout)
+    for part in parts or []:
+        head = part.make_head(model.embed_dim, num_classes)
+        if head is not None:
+            model.heads[part.name] = head
     if config.pretrained:
         load_pretrained(model.backbone, config.pretrained)
     return model

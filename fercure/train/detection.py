@@ -1,0 +1,231 @@
+"""A run's fits → per-sample detection signals, the planted-flip self-check and the model-strength
+probe (pure functions over arrays; ``fercure.stages.train`` does the files).
+
+The first model(s) train on all samples but a stratified probe (``holdout``), with a few labels
+flipped on purpose (``plant_rate``). Scores are always about the *given* label:
+
+- a trained, unplanted sample: its training dynamics (mean, spread of p(given) over epochs, area
+  under the margin, forgetting events);
+- a planted sample: it was trained with another label, so its dynamics describe that label; its
+  given label is scored from the mean over epochs of the training-time distribution instead;
+- a probe sample: the first model's held-out, mirror-averaged p(given).
+
+The retrain (optional) drops the most suspect share by that first score, trains a second model on
+the given labels of the rest, and scores the dropped share by the second model's held-out
+prediction and the rest by its dynamics; ``retrain_p_given`` holds that second opinion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from fercure.metrics import auroc
+from fercure.train import signals as sg
+from fercure.train.dynamics import summarize
+
+
+@dataclass
+class RunPlan:
+    given: np.ndarray  # (N,) given labels
+    train_labels: np.ndarray  # (N,) labels the first models train on (planted flips applied)
+    planted: np.ndarray  # (N,) bool
+    holdout: np.ndarray  # (N,) bool: the probe the first models never see
+
+
+def plan_run(given: np.ndarray, num_classes: int, config: Any) -> RunPlan:
+    given = np.asarray(given, dtype=np.int64)
+    holdout = sg.holdout_mask(given, config.holdout, seed=config.seed)
+    if holdout.all():  # a tiny set: train on everything rather than on nothing
+        holdout[:] = False
+    train_labels, planted = sg.plant_flips(given, config.plant_rate, num_classes, exclude=holdout,
+                                           seed=config.seed)
+    return RunPlan(given, train_labels, planted, holdout)
+
+
+def first_stage_scores(plan: RunPlan, members: Sequence[dict[str, Any]], num_classes: int) -> np.ndarray:
+    """The first models' score of every sample's given label (mean p(given) over epochs; held-out
+    p(given) for the probe; see the module docstring for planted samples)."""
+    n = len(plan.given)
+    score = np.full(n, np.nan)
+    trained = members[0]["trained"]
+    summ = summarize([m["dynamics"] for m in members])
+    score[trained] = summ["mean_p_given"]
+    score[plan.planted] = _given_mean_p_at(members, plan, plan.planted)
+    probs = np.mean([m["probs"] for m in members], axis=0)
+    score[plan.holdout] = probs[plan.holdout, plan.given[plan.holdout]]
+    return score
+
+
+def _given_mean_p_at(members, plan: RunPlan, mask: np.ndarray) -> np.ndarray:
+    """mean over epochs of p(given) for the samples in ``mask`` (all trained), from mean_probs."""
+    trained = members[0]["trained"]
+    pos_in_fit = np.full(len(plan.given), -1)
+    pos_in_fit[trained] = np.arange(len(trained))
+    mp = np.mean([m["mean_probs"] for m in members], axis=0)
+    rows = pos_in_fit[mask]
+    return mp[rows, plan.given[mask]]
+
+
+def suspects(score: np.ndarray, plan: RunPlan, share: float) -> np.ndarray:
+    """The ``share`` of samples with the lowest first-stage score (probe samples excluded: the
+    second model may train on them)."""
+    out = np.zeros(len(score), dtype=bool)
+    cand = np.flatnonzero(~plan.holdout & np.isfinite(score))
+    k = int(round(share * len(score)))
+    if k <= 0 or len(cand) == 0:
+        return out
+    order = cand[np.argsort(score[cand], kind="stable")]
+    out[order[:k]] = True
+    return out
+
+
+def aggregate(plan: RunPlan, members: Sequence[dict[str, Any]], retrain: dict[str, Any] | None,
+              num_classes: int, config: Any) -> tuple[dict[str, np.ndarray], dict, dict]:
+    """Per-sample signal columns (about the given label), the self-check and the model strength."""
+    n, c = len(plan.given), num_classes
+    given = plan.given
+    trained = members[0]["trained"]  # positions the first models trained on
+    summ = summarize([m["dynamics"] for m in members])  # about the *training* labels of `trained`
+    tl = plan.train_labels
+
+    def at_trained(values: np.ndarray) -> np.ndarray:
+        out = np.full(n, np.nan)
+        out[trained] = values
+        return out
+
+    mean_p_train = at_trained(summ["mean_p_given"])
+    std_p = at_trained(np.sqrt(summ["var_p_given"]))
+    aum_train = at_trained(summ["aum"])
+    predicted = members[0]["dynamics"]["predicted"]
+    forget_given = at_trained(sg.forgetting_events(predicted, given[trained]))
+    forget_train = at_trained(sg.forgetting_events(predicted, tl[trained]))
+    eval_probs = np.mean([m["probs"] for m in members], axis=0)
+    # the first member's embedding: members are trained apart, so their feature spaces differ and
+    # an average of embeddings would mean nothing
+    knn = sg.knn_label_distribution(members[0]["embedding"], tl, c, k=config.knn) if config.knn \
+        else np.full((n, c), np.nan)
+
+    # about the given label: planted samples from mean_probs, probe samples held out
+    mean_p = mean_p_train.copy()
+    aum = aum_train.copy()
+    mp_full = np.full((n, c), np.nan)
+    mp_full[trained] = np.mean([m["mean_probs"] for m in members], axis=0)
+    pl, ho = plan.planted, plan.holdout
+    mean_p[pl] = mp_full[pl, given[pl]]
+    aum[pl] = mp_full[pl, given[pl]] - np.where(np.eye(c, dtype=bool)[given[pl]], -1.0, mp_full[pl]).max(axis=1)
+    std_p[pl] = np.nan
+    mean_p[ho] = eval_probs[ho, given[ho]]
+    aum[ho] = eval_probs[ho, given[ho]] - np.where(np.eye(c, dtype=bool)[given[ho]], -1.0, eval_probs[ho]).max(axis=1)
+    knn_agree = knn[np.arange(n), given]
+
+    cols: dict[str, np.ndarray] = {
+        "mean_p_given": mean_p, "var_p_given": std_p ** 2, "aum": aum,
+        "last_p_given": at_trained(np.mean([m["dynamics"]["p_given"][-1] for m in members], axis=0)),
+        "importance_weight": at_trained(summ["importance_weight"]),
+        "forgetting": forget_given, "knn_agreement": knn_agree, "knn_probs": knn,
+        "planted": pl.copy(), "probe": ho.copy(),
+    }
+    cols["last_p_given"][pl] = np.nan
+    if "p_given_eval" in members[0]["dynamics"]:
+        pe = at_trained(np.mean([m["dynamics"]["p_given_eval"].mean(axis=0) for m in members], axis=0))
+        pe[pl] = np.nan
+        pe[ho] = eval_probs[ho, given[ho]]
+        cols["mean_p_given_eval"] = pe
+
+    # ---- fusion, fitted on planted flips (features about the training label) vs the rest
+    knn_train = knn[np.arange(n), tl]
+    feats_train = {"mean_p_given": mean_p_train, "std_p_given": std_p_train(summ, trained, n),
+                   "aum": aum_train, "knn_agreement": knn_train,
+                   "class_adjusted": sg.class_adjusted(mean_p_train, tl, c), "forgetting": -forget_train}
+    feats_given = {"mean_p_given": mean_p, "std_p_given": np.where(np.isfinite(std_p), std_p, np.nanmean(std_p)),
+                   "aum": aum, "knn_agreement": knn_agree,
+                   "class_adjusted": sg.class_adjusted(mean_p, given, c),
+                   "forgetting": -np.where(np.isfinite(forget_given), forget_given, np.nanmean(forget_given))}
+    xf = sg.fusion_features(feats_train)
+    fit_rows = np.zeros(n, dtype=bool)
+    fit_rows[trained] = True
+    fit_rows &= np.isfinite(xf).all(axis=1)
+    fusion = {"features": list(sg.FUSION_FEATURES), "fitted": False}
+    if pl[fit_rows].sum() >= 10 and config.knn:
+        w, b, mu, sd = sg.fit_logistic(xf[fit_rows], pl[fit_rows].astype(float))
+        xg = sg.fusion_features(feats_given)
+        prior = float(pl[fit_rows].mean())
+        logit = sg.predict_logit(np.nan_to_num(xg, nan=0.0), w, b, mu, sd) - np.log(prior / (1 - prior))
+        cols["fusion_quality"] = 1.0 / (1.0 + np.exp(np.clip(logit, -30, 30)))
+        fusion.update(fitted=True, weights=[float(v) for v in w], bias=b, n_planted=int(pl[fit_rows].sum()))
+    else:
+        cols["fusion_quality"] = np.full(n, np.nan)
+
+    # ---- the retrain's second opinion
+    if retrain is not None:
+        kept = retrain["trained"]
+        dropped = np.ones(n, dtype=bool)
+        dropped[kept] = False
+        s2 = np.full(n, np.nan)
+        s2[kept] = summarize([retrain["dynamics"]])["mean_p_given"]
+        s2[dropped] = retrain["probs"][dropped, given[dropped]]
+        cols["retrain_p_given"] = s2
+        cols["retrain_held_out"] = dropped
+        cols["retrain_probs"] = retrain["probs"]
+
+    # ---- self-check: how the first score ranks the planted flips among the trained samples
+    self_check: dict[str, Any] = {"n_planted": int(pl.sum()), "plant_rate": float(config.plant_rate)}
+    if pl.any():
+        rows = fit_rows
+        self_check["auroc_mean_p"] = auroc(pl[rows], -mean_p_train[rows])
+        self_check["auroc_knn"] = auroc(pl[rows], -knn_train[rows]) if config.knn else None
+        share = sg.estimate_error_share(mean_p_train[rows], pl[rows])
+        self_check["estimated_error_share"] = share
+        if np.isfinite(share):
+            k = int(round(share * rows.sum()))
+            cut = np.sort(mean_p_train[rows])[max(k - 1, 0)] if k > 0 else -np.inf
+            self_check["recall_at_estimated_share"] = float((mean_p_train[rows & pl] <= cut).mean())
+    self_check["fusion"] = fusion
+
+    strength = model_strength(eval_probs[ho], given[ho], c)
+    strength["planted_auroc"] = self_check.get("auroc_mean_p")
+    strength.update(verdict_of(strength))
+    return cols, self_check, strength
+
+
+def std_p_train(summ: dict[str, np.ndarray], trained: np.ndarray, n: int) -> np.ndarray:
+    out = np.full(n, np.nan)
+    out[trained] = np.sqrt(summ["var_p_given"])
+    return out
+
+
+def model_strength(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, Any]:
+    """Held-out accuracy on the probe against the given (noisy) labels, and chance: the share of
+    the probe's most frequent class (what always guessing it scores)."""
+    m = len(labels)
+    if m == 0:
+        return {"n_holdout": 0, "holdout_accuracy": None, "chance_accuracy": None}
+    acc = float((probs.argmax(axis=1) == labels).mean())
+    chance = float(np.bincount(labels, minlength=num_classes).max() / m)
+    return {"n_holdout": m, "holdout_accuracy": acc, "chance_accuracy": chance,
+            "standard_error": float(np.sqrt(max(acc * (1 - acc), 1e-12) / m))}
+
+
+def verdict_of(s: dict[str, Any]) -> dict[str, str]:
+    """ok / weak / too_weak, with the sentence the summary and the report show.
+
+    too_weak: the probe accuracy is not clearly above chance (less than 2 standard errors or 5
+    points), or the planted flips rank no better than 0.6 AUROC: the scores are noise. weak: above
+    chance but the planted flips are not ranked well (AUROC < 0.8): flags are leads, not evidence."""
+    acc, chance, se = s.get("holdout_accuracy"), s.get("chance_accuracy"), s.get("standard_error")
+    planted = s.get("planted_auroc")
+    if acc is None:
+        return {"verdict": "unknown", "message": "No held-out probe (holdout = 0): model strength not measured."}
+    lift = acc - chance
+    head = f"held-out accuracy {acc:.2f} vs chance {chance:.2f} on {s['n_holdout']} probe samples"
+    if planted is not None and np.isfinite(planted):
+        head += f"; planted flips ranked at AUROC {planted:.2f}"
+    if lift < max(0.05, 2 * (se or 0)) or (planted is not None and np.isfinite(planted) and planted < 0.6):
+        return {"verdict": "too_weak", "message": "Model too weak to judge labels: " + head +
+                ". Treat the flags as noise; train longer, on more images, or with --pretrained weights."}
+    if planted is not None and np.isfinite(planted) and planted < 0.8:
+        return {"verdict": "weak", "message": "Model is weak: " + head + ". Flags are leads to review, not evidence."}
+    return {"verdict": "ok", "message": "Model strong enough to judge: " + head + "."}

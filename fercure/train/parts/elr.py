@@ -1,0 +1,38 @@
+"""ELR (early-learning regularisation; Liu, Niles-Weed, Razavian, Fernandez-Granda, NeurIPS 2020)
+as a part: a memorisation-resistant objective.
+
+Each sample keeps a target t_i, an exponential moving average of the model's own (normalised)
+predictions; the loss adds λ · log(1 − <p_i, t_i>), which pulls p_i towards the early-learning
+prediction and so resists fitting a wrong label late in training. The targets are per-sample state
+saved in every checkpoint.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fercure.train.parts import Part, Step
+
+
+class ElrPart(Part):
+    name = "elr"
+
+    def __init__(self, config, n: int, num_classes: int, device: torch.device) -> None:
+        self.lam, self.beta = float(config.elr_lambda), float(config.elr_beta)
+        self.targets = torch.zeros(n, num_classes, device=device)
+
+    def loss(self, out, logits, step: Step):
+        p = torch.softmax(logits, dim=1).clamp(1e-4, 1.0 - 1e-4)
+        with torch.no_grad():
+            q = p.detach() / p.detach().sum(dim=1, keepdim=True)
+            self.targets[step.idx] = self.beta * self.targets[step.idx] + (1.0 - self.beta) * q
+        inner = (self.targets[step.idx] * p).sum(dim=1)
+        return self.lam * torch.log((1.0 - inner).clamp_min(1e-4)).mean()
+
+    def state(self):
+        return {"targets": self.targets}
+
+    def load_state(self, state):
+        if "targets" not in state:
+            raise ValueError("the checkpoint has no ELR targets: it was written without --elr")
+        self.targets.copy_(state["targets"].to(self.targets.device))
