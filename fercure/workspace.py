@@ -8,11 +8,15 @@ the new one, never a torn one.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
+import shutil
 import stat
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
@@ -134,10 +138,17 @@ class Workspace:
     def report(self) -> Path:
         return self.root / "report.html"
 
+    @property
+    def lock_file(self) -> Path:
+        return self.root / ".lock"
+
     def remove_stale_temps(self) -> int:
-        """Delete temporary files a killed run left behind (atomic writes name them .NAME.*.tmp)."""
+        """Delete temporary files a killed run left behind (atomic writes name them .NAME.*.tmp),
+        also inside each run folder, where a SIGTERM mid-checkpoint leaves .checkpoint.pt.*.tmp.
+        Only safe under the workspace lock: another command's temp file would look stale too."""
+        runs = sorted(d for d in self.runs_dir.iterdir() if d.is_dir()) if self.runs_dir.is_dir() else []
         n = 0
-        for folder in (self.root, self.faces_dir, self.runs_dir):
+        for folder in (self.root, self.faces_dir, self.runs_dir, *runs, *(d / "members" for d in runs)):
             if folder.is_dir():
                 for tmp in folder.glob(".*.tmp"):
                     tmp.unlink(missing_ok=True)
@@ -153,6 +164,7 @@ class Workspace:
             self.runs_dir: "the workspace's training runs (written by train)",
             self.audit: "the workspace's audit table (written by audit-labels)",
             self.report: "the workspace's report (written by audit-labels)",
+            self.lock_file: "the workspace's lock file",
         }
 
     def prepared_inputs(self) -> tuple[str | None, str | None]:
@@ -204,6 +216,61 @@ class Workspace:
                 f"{path} does not exist. Run `fercure {stage} -w {self.root}` first."
             )
         return path
+
+
+# ---------------------------------------------------------------------------------------------
+# The workspace lock: one writing command at a time
+
+
+class WorkspaceLockedError(WorkspaceError):
+    """Another fercure command holds the workspace lock."""
+
+
+def _lock_holder(fd: int) -> str:
+    """The PID the holder wrote into the lock file, as text ("unknown" while it is being written)."""
+    try:
+        pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        pid = ""
+    return pid if pid.isdigit() else "unknown"
+
+
+@contextlib.contextmanager
+def workspace_lock(root: Path | str, *, wait: bool = False, create: bool = True,
+                   poll_seconds: float = 0.5) -> Iterator[None]:
+    """Hold an exclusive lock on WS/.lock while a command writes the workspace; refuse at once,
+    naming the holder's PID, when another command holds it (or wait for it with ``wait``).
+
+    flock is released by the kernel when its holder exits, even by SIGKILL, so a lock file left
+    behind never blocks. The file itself stays (deleting it would let two commands lock two
+    different files). Stage functions do not lock: a library caller decides. Without ``create`` a
+    missing workspace is not created (nothing there to protect; the stage says what is missing)."""
+    root = Path(root)
+    if not create and not root.is_dir():
+        yield
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not wait:
+                    raise WorkspaceLockedError(
+                        f"Workspace {root} is in use by another fercure command (PID {_lock_holder(fd)}, "
+                        f"holding {path}). Wait for it to finish, or pass --wait to wait for it.") from None
+                time.sleep(poll_seconds)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # releases the lock
 
 
 # ---------------------------------------------------------------------------------------------

@@ -85,7 +85,7 @@ class PrepareSummary:
         return max(self.stage_seconds, key=self.stage_seconds.get) if self.stage_seconds else ""
 
 
-def _check_workspace(ws: Workspace, input_root: Path, labels_file: Path | str | None) -> None:
+def check_workspace(ws: Workspace, input_root: Path, labels_file: Path | str | None) -> None:
     """The output rule (fercure.workspace.check_output_path) for the workspace folder and each file
     prepare writes in it: not in the input folder, not the label file, no device/FIFO replaced.
     The workspace's own files are rewritten without --force: that is what re-running prepare does."""
@@ -304,7 +304,7 @@ def run_prepare(
         raise WorkspaceError(f"--on-no-face must be keep or drop, not {on_no_face!r}.")
     if multi_face not in ("largest", "most-central", "drop"):
         raise WorkspaceError(f"--multi-face must be largest, most-central or drop, not {multi_face!r}.")
-    _check_workspace(ws, input_root, labels_file)
+    check_workspace(ws, input_root, labels_file)
     settings = PrepareSettings(image_size, on_no_face, multi_face, float(min_face_size), float(min_score))
 
     samples, rejects = discover(input_root, Path(labels_file) if labels_file else None, classes)
