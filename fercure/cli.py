@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from fercure import __version__
-from fercure.workspace import WorkspaceError
+from fercure.workspace import WorkspaceError, is_disk_full
 
 app = typer.Typer(
     name="fercure",
@@ -157,6 +157,12 @@ def _run(fn, title: str, **kwargs):
         _fail(str(e))
     except KeyboardInterrupt:
         _fail(_interrupted(title, kwargs.get("workspace")), 130)
+    except OSError as e:  # a write outside atomic_path (those already say which file)
+        if not is_disk_full(e):
+            raise
+        where = f" while writing {e.filename}" if e.filename else ""
+        _fail(f"Disk full{where} ({e.strerror or e}). Free space on the workspace's disk, or use a workspace "
+              "on a disk with more room, and run the command again.")
     _render(summary, title)
     return summary
 

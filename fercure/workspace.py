@@ -381,18 +381,73 @@ def _new_file_mode(path: Path) -> int:
     return 0o666 & ~_umask()
 
 
+# ---------------------------------------------------------------------------------------------
+# Disk full
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """True for ENOSPC/EDQUOT, also when a library re-raised it as text only (pyarrow's OSError)."""
+    if isinstance(error, OSError) and error.errno in _DISK_FULL:
+        return True
+    text = str(error)
+    return any(os.strerror(code) in text for code in _DISK_FULL)
+
+
+def _free_bytes(folder: Path) -> int | None:
+    for d in (folder, *folder.parents):  # the nearest folder that exists is on that filesystem
+        if d.is_dir():
+            try:
+                return shutil.disk_usage(d).free
+            except OSError:
+                return None
+    return None
+
+
+def _mb(n: int) -> str:
+    return f"{-(-n // 2**20):,}"  # rounded up: "0 MB" would read as nothing needed
+
+
+def disk_full(path: Path | str, needed: int | None = None, *, at_least: bool = False) -> WorkspaceError:
+    """The error for a write that did not fit (or would not): what, how much, how much is free."""
+    path = Path(path)
+    free = _free_bytes(path.parent)
+    facts = []
+    if needed:
+        facts.append(f"needs {'more than' if at_least else 'about'} {_mb(needed)} MB")
+    if free is not None:
+        facts.append(f"{free // 2**20:,} MB free on that filesystem")
+    shown = f" ({'; '.join(facts)})" if facts else ""
+    return WorkspaceError(f"Disk full while writing {path}{shown}. Free space there, or use a workspace "
+                          "on a disk with more room, and run the command again.")
+
+
+def check_free_space(path: Path | str, needed: int) -> None:
+    """Refuse up front a write of ``needed`` bytes that cannot fit: a memory-mapped file that runs
+    out of space dies with SIGBUS (exit 135, no message), not an OSError."""
+    free = _free_bytes(Path(path).parent)
+    if free is not None and free < needed:
+        raise disk_full(path, needed)
+
+
 @contextlib.contextmanager
-def atomic_path(path: Path | str) -> Iterator[Path]:
+def atomic_path(path: Path | str, *, size: int | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``.
 
     A ``path`` that exists and is not a regular file (/dev/null, a FIFO, a folder) is refused: the
-    rename would replace it with a regular file."""
+    rename would replace it with a regular file. A full disk (ENOSPC, EDQUOT) becomes a
+    WorkspaceError naming the file, with the temporary file removed; ``size`` (bytes, when known)
+    is checked against the free space before anything is written."""
     path = Path(path)
     kind = file_kind(path)
     if kind:
         raise WorkspaceError(f"{path} is {kind}, not a regular file; fercure never replaces it. "
                              "Give the path of a regular file.")
     path.parent.mkdir(parents=True, exist_ok=True)
+    if size is not None:
+        check_free_space(path, size)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -403,6 +458,12 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
         _fsync_dir(path.parent)
+    except Exception as e:
+        if not is_disk_full(e):
+            raise
+        written = tmp_path.stat().st_size if tmp_path.exists() else 0
+        tmp_path.unlink(missing_ok=True)  # before measuring what is free
+        raise disk_full(path, size or written, at_least=size is None) from e
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
