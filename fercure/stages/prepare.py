@@ -26,7 +26,7 @@ from fercure.device import resolve_device
 from fercure.faces import align, quality
 from fercure.faces.detect import FaceDetector
 from fercure.images import load_rgb
-from fercure.ingest import REJECT_COLUMNS, discover
+from fercure.ingest import REJECT_COLUMNS, clean_label, discover
 from fercure.progress import NULL, Reporter
 from fercure.store import open_store, write_store
 from fercure.workspace import (
@@ -412,7 +412,9 @@ def run_prepare(
             yield all_crops[gather[lo : lo + 4096]]
 
     write_store(ws.store, chunks(), int(has.sum()), image_size)
-    class_list = list(classes) if classes else sorted(manifest["label"].unique().tolist())
+    # --classes as the labels were keyed (NFC, no zero-width characters): the names train matches
+    class_list = (list(dict.fromkeys(clean_label(str(c)) for c in classes)) if classes
+                  else sorted(manifest["label"].unique().tolist()))
     columns = [
         "sample_id", "source_path", "label", "split", "face_status", "reason", "face_count", "face_score",
         "bbox", "landmarks", "face_size", "blur_score", "brightness", "contrast", "phash", "duplicate_of",
