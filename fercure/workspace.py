@@ -249,9 +249,13 @@ def workspace_lock(root: Path | str, *, wait: bool = False, create: bool = True,
     if not create and not root.is_dir():
         yield
         return
-    root.mkdir(parents=True, exist_ok=True)
     path = root / ".lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise WorkspaceError(f"Cannot create the lock file {path} ({e.strerror or e}): the command writes "
+                             f"the workspace {root}. Check that you may write there.") from e
     try:
         while True:
             try:
@@ -263,14 +267,27 @@ def workspace_lock(root: Path | str, *, wait: bool = False, create: bool = True,
                         f"Workspace {root} is in use by another fercure command (PID {_lock_holder(fd)}, "
                         f"holding {path}). Wait for it to finish, or pass --wait to wait for it.") from None
                 time.sleep(poll_seconds)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            except OSError as e:
+                if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                    break  # a filesystem without locks: run unlocked rather than not at all
+                raise
+        _write_pid(fd, f"{os.getpid()}\n")
         try:
             yield
         finally:
-            os.ftruncate(fd, 0)
+            _write_pid(fd, "")
     finally:
         os.close(fd)  # releases the lock
+
+
+def _write_pid(fd: int, text: str) -> None:
+    """The PID is for the message of a refused command only: a full disk must not stop this one."""
+    try:
+        os.ftruncate(fd, 0)
+        if text:
+            os.pwrite(fd, text.encode(), 0)
+    except OSError:
+        pass
 
 
 # ---------------------------------------------------------------------------------------------

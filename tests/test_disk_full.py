@@ -14,10 +14,16 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-import fercure.workspace as workspace
+from fercure import workspace
 from fercure.cli import app
 from fercure.store import write_store
-from fercure.workspace import Workspace, WorkspaceError, atomic_write_text, is_disk_full, write_table
+from fercure.workspace import (
+    Workspace,
+    WorkspaceError,
+    atomic_write_text,
+    is_disk_full,
+    write_table,
+)
 
 Usage = namedtuple("Usage", "total used free")
 

@@ -47,10 +47,9 @@ def test_second_command_refused_while_workspace_locked(command: str, tmp_path: P
 
 
 def test_lock_refuses_a_second_holder_in_the_library(tmp_path: Path):
-    with workspace_lock(tmp_path):
-        with pytest.raises(WorkspaceLockedError, match=f"PID {os.getpid()}"):
-            with workspace_lock(tmp_path):
-                pass
+    with workspace_lock(tmp_path), pytest.raises(WorkspaceLockedError, match=f"PID {os.getpid()}"), \
+            workspace_lock(tmp_path):
+        pass
     with workspace_lock(tmp_path):  # released on exit
         pass
 
@@ -111,3 +110,19 @@ def test_interrupted_train_says_resume(tmp_path: Path, monkeypatch):
     result = invoke("train", "-w", ws, "--device", "cpu", code=130)
     assert f"fercure train -w {ws} --resume" in result.output
     assert "same command" not in result.output
+
+
+
+def test_unwritable_workspace_is_a_clear_error(tmp_path: Path, monkeypatch):
+    real_open = os.open
+
+    def read_only(path, flags, *args):
+        if str(path).endswith(".lock"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", read_only)  # a read-only workspace, also when tests run as root
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    result = invoke("train", "-w", ws, "--device", "cpu", code=1)
+    assert f"Cannot create the lock file {ws / '.lock'} (Permission denied)" in result.output
