@@ -423,6 +423,15 @@ def _free_bytes(folder: Path) -> int | None:
     return None
 
 
+def _looks_full(error: BaseException, folder: Path) -> bool:
+    """A write error without errno (torch.save: "unexpected pos 704 vs 598") on a filesystem with
+    less than 1 MB left: a full disk, by far the likeliest cause."""
+    if not isinstance(error, (OSError, RuntimeError)):
+        return False
+    free = _free_bytes(folder)
+    return free is not None and free < 2**20
+
+
 def _mb(n: int) -> str:
     return f"{-(-n // 2**20):,}"  # rounded up: "0 MB" would read as nothing needed
 
@@ -476,7 +485,7 @@ def atomic_path(path: Path | str, *, size: int | None = None) -> Iterator[Path]:
         os.replace(tmp_path, path)
         _fsync_dir(path.parent)
     except Exception as e:
-        if not is_disk_full(e):
+        if not (is_disk_full(e) or _looks_full(e, path.parent)):
             raise
         written = tmp_path.stat().st_size if tmp_path.exists() else 0
         tmp_path.unlink(missing_ok=True)  # before measuring what is free

@@ -129,3 +129,24 @@ def test_cli_train_disk_full_exit_1(tmp_path: Path, monkeypatch):
     assert "Disk full while writing" in result.output and "config.json" in result.output
     assert "MB free on that filesystem" in result.output and "Traceback" not in result.output
     assert temps(ws.root) == []
+
+
+def test_torch_style_error_on_a_full_filesystem(tmp_path: Path, monkeypatch):
+    # torch.save reports a short write as RuntimeError("... unexpected pos 704 vs 598"), no errno
+    from fercure.workspace import atomic_path
+
+    def torch_save_short_write(tmp: Path):
+        tmp.write_bytes(b"x" * 598)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    target = tmp_path / "checkpoint.pt"
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: Usage(10 * 2**30, 10 * 2**30, 0))
+    full = r"Disk full while writing .*checkpoint\.pt \(needs more than 1 MB; 0 MB free"
+    with pytest.raises(WorkspaceError, match=full), atomic_path(target) as tmp:
+        torch_save_short_write(tmp)
+    assert temps(tmp_path) == [] and not target.exists()
+    # the same error with room to spare is not a full disk: it passes through unchanged
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: Usage(10 * 2**30, 2**30, 9 * 2**30))
+    with pytest.raises(RuntimeError, match="unexpected pos"), atomic_path(target) as tmp:
+        torch_save_short_write(tmp)
+    assert temps(tmp_path) == []
