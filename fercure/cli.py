@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from enum import Enum
 from pathlib import Path
@@ -11,7 +12,7 @@ import typer
 
 from fercure import __version__
 from fercure.audit import DEFAULT_SCORE, DEFAULT_THRESHOLD
-from fercure.workspace import WorkspaceError
+from fercure.workspace import WorkspaceError, is_disk_full
 
 app = typer.Typer(
     name="fercure",
@@ -25,6 +26,7 @@ app = typer.Typer(
 )
 
 WorkspaceOpt = typer.Option(..., "--workspace", "-w", help="Workspace folder shared by all stages.")
+WaitOpt = typer.Option(False, "--wait", help="When another fercure command is using the workspace, wait for it to finish instead of stopping.")
 
 
 class Device(str, Enum):
@@ -69,6 +71,21 @@ def _fail(message: str, code: int = 1) -> None:
 
     err_console.print(f"[bold red]error:[/] {text(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def _locked(workspace: Path, wait: bool, *, create: bool = False):
+    """Hold the workspace lock (fercure.workspace.workspace_lock) for a command that writes there;
+    exit 1 with the holder's PID when another command has it."""
+    from fercure.workspace import workspace_lock
+
+    stack = contextlib.ExitStack()
+    try:
+        stack.enter_context(workspace_lock(workspace, wait=wait, create=create))
+    except WorkspaceError as e:
+        _fail(str(e))
+    with stack:
+        yield
 
 
 def _fmt(value: object) -> str:
@@ -147,9 +164,26 @@ def _run(fn, title: str, **kwargs):
     except WorkspaceError as e:
         _fail(str(e))
     except KeyboardInterrupt:
-        _fail(f"{title} interrupted. Finished work is kept: run the same command again to resume.", 130)
+        _fail(_interrupted(title, kwargs.get("workspace")), 130)
+    except OSError as e:  # a write outside atomic_path (those already say which file)
+        if not is_disk_full(e):
+            raise
+        where = f" while writing {e.filename}" if e.filename else ""
+        _fail(f"Disk full{where} ({e.strerror or e}). Free space on the workspace's disk, or use a workspace "
+              "on a disk with more room, and run the command again.")
     _render(summary, title)
     return summary
+
+
+def _interrupted(title: str, workspace: object) -> str:
+    """What to run after Ctrl-C. prepare resumes by itself; train only with --resume (the same
+    command again would start a new run from epoch 1)."""
+    if title == "train":
+        return (f"train interrupted. Finished epochs are kept in the run's checkpoint: run `fercure train "
+                f"-w {workspace} --resume` to continue it (without --resume a new run starts).")
+    if title == "prepare":
+        return "prepare interrupted. Finished chunks are kept: run the same command again to resume."
+    return f"{title} interrupted; nothing was half-written. Run the same command again."
 
 
 def _version(value: bool) -> None:
@@ -185,17 +219,26 @@ def prepare(
     min_face_size: float = typer.Option(20.0, min=1, help="Faces smaller than this (pixels, shorter box side) get status too_small."),
     min_score: float = typer.Option(0.9, min=0, max=1, help="Detector confidence below this gets status low_confidence."),
     chunk_size: int = typer.Option(512, min=1, help="Images per resumable chunk: an interrupted run resumes at the first unfinished chunk."),
+    wait: bool = WaitOpt,
 ) -> None:
     """Detect, align and score faces; write the crop store and manifest.parquet."""
-    from fercure.stages.prepare import run_prepare
+    from fercure.stages.prepare import check_workspace, run_prepare
+    from fercure.workspace import Workspace
 
     class_list = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
-    _run(
-        run_prepare, "prepare", input_root=input_root, workspace=workspace, labels_file=labels,
-        classes=class_list, device=device.value, batch_size=batch_size, workers=workers,
-        image_size=image_size, on_no_face=on_no_face.value, multi_face=multi_face.value,
-        min_face_size=min_face_size, min_score=min_score, chunk_size=chunk_size,
-    )
+    if not input_root.is_dir():  # before the lock creates the workspace folder
+        _fail(f"Input folder {input_root} does not exist or is not a folder.")
+    try:  # before the lock creates the workspace folder: never inside the input folder
+        check_workspace(Workspace(workspace), input_root, labels)
+    except WorkspaceError as e:
+        _fail(str(e))
+    with _locked(workspace, wait, create=True):
+        _run(
+            run_prepare, "prepare", input_root=input_root, workspace=workspace, labels_file=labels,
+            classes=class_list, device=device.value, batch_size=batch_size, workers=workers,
+            image_size=image_size, on_no_face=on_no_face.value, multi_face=multi_face.value,
+            min_face_size=min_face_size, min_score=min_score, chunk_size=chunk_size,
+        )
 
 
 @app.command(
@@ -230,6 +273,7 @@ def train(
     distill_generations: int = typer.Option(0, min=0, help="Self-distillation generations from the ensemble's soft labels."),
     folds: int = typer.Option(0, min=0, help="Cross-fitting folds for out-of-sample probabilities (0: off)."),
     resume: bool = typer.Option(False, help="Continue the latest unfinished run from its last epoch checkpoint."),
+    wait: bool = WaitOpt,
 ) -> None:
     """Train a timm backbone and record how every sample behaves (the evidence audit-labels judges labels by)."""
     from fercure.stages.train import run_train
@@ -238,22 +282,23 @@ def train(
 
     from fercure.workspace import Workspace
 
-    try:
-        if pretrained is not None:
-            check_input_file(pretrained, option="--pretrained",
-                             hint="Pass a state-dict file saved with torch.save (a regular file, not a pipe or device).")
-        Workspace(workspace).check_readable(resume=resume)
-    except WorkspaceError as e:
-        _fail(str(e))
-    config = TrainConfig(
-        backbone=backbone, image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-        device=device.value, pretrained=str(pretrained) if pretrained else None, selfcure=selfcure,
-        relabel_scope=relabel_scope, reliability=reliability, elr=elr, label_smoothing=label_smoothing,
-        holdout=holdout, plant_rate=plant_rate, retrain=retrain, knn=knn, amp=amp,
-        ensemble=max(ensemble, 3) if thorough else ensemble,
-        distill_generations=distill_generations, folds=folds,
-    )
-    _run(run_train, "train", workspace=workspace, config=config, resume=resume)
+    with _locked(workspace, wait):  # prepare must not replace the store and manifest mid-run
+        try:
+            if pretrained is not None:
+                check_input_file(pretrained, option="--pretrained",
+                                 hint="Pass a state-dict file saved with torch.save (a regular file, not a pipe or device).")
+            Workspace(workspace).check_readable(resume=resume)
+        except WorkspaceError as e:
+            _fail(str(e))
+        config = TrainConfig(
+            backbone=backbone, image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+            device=device.value, pretrained=str(pretrained) if pretrained else None, selfcure=selfcure,
+            relabel_scope=relabel_scope, reliability=reliability, elr=elr, label_smoothing=label_smoothing,
+            holdout=holdout, plant_rate=plant_rate, retrain=retrain, knn=knn, amp=amp,
+            ensemble=max(ensemble, 3) if thorough else ensemble,
+            distill_generations=distill_generations, folds=folds,
+        )
+        _run(run_train, "train", workspace=workspace, config=config, resume=resume)
 
 
 @app.command(
@@ -267,6 +312,7 @@ def audit_labels(
     score: str = typer.Option(DEFAULT_SCORE, help="label_quality signal: retrain (first and second model averaged), confidence (mean p(given) over epochs), confidence_variability (mean + std), aum, knn (neighbour label agreement), fusion (fitted on planted flips), eval, last, self_confidence, oof, reliability, importance."),
     threshold_method: ThresholdMethod = typer.Option(ThresholdMethod(DEFAULT_THRESHOLD), help="How is_label_issue is decided without ground truth (docs/METHODS.md)."),
     force: bool = typer.Option(False, help="Overwrite an existing --report file (the default WS/report.html is always rewritten)."),
+    wait: bool = WaitOpt,
 ) -> None:
     """Score every label: wrong or not, what it should be, how sure, ambiguous or not."""
     from fercure.audit import SIGNALS
@@ -277,14 +323,15 @@ def audit_labels(
         _fail(f"--score must be one of {', '.join(SIGNALS)}, not {score!r}.", 2)
     # Checked before the audit runs: a refused report must not cost the audit (or leave it half done).
     ws = Workspace(workspace)
-    try:
-        ws.check_output(report if report is not None else ws.report, force=force, option="--report",
-                        may_replace=[ws.report])
-        ws.check_readable()
-    except WorkspaceError as e:
-        _fail(str(e))
-    _run(run_audit, "audit-labels", workspace=workspace, run_id=run, report_path=report,
-         method=score, threshold_method=threshold_method.value)
+    with _locked(workspace, wait):
+        try:
+            ws.check_output(report if report is not None else ws.report, force=force, option="--report",
+                            may_replace=[ws.report])
+            ws.check_readable()
+        except WorkspaceError as e:
+            _fail(str(e))
+        _run(run_audit, "audit-labels", workspace=workspace, run_id=run, report_path=report,
+             method=score, threshold_method=threshold_method.value)
 
 
 @app.command(
@@ -298,14 +345,19 @@ def export_cleaned(
     policy: Policy = typer.Option(Policy.relabel, help="What to do with label issues: relabel, drop, flag (review only), soft (soft labels for ambiguous)."),
     format: Format = typer.Option(Format.parquet, "--format", help="parquet or csv."),
     force: bool = typer.Option(False, help="Overwrite an existing output file."),
+    wait: bool = WaitOpt,
 ) -> None:
     """Write cleaned, relabelled annotations with every original label and the reason for each change."""
     from fercure.stages.export import run_export
+    from fercure.workspace import is_inside
 
-    try:
-        summary = run_export(workspace, output, policy=policy.value, fmt=format.value, force=force)
-    except WorkspaceError as e:
-        _fail(str(e))
+    # Only an output inside the workspace is a write there; reading needs no lock (atomic renames).
+    lock = _locked(workspace, wait) if is_inside(output, workspace) else contextlib.nullcontext()
+    with lock:
+        try:
+            summary = run_export(workspace, output, policy=policy.value, fmt=format.value, force=force)
+        except WorkspaceError as e:
+            _fail(str(e))
     _render(summary, "export-cleaned")
 
 
@@ -373,9 +425,19 @@ def demo(
     batch_size: int = typer.Option(64, min=2),
     device: Device = typer.Option(Device.auto),
     force: bool = typer.Option(True, help="Overwrite WS/cleaned.parquet from an earlier demo."),
+    wait: bool = WaitOpt,
 ) -> None:
     """Run all four stages on sample_data/ (1,800 FER2013 crops: a few minutes on a CPU); export to
     WS/cleaned.parquet, then score the audit against the FER+ votes (WS/scorecard.json)."""
+    data = data or find_sample_data()
+    if data is None or not (data / "labels.csv").exists():
+        _fail("sample_data/ not found: pass --data PATH (a folder with images/ and labels.csv).")
+    with _locked(workspace, wait, create=True):  # one lock over all four stages
+        _demo_stages(data, workspace, limit, epochs, image_size, batch_size, device, force)
+
+
+def _demo_stages(data: Path, workspace: Path, limit: int | None, epochs: int, image_size: int,
+                 batch_size: int, device: Device, force: bool) -> None:
     from fercure.console import console
     from fercure.stages.audit import run_audit
     from fercure.stages.export import run_export
@@ -383,9 +445,6 @@ def demo(
     from fercure.stages.train import run_train
     from fercure.train.config import TrainConfig
 
-    data = data or find_sample_data()
-    if data is None or not (data / "labels.csv").exists():
-        _fail("sample_data/ not found: pass --data PATH (a folder with images/ and labels.csv).")
     labels = _demo_labels(data, workspace, limit)
     console.rule("[bold]1/4 prepare")
     _run(run_prepare, "prepare", input_root=data / "images", workspace=workspace,

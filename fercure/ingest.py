@@ -4,8 +4,10 @@
 
 * ``samples``: one row per usable image with ``sample_id, source_path, label, split``.
   ``source_path`` is posix and relative to ``input_root`` (``..`` and ``.`` resolved lexically), so
-  the same file always gets the same ``sample_id``. ``label`` is the given value with surrounding
-  whitespace stripped (`` happy`` and ``happy`` are one class). ``split`` is ``"train"`` unless given.
+  the same file always gets the same ``sample_id``. ``label`` is the given value in NFC form, without
+  format characters (zero-width space, BOM, ...: Unicode category Cf) and surrounding whitespace
+  (`` happy``, ``happy\u200b`` and ``happy`` are one class; so are NFC and NFD ``café``), see
+  ``clean_label``. ``split`` is ``"train"`` unless given.
 * ``rejects``: one row per label-file row or file that could not become a sample, with columns
   ``REJECT_COLUMNS``. ``row`` is the row number a user sees: for CSV the header is row 1 and the
   first data row is 2, counted in records as a spreadsheet shows them (a quoted cell with a line
@@ -22,6 +24,10 @@ When *every* top-level folder is a split name (train, test, val, ...), the layou
 ``input_root/<split>/<class>/**/<image>`` instead (the Kaggle FER2013 image layout); a dataset whose
 classes are all called like splits is implausible. Hidden files and folders are skipped, files
 without an image extension are ignored, images with no class folder are rejected.
+
+Look-alike labels: two class names that differ but look the same (``happy`` with a Cyrillic ``а``,
+``Happy``; ``label_skeleton``) are one class misspelt. The rows of the rarer spelling are rejected
+("look-alike label") with a hint naming both spellings and their code points, and a note counts them.
 
 Label-file rows whose path appears more than once: with the same label, the first row is kept and
 the later ones are rejected as duplicates; with conflicting labels, *all* its rows are rejected,
@@ -53,6 +59,8 @@ import re
 import select
 import stat
 import time
+import unicodedata
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +95,69 @@ STREAM_IDLE_SECONDS = 30.0
 _WINDOWS_ABS = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")
 
 
+# Letters of other scripts drawn like Latin ones: what makes "hаppy" (Cyrillic а) look like "happy".
+# Deliberately small and explicit (Unicode's confusables.txt has thousands of entries, most of them
+# irrelevant to class names); NFKC already folds fullwidth and other compatibility forms.
+_HOMOGLYPHS = str.maketrans({
+    # Cyrillic
+    "а": "a", "е": "e", "о": "o", "р": "p", "с": "c", "х": "x", "у": "y", "і": "i", "ј": "j",
+    "ѕ": "s", "һ": "h", "ԁ": "d", "ԛ": "q", "ԝ": "w", "ӏ": "l",
+    "А": "A", "В": "B", "Е": "E", "К": "K", "М": "M", "Н": "H", "О": "O", "Р": "P", "С": "C",
+    "Т": "T", "Х": "X", "У": "Y", "І": "I", "Ј": "J", "Ѕ": "S",
+    # Greek
+    "Α": "A", "Β": "B", "Ε": "E", "Ζ": "Z", "Η": "H", "Ι": "I", "Κ": "K", "Μ": "M", "Ν": "N",
+    "Ο": "O", "Ρ": "P", "Τ": "T", "Υ": "Y", "Χ": "X",
+    "α": "a", "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p", "υ": "u", "χ": "x",
+})
+
+
+def clean_label(value: str) -> str:
+    """A label as fercure keys it: NFC, without format characters (category Cf: zero-width space,
+    BOM, joiners, direction marks), without surrounding whitespace. Such differences are invisible,
+    so they never make a class of their own."""
+    s = unicodedata.normalize("NFC", value)
+    s = "".join(ch for ch in s if unicodedata.category(ch) != "Cf")
+    return s.strip()
+
+
+def label_skeleton(label: str) -> str:
+    """What a label looks like: NFKC, look-alike Cyrillic/Greek letters mapped to Latin, casefolded.
+    Two different labels with one skeleton are one class spelt two ways."""
+    return unicodedata.normalize("NFKC", label).translate(_HOMOGLYPHS).casefold()
+
+
+def _code_points(s: str) -> str:
+    return " ".join(f"U+{ord(ch):04X}" for ch in s)
+
+
+def lookalike_labels(labels: list[str]) -> dict[str, str]:
+    """{spelling: the spelling it is taken for} for labels whose skeleton another, different label
+    shares. The most frequent spelling of a skeleton is kept (then plain ASCII, then the first in
+    sorted order); every other spelling maps to it."""
+    counts = Counter(labels)
+    groups: dict[str, list[str]] = {}
+    for label in sorted(counts):
+        groups.setdefault(label_skeleton(label), []).append(label)
+    taken_for: dict[str, str] = {}
+    for group in groups.values():
+        if len(group) > 1:
+            keep = min(group, key=lambda lab: (-counts[lab], not lab.isascii(), lab))
+            taken_for.update({lab: keep for lab in group if lab != keep})
+    return taken_for
+
+
+def _lookalike_hint(label: str, keep: str) -> str:
+    return (f"label {label!r} ({_code_points(label)}) looks like {keep!r} ({_code_points(keep)}) but is a "
+            f"different string: did you mean {keep!r}? Fix the label and re-run (rows of the rarer spelling "
+            "are rejected, not made a class of their own)")
+
+
+def _lookalike_note(taken_for: dict[str, str], n_rows: int) -> str:
+    pairs = ", ".join(f"{lab!r} for {keep!r}" for lab, keep in sorted(taken_for.items())[:3])
+    return (f"{n_rows} rows carry a label that looks like another class but is a different string "
+            f"({pairs}); they are rejected as 'look-alike label' (see rejects.parquet).")
+
+
 class LabelFileError(WorkspaceError):
     """The label file as a whole cannot be used (missing, empty, unreadable, wrong columns)."""
 
@@ -113,10 +184,10 @@ def discover(
         raise WorkspaceError(f"Input folder {root} does not exist.")
     if not root.is_dir():
         raise WorkspaceError(f"Input root {root} is not a folder. Pass the folder that holds the images.")
-    wanted = None if classes is None else {str(c).strip() for c in classes}
+    wanted = None if classes is None else {clean_label(str(c)) for c in classes}
     notes: list[str] = []
     if labels_file is None:
-        rows, rejects = _discover_folder(root, wanted)
+        rows, rejects = _discover_folder(root, wanted, notes)
     else:
         rows, rejects = _discover_label_file(root, Path(labels_file), wanted, notes)
     for note in notes:
@@ -178,7 +249,8 @@ _EXT_HINT = "supported extensions: " + " ".join(sorted(IMAGE_EXTENSIONS))
 # Folder mode
 
 
-def _discover_folder(root: Path, wanted: set[str] | None) -> tuple[list[tuple[str, str, str]], list[_Reject]]:
+def _discover_folder(root: Path, wanted: set[str] | None,
+                     notes: list[str]) -> tuple[list[tuple[str, str, str]], list[_Reject]]:
     root_s = os.fspath(root)
     real_root = os.path.realpath(root_s)
     try:
@@ -225,7 +297,7 @@ def _discover_folder(root: Path, wanted: set[str] | None) -> tuple[list[tuple[st
         else:
             class_dirs = [top_rel]
         for class_rel in class_dirs:
-            label = class_rel.rsplit("/", 1)[-1].strip()
+            label = clean_label(class_rel.rsplit("/", 1)[-1])
             found.clear()
             _walk_class_dir(root_s, real_root, class_rel, found, rejects, set())
             for rel in found:
@@ -234,12 +306,26 @@ def _discover_folder(root: Path, wanted: set[str] | None) -> tuple[list[tuple[st
                                            "the class folder's name is blank; rename it to the class"))
                 elif wanted is not None and label not in wanted:
                     rejects.append(_Reject("", -1, rel, f"unknown class {label!r}",
-                                           f"expected one of: {', '.join(sorted(wanted))}"))
+                                           f"expected one of: {', '.join(sorted(wanted))}" + _did_you_mean(label, wanted)))
                 else:
                     samples.append((rel, label, split))
+    taken_for = lookalike_labels([s[1] for s in samples])
+    if taken_for:
+        odd = [s for s in samples if s[1] in taken_for]
+        rejects.extend(_Reject("", -1, rel, "look-alike label", _lookalike_hint(label, taken_for[label]))
+                       for rel, label, _ in odd)
+        samples = [s for s in samples if s[1] not in taken_for]
+        notes.append(_lookalike_note(taken_for, len(odd)))
     samples.sort(key=lambda s: s[0])
     rejects.sort(key=lambda r: r.source_path)
     return samples, rejects
+
+
+def _did_you_mean(label: str, wanted: set[str]) -> str:
+    """ (did you mean 'happy'?)" when ``label`` looks like one of the wanted classes."""
+    skeleton = label_skeleton(label)
+    near = sorted(w for w in wanted if label_skeleton(w) == skeleton)
+    return f" (did you mean {near[0]!r}? {label!r} is {_code_points(label)})" if near else ""
 
 
 def _safe_is_dir(entry: os.DirEntry) -> bool:
@@ -708,13 +794,13 @@ def _discover_label_file(root: Path, labels_file: Path, wanted: set[str] | None,
         if label_txt is None:
             reject("label is not a single value", "the label cell must hold one class name")
             continue
-        label = label_txt.strip()
+        label = clean_label(label_txt)
         if not label:
             reject("empty label", "fill in the label, or remove the row")
             continue
         if wanted is not None and label not in wanted:
             reject(f"unknown class {label!r}", f"expected one of: {', '.join(sorted(wanted))} "
-                                               "(or add it to --classes)")
+                                               "(or add it to --classes)" + _did_you_mean(label, wanted))
             continue
         rel, problem, hint = locator.locate(path_txt)
         if rel is None:
@@ -723,6 +809,16 @@ def _discover_label_file(root: Path, labels_file: Path, wanted: set[str] | None,
         split_txt = cell("split")
         split = (split_txt or "").strip() or DEFAULT_SPLIT
         good.append((row, rel, label, split, shown))
+
+    # Look-alike spellings of one class, judged before duplicates: a path listed as 'happy' and as
+    # 'hаppy' is one label misspelt once, not a conflict.
+    taken_for = lookalike_labels([g[2] for g in good])
+    if taken_for:
+        odd = [g for g in good if g[2] in taken_for]
+        rejects.extend(_Reject(file_s, g[0], g[4], "look-alike label", _lookalike_hint(g[2], taken_for[g[2]]))
+                       for g in odd)
+        good = [g for g in good if g[2] not in taken_for]
+        notes.append(_lookalike_note(taken_for, len(odd)))
 
     # Duplicates, judged on the normalised path so "a\b.png", "./a/b.png" and "a/b.png" are one.
     # One pass to group, one over the groups: linear in the rows however often a path repeats.

@@ -6,6 +6,8 @@ FER-sized dataset (27k × 112² × 3 ≈ 1 GB) moves to the GPU in one copy for 
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 from typing import Iterable
 
@@ -20,11 +22,13 @@ def write_store(path: Path | str, chunks: Iterable[np.ndarray], total: int, size
     Crops are streamed into a memory-mapped temporary file, so the whole array never has to sit in
     RAM at once; the file only appears under its name once it is complete.
     """
-    with atomic_path(path) as tmp:
-        # np.lib.format.open_memmap appends nothing to the name when it ends in .npy; our temp
-        # name ends in .tmp, so open the file object ourselves.
-        shape = (total, size, size, 3)
+    shape = (total, size, size, 3)
+    needed = total * size * size * 3 + 4096  # + the .npy header (at most a few hundred bytes)
+    # atomic_path refuses up front when the filesystem has less free space: writing pages of a
+    # memory map past a full disk kills the process with SIGBUS, not an OSError.
+    with atomic_path(path, size=needed) as tmp:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        _reserve(tmp)
         offset = 0
         for chunk in chunks:
             n = len(chunk)
@@ -38,6 +42,21 @@ def write_store(path: Path | str, chunks: Iterable[np.ndarray], total: int, size
             raise ValueError(f"wrote {offset} crops, expected {total}")
         arr.flush()
         del arr
+
+
+def _reserve(path: Path) -> None:
+    """Allocate the memory-mapped file's blocks now (it is sparse), so that space taken by someone
+    else since the free-space check fails here with ENOSPC instead of SIGBUS mid-write."""
+    if not hasattr(os, "posix_fallocate"):
+        return  # macOS: the free-space check is all there is
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise  # ENOSPC: atomic_path turns it into the disk-full message
+    finally:
+        os.close(fd)
 
 
 def open_store(path: Path | str) -> np.ndarray:

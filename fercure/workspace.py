@@ -8,11 +8,15 @@ the new one, never a torn one.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
+import shutil
 import stat
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
@@ -134,10 +138,17 @@ class Workspace:
     def report(self) -> Path:
         return self.root / "report.html"
 
+    @property
+    def lock_file(self) -> Path:
+        return self.root / ".lock"
+
     def remove_stale_temps(self) -> int:
-        """Delete temporary files a killed run left behind (atomic writes name them .NAME.*.tmp)."""
+        """Delete temporary files a killed run left behind (atomic writes name them .NAME.*.tmp),
+        also inside each run folder, where a SIGTERM mid-checkpoint leaves .checkpoint.pt.*.tmp.
+        Only safe under the workspace lock: another command's temp file would look stale too."""
+        runs = sorted(d for d in self.runs_dir.iterdir() if d.is_dir()) if self.runs_dir.is_dir() else []
         n = 0
-        for folder in (self.root, self.faces_dir, self.runs_dir):
+        for folder in (self.root, self.faces_dir, self.runs_dir, *runs, *(d / "members" for d in runs)):
             if folder.is_dir():
                 for tmp in folder.glob(".*.tmp"):
                     tmp.unlink(missing_ok=True)
@@ -153,6 +164,7 @@ class Workspace:
             self.runs_dir: "the workspace's training runs (written by train)",
             self.audit: "the workspace's audit table (written by audit-labels)",
             self.report: "the workspace's report (written by audit-labels)",
+            self.lock_file: "the workspace's lock file",
         }
 
     def prepared_inputs(self) -> tuple[str | None, str | None]:
@@ -204,6 +216,78 @@ class Workspace:
                 f"{path} does not exist. Run `fercure {stage} -w {self.root}` first."
             )
         return path
+
+
+# ---------------------------------------------------------------------------------------------
+# The workspace lock: one writing command at a time
+
+
+class WorkspaceLockedError(WorkspaceError):
+    """Another fercure command holds the workspace lock."""
+
+
+def _lock_holder(fd: int) -> str:
+    """The PID the holder wrote into the lock file, as text ("unknown" while it is being written)."""
+    try:
+        pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        pid = ""
+    return pid if pid.isdigit() else "unknown"
+
+
+@contextlib.contextmanager
+def workspace_lock(root: Path | str, *, wait: bool = False, create: bool = True,
+                   poll_seconds: float = 0.5) -> Iterator[None]:
+    """Hold an exclusive lock on WS/.lock while a command writes the workspace; refuse at once,
+    naming the holder's PID, when another command holds it (or wait for it with ``wait``).
+
+    flock is released by the kernel when its holder exits, even by SIGKILL, so a lock file left
+    behind never blocks. The file itself stays (deleting it would let two commands lock two
+    different files). Stage functions do not lock: a library caller decides. Without ``create`` a
+    missing workspace is not created (nothing there to protect; the stage says what is missing)."""
+    root = Path(root)
+    if not create and not root.is_dir():
+        yield
+        return
+    path = root / ".lock"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise WorkspaceError(f"Cannot create the lock file {path} ({e.strerror or e}): the command writes "
+                             f"the workspace {root}. Check that you may write there.") from e
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not wait:
+                    raise WorkspaceLockedError(
+                        f"Workspace {root} is in use by another fercure command (PID {_lock_holder(fd)}, "
+                        f"holding {path}). Wait for it to finish, or pass --wait to wait for it.") from None
+                time.sleep(poll_seconds)
+            except OSError as e:
+                if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                    break  # a filesystem without locks: run unlocked rather than not at all
+                raise
+        _write_pid(fd, f"{os.getpid()}\n")
+        try:
+            yield
+        finally:
+            _write_pid(fd, "")
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _write_pid(fd: int, text: str) -> None:
+    """The PID is for the message of a refused command only: a full disk must not stop this one."""
+    try:
+        os.ftruncate(fd, 0)
+        if text:
+            os.pwrite(fd, text.encode(), 0)
+    except OSError:
+        pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,18 +398,82 @@ def _new_file_mode(path: Path) -> int:
     return 0o666 & ~_umask()
 
 
+# ---------------------------------------------------------------------------------------------
+# Disk full
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """True for ENOSPC/EDQUOT, also when a library re-raised it as text only (pyarrow's OSError)."""
+    if isinstance(error, OSError) and error.errno in _DISK_FULL:
+        return True
+    text = str(error)
+    return any(os.strerror(code) in text for code in _DISK_FULL)
+
+
+def _free_bytes(folder: Path) -> int | None:
+    for d in (folder, *folder.parents):  # the nearest folder that exists is on that filesystem
+        if d.is_dir():
+            try:
+                return shutil.disk_usage(d).free
+            except OSError:
+                return None
+    return None
+
+
+def _looks_full(error: BaseException, folder: Path) -> bool:
+    """A write error without errno (torch.save: "unexpected pos 704 vs 598") on a filesystem with
+    less than 1 MB left: a full disk, by far the likeliest cause."""
+    if not isinstance(error, (OSError, RuntimeError)):
+        return False
+    free = _free_bytes(folder)
+    return free is not None and free < 2**20
+
+
+def _mb(n: int) -> str:
+    return f"{-(-n // 2**20):,}"  # rounded up: "0 MB" would read as nothing needed
+
+
+def disk_full(path: Path | str, needed: int | None = None, *, at_least: bool = False) -> WorkspaceError:
+    """The error for a write that did not fit (or would not): what, how much, how much is free."""
+    path = Path(path)
+    free = _free_bytes(path.parent)
+    facts = []
+    if needed:
+        facts.append(f"needs {'more than' if at_least else 'about'} {_mb(needed)} MB")
+    if free is not None:
+        facts.append(f"{free // 2**20:,} MB free on that filesystem")
+    shown = f" ({'; '.join(facts)})" if facts else ""
+    return WorkspaceError(f"Disk full while writing {path}{shown}. Free space there, or use a workspace "
+                          "on a disk with more room, and run the command again.")
+
+
+def check_free_space(path: Path | str, needed: int) -> None:
+    """Refuse up front a write of ``needed`` bytes that cannot fit: a memory-mapped file that runs
+    out of space dies with SIGBUS (exit 135, no message), not an OSError."""
+    free = _free_bytes(Path(path).parent)
+    if free is not None and free < needed:
+        raise disk_full(path, needed)
+
+
 @contextlib.contextmanager
-def atomic_path(path: Path | str) -> Iterator[Path]:
+def atomic_path(path: Path | str, *, size: int | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``.
 
     A ``path`` that exists and is not a regular file (/dev/null, a FIFO, a folder) is refused: the
-    rename would replace it with a regular file."""
+    rename would replace it with a regular file. A full disk (ENOSPC, EDQUOT) becomes a
+    WorkspaceError naming the file, with the temporary file removed; ``size`` (bytes, when known)
+    is checked against the free space before anything is written."""
     path = Path(path)
     kind = file_kind(path)
     if kind:
         raise WorkspaceError(f"{path} is {kind}, not a regular file; fercure never replaces it. "
                              "Give the path of a regular file.")
     path.parent.mkdir(parents=True, exist_ok=True)
+    if size is not None:
+        check_free_space(path, size)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -336,6 +484,12 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
         _fsync_dir(path.parent)
+    except Exception as e:
+        if not (is_disk_full(e) or _looks_full(e, path.parent)):
+            raise
+        written = tmp_path.stat().st_size if tmp_path.exists() else 0
+        tmp_path.unlink(missing_ok=True)  # before measuring what is free
+        raise disk_full(path, size or written, at_least=size is None) from e
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

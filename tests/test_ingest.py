@@ -10,6 +10,8 @@ import os
 import posixpath
 import tempfile
 import threading
+import unicodedata
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -19,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from fercure.ingest import REJECT_COLUMNS, LabelFileError, discover
+from fercure.ingest import REJECT_COLUMNS, LabelFileError, discover, label_skeleton
 from fercure.workspace import WorkspaceError, sample_id
 
 SAMPLE_COLUMNS = ["sample_id", "source_path", "label", "split"]
@@ -518,9 +520,19 @@ def _expected(root: Path, columns: list[str], rows: list[dict], classes, parquet
         if path.startswith(f"{root}/"):
             path = path[len(str(root)) + 1:]
         path = posixpath.normpath(path) if path else path
-        label = row["label"].strip()
+        # labels are keyed in NFC without format characters (Cf) or surrounding whitespace
+        label = "".join(c for c in unicodedata.normalize("NFC", row["label"])
+                        if unicodedata.category(c) != "Cf").strip()
         if path in _GOOD and label and (classes is None or label in classes):
             candidates.append((n, path, label, row.get("split", "").strip() or "train"))
+    # look-alike spellings of one skeleton: only the most frequent (then ASCII, then first sorted) stays
+    counts = Counter(c[2] for c in candidates)
+    best = {}
+    for lab in counts:
+        sk = label_skeleton(lab)
+        if sk not in best or (-counts[lab], not lab.isascii(), lab) < (-counts[best[sk]], not best[sk].isascii(), best[sk]):
+            best[sk] = lab
+    candidates = [c for c in candidates if best[label_skeleton(c[2])] == c[2]]
     kept = {}
     for n, path, label, split in candidates:
         same = [c for c in candidates if c[1] == path]

@@ -26,7 +26,7 @@ from fercure.device import resolve_device
 from fercure.faces import align, quality
 from fercure.faces.detect import FaceDetector
 from fercure.images import load_rgb
-from fercure.ingest import REJECT_COLUMNS, discover
+from fercure.ingest import REJECT_COLUMNS, clean_label, discover
 from fercure.progress import NULL, Reporter
 from fercure.store import open_store, write_store
 from fercure.workspace import (
@@ -85,7 +85,7 @@ class PrepareSummary:
         return max(self.stage_seconds, key=self.stage_seconds.get) if self.stage_seconds else ""
 
 
-def _check_workspace(ws: Workspace, input_root: Path, labels_file: Path | str | None) -> None:
+def check_workspace(ws: Workspace, input_root: Path, labels_file: Path | str | None) -> None:
     """The output rule (fercure.workspace.check_output_path) for the workspace folder and each file
     prepare writes in it: not in the input folder, not the label file, no device/FIFO replaced.
     The workspace's own files are rewritten without --force: that is what re-running prepare does."""
@@ -304,7 +304,7 @@ def run_prepare(
         raise WorkspaceError(f"--on-no-face must be keep or drop, not {on_no_face!r}.")
     if multi_face not in ("largest", "most-central", "drop"):
         raise WorkspaceError(f"--multi-face must be largest, most-central or drop, not {multi_face!r}.")
-    _check_workspace(ws, input_root, labels_file)
+    check_workspace(ws, input_root, labels_file)
     settings = PrepareSettings(image_size, on_no_face, multi_face, float(min_face_size), float(min_score))
 
     samples, rejects = discover(input_root, Path(labels_file) if labels_file else None, classes)
@@ -412,7 +412,9 @@ def run_prepare(
             yield all_crops[gather[lo : lo + 4096]]
 
     write_store(ws.store, chunks(), int(has.sum()), image_size)
-    class_list = list(classes) if classes else sorted(manifest["label"].unique().tolist())
+    # --classes as the labels were keyed (NFC, no zero-width characters): the names train matches
+    class_list = (list(dict.fromkeys(clean_label(str(c)) for c in classes)) if classes
+                  else sorted(manifest["label"].unique().tolist()))
     columns = [
         "sample_id", "source_path", "label", "split", "face_status", "reason", "face_count", "face_score",
         "bbox", "landmarks", "face_size", "blur_score", "brightness", "contrast", "phash", "duplicate_of",

@@ -220,6 +220,9 @@ def run_train(workspace: Workspace | Path, config: TrainConfig, *, resume: bool 
     identical to an uninterrupted run with the same seed. Without one, a new run starts."""
     t_start = time.perf_counter()
     ws = workspace if isinstance(workspace, Workspace) else Workspace(Path(workspace))
+    # A run killed mid-checkpoint (SIGTERM, SIGKILL) leaves runs/<id>/.checkpoint.pt.*.tmp. The CLI
+    # holds the workspace lock here, so no temp file of a live command is taken for stale.
+    ws.remove_stale_temps()
     resolve_device(config.device)  # fail before a run folder exists when the device is missing
     data = _load_inputs(ws, reporter)
     fingerprint = _fingerprint(data)
