@@ -90,7 +90,7 @@ AUDIT_SCORES: dict[str, Any] = {"confidence": "confidence", "confidence_variabil
                                 "aum": "aum", "retrain": "retrain", "fusion": "fusion", "knn": "knn",
                                 "eval": "eval", "confidence+knn": {"confidence": 1.0, "knn": 1.0},
                                 "retrain+knn": {"retrain": 2.0, "knn": 1.0}}
-AUDIT_THRESHOLDS = ("noise_rate", "planted")
+AUDIT_THRESHOLDS = ("retrain", "noise_rate", "planted")
 
 
 # ---------------------------------------------------------------------------------------------
