@@ -17,7 +17,7 @@ Decisions worth knowing:
   fits in 0..255. Float ``F`` images: values in 0..1 are scaled by 255, otherwise clipped to 0..255.
 * CMYK, YCbCr, LAB, HSV, 1-bit and the rest: Pillow's ``convert("RGB")`` (no ICC colour management).
 * Animated GIF/WebP/PNG and multi-page TIFF: the first frame.
-* EXIF orientation is applied (``ImageOps.exif_transpose``); a broken EXIF block is ignored rather
+* EXIF orientation is applied (as ``ImageOps.exif_transpose`` does); a broken EXIF block is ignored rather
   than making the image unreadable.
 * ``max_side``: the image is shrunk (antialiased) so its longer side is at most this, and a JPEG is
   decoded at a reduced size by libjpeg itself (``Image.draft``: 1/2, 1/4 or 1/8), so the full-size
@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 MAX_PIXELS: int = 64_000_000
 """Largest width*height that load_rgb decodes (64 MP). Faces are 48-224 px; a larger image is
@@ -185,14 +185,36 @@ def shrink(arr: np.ndarray, max_side: int | None) -> np.ndarray:
     return np.asarray(Image.fromarray(arr).resize(size, Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
-def _upright_size(im: Image.Image, w: int, h: int) -> tuple[int, int]:
-    """The header's size as the image stands after its EXIF orientation (5-8 swap the sides)."""
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90,
+}  # what ImageOps.exif_transpose does for each EXIF orientation
+_SWAPS_SIDES = {Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_270,
+                Image.Transpose.TRANSVERSE, Image.Transpose.ROTATE_90}
+
+
+def _orientation(im: Image.Image) -> Image.Transpose | None:
+    """The transpose that stands the image upright; None when upright or the EXIF is broken (the
+    pixels are kept as stored rather than losing the image)."""
     try:
-        return (h, w) if im.getexif().get(0x0112, 1) in (5, 6, 7, 8) else (w, h)
+        return _TRANSPOSE.get(im.getexif().get(0x0112, 1))
     except Warning:
         raise
     except Exception:
-        return w, h
+        return None
+
+
+def _shrink_image(im: Image.Image, max_side: int | None) -> Image.Image:
+    """Shrink in Pillow, before any conversion, the modes whose resize is what shrinking the RGB
+    array would give (8-bit grey/RGB, alpha premultiplied by Pillow): no full-size copy is made."""
+    w, h = im.size
+    if max_side is None or max(w, h) <= max_side:
+        return im
+    if im.mode not in ("RGB", "L", "RGBA", "LA") or "transparency" in im.info:
+        return im
+    f = max_side / max(w, h)
+    return im.resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.BILINEAR)
 
 
 def _decode(path: Path, max_pixels: int, max_side: int | None = None) -> Decoded:
@@ -250,18 +272,14 @@ def _decode(path: Path, max_pixels: int, max_side: int | None = None) -> Decoded
                     f"decompression bomb: {w}x{h} exceeds {_megapixels(max_pixels)}"
                 )
             im.seek(0)  # first frame of animations / multi-page files
-            full_w, full_h = _upright_size(im, w, h)
             _draft_jpeg(im, max_side)
             im.load()
-            try:
-                # Only transpose when needed: exif_transpose copies the image even when upright.
-                if im.getexif().get(0x0112, 1) in (2, 3, 4, 5, 6, 7, 8):
-                    im = ImageOps.exif_transpose(im)
-            except Warning:
-                raise
-            except Exception:
-                pass  # broken EXIF: keep the pixels as stored rather than losing the image
-            arr = shrink(_to_rgb(im), max_side)  # the full-size array is dropped here
+            turn = _orientation(im)
+            im = _shrink_image(im, max_side)  # before transposing: the transpose copies
+            if turn is not None:
+                im = im.transpose(turn)
+            arr = shrink(_to_rgb(im), max_side)  # other modes: shrunk once converted
+            full_w, full_h = (h, w) if turn in _SWAPS_SIDES else (w, h)
         except Warning:
             raise  # an escalated warning: load_rgb retries with warnings ignored
         except Image.DecompressionBombError as e:
@@ -279,8 +297,6 @@ def _decode(path: Path, max_pixels: int, max_side: int | None = None) -> Decoded
             msg = str(e) or type(e).__name__
             return _unreadable(f"truncated or corrupt {fmt}: {msg}")
     h, w = arr.shape[:2]
-    if abs(w / h - full_w / full_h) > abs(w / h - full_h / full_w):
-        full_w, full_h = full_h, full_w  # the EXIF rotation was not applied (broken EXIF block)
     return Decoded(image=arr, status="ok", reason="", width=int(full_w), height=int(full_h),
                    scale_x=w / full_w, scale_y=h / full_h)
 

@@ -8,6 +8,7 @@ import weakref
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 import fercure.images as images
@@ -77,9 +78,9 @@ def test_boxes_are_mapped_back_to_the_file_and_the_crop_comes_from_the_detection
     assert crops.shape == (2, 48, 48, 3)
 
 
-def _track_live(monkeypatch, target, name: str, counts: dict, key: str, wanted) -> None:
-    """Wrap ``target.name`` so the arrays it returns that satisfy ``wanted`` are counted while
-    alive; counts[key + '_max'] is the most alive at once."""
+def _track_live(monkeypatch, target, name: str, counts: dict, key: str, wanted, argument=False) -> None:
+    """Wrap ``target.name`` so the images it returns (``argument``: it is given) that satisfy
+    ``wanted`` are counted while alive; counts[key + '_max'] is the most alive at once."""
     real = getattr(target, name)
     lock = threading.Lock()
 
@@ -89,7 +90,7 @@ def _track_live(monkeypatch, target, name: str, counts: dict, key: str, wanted) 
 
     def wrapper(*args, **kwargs):
         result = real(*args, **kwargs)
-        arr = result if isinstance(result, np.ndarray) else getattr(result, "image", None)
+        arr = args[0] if argument else getattr(result, "image", result)
         if arr is not None and wanted(arr):
             with lock:
                 counts[key] += 1
@@ -107,8 +108,10 @@ def test_a_chunk_of_large_images_is_decoded_in_a_bounded_window(tmp_path: Path, 
     one = 1600 * 1067 * 3
     monkeypatch.setattr(prep, "DECODE_BUDGET", 2 * one)  # a window of 2 detection-size images
     counts = {"full": 0, "full_max": 0, "small": 0, "small_max": 0}
-    # full-size arrays are what _to_rgb makes inside the decoder; the window's are what it returns
-    _track_live(monkeypatch, images, "_to_rgb", counts, "full", lambda a: max(a.shape[:2]) > 1600)
+    # full-size images are what Pillow decoded, handed to _shrink_image; the window's are what
+    # load_rgb returns
+    _track_live(monkeypatch, images, "_shrink_image", counts, "full", lambda im: max(im.size) > 1600,
+                argument=True)
     _track_live(monkeypatch, prep, "load_rgb", counts, "small", lambda a: max(a.shape[:2]) <= 1600)
     batches = []
     monkeypatch.setattr(prep.FaceDetector, "detect",
@@ -125,8 +128,8 @@ def test_a_jpeg_is_reduced_inside_the_decoder(tmp_path: Path, monkeypatch):
     path = tmp_path / "big.jpg"
     Image.new("RGB", (6000, 4000), (10, 200, 30)).save(path, quality=85)
     seen = []
-    real = images._to_rgb
-    monkeypatch.setattr(images, "_to_rgb", lambda im: seen.append(im.size) or real(im))
+    real = images._shrink_image
+    monkeypatch.setattr(images, "_shrink_image", lambda im, side: seen.append(im.size) or real(im, side))
     d = images.load_rgb(path, max_side=1600)
     # draft picks libjpeg's 1/2 scale (1/4 would be under 1600): no 6000×4000 buffer is made
     assert seen == [(3000, 2000)]
@@ -144,3 +147,26 @@ def test_a_rotated_jpeg_keeps_its_upright_size(tmp_path: Path):
     assert (d.width, d.height) == (4000, 6000)
     small = images.load_rgb(path)  # without max_side: the full upright image, as before
     assert small.image.shape == (6000, 4000, 3) and small.scale_x == 1.0
+
+
+def _palette_with_transparency(size):
+    im = Image.new("P", size, 1)
+    im.putpalette([0, 0, 0, 40, 80, 120] + [0] * 762)
+    im.info["transparency"] = 0
+    return im
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda s: Image.new("RGBA", s, (200, 0, 0, 128)), (227, 127, 127)),   # composited on white
+    (lambda s: Image.new("LA", s, (100, 255)), (100, 100, 100)),
+    (lambda s: Image.new("L", s, 77), (77, 77, 77)),
+    (lambda s: Image.new("I;16", s, 40000), (156, 156, 156)),              # converted, then shrunk
+    (_palette_with_transparency, (40, 80, 120)),
+])
+def test_every_mode_is_shrunk_to_the_same_colours(tmp_path: Path, make, expected):
+    path = tmp_path / "big.png"
+    make((3200, 2000)).save(path)
+    d = images.load_rgb(path, max_side=1600)
+    assert d.image.shape == (1000, 1600, 3) and (d.width, d.height) == (3200, 2000)
+    assert np.abs(d.image[500, 800].astype(int) - expected).max() <= 1
+    assert np.array_equal(d.image[500, 800], images.load_rgb(path).image[500, 800])

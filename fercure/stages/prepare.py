@@ -123,13 +123,15 @@ def _display_path(path: str) -> str:
 
 
 # Memory per chunk is bounded by what is in flight, not by the chunk size or the 64 MP limit:
-# * decoding: one full-size image per pool thread (Pillow's buffer + the RGB array, ~7 B/px:
-#   ≤ 450 MB at 64 MP; a JPEG is reduced inside libjpeg by Image.draft first), shrunk at once to
-#   DETECT_MAX_SIDE and dropped;
-# * the window: detection-size images (≤ 1600² × 3 B = 7.7 MB each) up to DECODE_BUDGET (512 MB,
-#   ≥ 66 images of 1600×1600) plus one pool step; each array is dropped once its crop is cut;
+# * decoding: one full-size image per pool thread, Pillow's own buffer (4 B/px for 8-bit grey, RGB
+#   or RGBA: ≤ 256 MB at 64 MP; a JPEG is decoded at 1/2-1/8 of that by Image.draft), shrunk to
+#   DETECT_MAX_SIDE in Pillow and dropped; 16-bit, float and palette images are converted at full
+#   size first (up to ~25 B/px for a moment);
+# * the window: detection-size images (≤ 1600² × 3 B = 7.7 MB each) up to DECODE_BUDGET (512 MB)
+#   plus one pool step; each array is dropped as soon as its crop is cut;
 # * detection: ~90 B/px on ≤ 8 Mpx per detector batch (_PIXEL_BUDGET in fercure/faces/detect.py)
-#   ≈ 720 MB, where a 64 MP image on its own used to need 5.7 GB.
+#   ≈ 720 MB, where a 64 MP image on its own needed 5.7 GB.
+# In all ≈ 1.3 GB + 256 MB per decoding thread for 8-bit images, whatever the chunk size.
 DETECT_MAX_SIDE = 1600
 """Longer side of the image the detector sees. FER faces are far above MTCNN's 20 px minimum at
 this size; a face under 20 px here (< 1/80 of the side) would make a useless crop anyway."""
