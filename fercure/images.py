@@ -17,8 +17,12 @@ Decisions worth knowing:
   fits in 0..255. Float ``F`` images: values in 0..1 are scaled by 255, otherwise clipped to 0..255.
 * CMYK, YCbCr, LAB, HSV, 1-bit and the rest: Pillow's ``convert("RGB")`` (no ICC colour management).
 * Animated GIF/WebP/PNG and multi-page TIFF: the first frame.
-* EXIF orientation is applied (``ImageOps.exif_transpose``); a broken EXIF block is ignored rather
+* EXIF orientation is applied (as ``ImageOps.exif_transpose`` does); a broken EXIF block is ignored rather
   than making the image unreadable.
+* ``max_side``: the image is shrunk (antialiased) so its longer side is at most this, and a JPEG is
+  decoded at a reduced size by libjpeg itself (``Image.draft``: 1/2, 1/4 or 1/8), so the full-size
+  buffer never exists. ``Decoded.width``/``height`` stay the file's upright size; ``scale_x``/
+  ``scale_y`` map returned pixels to it.
 * PIL warnings: decoding runs with the caller's warning filters (no global state is touched, so
   threads decode in parallel). If a filter turns a PIL warning into an exception (``-W error``),
   the file is decoded again with warnings ignored, under a lock because ``warnings.catch_warnings``
@@ -38,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 MAX_PIXELS: int = 64_000_000
 """Largest width*height that load_rgb decodes (64 MP). Faces are 48-224 px; a larger image is
@@ -72,6 +76,8 @@ class Decoded:
     reason: str  # "" when ok, else short human text
     width: int
     height: int
+    scale_x: float = 1.0  # returned image's columns per column of the file (< 1 when shrunk)
+    scale_y: float = 1.0
 
 
 def _unreadable(reason: str) -> Decoded:
@@ -158,7 +164,60 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
     return np.array(im, dtype=np.uint8, copy=True)
 
 
-def _decode(path: Path, max_pixels: int) -> Decoded:
+def _draft_jpeg(im: Image.Image, max_side: int | None) -> None:
+    """Let libjpeg decode at 1/2..1/8 scale, never below ``max_side`` on the longer side (the
+    resize below does the rest, antialiased). Saves the full-size buffer and most of the decode."""
+    if max_side is None or im.format != "JPEG":
+        return
+    w, h = im.size
+    f = max_side / max(w, h)
+    if f < 1:
+        im.draft(im.mode, (max(1, int(w * f + 0.999)), max(1, int(h * f + 0.999))))
+
+
+def shrink(arr: np.ndarray, max_side: int | None) -> np.ndarray:
+    """``arr`` resized (antialiased, aspect kept) so its longer side is at most ``max_side``."""
+    h, w = arr.shape[:2]
+    if max_side is None or max(h, w) <= max_side:
+        return arr
+    f = max_side / max(h, w)
+    size = (max(1, round(w * f)), max(1, round(h * f)))
+    return np.asarray(Image.fromarray(arr).resize(size, Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90,
+}  # what ImageOps.exif_transpose does for each EXIF orientation
+_SWAPS_SIDES = {Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_270,
+                Image.Transpose.TRANSVERSE, Image.Transpose.ROTATE_90}
+
+
+def _orientation(im: Image.Image) -> Image.Transpose | None:
+    """The transpose that stands the image upright; None when upright or the EXIF is broken (the
+    pixels are kept as stored rather than losing the image)."""
+    try:
+        return _TRANSPOSE.get(im.getexif().get(0x0112, 1))
+    except Warning:
+        raise
+    except Exception:
+        return None
+
+
+def _shrink_image(im: Image.Image, max_side: int | None) -> Image.Image:
+    """Shrink in Pillow, before any conversion, the modes whose resize is what shrinking the RGB
+    array would give (8-bit grey/RGB, alpha premultiplied by Pillow): no full-size copy is made."""
+    w, h = im.size
+    if max_side is None or max(w, h) <= max_side:
+        return im
+    if im.mode not in ("RGB", "L", "RGBA", "LA") or "transparency" in im.info:
+        return im
+    f = max_side / max(w, h)
+    return im.resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.BILINEAR)
+
+
+def _decode(path: Path, max_pixels: int, max_side: int | None = None) -> Decoded:
     """Decode with the caller's warning filters. Re-raises ``Warning`` subclasses that a filter
     escalated to exceptions, so ``load_rgb`` can retry with warnings ignored."""
     try:
@@ -213,16 +272,14 @@ def _decode(path: Path, max_pixels: int) -> Decoded:
                     f"decompression bomb: {w}x{h} exceeds {_megapixels(max_pixels)}"
                 )
             im.seek(0)  # first frame of animations / multi-page files
+            _draft_jpeg(im, max_side)
             im.load()
-            try:
-                # Only transpose when needed: exif_transpose copies the image even when upright.
-                if im.getexif().get(0x0112, 1) in (2, 3, 4, 5, 6, 7, 8):
-                    im = ImageOps.exif_transpose(im)
-            except Warning:
-                raise
-            except Exception:
-                pass  # broken EXIF: keep the pixels as stored rather than losing the image
-            arr = _to_rgb(im)
+            turn = _orientation(im)
+            im = _shrink_image(im, max_side)  # before transposing: the transpose copies
+            if turn is not None:
+                im = im.transpose(turn)
+            arr = shrink(_to_rgb(im), max_side)  # other modes: shrunk once converted
+            full_w, full_h = (h, w) if turn in _SWAPS_SIDES else (w, h)
         except Warning:
             raise  # an escalated warning: load_rgb retries with warnings ignored
         except Image.DecompressionBombError as e:
@@ -240,18 +297,20 @@ def _decode(path: Path, max_pixels: int) -> Decoded:
             msg = str(e) or type(e).__name__
             return _unreadable(f"truncated or corrupt {fmt}: {msg}")
     h, w = arr.shape[:2]
-    return Decoded(image=arr, status="ok", reason="", width=int(w), height=int(h))
+    return Decoded(image=arr, status="ok", reason="", width=int(full_w), height=int(full_h),
+                   scale_x=w / full_w, scale_y=h / full_h)
 
 
-def load_rgb(path: Path, max_pixels: int = MAX_PIXELS) -> Decoded:
+def load_rgb(path: Path, max_pixels: int = MAX_PIXELS, max_side: int | None = None) -> Decoded:
     """Decode ``path`` to an upright HxWx3 uint8 RGB array (first frame, EXIF orientation applied).
 
     Never raises for a bad file: returns ``Decoded(status="unreadable", reason=...)`` instead.
     Images with more than ``max_pixels`` pixels are refused from their header, without decoding.
+    ``max_side``: shrink to at most this longer side (JPEGs partly inside the decoder).
     """
     path = Path(path)
     try:
-        return _decode(path, max_pixels)
+        return _decode(path, max_pixels, max_side)
     except Warning:
         # The caller's filters escalate warnings (e.g. pytest -W error). Decode again with PIL's
         # warnings ignored; the lock keeps concurrent catch_warnings blocks from corrupting the
@@ -262,6 +321,6 @@ def load_rgb(path: Path, max_pixels: int = MAX_PIXELS) -> Decoded:
     with _WARN_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            return _decode(path, max_pixels)
+            return _decode(path, max_pixels, max_side)
         except Exception as e:  # defensive: a bad file must never abort a run
             return _unreadable(f"cannot decode: {e}")

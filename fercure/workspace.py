@@ -129,6 +129,43 @@ class Workspace:
     def set_latest_run(self, run_id: str) -> None:
         atomic_write_text(self.runs_dir / "LATEST", run_id + "\n")
 
+    def mark_run_failed(self, run_id: str, error: BaseException) -> bool:
+        """Write runs/<id>/FAILED (the error in one line) for a run that stopped before finishing and
+        left nothing to resume; a run with checkpoint.pt stays resumable, a finished one untouched.
+        Never raises: the error that stopped the run is the one to report."""
+        run = self.run_dir(run_id)
+        if not run.is_dir() or (run / "checkpoint.pt").exists() or (run / "predictions.parquet").exists():
+            return False
+        if isinstance(error, KeyboardInterrupt):
+            line = "interrupted (Ctrl-C) before the first checkpoint"
+        else:
+            text = str(error).strip().splitlines()
+            line = f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+        try:
+            (run / "FAILED").write_text(line + "\n", encoding="utf-8")
+        except OSError:
+            return False
+        return True
+
+    def remove_dead_runs(self) -> int:
+        """Delete run folders that hold nothing but config.json and/or FAILED: a run that failed or
+        was killed before its first checkpoint, which can be neither resumed nor audited. Finished
+        (predictions.parquet) and resumable (checkpoint.pt) runs hold more and are never touched.
+        Only safe under the workspace lock: a run starting beside us holds only config.json too."""
+        if not self.runs_dir.is_dir():
+            return 0
+        n = 0
+        for run in sorted(self.runs_dir.iterdir()):
+            if run.is_symlink() or not run.is_dir():
+                continue
+            names = {p.name for p in run.iterdir()}
+            if names and names <= {"config.json", "FAILED"}:
+                for name in names:
+                    (run / name).unlink(missing_ok=True)
+                run.rmdir()
+                n += 1
+        return n
+
     # audit
     @property
     def audit(self) -> Path:

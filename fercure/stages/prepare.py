@@ -24,7 +24,7 @@ import pandas as pd
 from fercure import __version__
 from fercure.device import resolve_device
 from fercure.faces import align, quality
-from fercure.faces.detect import FaceDetector
+from fercure.faces.detect import Detection, FaceDetector
 from fercure.images import load_rgb
 from fercure.ingest import REJECT_COLUMNS, clean_label, discover
 from fercure.progress import NULL, Reporter
@@ -122,66 +122,127 @@ def _display_path(path: str) -> str:
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+# Memory per chunk is bounded by what is in flight, not by the chunk size or the 64 MP limit:
+# * decoding: one full-size image per pool thread, Pillow's own buffer (4 B/px for 8-bit grey, RGB
+#   or RGBA: ≤ 256 MB at 64 MP; a JPEG is decoded at 1/2-1/8 of that by Image.draft), shrunk to
+#   DETECT_MAX_SIDE in Pillow and dropped; 16-bit, float and palette images are converted at full
+#   size first (up to ~25 B/px for a moment);
+# * the window: detection-size images (≤ 1600² × 3 B = 7.7 MB each) up to DECODE_BUDGET (512 MB)
+#   plus one pool step; each array is dropped as soon as its crop is cut;
+# * detection: ~90 B/px on ≤ 8 Mpx per detector batch (_PIXEL_BUDGET in fercure/faces/detect.py)
+#   ≈ 720 MB, where a 64 MP image on its own needed 5.7 GB.
+# In all ≈ 1.3 GB + 256 MB per decoding thread for 8-bit images, whatever the chunk size.
+DETECT_MAX_SIDE = 1600
+"""Longer side of the image the detector sees. FER faces are far above MTCNN's 20 px minimum at
+this size; a face under 20 px here (< 1/80 of the side) would make a useless crop anyway."""
+DECODE_BUDGET = 512 << 20
+"""Bytes of decoded (detection-size) images a chunk holds at once."""
+
+
+def _load_for_detection(path: Path):
+    return load_rgb(path, max_side=DETECT_MAX_SIDE)
+
+
+def _decode_windows(paths: list[Path], pool: ThreadPoolExecutor, budget: int):
+    """``paths`` decoded in order, in windows of about ``budget`` bytes of image arrays (a window
+    closes once it reaches the budget). One pool step (one image per thread) is decoded at a time,
+    so no more than that many full-size images ever exist."""
+    step = max(1, getattr(pool, "_max_workers", 1))
+    window, used = [], 0
+    for lo in range(0, len(paths), step):
+        for d in pool.map(_load_for_detection, paths[lo : lo + step]):
+            window.append(d)
+            used += d.image.nbytes if d.image is not None else 0
+        if used >= budget:
+            yield window
+            window, used = [], 0
+    if window:
+        yield window
+
+
+def _in_file_pixels(det: Detection, d) -> Detection:
+    """Boxes and landmarks from the shrunk detection image to the file's pixels, which the manifest
+    records (bbox, landmarks, face_size, and min_face_size's too_small are about the photo)."""
+    if d.scale_x == 1.0 and d.scale_y == 1.0:
+        return det
+    sx, sy = d.scale_x, d.scale_y
+    return Detection(det.boxes / np.array([sx, sy, sx, sy]), det.scores, det.landmarks / np.array([sx, sy]))
+
+
+def _face_record(d, det: Detection, settings: PrepareSettings) -> tuple[dict, np.ndarray | None]:
+    """Manifest fields and crop of one decoded image with its detections."""
+    size = settings.image_size
+    n = len(det.scores)
+    rec: dict = {"face_count": n}
+    if n:
+        full = _in_file_pixels(det, d)
+        k = quality.pick_face(full, (d.height, d.width), settings.multi_face)
+        box, lm = full.boxes[k], full.landmarks[k]
+        face_size = float(min(box[2] - box[0], box[3] - box[1]))
+        status, reason = quality.face_status(
+            n, float(det.scores[k]), face_size, min_score=settings.min_score,
+            min_face_size=settings.min_face_size, multi_face=settings.multi_face,
+        )
+        rec.update(face_score=float(det.scores[k]), bbox=[float(v) for v in box],
+                   landmarks=[float(v) for v in lm.reshape(-1)], face_size=face_size,
+                   face_status=status, reason=reason)
+        # Aligned from the detection-size image, not the file: full resolution only adds detail
+        # to a face smaller than the crop (image_size px) at DETECT_MAX_SIDE, i.e. < 7 % of a
+        # 1600 px side at 112 (a background face, not a FER sample); and the affine warp does not
+        # antialias, so a 2000 px face warped straight from the file to 112 px would alias, while
+        # the detection image was shrunk with an antialiasing filter.
+        return rec, align.align_face(d.image, det.landmarks[k], size)
+    status, reason = quality.face_status(
+        0, float("nan"), 0.0, min_score=settings.min_score,
+        min_face_size=settings.min_face_size, multi_face=settings.multi_face,
+    )
+    rec.update(face_status=status, reason=reason)
+    if settings.on_no_face != "keep":
+        return rec, None
+    # Pre-cropped datasets (FER2013's 48×48 crops) often defeat the detector:
+    # keep the whole image so the sample still trains, flagged as no_face.
+    rec["reason"] = (reason + "; " if reason else "") + "kept the whole image (--on-no-face keep)"
+    return rec, align.resize_whole(d.image, size)
+
+
 def _process_chunk(
     rows: pd.DataFrame, input_root: Path, detector: FaceDetector, settings: PrepareSettings,
     pool: ThreadPoolExecutor, timings: Counter,
 ) -> tuple[pd.DataFrame, np.ndarray]:
-    """Decode, detect, align and score one chunk. Returns its manifest rows and crops (in row order
-    of the rows that got a crop; ``crop_pos`` says which)."""
+    """Decode, detect, align and score one chunk, one decode window at a time (see DECODE_BUDGET).
+    Returns its manifest rows and crops (in row order of the rows that got a crop; ``crop_pos``
+    says which)."""
     size = settings.image_size
-    t0 = time.perf_counter()
     paths = [input_root / p for p in rows["_fs_path"]]
-    decoded = list(pool.map(load_rgb, paths))
-    t1 = time.perf_counter()
-    timings["decode"] += t1 - t0
-
-    usable = [i for i, d in enumerate(decoded) if d.status == "ok"]
-    detections = detector.detect([decoded[i].image for i in usable]) if usable else []
-    det_of = dict(zip(usable, detections))
-    t2 = time.perf_counter()
-    timings["detect"] += t2 - t1
-
     out, crops = [], []
-    for i, d in enumerate(decoded):
-        rec = {
-            "face_status": d.status, "reason": d.reason, "face_count": 0, "face_score": np.nan,
-            "bbox": None, "landmarks": None, "face_size": np.nan, "width": d.width, "height": d.height,
-            "crop_pos": -1,
-        }
-        det = det_of.get(i)
-        if det is not None:
-            n = len(det.scores)
-            rec["face_count"] = n
-            crop = None
-            if n:
-                k = quality.pick_face(det, d.image.shape, settings.multi_face)
-                box, lm = det.boxes[k], det.landmarks[k]
-                face_size = float(min(box[2] - box[0], box[3] - box[1]))
-                status, reason = quality.face_status(
-                    n, float(det.scores[k]), face_size, min_score=settings.min_score,
-                    min_face_size=settings.min_face_size, multi_face=settings.multi_face,
-                )
-                rec.update(face_score=float(det.scores[k]), bbox=[float(v) for v in box],
-                           landmarks=[float(v) for v in lm.reshape(-1)], face_size=face_size,
-                           face_status=status, reason=reason)
-                crop = align.align_face(d.image, lm, size)
-            else:
-                status, reason = quality.face_status(
-                    0, float("nan"), 0.0, min_score=settings.min_score,
-                    min_face_size=settings.min_face_size, multi_face=settings.multi_face,
-                )
-                rec.update(face_status=status, reason=reason)
-                if settings.on_no_face == "keep":
-                    # Pre-cropped datasets (FER2013's 48×48 crops) often defeat the detector:
-                    # keep the whole image so the sample still trains, flagged as no_face.
-                    crop = align.resize_whole(d.image, size)
-                    rec["reason"] = (reason + "; " if reason else "") + "kept the whole image (--on-no-face keep)"
-            if crop is not None:
-                rec["crop_pos"] = len(crops)
-                crops.append(crop)
-        out.append(rec)
+    t0 = time.perf_counter()
+    for window in _decode_windows(paths, pool, DECODE_BUDGET):
+        t1 = time.perf_counter()
+        timings["decode"] += t1 - t0
+        usable = [d for d in window if d.status == "ok"]
+        detections = detector.detect([d.image for d in usable]) if usable else []
+        det_of = {id(d): det for d, det in zip(usable, detections)}
+        t2 = time.perf_counter()
+        timings["detect"] += t2 - t1
+        for d in window:
+            rec = {
+                "face_status": d.status, "reason": d.reason, "face_count": 0, "face_score": np.nan,
+                "bbox": None, "landmarks": None, "face_size": np.nan, "width": d.width, "height": d.height,
+                "crop_pos": -1,
+            }
+            det = det_of.get(id(d))
+            if det is not None:
+                fields, crop = _face_record(d, det, settings)
+                rec.update(fields)
+                if crop is not None:
+                    rec["crop_pos"] = len(crops)
+                    crops.append(crop)
+            d.image = None  # the crop is cut: the decoded image goes now, not with the chunk
+            out.append(rec)
+        del window, usable, detections, det_of
+        t0 = time.perf_counter()
+        timings["align"] += t0 - t2
     t3 = time.perf_counter()
-    timings["align"] += t3 - t2
 
     df = pd.concat([rows.drop(columns="_fs_path").reset_index(drop=True), pd.DataFrame(out)], axis=1)
     crop_arr = np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8)

@@ -217,9 +217,25 @@ def run_train(workspace: Workspace | Path, config: TrainConfig, *, resume: bool 
 
     With ``resume=True`` the newest unfinished run (checkpoint.pt without predictions.parquet)
     continues from its last completed epoch with its own saved config; on CPU the result is
-    identical to an uninterrupted run with the same seed. Without one, a new run starts."""
-    t_start = time.perf_counter()
+    identical to an uninterrupted run with the same seed. Without one, a new run starts, after
+    removing earlier runs that failed before their first checkpoint.
+
+    A run that fails (or is interrupted) with no checkpoint to resume from gets runs/<id>/FAILED,
+    the error in one line, so a folder holding only config.json is never taken for a live run."""
     ws = workspace if isinstance(workspace, Workspace) else Workspace(Path(workspace))
+    started: list[str] = []
+    try:
+        return _run_train(ws, config, resume, reporter, started)
+    except BaseException as exc:
+        if started:
+            ws.mark_run_failed(started[0], exc)
+        raise
+
+
+def _run_train(ws: Workspace, config: TrainConfig, resume: bool, reporter: Reporter,
+               started: list[str]) -> TrainSummary:
+    """run_train's body; appends the run's id to ``started`` once its folder exists."""
+    t_start = time.perf_counter()
     # A run killed mid-checkpoint (SIGTERM, SIGKILL) leaves runs/<id>/.checkpoint.pt.*.tmp. The CLI
     # holds the workspace lock here, so no temp file of a live command is taken for stale.
     ws.remove_stale_temps()
@@ -233,6 +249,7 @@ def run_train(workspace: Workspace | Path, config: TrainConfig, *, resume: bool 
     resumed = run_id is not None
     if resumed:
         run_dir = ws.run_dir(run_id)
+        started.append(run_id)
         saved = json.loads((run_dir / "config.json").read_text())
         saved_cfg = TrainConfig.from_dict(saved)
         if saved_cfg.to_dict() != config.to_dict():
@@ -254,9 +271,14 @@ def run_train(workspace: Workspace | Path, config: TrainConfig, *, resume: bool 
     else:
         if resume:
             reporter.log("train: no unfinished run to resume; starting a new one.")
+        removed = ws.remove_dead_runs()
+        if removed:
+            reporter.log(f"train: removed {removed} run folder(s) in {ws.runs_dir} that failed before "
+                         "their first checkpoint (only config.json and/or FAILED; nothing to resume).")
         run_id = _new_run_id(config)
         run_dir = ws.run_dir(run_id)
         run_dir.mkdir(parents=True, exist_ok=False)
+        started.append(run_id)
         atomic_write_json(run_dir / "config.json", {
             **config.to_dict(), "classes": data.classes, "run_id": run_id, "parts": part_names(config),
             "n_samples": len(data.sample_ids), "fercure_version": __version__,
