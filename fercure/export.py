@@ -24,14 +24,18 @@ label issue without one, ambiguous          review    drop   review  review
 label issue without one, not ambiguous      drop      drop   review  review
 ambiguous (not a label issue)               review    keep   review  keep
 model too weak to judge (any label verdict) keep      keep   review  keep
+label issue from a weak model               keep      drop   review  keep
 anything else                               keep      keep   keep    keep
 ==========================================  ========  =====  ======  ======
 
 "Model too weak": the audit's model-strength verdict is ``too_weak`` (its probe accuracy is not
 clearly above chance, or it could not find the labels flipped on purpose): its flags are noise, so
 no label is changed or dropped on their account and the reason says so. When the verdict is
-``weak``, a confident suggestion is still not trusted (on the CPU benchmark such relabels matched
-the annotators less often than not): the label issue is treated as one without a suggestion.
+``weak`` the flags are leads, not evidence: under ``relabel`` and ``soft`` a flagged label is kept
+(with a reason; the audit ranks them for a person), ``drop`` still drops it and ``flag`` sends it to
+review. Measured on the CPU benchmark (benchmarks/RESULTS.md): a weak model's confident relabels
+matched the annotators less often than not, and dropping its flagged samples lowered the
+downstream accuracy below the raw labels'.
 
 ``clean_label``: the suggested label for ``relabel``; the original label for ``keep`` and ``review``
 (unchanged until a person decides); empty (null) for ``drop``, so a consumer that trains on
@@ -78,6 +82,7 @@ _RULES = {
     "issue_unsure_clear": {"relabel": "drop", "drop": "drop", "flag": "review", "soft": "review"},
     "ambiguous": {"relabel": "review", "drop": "keep", "flag": "review", "soft": "keep"},
     "too_weak": {"relabel": "keep", "drop": "keep", "flag": "review", "soft": "keep"},
+    "weak_issue": {"relabel": "keep", "drop": "drop", "flag": "review", "soft": "keep"},
     "clean": {"relabel": "keep", "drop": "keep", "flag": "keep", "soft": "keep"},
 }
 
@@ -92,19 +97,20 @@ def face_problem(audit: pd.DataFrame) -> np.ndarray:
 
 def situations(audit: pd.DataFrame, min_confidence: float = 0.5, model_verdict: str | None = None) -> np.ndarray:
     """The rules-table situation of each row (first match wins): face, too_weak (every label verdict
-    when the model was too weak to judge), issue_confident, issue_unsure (ambiguous),
-    issue_unsure_clear (not ambiguous), ambiguous or clean."""
+    when the model was too weak to judge), weak_issue (a label issue from a weak model),
+    issue_confident, issue_unsure (ambiguous), issue_unsure_clear (not ambiguous), ambiguous or clean."""
     face = face_problem(audit)
     issue = audit["is_label_issue"].fillna(False).to_numpy(dtype=bool)
     amb = audit["is_ambiguous"].fillna(False).to_numpy(dtype=bool)
     conf = audit["suggested_label_confidence"].to_numpy(dtype=float)
     differs = (audit["suggested_label"].astype(object).to_numpy() != audit["given_label"].astype(object).to_numpy()) \
         & audit["suggested_label"].notna().to_numpy()
-    confident = issue & differs & ~amb & (np.nan_to_num(conf, nan=-1.0) >= min_confidence) & (model_verdict != "weak")
-    weak = np.full(len(audit), model_verdict == "too_weak") & (issue | amb)
+    confident = issue & differs & ~amb & (np.nan_to_num(conf, nan=-1.0) >= min_confidence)
+    too_weak = np.full(len(audit), model_verdict == "too_weak") & (issue | amb)
+    weak_issue = np.full(len(audit), model_verdict == "weak") & issue
     return np.select(
-        [face, weak, confident, issue & amb, issue, amb],
-        ["face", "too_weak", "issue_confident", "issue_unsure", "issue_unsure_clear", "ambiguous"],
+        [face, too_weak, weak_issue, confident, issue & amb, issue, amb],
+        ["face", "too_weak", "weak_issue", "issue_confident", "issue_unsure", "issue_unsure_clear", "ambiguous"],
         default="clean",
     ).astype(object)
 
@@ -124,7 +130,7 @@ def apply_policy(audit: pd.DataFrame, classes: Sequence[str], policy: str = "rel
         Least suggested_label_confidence for a relabel.
     model_verdict : {"ok", "weak", "too_weak", None}
         The audit's model-strength verdict: ``too_weak`` label verdicts change nothing; ``weak``
-        suggestions are not trusted for a relabel.
+        label issues are kept (dropped under ``drop``, reviewed under ``flag``).
 
     Returns
     -------
@@ -152,7 +158,7 @@ def apply_policy(audit: pd.DataFrame, classes: Sequence[str], policy: str = "rel
         "original_label": original,
         "clean_label": clean,
         "action": action,
-        "reason": _reasons(audit, sit, action, original, suggested, min_confidence, model_verdict),
+        "reason": _reasons(audit, sit, action, original, suggested, min_confidence),
         "label_quality": audit["label_quality"].to_numpy(dtype=float),
         "suggested_label": suggested,
         "suggested_label_confidence": audit["suggested_label_confidence"].to_numpy(dtype=float),
@@ -189,7 +195,7 @@ def _soft_targets(probs: np.ndarray, sit: np.ndarray, action: np.ndarray, clean:
 
 
 def _reasons(audit: pd.DataFrame, sit: np.ndarray, action: np.ndarray, original: np.ndarray,
-             suggested: np.ndarray, min_confidence: float, verdict: str | None = None) -> list[str]:
+             suggested: np.ndarray, min_confidence: float) -> list[str]:
     """What the policy did, then the audit's own explanation (which carries the numbers)."""
     audit_reason = audit["reason"].fillna("").astype(str).to_numpy() if "reason" in audit.columns else [""] * len(audit)
     trained = audit["trained"].to_numpy(dtype=bool) if "trained" in audit.columns else audit["label_quality"].notna().to_numpy()
@@ -207,13 +213,14 @@ def _reasons(audit: pd.DataFrame, sit: np.ndarray, action: np.ndarray, original:
                 why = "no other label is preferred"
             elif amb[i]:
                 why = f"the suggestion {suggested[i]} is ambiguous"
-            elif verdict == "weak":
-                why = f"the model is weak, so its suggestion {suggested[i]} ({conf[i]:.2f}) is not trusted"
             else:
                 why = f"the suggestion {suggested[i]} ({conf[i]:.2f}) is below {min_confidence:.2f}"
             head = f"likely mislabelled, but {why}"
         elif s == "ambiguous":
             head = "ambiguous expression"
+        elif s == "weak_issue":
+            head = (f"flagged as a likely label issue (suggestion {suggested[i]}, {conf[i]:.2f}), but the model "
+                    "is weak: its flags are leads, not evidence")
         elif s == "too_weak":
             head = "flagged, but the model was too weak to judge labels (see the audit's warning)"
         elif not trained[i]:

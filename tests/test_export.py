@@ -248,7 +248,9 @@ def test_a_model_too_weak_to_judge_changes_no_label():
     assert weak["clean_label"].tolist()[:3] == ["x", "x", "y"]
     assert "too weak" in weak["reason"].iloc[0]
     assert export.apply_policy(audit, ["x", "y"], "flag", model_verdict="too_weak")["action"].tolist()[:3] == ["review", "keep", "review"]
-    # a weak model's confident suggestion is not trusted: the likely wrong label is dropped instead
+    # a weak model's flags are leads: kept under relabel (ambiguity still goes to review), dropped
+    # only when the user asks for the drop policy
     merely_weak = export.apply_policy(audit, ["x", "y"], model_verdict="weak")
-    assert merely_weak["action"].tolist() == ["drop", "keep", "drop", "drop"]
-    assert "not trusted" in merely_weak["reason"].iloc[0]
+    assert merely_weak["action"].tolist() == ["keep", "keep", "keep", "drop"]
+    assert "leads, not evidence" in merely_weak["reason"].iloc[0]
+    assert export.apply_policy(audit, ["x", "y"], "drop", model_verdict="weak")["action"].tolist()[:3] == ["drop", "keep", "drop"]
