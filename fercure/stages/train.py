@@ -331,7 +331,10 @@ def _run_train(ws: Workspace, config: TrainConfig, resume: bool, reporter: Repor
                       reporter=reporter, description=desc)
             record: dict[str, Any] = {"history": res.history, "seconds": res.seconds,
                                       "seen": float(res.images_per_s * res.seconds), "trained": train_pos}
-            pr = predict(res.model, store, config, index=data.rows, parts=res.parts, flip=True)
+            held = np.flatnonzero(folds == job.fold) if job.kind == "fold" else None
+            # a fold model is only asked about its held-out fold; the others score every sample
+            pr = predict(res.model, store, config, index=data.rows if held is None else data.rows[held],
+                         parts=res.parts, flip=True)
             if job.kind == "member":
                 record.update(probs=pr["probs"], logits=pr["logits"], embedding=pr["embedding"],
                               rel_probs=pr.get("rel_probs", pr["probs"]),
@@ -344,8 +347,7 @@ def _run_train(ws: Workspace, config: TrainConfig, resume: bool, reporter: Repor
                     with atomic_path(target) as tmp:
                         torch.save({k: v.detach().cpu() for k, v in res.model.state_dict().items()}, tmp)
             elif job.kind == "fold":
-                held = np.flatnonzero(folds == job.fold)
-                record.update(held=held, logits=pr["logits"][held], probs=pr["probs"][held])
+                record.update(held=held, logits=pr["logits"], probs=pr["probs"])
             else:
                 record.update(probs=pr["probs"], mean_probs=res.mean_probs, dynamics=res.dynamics)
             done[job.key] = record

@@ -30,7 +30,7 @@ class TrainConfig:
     erase_p: float = 0.0  # random erasing probability (the SCN recipe uses 0.5)
     amp: str = "auto"  # auto: bf16 autocast on CUDA only | bf16: also on CPU | off
     # Per-epoch eval pass (no augmentation, image + mirror averaged) recording p(given) beside the
-    # training-pass dynamics; costs about a third of an epoch.
+    # training-pass dynamics; two extra forward passes over the data per epoch.
     epoch_eval: bool = False
 
     # --- SCN (Self-Cure Network, Wang et al., CVPR 2020) --------------------------------------

@@ -48,25 +48,21 @@ def plan_run(given: np.ndarray, num_classes: int, config: Any) -> RunPlan:
 def first_stage_scores(plan: RunPlan, members: Sequence[dict[str, Any]], num_classes: int) -> np.ndarray:
     """The first models' score of every sample's given label (mean p(given) over epochs; held-out
     p(given) for the probe; see the module docstring for planted samples)."""
-    n = len(plan.given)
-    score = np.full(n, np.nan)
-    trained = members[0]["trained"]
-    summ = summarize([m["dynamics"] for m in members])
-    score[trained] = summ["mean_p_given"]
-    score[plan.planted] = _given_mean_p_at(members, plan, plan.planted)
+    score = np.full(len(plan.given), np.nan)
+    score[members[0]["trained"]] = summarize([m["dynamics"] for m in members])["mean_p_given"]
+    pl, ho = plan.planted, plan.holdout
+    score[pl] = _mean_probs_full(members, len(plan.given), num_classes)[pl, plan.given[pl]]
     probs = np.mean([m["probs"] for m in members], axis=0)
-    score[plan.holdout] = probs[plan.holdout, plan.given[plan.holdout]]
+    score[ho] = probs[ho, plan.given[ho]]
     return score
 
 
-def _given_mean_p_at(members, plan: RunPlan, mask: np.ndarray) -> np.ndarray:
-    """mean over epochs of p(given) for the samples in ``mask`` (all trained), from mean_probs."""
-    trained = members[0]["trained"]
-    pos_in_fit = np.full(len(plan.given), -1)
-    pos_in_fit[trained] = np.arange(len(trained))
-    mp = np.mean([m["mean_probs"] for m in members], axis=0)
-    rows = pos_in_fit[mask]
-    return mp[rows, plan.given[mask]]
+def _mean_probs_full(members: Sequence[dict[str, Any]], n: int, num_classes: int) -> np.ndarray:
+    """(N,C) mean over epochs (and members) of the training-time distribution; NaN rows for the
+    samples the first models did not train on."""
+    out = np.full((n, num_classes), np.nan)
+    out[members[0]["trained"]] = np.mean([m["mean_probs"] for m in members], axis=0)
+    return out
 
 
 def suspects(score: np.ndarray, plan: RunPlan, share: float) -> np.ndarray:
@@ -97,7 +93,8 @@ def aggregate(plan: RunPlan, members: Sequence[dict[str, Any]], retrain: dict[st
         return out
 
     mean_p_train = at_trained(summ["mean_p_given"])
-    std_p = at_trained(np.sqrt(summ["var_p_given"]))
+    std_train = at_trained(np.sqrt(summ["var_p_given"]))
+    std_p = std_train.copy()  # about the given label: planted and probe samples have none
     aum_train = at_trained(summ["aum"])
     predicted = members[0]["dynamics"]["predicted"]
     forget_given = at_trained(sg.forgetting_events(predicted, given[trained]))
@@ -109,15 +106,12 @@ def aggregate(plan: RunPlan, members: Sequence[dict[str, Any]], retrain: dict[st
         else np.full((n, c), np.nan)
 
     # about the given label: planted samples from mean_probs, probe samples held out
-    mean_p = mean_p_train.copy()
+    mean_p = first_stage_scores(plan, members, c)
     aum = aum_train.copy()
-    mp_full = np.full((n, c), np.nan)
-    mp_full[trained] = np.mean([m["mean_probs"] for m in members], axis=0)
+    mp_full = _mean_probs_full(members, n, c)
     pl, ho = plan.planted, plan.holdout
-    mean_p[pl] = mp_full[pl, given[pl]]
     aum[pl] = mp_full[pl, given[pl]] - np.where(np.eye(c, dtype=bool)[given[pl]], -1.0, mp_full[pl]).max(axis=1)
     std_p[pl] = np.nan
-    mean_p[ho] = eval_probs[ho, given[ho]]
     aum[ho] = eval_probs[ho, given[ho]] - np.where(np.eye(c, dtype=bool)[given[ho]], -1.0, eval_probs[ho]).max(axis=1)
     knn_agree = knn[np.arange(n), given]
 
@@ -137,7 +131,7 @@ def aggregate(plan: RunPlan, members: Sequence[dict[str, Any]], retrain: dict[st
 
     # ---- fusion, fitted on planted flips (features about the training label) vs the rest
     knn_train = knn[np.arange(n), tl]
-    feats_train = {"mean_p_given": mean_p_train, "std_p_given": std_p_train(summ, trained, n),
+    feats_train = {"mean_p_given": mean_p_train, "std_p_given": std_train,
                    "aum": aum_train, "knn_agreement": knn_train,
                    "class_adjusted": sg.class_adjusted(mean_p_train, tl, c), "forgetting": -forget_train}
     feats_given = {"mean_p_given": mean_p, "std_p_given": np.where(np.isfinite(std_p), std_p, np.nanmean(std_p)),
@@ -189,12 +183,6 @@ def aggregate(plan: RunPlan, members: Sequence[dict[str, Any]], retrain: dict[st
     strength["planted_auroc"] = self_check.get("auroc_mean_p")
     strength.update(verdict_of(strength))
     return cols, self_check, strength
-
-
-def std_p_train(summ: dict[str, np.ndarray], trained: np.ndarray, n: int) -> np.ndarray:
-    out = np.full(n, np.nan)
-    out[trained] = np.sqrt(summ["var_p_given"])
-    return out
 
 
 def model_strength(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, Any]:
