@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from fercure import audit as core
+from fercure import schema
 from fercure.progress import NULL, Reporter
 from fercure.report import render_report
 from fercure.workspace import (
@@ -132,7 +133,7 @@ def run_audit(
         "stats": {k: v for k, v in stats.items() if k not in THRESHOLD_KEYS},
         "predictions": str(predictions_path),
     }
-    write_table(table, ws.audit, meta)
+    write_table(table, ws.audit, meta, table=schema.AUDIT)
     task.advance()
 
     out_report: Path | None = None

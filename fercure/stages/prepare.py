@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fercure import __version__
+from fercure import __version__, schema
 from fercure.device import resolve_device
 from fercure.faces import align, quality
 from fercure.faces.detect import Detection, FaceDetector
@@ -487,11 +487,11 @@ def run_prepare(
         "labels_file": str(Path(labels_file).resolve()) if labels_file else None,
         "settings": asdict(settings), "settings_fingerprint": settings.fingerprint(),
     }
-    write_table(manifest[columns], ws.manifest, meta)
+    write_table(manifest[columns], ws.manifest, meta, table=schema.MANIFEST)
     rejects = rejects.reindex(columns=REJECT_COLUMNS)
     for col in ("file", "source_path"):
         rejects[col] = rejects[col].astype(object).map(lambda v: _display_path(v) if isinstance(v, str) else v)
-    write_table(rejects, ws.rejects, {"input_root": str(input_root.resolve())})
+    write_table(rejects, ws.rejects, {"input_root": str(input_root.resolve())}, table=schema.REJECTS)
     timings["write"] += time.perf_counter() - t
     shutil.rmtree(ws.prepare_parts, ignore_errors=True)
     if not has.any():
