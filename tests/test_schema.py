@@ -94,10 +94,11 @@ def test_per_class_columns_follow_the_metadata_classes(tmp_path):
     n = 2
     df = pd.DataFrame({
         "sample_id": ["a", "b"], "source_path": ["x/a.png", "x/b.png"], "split": "train",
-        "original_label": ["angry", "happy"], "clean_label": ["angry", None], "action": ["keep", "drop"],
-        "reason": "", "label_quality": [0.9, 0.1], "suggested_label": ["angry", "angry"],
-        "suggested_label_confidence": 0.8, "reliability": 0.9, "uncertainty_entropy": 0.1,
-        "is_label_issue": [False, True], "is_ambiguous": False, "face_status": "ok",
+        "given_label": ["angry", "happy"], "clean_label": ["angry", None], "action": ["keep", "drop"],
+        "reason": "", "label_score": [0.9, 0.1], "is_label_issue": [False, True],
+        "predicted_label": ["angry", "angry"], "suggested_label": ["angry", "angry"],
+        "suggested_label_confidence": 0.8, "ambiguous_score": [0.8, 0.6], "is_ambiguous_issue": False,
+        "reliability": 0.9, "uncertainty_entropy": 0.1, "face_status": "ok", "store_index": [0, 1],
         "p_angry": [0.9, 0.8], "p_happy": [0.1, 0.2],
     })
     path = tmp_path / "cleaned.parquet"

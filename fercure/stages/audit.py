@@ -47,7 +47,7 @@ class AuditSummary:
     n_trained: int
     n_label_issues: int
     n_ambiguous: int
-    # index: class; n, n_label_issues, n_ambiguous, mean_label_quality, threshold (the noise-rate score
+    # index: class; n, n_label_issues, n_ambiguous, mean_label_score, threshold (the noise-rate score
     # cut under the default threshold method, the confident-joint threshold otherwise)
     per_class: pd.DataFrame
     transition_matrix: pd.DataFrame  # rows: given label, columns: suggested label, counts

@@ -251,7 +251,7 @@ def _process_chunk(
     hashes = quality.phash(crop_arr) if len(crop_arr) else np.zeros(0, np.uint64)
     pos = df["crop_pos"].to_numpy()
     has = pos >= 0
-    for col, vals in (("blur_score", blur), ("brightness", bright), ("contrast", contrast)):
+    for col, vals in (("sharpness", blur), ("brightness", bright), ("contrast", contrast)):
         df[col] = np.nan
         df.loc[has, col] = np.asarray(vals, dtype=float)[pos[has]]
     df["phash"] = ""
@@ -478,7 +478,7 @@ def run_prepare(
                   else sorted(manifest["label"].unique().tolist()))
     columns = [
         "sample_id", "source_path", "label", "split", "face_status", "reason", "face_count", "face_score",
-        "bbox", "landmarks", "face_size", "blur_score", "brightness", "contrast", "phash", "duplicate_of",
+        "bbox", "landmarks", "face_size", "sharpness", "brightness", "contrast", "phash", "duplicate_of",
         "store_index", "width", "height", "file_size", "file_mtime_ns", "content_hash", "detection_status",
         "detection_reason",
     ]
