@@ -61,7 +61,7 @@ def thumbnail_data_uri(crop: np.ndarray, size: int = 96) -> str:
 
 def histogram_svg(values: np.ndarray, flagged: np.ndarray, *, bins: int = 25, threshold: float | None = None,
                   width: int = 560, height: int = 180) -> str:
-    """Inline SVG histogram of label_quality (0..1): flagged samples stacked in red over the rest."""
+    """Inline SVG histogram of label_score (0..1): flagged samples stacked in red over the rest."""
     v = np.asarray(values, dtype=float)
     ok = np.isfinite(v)
     edges = np.linspace(0, 1, bins + 1)
@@ -132,7 +132,7 @@ def _card(row: pd.Series, crops: np.ndarray | None, thumb: int) -> str:
               if pd.notna(sugg) and sugg != given else f'<span class="lab">{_e(given)}</span>')
     return (
         f'<div class="card">{img}<div>{change}</div>'
-        f"<div>confidence {_fmt(row.get('suggested_label_confidence'))} · quality {_fmt(row.get('label_quality'))}</div>"
+        f"<div>confidence {_fmt(row.get('suggested_label_confidence'))} · quality {_fmt(row.get('label_score'))}</div>"
         f"<div>reliability {_fmt(row.get('reliability'))} · entropy {_fmt(row.get('uncertainty_entropy'))}</div>"
         f'<div class="path" title="{_e(row.get("reason", ""))}">{_e(row.get("source_path", ""))}</div></div>'
     )
@@ -162,15 +162,15 @@ def render_report(
         The crop store (memory-mapped is fine: only the shown crops are read).
     run_id : str, optional
     max_issues, max_ambiguous : int
-        Gallery sizes: the lowest-label_quality issues, the closest-call ambiguous samples.
+        Gallery sizes: the lowest-label_score issues, the closest-call ambiguous samples.
     thumb_size : int
         Thumbnail edge in pixels.
     """
     classes = [str(c) for c in classes]
     n = len(audit)
     issue = audit["is_label_issue"].fillna(False).to_numpy(dtype=bool)
-    amb = audit["is_ambiguous"].fillna(False).to_numpy(dtype=bool)
-    trained = audit["trained"].to_numpy(dtype=bool) if "trained" in audit.columns else audit["label_quality"].notna().to_numpy()
+    amb = audit["is_ambiguous_issue"].fillna(False).to_numpy(dtype=bool)
+    trained = audit["trained"].to_numpy(dtype=bool) if "trained" in audit.columns else audit["label_score"].notna().to_numpy()
     used = stats.get("threshold_method_used", stats.get("threshold_method"))
     mix_t = (stats.get("mixture") or {}).get("threshold")
 
@@ -187,23 +187,23 @@ def render_report(
 
     per_class = stats.get("per_class", {})
     pc_rows = [[_e(c), str(d.get("n", 0)), str(d.get("n_label_issues", 0)), str(d.get("n_ambiguous", 0)),
-                _fmt(d.get("mean_label_quality")), _fmt(d.get("threshold"))]
+                _fmt(d.get("mean_label_score")), _fmt(d.get("threshold"))]
                for c, d in per_class.items()]
-    pc_html = _table(["class", "samples", "label issues", "ambiguous", "mean label_quality",
-                      "label_quality cut" if used in ("noise_rate", "planted") else "confident-joint threshold"], pc_rows)
+    pc_html = _table(["class", "samples", "label issues", "ambiguous", "mean label_score",
+                      "label_score cut" if used in ("noise_rate", "planted") else "confident-joint threshold"], pc_rows)
 
     tm = np.asarray(stats.get("transition_matrix", np.zeros((len(classes), len(classes)))), dtype=np.int64)
-    hist = histogram_svg(audit["label_quality"].to_numpy(dtype=float), issue,
+    hist = histogram_svg(audit["label_score"].to_numpy(dtype=float), issue,
                          threshold=mix_t if used == "mixture" else None)
 
     status_counts = audit["face_status"].astype(str).value_counts() if "face_status" in audit.columns else pd.Series(dtype=int)
     fs_html = _table(["face_status", "samples"], [[_e(k), str(int(v))] for k, v in status_counts.items()])
 
-    order = audit.assign(_q=audit["label_quality"]).loc[issue].sort_values("_q", kind="stable")
+    order = audit.assign(_q=audit["label_score"]).loc[issue].sort_values("_q", kind="stable")
     issue_cards = "".join(_card(r, crops, thumb_size) for _, r in order.head(max_issues).iterrows())
     amb_rows = audit.loc[amb]
-    if "top2_margin" in amb_rows.columns:
-        amb_rows = amb_rows.sort_values("top2_margin", kind="stable")
+    if "ambiguous_score" in amb_rows.columns:
+        amb_rows = amb_rows.sort_values("ambiguous_score", kind="stable")
     amb_cards = "".join(_card(r, crops, thumb_size) for _, r in amb_rows.head(max_ambiguous).iterrows())
 
     ms = stats.get("model_strength") or {}
@@ -221,10 +221,10 @@ def render_report(
                      f'{_e(ms.get("message", "not measured"))}'
                      + (f'<br><span class="muted">Self-check: {_e("; ".join(sc_bits))}.</span>' if sc_bits else "")
                      + "</div>")
-    thr_line = (f"mixture on label_quality, cut at {_fmt(mix_t, 3)}" if used == "mixture"
-                else "per class, the confident joint's count of wrong labels, lowest label_quality first "
+    thr_line = (f"mixture on label_score, cut at {_fmt(mix_t, 3)}" if used == "mixture"
+                else "per class, the confident joint's count of wrong labels, lowest label_score first "
                      "(per-class cuts in the table above)" if used == "noise_rate"
-                else "per class, lowest label_quality first, as many as the planted flips say are wrong "
+                else "per class, lowest label_score first, as many as the planted flips say are wrong "
                      "(per-class cuts in the table above)" if used == "planted"
                 else "confident joint (per-class thresholds in the table above)")
     method = stats.get("method", "confidence")
@@ -244,7 +244,7 @@ and top-1 &lt; {_fmt(stats.get('ambiguity_max_confidence'))}</p>
 <h2>Noise transition (given → suggested)</h2>
 <p class="muted">Counts over trained samples; the off-diagonal cells are the suggested corrections.</p>
 {_transition_table(tm, classes) if len(classes) else ''}
-<h2>label_quality</h2>
+<h2>label_score</h2>
 <p class="muted">0 = the given label is likely wrong, 1 = likely right; red = flagged as a label issue.</p>
 {hist}
 <h2>Face stage</h2>{fs_html}

@@ -26,7 +26,7 @@ def small_audit(n=40, seed=0):
     ids = [f"s{i}" for i in range(n)]
     man = pd.DataFrame({
         "sample_id": ids, "source_path": [f"d/{i}.png" for i in range(n)], "label": [CLASSES[g] for g in given],
-        "split": "train", "face_status": "ok", "reason": "", "face_score": 0.9, "blur_score": 50.0,
+        "split": "train", "face_status": "ok", "reason": "", "face_score": 0.9, "sharpness": 50.0,
         "duplicate_of": "", "store_index": np.arange(n),
     })
     low = np.flatnonzero(p1 < 0.5)
@@ -49,8 +49,8 @@ def test_report_is_self_contained_and_escapes_untrusted_names():
     # nothing fetched from elsewhere: images are data URIs, no links, scripts or remote sources
     assert not re.search(r"""(src|href)\s*=\s*(?!["']?data:)""", html)
     assert "<link" not in html
-    assert table["is_ambiguous"].iat[3]  # the 50/50 face
-    assert html.count('src="data:image/png;base64,') == int(table["is_label_issue"].sum() + table["is_ambiguous"].sum())
+    assert table["is_ambiguous_issue"].iat[3]  # the 50/50 face
+    assert html.count('src="data:image/png;base64,') == int(table["is_label_issue"].sum() + table["is_ambiguous_issue"].sum())
     assert "<svg" in html and "Noise transition" in html
 
 

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fercure import __version__
+from fercure import __version__, schema
 from fercure import export as core
 from fercure import workspace as ws_errors
 from fercure.workspace import (
@@ -115,7 +115,7 @@ def run_export(
         "audit_fercure_version": audit_meta.get("fercure_version"),
     }
     if fmt == "parquet":
-        write_table(cleaned, output, provenance)
+        write_table(cleaned, output, provenance, table=schema.CLEANED)
     else:
         # The sidecar goes first: a CSV never appears without its provenance beside it.
         atomic_write_json(sidecar, {"fercure_version": __version__, "schema_version": SCHEMA_VERSION, **provenance})
