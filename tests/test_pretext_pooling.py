@@ -156,7 +156,7 @@ def test_pretext_rows_are_split_off_and_never_reach_the_batch_outputs():
         together, _ = forward_with_aux(model, x, parts, gen)
     assert torch.allclose(together["logits"], alone, atol=1e-5)
     loss = sum(p.aux_loss(a, None) for p, a in aux)
-    assert torch.isfinite(loss) and float(loss) > 0
+    assert torch.isfinite(loss) and float(loss.detach()) > 0
 
 
 @pytest.mark.parametrize("switch", [dict(jigsaw=True), dict(inpaint=True), dict(pool="app")])
