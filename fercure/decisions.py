@@ -167,7 +167,7 @@ def parse(records: Sequence[tuple[str, dict]], *, file: str, sample_ids: Sequenc
             bad(chosen[sid]["row"], f"sample {sid} is decided again in {row}; the later decision applies.")
         chosen[sid] = {"sample_id": sid, "action": action, "label": label if action == "relabel" else None,
                        "row": row}
-    table = pd.DataFrame(list(chosen.values()), columns=["sample_id", "action", "label", "row"])
+    table = pd.DataFrame(list(chosen.values()), columns=["sample_id", "action", "label", "row"], dtype=object)
     return Decisions(table=table, problems=problems, file=file)
 
 

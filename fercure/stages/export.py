@@ -97,8 +97,11 @@ def run_export(
     ws.require(ws.manifest, "prepare")
     ws.require(ws.audit, "audit-labels")
     if decisions is not None:
-        decisions = check_input_file(decisions, option="--decisions",
-                                     hint="Pass the CSV or JSON file saved from the review report.")
+        try:
+            decisions = check_input_file(decisions, option="--decisions",
+                                         hint="Pass the CSV or JSON file saved from the review report.")
+        except WorkspaceError as e:
+            raise ExportError(str(e)) from None
 
     sidecar = provenance_path_for(output) if fmt == "csv" else None
     # One rule for every output (fercure.workspace.check_output_path): never into the input folder,
