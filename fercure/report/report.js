@@ -92,7 +92,8 @@
     return fmt(r.conf) + ': likely';
   }
   function card(r) {
-    var c = el('div', {'class': 'card', 'data-id': r.id, 'data-given': L[r.given]});
+    var c = el('div', {'class': 'card', 'data-id': r.id, 'data-given': L[r.given],
+                       'data-sugg': r.sugg >= 0 ? L[r.sugg] : '', 'data-score': r.score === null ? '' : String(r.score)});
     var d = decisions[r.id];
     if (d) { c.classList.add('decided'); }
     if (r.thumb) { c.appendChild(el('img', {alt: L[r.given] + ' sample', src: r.thumb})); }
