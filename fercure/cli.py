@@ -449,6 +449,7 @@ def _demo_stages(data: Path, workspace: Path, limit: int | None, epochs: int, im
     from fercure.stages.prepare import run_prepare
     from fercure.stages.train import run_train
     from fercure.train.config import TrainConfig
+    from fercure.workspace import Workspace
 
     labels = _demo_labels(data, workspace, limit)
     console.rule("[bold]1/4 prepare")
@@ -467,6 +468,9 @@ def _demo_stages(data: Path, workspace: Path, limit: int | None, epochs: int, im
     _render(summary, "export-cleaned")
     console.rule("[bold]scorecard")
     _demo_scorecard(data, workspace)
+    console.print(f"Review report: {Workspace(workspace).report.resolve()} (open it in a browser, record decisions, "
+                  f"save them, then `fercure export-cleaned -w {workspace} -o cleaned.parquet --force --decisions "
+                  "decisions.csv`).", soft_wrap=True, highlight=False)
 
 
 if __name__ == "__main__":  # pragma: no cover
