@@ -73,6 +73,13 @@ def cards(driver) -> list[dict]:
         "decided: c.classList.contains('decided')}))")
 
 
+def click(driver, css: str) -> None:
+    """Click like a person: scrolled to the middle of the window, clear of the fixed decisions bar."""
+    element = driver.find_element(By.CSS_SELECTOR, css)
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
+    element.click()
+
+
 def wait_for_file(folder: Path, pattern: str, timeout: float = 15) -> Path:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -99,7 +106,7 @@ def test_review_report_in_chromium(workspace, browser, tmp_path):
     assert len(widths) == 25 and min(widths) > 0
 
     # paging
-    browser.find_element(By.ID, "next").click()
+    click(browser, "#next")
     second = cards(browser)
     assert second and not {c["id"] for c in second} & {c["id"] for c in first}
     assert browser.find_element(By.ID, "count").text.startswith("Showing 26–")
@@ -119,7 +126,7 @@ def test_review_report_in_chromium(workspace, browser, tmp_path):
     browser.find_element(By.ID, "f-smin").send_keys("\n")
 
     # a click on a matrix cell lists that cell's samples: given happy, suggested sad
-    browser.find_element(By.CSS_SELECTOR, "td.cell[data-g='0'][data-s='1']").click()
+    click(browser, "td.cell[data-g='0'][data-s='1']")
     shown = cards(browser)
     cell = audit["is_label_issue"] & (audit["given_label"] == "happy") & (audit["suggested_label"] == "sad")
     assert int(cell.sum()) > 0 and sorted(c["id"] for c in shown) == sorted(audit.loc[cell, "sample_id"])
@@ -127,11 +134,11 @@ def test_review_report_in_chromium(workspace, browser, tmp_path):
 
     # decisions: accept the first card's suggestion, drop the second, then save them as CSV
     accept_id, drop_id = shown[0]["id"], shown[1]["id"]
-    browser.find_element(By.CSS_SELECTOR, f".card[data-id='{accept_id}'] button.accept").click()
-    browser.find_element(By.CSS_SELECTOR, f".card[data-id='{drop_id}'] button.drop").click()
+    click(browser, f".card[data-id='{accept_id}'] button.accept")
+    click(browser, f".card[data-id='{drop_id}'] button.drop")
     assert {c["id"] for c in cards(browser) if c["decided"]} == {accept_id, drop_id}
     assert browser.find_element(By.ID, "ndec").text == "2 decisions"
-    browser.find_element(By.ID, "dl-csv").click()
+    click(browser, "#dl-csv")
     saved = wait_for_file(browser.downloads, "decisions-*.csv")
     rows = pd.read_csv(saved, keep_default_na=False)
     assert rows.set_index("sample_id")["action"].to_dict() == {accept_id: "relabel", drop_id: "drop"}
