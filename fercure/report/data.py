@@ -152,8 +152,7 @@ def build_payload(
     verdict = str((stats.get("model_strength") or {}).get("verdict", "unknown"))
     bits, listed = review_rows(audit, manifest)
     order = review_order(audit, listed, bits)
-    store = _num(C.column(audit, "store_index", -1)).astype(float)
-    store = np.where(np.isfinite(store), store, -1).astype(np.int64)
+    store = np.nan_to_num(_num(C.column(audit, "store_index", -1)), nan=-1).astype(np.int64)
     thumbs = thumbnails(crops, store, order, budget=thumb_budget, size=thumb_size)
 
     given = C.column(audit, "given", "").astype(str).to_numpy()
@@ -202,10 +201,15 @@ def build_payload(
         "chance": 1.0 / len(classes) if classes else None,
         "rows": rows,
         "dup_groups": [[pos[i] for i in g if i in pos] for g in groups],
+        "counts": flag_counts(bits),
         "thumbs": {"n": with_thumb, "n_with_crop": with_crop if crops is not None else 0, "size": thumb_size,
                    "budget_bytes": thumb_budget},
     }
 
 
 def flag_counts(bits: np.ndarray) -> dict[str, int]:
-    return {f: int((np.asarray(bits) & BIT[f] > 0).sum()) for f in FLAGS}
+    """Rows with each flag, and (``quality``) with any image-quality flag."""
+    bits = np.asarray(bits)
+    counts = {f: int((bits & BIT[f] > 0).sum()) for f in FLAGS}
+    counts["quality"] = int((bits & sum(BIT[f] for f in QUALITY_FLAGS) > 0).sum())
+    return counts

@@ -21,7 +21,8 @@ import pandas as pd
 
 from fercure import __version__
 from fercure.report import columns as C
-from fercure.report.data import FLAGS, QUALITY_FLAGS, build_payload, flag_counts, reliability_bins, review_rows
+from fercure.report.data import (LOW_CONTRAST, QUALITY_FLAGS, TOO_BRIGHT, TOO_DARK, build_payload,
+                                 reliability_bins)
 from fercure.report.svg import histogram_svg, reliability_svg
 from fercure.report.thumbs import THUMB_BUDGET, THUMB_SIZE
 
@@ -173,14 +174,11 @@ def _face_stage(audit: pd.DataFrame, rejects: pd.DataFrame | None) -> str:
     return out
 
 
-def _quality(bits: np.ndarray, stats: dict) -> str:
-    counts = flag_counts(bits)
+def _quality(counts: dict[str, int], stats: dict) -> str:
     rows = []
     for f in QUALITY_FLAGS:
         link = f' <button type="button" class="link" data-show-flag="{f}">show</button>' if counts[f] else ""
         rows.append([f"{_e(FLAG_TEXT[f])}{link}", str(counts[f])])
-    from fercure.report.data import LOW_CONTRAST, TOO_BRIGHT, TOO_DARK
-
     blur_t = stats.get("blur_threshold")
     return (_table(["issue", "samples"], rows)
             + f"<p class='muted'>Measured by prepare on the aligned crop: blurry = sharpness (variance of "
@@ -274,14 +272,13 @@ def render_report(
                      f"{th['budget_bytes'] // 2**20} MB)" if left_out > 0 else "")
                   + ". Samples that are not listed have no thumbnail.")
 
-    bits, _ = review_rows(audit, manifest)
-    counts = flag_counts(bits)
+    counts = payload["counts"]
     trained = C.flag(audit, "trained").to_numpy() if C.name(audit, "trained") else \
         pd.to_numeric(C.column(audit, "score", np.nan), errors="coerce").notna().to_numpy()
     kpis = [("samples", len(audit)), ("trained", int(trained.sum())), ("label issues", counts["label_issue"]),
             ("ambiguous", counts["ambiguous"]), ("duplicates", counts["duplicate"]),
             ("face problems", counts["face"]),
-            ("image quality", int((bits & sum(1 << FLAGS.index(f) for f in QUALITY_FLAGS) > 0).sum())),
+            ("image quality", counts["quality"]),
             ("listed for review", n_rows)]
     kpi_html = "".join(f'<span class="kpi"><b>{v}</b>{_e(k)}</span>' for k, v in kpis)
 
@@ -328,7 +325,7 @@ to list its samples below (on the diagonal only the listed ones: ambiguous, dupl
 {histogram_svg(score, C.flag(audit, "is_issue").to_numpy(), threshold=mix_t if used == "mixture" else None)}
 <h2>Calibration</h2>{_calibration(audit, classes)}
 <h2 id="face-stage">Face stage</h2>{_face_stage(audit, rejects)}
-<h2 id="quality">Image quality</h2>{_quality(bits, stats)}
+<h2 id="quality">Image quality</h2>{_quality(counts, stats)}
 <h2>Duplicate groups with conflicting labels</h2>
 <p class="muted">Near-identical crops that carry different labels: at most one label can be right.</p>
 <div class="groups" id="groups"></div>
