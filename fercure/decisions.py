@@ -29,7 +29,7 @@ REVIEWER, FERCURE = "reviewer", "fercure"
 # The cleaned table's columns this module reads and writes, in one place (see fercure.export).
 CLEANED = {
     "id": "sample_id",
-    "given": "original_label",
+    "given": "given_label",
     "label": "clean_label",
     "action": "action",
     "reason": "reason",
@@ -40,7 +40,7 @@ CLEANED = {
 
 def _cleaned_name(df: pd.DataFrame, key: str) -> str:
     """``CLEANED[key]``, or the cleanlab-style name it is being renamed to when the table has that."""
-    aliases = {"given": ("given_label",), "suggested": ("predicted_label",)}
+    aliases = {"given": ("original_label",)}  # the name before 0.2's renames
     for name in (CLEANED[key], *aliases.get(key, ())):
         if name in df.columns:
             return name

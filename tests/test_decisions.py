@@ -98,7 +98,7 @@ def test_files_that_are_not_decisions_are_refused(tmp_path, text, expected):
 
 def test_apply_overrides_actions_and_records_who_decided():
     cleaned = pd.DataFrame({
-        "sample_id": ["a", "b", "c", "d"], "original_label": ["happy", "sad", "happy", "sad"],
+        "sample_id": ["a", "b", "c", "d"], "given_label": ["happy", "sad", "happy", "sad"],
         "clean_label": ["sad", None, "happy", "sad"], "action": ["relabel", "drop", "review", "keep"],
         "reason": ["r1", "r2", "r3", "r4"], "p_happy": [0.2, 0.5, 0.5, 0.1], "p_sad": [0.8, 0.5, 0.5, 0.9],
     })
@@ -107,7 +107,7 @@ def test_apply_overrides_actions_and_records_who_decided():
                           "label": [None, "happy", None], "row": ["row 2", "row 3", "row 4"]})
     out = dec.apply(cleaned, dec.Decisions(table, file="d.csv"), CLASSES, soft=True)
     pd.testing.assert_frame_equal(cleaned, before)  # the input is not modified
-    assert out.columns.tolist()[:5] == ["sample_id", "original_label", "clean_label", "action", "decided_by"]
+    assert out.columns.tolist()[:5] == ["sample_id", "given_label", "clean_label", "action", "decided_by"]
     assert out["action"].tolist() == ["keep", "relabel", "drop", "keep"]
     assert out["clean_label"].tolist()[:2] == ["happy", "happy"] and pd.isna(out["clean_label"].iat[2])
     assert out["decided_by"].tolist() == ["reviewer"] * 3 + ["fercure"]

@@ -30,7 +30,7 @@ def small_audit(n=40, seed=0):
     ids = [f"s{i}" for i in range(n)]
     man = pd.DataFrame({
         "sample_id": ids, "source_path": [f"d/{i}.png" for i in range(n)], "label": [CLASSES[g] for g in given],
-        "split": "train", "face_status": "ok", "reason": "", "face_score": 0.9, "blur_score": 50.0,
+        "split": "train", "face_status": "ok", "reason": "", "face_score": 0.9, "sharpness": 50.0,
         "duplicate_of": "", "store_index": np.arange(n),
     })
     low = np.flatnonzero(p1 < 0.5)
@@ -61,22 +61,22 @@ def test_report_is_self_contained_and_escapes_untrusted_names():
     assert "<link" not in html and not re.search(r"""\ssrc\s*=""", html)
     assert set(re.findall(r"https?://[^\s\"'<]+", html)) <= {"http://www.w3.org/2000/svg"}
     data = payload_of(html)
-    listed = table["is_label_issue"] | table["is_ambiguous"]
+    listed = table["is_label_issue"] | table["is_ambiguous_issue"]
     assert sorted(data["rows"]["id"]) == sorted(table.loc[listed, "sample_id"])
     assert EVIL in data["rows"]["path"]  # kept as data; the script sets it as text
     assert all(t.startswith("data:image/jpeg;base64,") for t in data["rows"]["thumb"])
-    assert table["is_ambiguous"].iat[3]  # the 50/50 face
+    assert table["is_ambiguous_issue"].iat[3]  # the 50/50 face
     assert "<svg" in html and "Noise transition" in html
 
 
 def test_every_flagged_and_ambiguous_sample_is_listed_in_review_order():
     man, preds, _ = small_audit(n=600, seed=3)
     table, stats = core.build_audit(man, preds, CLASSES)
-    n_issue, n_amb = int(table["is_label_issue"].sum()), int(table["is_ambiguous"].sum())
+    n_issue, n_amb = int(table["is_label_issue"].sum()), int(table["is_ambiguous_issue"].sum())
     assert n_issue > 60  # past the old report's gallery cap
     data = payload_of(render_report(table, stats, CLASSES))
     rows = data["rows"]
-    assert len(rows["id"]) == int((table["is_label_issue"] | table["is_ambiguous"]).sum())
+    assert len(rows["id"]) == int((table["is_label_issue"] | table["is_ambiguous_issue"]).sum())
     issue_bit = 1 << FLAGS.index("label_issue")
     scores = [s for s, f in zip(rows["score"], rows["flags"]) if f & issue_bit]
     assert len(scores) == n_issue and scores == sorted(scores)  # worst first

@@ -92,7 +92,7 @@ def wait_for_file(folder: Path, pattern: str, timeout: float = 15) -> Path:
 
 def test_review_report_in_chromium(workspace, browser, tmp_path):
     audit = read_table(workspace.audit)
-    listed = audit["is_label_issue"] | audit["is_ambiguous"]
+    listed = audit["is_label_issue"] | audit["is_ambiguous_issue"]
     browser.get(workspace.report.resolve().as_uri())
     WebDriverWait(browser, 10).until(lambda d: d.find_element(By.ID, "count").text.startswith("Showing"))
 

@@ -12,12 +12,12 @@ AUDIT_COLUMNS: dict[str, tuple[str, ...]] = {
     "id": ("sample_id",),
     "path": ("source_path",),
     "given": ("given_label",),
-    "suggested": ("predicted_label", "suggested_label"),
-    "confidence": ("predicted_label_confidence", "suggested_label_confidence"),
+    "suggested": ("suggested_label",),  # not predicted_label: that is the argmax, even for a clean label
+    "confidence": ("suggested_label_confidence",),
     "score": ("label_score", "label_quality"),
     "is_issue": ("is_label_issue",),
     "is_ambiguous": ("is_ambiguous_issue", "is_ambiguous"),
-    "margin": ("top2_margin",),
+    "margin": ("ambiguous_score", "top2_margin"),  # top-2 gap: low = ambiguous
     "trained": ("trained",),
     "reason": ("reason",),
     "face_status": ("face_status",),

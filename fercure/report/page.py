@@ -285,7 +285,7 @@ def render_report(
     used = stats.get("threshold_method_used", stats.get("threshold_method"))
     per_class = stats.get("per_class", {})
     pc_rows = [[_e(c), str(d.get("n", 0)), str(d.get("n_label_issues", 0)), str(d.get("n_ambiguous", 0)),
-                _fmt(d.get("mean_label_quality")), _fmt(d.get("threshold"), 3)]
+                _fmt(d.get("mean_label_score", d.get("mean_label_quality"))), _fmt(d.get("threshold"), 3)]
                for c, d in per_class.items()]
     pc_html = _table(["class", "samples", "label issues", "ambiguous", "mean label score",
                       "confident-joint threshold" if used == "confident_joint" else "label score cut"], pc_rows)

@@ -18,6 +18,7 @@ import pandas as pd
 
 from fercure import audit as core
 from fercure import export as export_core
+from fercure import schema
 from fercure.progress import NULL, Reporter
 from fercure.report import render_report
 from fercure.workspace import (
@@ -47,7 +48,7 @@ class AuditSummary:
     n_trained: int
     n_label_issues: int
     n_ambiguous: int
-    # index: class; n, n_label_issues, n_ambiguous, mean_label_quality, threshold (the noise-rate score
+    # index: class; n, n_label_issues, n_ambiguous, mean_label_score, threshold (the noise-rate score
     # cut under the default threshold method, the confident-joint threshold otherwise)
     per_class: pd.DataFrame
     transition_matrix: pd.DataFrame  # rows: given label, columns: suggested label, counts
@@ -133,7 +134,7 @@ def run_audit(
         "stats": {k: v for k, v in stats.items() if k not in THRESHOLD_KEYS},
         "predictions": str(predictions_path),
     }
-    write_table(table, ws.audit, meta)
+    write_table(table, ws.audit, meta, table=schema.AUDIT)
     task.advance()
 
     out_report: Path | None = None

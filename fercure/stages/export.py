@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fercure import __version__
+from fercure import __version__, schema
 from fercure import decisions as reviewed
 from fercure import export as core
 from fercure.report.columns import column
@@ -151,7 +151,7 @@ def run_export(
         "decisions": reviewed.summary(decided),
     }
     if fmt == "parquet":
-        write_table(cleaned, output, provenance)
+        write_table(cleaned, output, provenance, table=schema.CLEANED)
     else:
         # The sidecar goes first: a CSV never appears without its provenance beside it.
         atomic_write_json(sidecar, {"fercure_version": __version__, "schema_version": SCHEMA_VERSION, **provenance})

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fercure import __version__
+from fercure import __version__, schema
 from fercure.device import resolve_device
 from fercure.faces import align, quality
 from fercure.faces.detect import Detection, FaceDetector
@@ -251,7 +251,7 @@ def _process_chunk(
     hashes = quality.phash(crop_arr) if len(crop_arr) else np.zeros(0, np.uint64)
     pos = df["crop_pos"].to_numpy()
     has = pos >= 0
-    for col, vals in (("blur_score", blur), ("brightness", bright), ("contrast", contrast)):
+    for col, vals in (("sharpness", blur), ("brightness", bright), ("contrast", contrast)):
         df[col] = np.nan
         df.loc[has, col] = np.asarray(vals, dtype=float)[pos[has]]
     df["phash"] = ""
@@ -478,7 +478,7 @@ def run_prepare(
                   else sorted(manifest["label"].unique().tolist()))
     columns = [
         "sample_id", "source_path", "label", "split", "face_status", "reason", "face_count", "face_score",
-        "bbox", "landmarks", "face_size", "blur_score", "brightness", "contrast", "phash", "duplicate_of",
+        "bbox", "landmarks", "face_size", "sharpness", "brightness", "contrast", "phash", "duplicate_of",
         "store_index", "width", "height", "file_size", "file_mtime_ns", "content_hash", "detection_status",
         "detection_reason",
     ]
@@ -487,11 +487,11 @@ def run_prepare(
         "labels_file": str(Path(labels_file).resolve()) if labels_file else None,
         "settings": asdict(settings), "settings_fingerprint": settings.fingerprint(),
     }
-    write_table(manifest[columns], ws.manifest, meta)
+    write_table(manifest[columns], ws.manifest, meta, table=schema.MANIFEST)
     rejects = rejects.reindex(columns=REJECT_COLUMNS)
     for col in ("file", "source_path"):
         rejects[col] = rejects[col].astype(object).map(lambda v: _display_path(v) if isinstance(v, str) else v)
-    write_table(rejects, ws.rejects, {"input_root": str(input_root.resolve())})
+    write_table(rejects, ws.rejects, {"input_root": str(input_root.resolve())}, table=schema.REJECTS)
     timings["write"] += time.perf_counter() - t
     shutil.rmtree(ws.prepare_parts, ignore_errors=True)
     if not has.any():

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fercure import __version__
+from fercure import __version__, schema
 from fercure.progress import NULL, Reporter
 from fercure.train import detection as det
 from fercure.train import dynamics as dyn
@@ -403,14 +403,15 @@ def _run_train(ws: Workspace, config: TrainConfig, resume: bool, reporter: Repor
                                              j.member))
     meta = {"run_id": run_id, "classes": data.classes, "config": config.to_dict(),
             "temperature": temperature, "self_check": self_check, "model_strength": strength}
-    write_table(pd.concat(dyn_frames, ignore_index=True), run_dir / "dynamics.parquet", meta)
+    write_table(pd.concat(dyn_frames, ignore_index=True), run_dir / "dynamics.parquet", meta,
+                table=schema.DYNAMICS)
 
     seconds_train = sum(r["seconds"] for r in done.values())
     seen = sum(r["seen"] for r in done.values())
     metrics = {k: r["history"] for k, r in done.items()}
     atomic_write_json(run_dir / "metrics.json", {"fits": metrics, "temperature": temperature,
                                                  "train_seconds": seconds_train})
-    write_table(pred_df, run_dir / "predictions.parquet", meta)  # last: marks the run finished
+    write_table(pred_df, run_dir / "predictions.parquet", meta, table=schema.PREDICTIONS)  # last: marks the run finished
     ws.set_latest_run(run_id)
     # The checkpoint (model + optimiser state, ~135 MB for ResNet-18) only serves --resume of an
     # unfinished run; a finished run keeps model.pt and its tables.
