@@ -11,7 +11,7 @@ import pytest
 
 from fercure import audit as core
 from fercure.report import histogram_svg, render_report, thumbnail_data_uri
-from fercure.report.data import FLAGS, confidence_band, duplicate_groups, reliability_bins
+from fercure.report.data import FLAGS, balance_note, confidence_band, duplicate_groups, reliability_bins
 from fercure.report.page import json_for_script
 from fercure.report.thumbs import thumbnails
 from fercure.stages.audit import AuditInputError, run_audit
@@ -103,6 +103,16 @@ def test_script_blob_cannot_close_its_element():
 ])
 def test_confidence_band_reads_confidence_against_chance(conf, k, verdict, band):
     assert confidence_band(conf, k, verdict) == band
+
+
+def test_balance_note_names_empty_and_small_classes():
+    assert balance_note({"happy": 884, "sad": 800}) is None
+    note = balance_note({"angry": 884, "disgust": 55, "fear": 0, "sad": 700})
+    assert note.startswith("no samples in fear; disgust has 55 against 884 in angry (at least 10× fewer)")
+    man, preds, _ = small_audit(n=40)
+    preds["mean_p_angry"] = 0.0  # a class the run knows and no sample carries
+    table, stats = core.build_audit(man, preds, CLASSES + ["angry"])
+    assert "Class balance: no samples in angry" in render_report(table, stats, CLASSES + ["angry"])
 
 
 def test_thumbnails_stop_at_the_budget_in_review_order():

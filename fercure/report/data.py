@@ -86,6 +86,28 @@ def duplicate_groups(ids: Sequence[str], duplicate_of: Sequence[str], labels: Se
     return [g for g in groups.values() if len({str(labels[i]) for i in g}) > 1]
 
 
+IMBALANCE_RATIO = 10.0  # largest / smallest class: past this the small class's flags rest on few samples
+
+
+def balance_note(counts: dict[str, int]) -> str | None:
+    """A warning for classes without samples or far smaller than the largest (None when balanced)."""
+    if not counts:
+        return None
+    empty = [c for c, n in counts.items() if n == 0]
+    nonzero = {c: n for c, n in counts.items() if n > 0}
+    parts = []
+    if empty:
+        parts.append(f"no samples in {', '.join(empty)}")
+    if nonzero:
+        big = max(nonzero, key=nonzero.get)
+        small = [c for c, n in nonzero.items() if nonzero[big] / n >= IMBALANCE_RATIO]
+        if small:
+            parts.append(", ".join(f"{c} has {nonzero[c]}" for c in small)
+                         + f" against {nonzero[big]} in {big} (at least {IMBALANCE_RATIO:g}× fewer): the model "
+                           "sees little of it, and its flags and suggestions rest on few samples")
+    return "; ".join(parts) + "." if parts else None
+
+
 def _num(series: pd.Series) -> np.ndarray:
     return pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
 

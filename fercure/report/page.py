@@ -21,8 +21,8 @@ import pandas as pd
 
 from fercure import __version__
 from fercure.report import columns as C
-from fercure.report.data import (LOW_CONTRAST, QUALITY_FLAGS, TOO_BRIGHT, TOO_DARK, build_payload,
-                                 reliability_bins)
+from fercure.report.data import (LOW_CONTRAST, QUALITY_FLAGS, TOO_BRIGHT, TOO_DARK, balance_note,
+                                 build_payload, reliability_bins)
 from fercure.report.svg import histogram_svg, reliability_svg
 from fercure.report.thumbs import THUMB_BUDGET, THUMB_SIZE
 
@@ -289,6 +289,10 @@ def render_report(
                for c, d in per_class.items()]
     pc_html = _table(["class", "samples", "label issues", "ambiguous", "mean label score",
                       "confident-joint threshold" if used == "confident_joint" else "label score cut"], pc_rows)
+    given_counts = C.column(audit, "given", "").astype(str).value_counts()
+    balance = balance_note({c: int(given_counts.get(c, 0)) for c in classes})
+    if balance:
+        pc_html += f'<p class="verdict v-weak" id="balance">Class balance: {_e(balance)}</p>'
     tm = np.asarray(stats.get("transition_matrix", np.zeros((len(classes), len(classes)))), dtype=np.int64)
     score = pd.to_numeric(C.column(audit, "score", np.nan), errors="coerce").to_numpy(dtype=float)
     mix_t = (stats.get("mixture") or {}).get("threshold")
