@@ -41,7 +41,7 @@ def synthetic(n: int, noise: float, seed: int) -> tuple[pd.DataFrame, pd.DataFra
         "sample_id": ids, "source_path": [f"train/{CLASSES[g]}/img_{i:06d}.jpg" for i, g in enumerate(given)],
         "label": [CLASSES[g] for g in given], "split": "train",
         "face_status": np.where(rng.random(n) < 0.05, "no_face", "ok"), "reason": "", "face_score": 0.95,
-        "blur_score": rng.lognormal(5, 0.5, n), "duplicate_of": "", "store_index": np.arange(n),
+        "sharpness": rng.lognormal(5, 0.5, n), "duplicate_of": "", "store_index": np.arange(n),
         "brightness": rng.normal(120, 30, n), "contrast": rng.normal(50, 12, n),
     })
     preds = pd.DataFrame({"sample_id": ids, "given_label": man["label"]})
@@ -72,7 +72,7 @@ def main() -> None:
     data = json.loads(re.search(r'id="fercure-data">(.*?)</script>', html, re.S).group(1))
     print(json.dumps({
         "n": a.n, "crop_size": a.crop_size, "label_issues": int(table["is_label_issue"].sum()),
-        "ambiguous": int(table["is_ambiguous"].sum()), "listed": len(data["rows"]["id"]),
+        "ambiguous": int(table["is_ambiguous_issue"].sum()), "listed": len(data["rows"]["id"]),
         "thumbnails": data["thumbs"]["n"], "listed_with_crop": data["thumbs"]["n_with_crop"],
         "report_mb": round(len(html.encode()) / 2**20, 2), "render_s": round(seconds, 1),
     }, indent=1))
