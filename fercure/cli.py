@@ -124,6 +124,8 @@ def _render(summary: object, title: str) -> None:
     scalars: dict[str, str] = {}
     extras = []
     for f in dataclasses.fields(summary):
+        if f.metadata.get("hidden"):  # shown another way (e.g. through ``warning``)
+            continue
         value = getattr(summary, f.name)
         label = f.name.replace("_", " ")
         if isinstance(value, dict):
@@ -367,7 +369,8 @@ def audit_labels(
 @app.command(
     "export-cleaned",
     epilog="Examples:\n\n  fercure export-cleaned -w ws -o cleaned.parquet\n\n"
-    "  fercure export-cleaned -w ws -o cleaned.csv --format csv --policy drop --force",
+    "  fercure export-cleaned -w ws -o cleaned.csv --format csv --policy drop --force\n\n"
+    "  fercure export-cleaned -w ws -o cleaned.parquet --decisions decisions.csv   # saved from WS/report.html",
 )
 def export_cleaned(
     workspace: Path = WorkspaceOpt,
@@ -375,6 +378,7 @@ def export_cleaned(
     policy: Policy = typer.Option(Policy.relabel, help="What to do with label issues: relabel, drop, flag (review only), soft (soft labels for ambiguous)."),
     format: Format = typer.Option(Format.parquet, "--format", help="parquet or csv."),
     force: bool = typer.Option(False, help="Overwrite an existing output file."),
+    decisions: Optional[Path] = typer.Option(None, "--decisions", help="A reviewer's decisions (CSV or JSON saved from the review report): each overrides fercure's action for its sample; invalid rows are listed and skipped."),
     wait: bool = WaitOpt,
 ) -> None:
     """Write cleaned, relabelled annotations with every original label and the reason for each change."""
@@ -385,7 +389,8 @@ def export_cleaned(
     lock = _locked(workspace, wait) if is_inside(output, workspace) else contextlib.nullcontext()
     with lock:
         try:
-            summary = run_export(workspace, output, policy=policy.value, fmt=format.value, force=force)
+            summary = run_export(workspace, output, policy=policy.value, fmt=format.value, force=force,
+                                 decisions=decisions)
         except WorkspaceError as e:
             _fail(str(e))
     _render(summary, "export-cleaned")
@@ -474,6 +479,7 @@ def _demo_stages(data: Path, workspace: Path, limit: int | None, epochs: int, im
     from fercure.stages.prepare import run_prepare
     from fercure.stages.train import run_train
     from fercure.train.config import TrainConfig
+    from fercure.workspace import Workspace
 
     labels = _demo_labels(data, workspace, limit)
     console.rule("[bold]1/4 prepare")
@@ -492,6 +498,9 @@ def _demo_stages(data: Path, workspace: Path, limit: int | None, epochs: int, im
     _render(summary, "export-cleaned")
     console.rule("[bold]scorecard")
     _demo_scorecard(data, workspace)
+    console.print(f"Review report: {Workspace(workspace).report.resolve()} (open it in a browser, record decisions, "
+                  f"save them, then `fercure export-cleaned -w {workspace} -o cleaned.parquet --force --decisions "
+                  "decisions.csv`).", soft_wrap=True, highlight=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -260,7 +260,9 @@ CLEANED = Table(
         _c("split", STRING, "as in the manifest"),
         _c("given_label", STRING, "the label as given"),
         _c("clean_label", STRING, "the label to train on (null for a dropped row)"),
-        _c("action", STRING, "what the policy did", values=ACTIONS, nullable=False),
+        _c("action", STRING, "what the policy did, or the reviewer (see decided_by)", values=ACTIONS, nullable=False),
+        _c("decided_by", STRING, "whose action it is: fercure (the policy) or reviewer (a --decisions file)",
+           values=DECIDED_BY, nullable=False),
         _c("reason", STRING, "why, with the numbers"),
         _c("label_score", FLOAT64, "from the audit: low = the given label is likely wrong", bounds=SCORE),
         _c("is_label_issue", BOOL, "from the audit"),
@@ -278,7 +280,8 @@ CLEANED = Table(
            per_class=True, bounds=SCORE),
     ),
     metadata="the provenance: run_id, policy, min_confidence, model_strength, classes, thresholds, "
-             "actions, audit (path), audit_fercure_version",
+             "actions, audit (path), audit_fercure_version, decided_by (rows per decider), decisions (file, "
+             "applied, skipped rows and why)",
 )
 
 TABLES: dict[str, Table] = {t.name: t for t in (MANIFEST, REJECTS, PREDICTIONS, DYNAMICS, AUDIT, CLEANED)}

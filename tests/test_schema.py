@@ -94,7 +94,7 @@ def test_per_class_columns_follow_the_metadata_classes(tmp_path):
     n = 2
     df = pd.DataFrame({
         "sample_id": ["a", "b"], "source_path": ["x/a.png", "x/b.png"], "split": "train",
-        "given_label": ["angry", "happy"], "clean_label": ["angry", None], "action": ["keep", "drop"],
+        "given_label": ["angry", "happy"], "clean_label": ["angry", None], "action": ["keep", "drop"], "decided_by": ["fercure", "reviewer"],
         "reason": "", "label_score": [0.9, 0.1], "is_label_issue": [False, True],
         "predicted_label": ["angry", "angry"], "suggested_label": ["angry", "angry"],
         "suggested_label_confidence": 0.8, "ambiguous_score": [0.8, 0.6], "is_ambiguous_issue": False,
@@ -133,4 +133,5 @@ def test_every_workspace_table_of_a_real_chain_meets_its_contract(tmp_path):
     from fercure.train.dynamics import DYNAMICS_COLUMNS
 
     assert DYNAMICS_COLUMNS == schema.DYNAMICS.column_names()
-    assert set(BASE_COLUMNS) | {"p_angry", "p_happy"} == set(schema.CLEANED.column_names(CLASSES))
+    # the policy's columns, and decided_by, which fercure.decisions adds after the policy
+    assert set(BASE_COLUMNS) | {"decided_by", "p_angry", "p_happy"} == set(schema.CLEANED.column_names(CLASSES))

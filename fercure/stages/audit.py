@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from fercure import audit as core
+from fercure import export as export_core
 from fercure import schema
 from fercure.progress import NULL, Reporter
 from fercure.report import render_report
@@ -140,7 +141,11 @@ def run_audit(
     if write_report:
         out_report = Path(report_path) if report_path is not None else ws.report
         crops = np.load(ws.store, mmap_mode="r") if ws.store.exists() else None
-        html = render_report(table, stats, classes, crops=crops, run_id=run_id)
+        rejects = read_table(ws.rejects) if ws.rejects.exists() else None
+        # what `export-cleaned` with its default policy would do, shown on each card beside the decision
+        actions = export_core.apply_policy(table, classes, model_verdict=stats["model_strength"].get("verdict"))["action"]
+        html = render_report(table, stats, classes, crops=crops, run_id=run_id, manifest=manifest,
+                             rejects=rejects, actions=actions.tolist())
         atomic_write_text(out_report, html)
     task.advance()
     task.close()
