@@ -61,6 +61,12 @@ class ThresholdMethod(str, Enum):
     confident_joint = "confident_joint"
 
 
+class StoreMode(str, Enum):
+    auto = "auto"
+    resident = "resident"
+    stream = "stream"
+
+
 class Format(str, Enum):
     parquet = "parquet"
     csv = "csv"
@@ -155,11 +161,14 @@ def _render(summary: object, title: str) -> None:
         console.print(Panel(text(warning), title="warning", border_style="bold red"))
 
 
-def _run(fn, title: str, **kwargs):
+def _run(fn, title: str, quiet: bool = False, **kwargs):
+    """Run a stage with a progress display and render its summary; ``quiet`` (the ranks of a
+    data-parallel run other than 0) shows neither, only errors."""
     from fercure.console import RichReporter
+    from fercure.progress import NULL
 
     try:
-        with RichReporter() as reporter:
+        with (contextlib.nullcontext(NULL) if quiet else RichReporter()) as reporter:
             summary = fn(reporter=reporter, **kwargs)
     except WorkspaceError as e:
         _fail(str(e))
@@ -171,8 +180,35 @@ def _run(fn, title: str, **kwargs):
         where = f" while writing {e.filename}" if e.filename else ""
         _fail(f"Disk full{where} ({e.strerror or e}). Free space on the workspace's disk, or use a workspace "
               "on a disk with more room, and run the command again.")
-    _render(summary, title)
+    if not quiet:
+        _render(summary, title)
     return summary
+
+
+def _launch_ranks(nproc: int) -> None:
+    """`fercure train --nproc N`: the same command under torchrun with N processes on this machine
+    (torchrun's own launcher; fercure adds no transport). Exits with torchrun's status."""
+    import os
+    import subprocess
+    import sys
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _fail("--nproc starts the ranks itself; under torchrun (or another launcher) leave it out.", 2)
+    args, skip = [], False
+    for a in sys.argv[2:]:  # after the program and the `train` subcommand
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            args.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "fercure", "train", *args]
+    try:
+        code = subprocess.call(cmd)
+    except KeyboardInterrupt:
+        code = 130
+    raise typer.Exit(code)
 
 
 def _interrupted(title: str, workspace: object) -> str:
@@ -273,16 +309,28 @@ def train(
     distill_generations: int = typer.Option(0, min=0, help="Self-distillation generations from the ensemble's soft labels."),
     folds: int = typer.Option(0, min=0, help="Cross-fitting folds for out-of-sample probabilities (0: off)."),
     resume: bool = typer.Option(False, help="Continue the latest unfinished run from its last epoch checkpoint."),
+    store: StoreMode = typer.Option(StoreMode.auto, help="Crops resident on the device, or streamed from the memory-mapped store per batch (auto: stream when they would take over half the free memory)."),
+    nproc: int = typer.Option(1, min=1, help="Train data-parallel with this many processes on this machine (starts torchrun; one per GPU, or CPU processes over gloo). For several machines run torchrun yourself (README, Scaling out)."),
     wait: bool = WaitOpt,
 ) -> None:
     """Train a timm backbone and record how every sample behaves (the evidence audit-labels judges labels by)."""
     from fercure.stages.train import run_train
     from fercure.train.config import TrainConfig
+    from fercure.train.distributed import DistributedError, env_world
     from fercure.workspace import check_input_file
 
     from fercure.workspace import Workspace
 
-    with _locked(workspace, wait):  # prepare must not replace the store and manifest mid-run
+    if nproc > 1:
+        _launch_ranks(nproc)
+    try:
+        rank = env_world().rank
+    except DistributedError as e:
+        _fail(str(e))
+    # Under torchrun rank 0 holds the lock for the whole data-parallel run; the other ranks are
+    # part of the same command.
+    lock = _locked(workspace, wait) if rank == 0 else contextlib.nullcontext()
+    with lock:  # prepare must not replace the store and manifest mid-run
         try:
             if pretrained is not None:
                 check_input_file(pretrained, option="--pretrained",
@@ -296,9 +344,9 @@ def train(
             relabel_scope=relabel_scope, reliability=reliability, elr=elr, label_smoothing=label_smoothing,
             holdout=holdout, plant_rate=plant_rate, retrain=retrain, knn=knn, amp=amp,
             ensemble=max(ensemble, 3) if thorough else ensemble,
-            distill_generations=distill_generations, folds=folds,
+            distill_generations=distill_generations, folds=folds, store=store.value,
         )
-        _run(run_train, "train", workspace=workspace, config=config, resume=resume)
+        _run(run_train, "train", quiet=rank != 0, workspace=workspace, config=config, resume=resume)
 
 
 @app.command(
