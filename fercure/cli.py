@@ -239,10 +239,12 @@ def main(
     epilog="Examples:\n\n"
     "  fercure prepare data/images -w ws                       # data/images/<class>/*.jpg\n\n"
     "  fercure prepare data -l data/labels.csv -w ws           # labels.csv: path,label[,split]\n\n"
-    "  fercure prepare fer -l labels.csv -w ws --on-no-face keep --device cuda"
+    "  fercure prepare fer -l labels.csv -w ws --on-no-face keep --device cuda\n\n"
+    "  fercure prepare data -w ws --shard 0/4   # ... --shard 3/4, on any machines sharing ws\n\n"
+    "  fercure prepare --merge -w ws            # combine the shards (the last one does it itself)"
 )
 def prepare(
-    input_root: Path = typer.Argument(..., help="Folder of class subfolders, or the root that the label file's paths are relative to."),
+    input_root: Optional[Path] = typer.Argument(None, help="Folder of class subfolders, or the root that the label file's paths are relative to."),
     workspace: Path = WorkspaceOpt,
     labels: Optional[Path] = typer.Option(None, "--labels", "-l", help="CSV or Parquet with columns path,label[,split]."),
     classes: Optional[str] = typer.Option(None, help="Comma-separated class names; other labels are rejected."),
@@ -255,12 +257,26 @@ def prepare(
     min_face_size: float = typer.Option(20.0, min=1, help="Faces smaller than this (pixels, shorter box side) get status too_small."),
     min_score: float = typer.Option(0.9, min=0, max=1, help="Detector confidence below this gets status low_confidence."),
     chunk_size: int = typer.Option(512, min=1, help="Images per resumable chunk: an interrupted run resumes at the first unfinished chunk."),
+    shard: Optional[str] = typer.Option(None, help="I/N: process only shard I (0..N-1) of N, split by sample_id hash, into the workspace's shard files; the shard that finds all N done merges them. Shards run side by side, also on machines sharing the workspace."),
+    merge: bool = typer.Option(False, "--merge", help="Combine a complete set of shards into the manifest and store (no INPUT needed)."),
     wait: bool = WaitOpt,
 ) -> None:
     """Detect, align and score faces; write the crop store and manifest.parquet."""
-    from fercure.stages.prepare import check_workspace, run_prepare
-    from fercure.workspace import Workspace
+    from fercure.stages.prepare import check_workspace, merge_prepare_shards, parse_shard, run_prepare
+    from fercure.workspace import Workspace, workspace_lock
 
+    if merge:
+        if input_root is not None or shard is not None:
+            _fail("--merge combines shards already written: give only -w WORKSPACE.", 2)
+        with _locked(workspace, wait):
+            _run(merge_prepare_shards, "prepare", workspace=workspace)
+        return
+    if input_root is None:
+        _fail("Missing argument INPUT_ROOT (the image folder); only --merge runs without it.", 2)
+    try:
+        shard_of = parse_shard(shard) if shard is not None else None
+    except WorkspaceError as e:
+        _fail(str(e), 2)
     class_list = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
     if not input_root.is_dir():  # before the lock creates the workspace folder
         _fail(f"Input folder {input_root} does not exist or is not a folder.")
@@ -268,13 +284,19 @@ def prepare(
         check_workspace(Workspace(workspace), input_root, labels)
     except WorkspaceError as e:
         _fail(str(e))
+    kwargs = dict(input_root=input_root, workspace=workspace, labels_file=labels,
+                  classes=class_list, device=device.value, batch_size=batch_size, workers=workers,
+                  image_size=image_size, on_no_face=on_no_face.value, multi_face=multi_face.value,
+                  min_face_size=min_face_size, min_score=min_score, chunk_size=chunk_size)
+    if shard_of is not None:
+        # A shard writes only its own files: no lock while it works (shards must not wait for each
+        # other), the workspace lock for the merge only, waiting for whoever holds it.
+        Path(workspace).mkdir(parents=True, exist_ok=True)
+        _run(run_prepare, "prepare", shard=shard_of,
+             merge_lock=lambda: workspace_lock(workspace, wait=True), **kwargs)
+        return
     with _locked(workspace, wait, create=True):
-        _run(
-            run_prepare, "prepare", input_root=input_root, workspace=workspace, labels_file=labels,
-            classes=class_list, device=device.value, batch_size=batch_size, workers=workers,
-            image_size=image_size, on_no_face=on_no_face.value, multi_face=multi_face.value,
-            min_face_size=min_face_size, min_score=min_score, chunk_size=chunk_size,
-        )
+        _run(run_prepare, "prepare", **kwargs)
 
 
 @app.command(
