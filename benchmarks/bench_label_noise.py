@@ -8,6 +8,10 @@ Side by side, in one process, on the same images, device, resolution and epochs:
 * fercure_thorough  the same chain with TrainConfig(ensemble=3[, folds=K]).
 * seeds             the seeds' methods as 0.1 shipped them: SCN + ARBEx, one run, no retrain.
 * elr               the memorisation-resistant candidate: ELR + per-epoch mirror-averaged eval pass.
+* jigsaw, inpaint,  the issue-13 parts alone: the plain_dynamics run plus one part (HMTL jigsaw or
+  app               in-painting, APViT attentive patch pooling), scored the same way.
+* vit, vit_atp      a small ViT from scratch (VIT below) plain, and with APViT attentive token pooling.
+* fercure_plus      fercure's default run plus the parts named by --plus.
 * plain_dynamics    one plain run (the core alone: no probe, no planted flips, no retrain) scored by
                     mean p(given) over epochs; its flags and suggestions come from fercure's audit.
 
@@ -54,7 +58,13 @@ CLASS_TO_FERPLUS = {"angry": "anger", "disgust": "disgust", "fear": "fear", "hap
 FERPLUS_TO_CLASS = {v: k for k, v in CLASS_TO_FERPLUS.items()}
 VOTE_COLUMNS = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt",
                 "unknown", "NF"]
-METHODS = ("fercure", "fercure_thorough", "seeds", "elr", "plain_dynamics", "cleanlab_oof")
+METHODS = ("fercure", "fercure_thorough", "seeds", "elr", "plain_dynamics", "cleanlab_oof",
+           "jigsaw", "inpaint", "app", "vit", "vit_atp", "fercure_plus")
+# Single-run chains (no probe, planted flips, kNN or retrain) whose headline score is mean p(given).
+PLAIN = dict(holdout=0.0, plant_rate=0.0, retrain=False, knn=0)
+PART_SWITCHES = {"jigsaw": dict(jigsaw=True), "inpaint": dict(inpaint=True), "app": dict(pool="app")}
+# A small ViT that trains from scratch at 48 px on a CPU: 8-px patches (36 tokens), 6 blocks.
+VIT = dict(backbone="vit_tiny_patch16_224", backbone_args={"patch_size": 8, "depth": 6})
 STEPS = METHODS + ("downstream", "calibration")
 
 # Per-scale defaults; every one can be overridden on the command line.
@@ -485,6 +495,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", default=",".join(STEPS),
                     help=f"comma-separated subset of {','.join(STEPS)}")
     ap.add_argument("--backbone", default="resnet18", help="timm backbone for every model")
+    ap.add_argument("--plus", default="jigsaw", help=f"fercure_plus: comma-separated parts added to the default run "
+                                                    f"({', '.join(PART_SWITCHES)})")
+    ap.add_argument("--downstream-variants", default="",
+                    help="comma-separated downstream retrains to run (raw, fercure, fercure_thorough, cleanlab, "
+                         "oracle, or CHAIN_drop: that chain's flagged samples left out); default: raw, fercure, "
+                         "cleanlab, oracle. Earlier ones not run again are carried over from --reuse-from")
     ap.add_argument("--reuse", default="", help="comma-separated chains whose finished runs are audited again "
                                                 "instead of trained again (needs --reuse-from and --workspace)")
     ap.add_argument("--reuse-from", type=Path, default=None,
@@ -541,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
         earlier = earlier.get(common.device_kind(device), earlier)
         b.reuse = {c.strip(): earlier[c.strip()] for c in args.reuse.split(",") if c.strip()}
         for c, v in earlier.items():  # chains measured earlier and not run again are carried over
-            if c in METHODS and c not in steps and isinstance(v, dict):
+            if (c in METHODS and c not in steps or c == "downstream") and isinstance(v, dict):
                 b.results[c] = v
     try:
         payload = run(b, data, steps)
@@ -608,14 +624,20 @@ def run(b: Bench, data: Path, steps: list[str]) -> dict[str, Any]:
     if "elr" in steps:
         chains["elr"] = run_chain(b, ws, "elr", b.train_config(elr=True, epoch_eval=True, retrain=False),
                                   truth_ws)
-    if "plain_dynamics" in steps:
-        chains["plain_dynamics"] = run_chain(b, ws, "plain_dynamics", b.train_config(
-            holdout=0.0, plant_rate=0.0, retrain=False, knn=0), truth_ws)
+    single = {"plain_dynamics": {}, **PART_SWITCHES, "vit": VIT, "vit_atp": dict(VIT, pool="atp")}
+    for name, switch in single.items():
+        if name not in steps:
+            continue
+        chains[name] = run_chain(b, ws, name, b.train_config(**PLAIN, **switch), truth_ws)
         # The protocol's score is mean p(given) itself (also the audit's default label_quality).
-        pm = chains["plain_dynamics"]
+        pm = chains[name]
         score = 1.0 - pm["pred"]["mean_p_given"].to_numpy(dtype=np.float64)
         m = detection_metrics(truth_ws, score, None, None)
-        pm["metrics"].update(auroc=m["auroc"], ap=m["ap"])
+        pm["metrics"].update(auroc=m["auroc"], ap=m["ap"], headline_score="mean_p_given")
+    if "fercure_plus" in steps:
+        plus = {k: v for part in b.args.plus.split(",") if part.strip() for k, v in PART_SWITCHES[part.strip()].items()}
+        chains["fercure_plus"] = run_chain(b, ws, "fercure_plus", b.default_config(**plus), truth_ws)
+        chains["fercure_plus"]["metrics"]["plus"] = b.args.plus
     for name, ch in chains.items():
         out[name] = ch["metrics"]
     for name, m in list(b.results.items()):  # chains carried over from --reuse-from, not run again
@@ -720,6 +742,15 @@ def downstream(b: Bench, data: Path, truth_ws: pd.DataFrame, test: pd.DataFrame,
         keep = maj.notna().to_numpy()
         variants["oracle"] = (np.where(keep, maj.map(index).fillna(-1).to_numpy(), 0).astype(np.int64), keep,
                               "FER+ majority labels of train (images without a class majority left out)")
+        for name, ch in chains.items():
+            flagged = ch["audit"]["is_label_issue"].fillna(False).to_numpy(bool)
+            variants[f"{name}_drop"] = (raw, ~flagged, f"{name}'s flagged samples left out (given labels otherwise)")
+        wanted = [v.strip() for v in b.args.downstream_variants.split(",") if v.strip()] or \
+            ["raw", "fercure", "fercure_thorough", "cleanlab", "oracle"]
+        unknown = set(wanted) - set(variants)
+        if unknown:
+            b.note(f"downstream: {sorted(unknown)} not available in this run (their chain did not run)")
+        variants = {k: v for k, v in variants.items() if k in wanted}
     elif "calibration" in steps:
         variants["raw"] = (raw, np.ones(len(truth_ws), bool), "given FER2013 labels")
 
@@ -738,7 +769,11 @@ def downstream(b: Bench, data: Path, truth_ws: pd.DataFrame, test: pd.DataFrame,
                      "n_relabelled": changed, "n_dropped": int((~keep).sum()), "what": desc, "seconds": t.seconds}
         rep.log(f"downstream {name}: accuracy {np.mean(accs):.3f} {accs} on {int(keep.sum())} images")
         b.save_partial("downstream_" + name, res[name])
-    out: dict[str, Any] = {"downstream": {**res, "n_test": len(ev), "n_test_eligible": len(eligible)}}
+    earlier = {k: {**v, "carried_over": True} for k, v in b.results.get("downstream", {}).items()
+               if isinstance(v, dict) and k not in res}
+    if earlier:
+        b.note(f"downstream {sorted(earlier)}: carried over from {b.args.reuse_from} (same images, seeds and recipe)")
+    out: dict[str, Any] = {"downstream": {**earlier, **res, "n_test": len(ev), "n_test_eligible": len(eligible)}}
 
     if "calibration" in steps:
         if oof_logits is None or not raw_logits:

@@ -35,6 +35,12 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
+class Pool(str, Enum):
+    avg = "avg"
+    app = "app"
+    atp = "atp"
+
+
 class NoFace(str, Enum):
     keep = "keep"
     drop = "drop"
@@ -299,6 +305,23 @@ def prepare(
         _run(run_prepare, "prepare", **kwargs)
 
 
+def parse_backbone_args(items: list[str]) -> dict[str, object]:
+    """``KEY=VALUE`` strings → keyword arguments; values are JSON literals where they parse
+    (8, 0.1, true, "x") and plain strings otherwise."""
+    import json
+
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise WorkspaceError(f"--backbone-arg {item!r}: expected KEY=VALUE, e.g. --backbone-arg patch_size=8")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
 @app.command(
     epilog="Examples:\n\n"
     "  fercure train -w ws                                   # resnet18 from scratch, 20 epochs\n\n"
@@ -320,6 +343,11 @@ def train(
     relabel_scope: str = typer.Option("low", help="SCN: relabel only the low-importance group (paper) or all samples (official code)."),
     reliability: bool = typer.Option(False, "--reliability/--no-reliability", help="ARBEx part: anchors + attention reliability (off by default, see docs/METHODS.md)."),
     elr: bool = typer.Option(False, "--elr/--no-elr", help="ELR part: early-learning regularisation against memorising wrong labels."),
+    jigsaw: bool = typer.Option(False, "--jigsaw/--no-jigsaw", help="HMTL part: a jigsaw pretext task beside the labels (see docs/METHODS.md for its measured effect)."),
+    inpaint: bool = typer.Option(False, "--inpaint/--no-inpaint", help="HMTL part: an in-painting pretext task (CNN backbones)."),
+    pool: Pool = typer.Option(Pool.avg, help="Pooling: avg (the backbone's own), app (APViT attentive patch pooling, CNNs), atp (attentive token pooling, ViTs)."),
+    pool_keep: float = typer.Option(0.5, min=0.01, max=1.0, help="Share of positions (app) or tokens (atp) kept."),
+    backbone_arg: list[str] = typer.Option([], "--backbone-arg", help="KEY=VALUE passed to timm.create_model (repeatable), e.g. patch_size=8."),
     label_smoothing: float = typer.Option(0.1, min=0.0, max=0.5, help="Label smoothing of the core cross-entropy."),
     holdout: float = typer.Option(0.05, min=0.0, max=0.5, help="Share held out of the first model to measure its strength (0: off)."),
     plant_rate: float = typer.Option(0.03, min=0.0, max=0.2, help="Share of labels flipped on purpose inside the run: the self-check (0: off)."),
@@ -358,12 +386,14 @@ def train(
                 check_input_file(pretrained, option="--pretrained",
                                  hint="Pass a state-dict file saved with torch.save (a regular file, not a pipe or device).")
             Workspace(workspace).check_readable(resume=resume)
+            backbone_args = parse_backbone_args(backbone_arg)
         except WorkspaceError as e:
             _fail(str(e))
         config = TrainConfig(
             backbone=backbone, image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
             device=device.value, pretrained=str(pretrained) if pretrained else None, selfcure=selfcure,
-            relabel_scope=relabel_scope, reliability=reliability, elr=elr, label_smoothing=label_smoothing,
+            relabel_scope=relabel_scope, reliability=reliability, elr=elr, jigsaw=jigsaw, inpaint=inpaint,
+            pool=pool.value, pool_keep=pool_keep, backbone_args=backbone_args, label_smoothing=label_smoothing,
             holdout=holdout, plant_rate=plant_rate, retrain=retrain, knn=knn, amp=amp,
             ensemble=max(ensemble, 3) if thorough else ensemble,
             distill_generations=distill_generations, folds=folds, store=store.value,

@@ -17,6 +17,9 @@ from typing import Any
 class TrainConfig:
     # --- model and optimisation -------------------------------------------------------------
     backbone: str = "resnet18"  # any timm model name; created with pretrained=False (no network)
+    # Keyword arguments for timm.create_model (e.g. {"patch_size": 8, "depth": 6} for a small ViT);
+    # ViT-style models also get img_size = image_size.
+    backbone_args: dict[str, Any] = field(default_factory=dict)
     image_size: int = 112  # crops are resized on the device to this size
     epochs: int = 20
     batch_size: int = 128
@@ -56,6 +59,22 @@ class TrainConfig:
     elr: bool = False
     elr_lambda: float = 3.0  # weight of log(1 − <p, t>), t = per-sample EMA of predictions
     elr_beta: float = 0.7  # EMA momentum of the targets
+
+    # --- HMTL self-supervised pretext tasks (hybrid multi-task learning for FER) ---------------
+    # Each runs on a share of the batch's augmented crops, concatenated to the batch so the
+    # backbone makes one forward pass per step; its rows never enter the label statistics.
+    jigsaw: bool = False  # name the permutation of a grid of shuffled tiles
+    jigsaw_weight: float = 0.5
+    jigsaw_grid: int = 3  # tiles per side
+    jigsaw_perms: int = 30  # size of the fixed, maximal-Hamming permutation set (the classes)
+    inpaint: bool = False  # reconstruct a blanked square from the feature map (CNN backbones)
+    inpaint_weight: float = 1.0
+    inpaint_frac: tuple = (0.25, 0.5)  # side of the blanked square, as a fraction of the crop side
+    aux_share: float = 0.25  # share of each batch every pretext task takes (its cost scales with it)
+
+    # --- APViT attentive pooling (Xue et al., 2022) ---------------------------------------------
+    pool: str = "avg"  # avg (the backbone's own) | app (CNN feature map) | atp (ViT tokens)
+    pool_keep: float = 0.5  # share of positions (app) or patch tokens (atp) kept
 
     # --- detection pipeline (fercure.stages.train) ----------------------------------------------
     holdout: float = 0.05  # stratified share held out of the first model: model-strength probe
@@ -107,6 +126,15 @@ class TrainConfig:
             v = float(getattr(self, name))
             if not 0.0 <= v <= hi:
                 raise ValueError(f"{name} must be in [0, {hi}], not {v}")
+        if self.pool not in ("avg", "app", "atp"):
+            raise ValueError(f"pool must be avg, app or atp, not {self.pool!r}")
+        if not 0.0 < float(self.pool_keep) <= 1.0:
+            raise ValueError(f"pool_keep must be in (0, 1], not {self.pool_keep}")
+        if not 0.0 < float(self.aux_share) <= 1.0:
+            raise ValueError(f"aux_share must be in (0, 1], not {self.aux_share}")
+        lo, hi = (float(v) for v in self.inpaint_frac)
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ValueError(f"inpaint_frac must be 0 < low <= high <= 1, not {self.inpaint_frac}")
         if self.knn < 0:
             raise ValueError("knn must be >= 0")
         if self.anchors_per_class < 1:

@@ -292,7 +292,7 @@ def fit(images: Any, labels: Any, classes: list[str], config: TrainConfig, *,
             if cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
             step = Step(idx=idx, labels=st.current[idx], epoch=epoch)
-            out = step_model(x)
+            out, aux = forward_with_aux(step_model, x, parts, gen)
             z = out["logits"]
             for p in parts:
                 z = p.transform_logits(out, z)
@@ -301,6 +301,8 @@ def fit(images: Any, labels: Any, classes: list[str], config: TrainConfig, *,
                 extra = p.loss(out, z, step)
                 if extra is not None:
                     loss = loss + extra
+            for p, aux_out in aux:
+                loss = loss + p.aux_loss(aux_out, step)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -371,6 +373,24 @@ def fit(images: Any, labels: Any, classes: list[str], config: TrainConfig, *,
         mean_probs=(st.sum_probs / epochs_done).cpu().numpy(), parts=parts, history=st.history,
         device=str(device), seconds=st.train_seconds,
         images_per_s=st.seen / st.train_seconds if st.train_seconds > 0 else 0.0)
+
+
+def forward_with_aux(model: Any, x: torch.Tensor, parts: list[Part], gen: torch.Generator
+                     ) -> tuple[dict[str, torch.Tensor], list[tuple[Part, dict[str, torch.Tensor]]]]:
+    """One forward pass over the batch and every part's pretext inputs concatenated; returns the
+    batch's outputs and each part's own rows of the outputs."""
+    extra = [(p, p.aux_inputs(x, gen)) for p in parts]
+    extra = [(p, a) for p, a in extra if a is not None]
+    if not extra:
+        return model(x), []
+    out_all = model(torch.cat([x] + [a for _, a in extra]))
+    bounds, at = [], x.shape[0]
+    for p, a in extra:
+        bounds.append((p, at, at + a.shape[0]))
+        at += a.shape[0]
+    b = x.shape[0]
+    out = {k: v[:b] for k, v in out_all.items()}
+    return out, [(p, {k: v[s:e] for k, v in out_all.items()}) for p, s, e in bounds]
 
 
 def _record(ep: dict[str, torch.Tensor], idx: torch.Tensor, probs: torch.Tensor, y: torch.Tensor) -> None:

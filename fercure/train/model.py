@@ -1,5 +1,11 @@
-"""The network: a timm backbone (any name, created with pretrained=False), a linear classifier,
-and the heads the method parts add (SCN's importance weight, ARBEx's anchors and attention).
+"""The network: a timm backbone (any name, created with pretrained=False), a pooling step, a linear
+classifier, and the heads the method parts add (SCN's importance weight, ARBEx's anchors and
+attention, the HMTL pretext heads).
+
+Pooling (``pool``): ``avg`` is the backbone's own (timm's ``forward_head``); ``app`` averages only
+the most active positions of a CNN feature map and ``atp`` keeps only the most attended tokens
+inside a ViT (APViT, ``fercure.train.pooling``). ViT-style backbones are built at the crop size
+(timm's ``img_size``), so they work at the store's resolution.
 
 Precision: on CUDA the backbone runs under bf16 autocast; the classifier and every head run in
 fp32 outside autocast, on the fp32 embedding, so probabilities (and every statistic derived from
@@ -16,6 +22,7 @@ import timm
 import torch
 import torch.nn as nn
 
+from fercure.train import pooling
 from fercure.workspace import WorkspaceError
 
 
@@ -25,13 +32,17 @@ class PretrainedWeightsError(WorkspaceError):
 
 class FerNet(nn.Module):
     def __init__(self, backbone: str, num_classes: int, *, dropout: float = 0.0,
-                 heads: dict[str, nn.Module] | None = None) -> None:
+                 heads: dict[str, nn.Module] | None = None, pool: str = "avg", pool_keep: float = 1.0,
+                 image_size: int | None = None, backbone_args: dict[str, Any] | None = None) -> None:
         super().__init__()
-        try:
-            self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0, in_chans=3)
-        except RuntimeError as exc:  # timm raises RuntimeError("Unknown model ...")
-            raise WorkspaceError(f"Unknown backbone {backbone!r}: {exc}. Use a timm model name, "
-                                 "e.g. resnet18.") from exc
+        self.backbone = create_backbone(backbone, image_size, backbone_args)
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {', '.join(POOLS)}, not {pool!r}")
+        if pool == "atp" and not pooling.is_vit(self.backbone):
+            raise WorkspaceError(f"--pool atp keeps ViT tokens; {backbone!r} is not a timm VisionTransformer "
+                                 "(try vit_tiny_patch16_224, or --pool app for a CNN).")
+        pooling.keep_count(1, pool_keep)  # validates the fraction
+        self.pool, self.pool_keep = pool, float(pool_keep)
         self.embed_dim = int(self.backbone.num_features)
         self.num_classes = num_classes
         self.dropout = nn.Dropout(dropout)
@@ -40,25 +51,64 @@ class FerNet(nn.Module):
         self.amp: Any = None  # a context manager factory for the backbone, set by the loop
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        bb = self.backbone
         with (self.amp() if self.amp is not None else contextlib.nullcontext()):
-            emb = self.backbone(x)
+            if self.pool == "atp":
+                feat = pooling.vit_features_with_atp(bb, x, self.pool_keep)
+            else:
+                feat = bb.forward_features(x)
+            if self.pool == "app" and feat.ndim == 4:
+                emb = pooling.attentive_patch_pool(feat, pooling.keep_count(feat.shape[2] * feat.shape[3],
+                                                                            self.pool_keep))
+            else:  # timm's own pooling (and fc_norm for ViTs): identical to backbone(x) with num_classes=0
+                emb = bb.forward_head(feat, pre_logits=True)
         emb = emb.float()
         device_type = emb.device.type
         with torch.autocast(device_type=device_type, enabled=False):
             out = {"embedding": emb, "logits": self.classifier(self.dropout(emb))}
+            on_demand = [h for h in self.heads.values() if getattr(h, "on_demand", False)]
+            if on_demand and feat.ndim == 4:  # the in-painting decoder reads the spatial map
+                out["feature_map"] = feat.float()
             for head in self.heads.values():
-                out.update(head(emb))
+                if not getattr(head, "on_demand", False):  # on-demand heads run on their part's rows only
+                    out.update(head(emb))
         return out
+
+
+POOLS = ("avg", "app", "atp")
+
+
+def create_backbone(name: str, image_size: int | None, args: dict[str, Any] | None = None) -> nn.Module:
+    """timm model without its classifier; ViT-style models (those taking ``img_size``) are built
+    for the crop size, other models ignore it. ``args`` go to the model's constructor."""
+    kw = dict(args or {}, pretrained=False, num_classes=0, in_chans=3)
+    try:
+        if image_size is not None:
+            try:
+                return timm.create_model(name, img_size=image_size, **kw)
+            except TypeError:  # a CNN: its constructor has no img_size
+                pass
+        return timm.create_model(name, **kw)
+    except RuntimeError as exc:  # timm raises RuntimeError("Unknown model ...")
+        raise WorkspaceError(f"Unknown backbone {name!r}: {exc}. Use a timm model name, "
+                             "e.g. resnet18.") from exc
+    except TypeError as exc:  # an argument this model's constructor does not take
+        raise WorkspaceError(f"Backbone {name!r} does not take the arguments {sorted(args or {})}: {exc}") from exc
 
 
 def build_model(config, num_classes: int, parts: list | None = None) -> FerNet:
     """Model for a TrainConfig and its method parts; loads ``config.pretrained`` into the backbone
     when set."""
-    model = FerNet(config.backbone, num_classes, dropout=config.dropout)
+    model = FerNet(config.backbone, num_classes, dropout=config.dropout, pool=config.pool,
+                   pool_keep=config.pool_keep, image_size=config.image_size,
+                   backbone_args=config.backbone_args)
     for part in parts or []:
         head = part.make_head(model.embed_dim, num_classes)
         if head is not None:
             model.heads[part.name] = head
+    if config.inpaint and pooling.is_vit(model.backbone):
+        raise WorkspaceError(f"--inpaint reconstructs from a CNN feature map; {config.backbone!r} returns "
+                             "ViT tokens. Use a CNN backbone (e.g. resnet18) or --jigsaw.")
     if config.pretrained:
         load_pretrained(model.backbone, config.pretrained)
     return model

@@ -11,6 +11,10 @@ else, so methods compose without flags threaded through the loop:
 - ``loss(out, logits, step)``: extra loss terms for the batch.
 - ``relabel(out, logits, step)``: a label change for the batch's samples, or None.
 - ``predict(out)``: extra per-sample eval outputs (prediction columns).
+- ``aux_inputs(x, gen)`` / ``aux_loss(out, step)``: a pretext task's own inputs, made on the device
+  from the augmented batch and concatenated to it (one forward pass per step), and its loss on
+  its rows of the output (HMTL's jigsaw and in-painting). Those rows never reach the label
+  statistics.
 - ``state()`` / ``load_state()``: per-sample tensors the part keeps (ELR's targets), saved in
   every checkpoint so a resumed run continues exactly.
 - ``per_sample_state()``: the tensors indexed by the fit's sample position that the part updates
@@ -56,6 +60,12 @@ class Part:
     def predict(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {}
 
+    def aux_inputs(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor | None:
+        return None
+
+    def aux_loss(self, out: dict[str, torch.Tensor], step: Step) -> torch.Tensor:
+        raise NotImplementedError(f"{self.name} made auxiliary inputs but has no aux_loss")
+
     def state(self) -> dict[str, torch.Tensor]:
         return {}
 
@@ -73,6 +83,7 @@ def build_parts(config: Any, n: int, num_classes: int, device: torch.device,
     from fercure.train.parts.arbex import ArbexPart
     from fercure.train.parts.distill import DistillPart
     from fercure.train.parts.elr import ElrPart
+    from fercure.train.parts.hmtl import InpaintPart, JigsawPart
     from fercure.train.parts.scn import ScnPart
 
     parts: list[Part] = []
@@ -82,6 +93,10 @@ def build_parts(config: Any, n: int, num_classes: int, device: torch.device,
         parts.append(ArbexPart(config))
     if config.elr:
         parts.append(ElrPart(config, n, num_classes, device))
+    if config.jigsaw:
+        parts.append(JigsawPart(config))
+    if config.inpaint:
+        parts.append(InpaintPart(config))
     if soft_targets is not None:
         parts.append(DistillPart(config, soft_targets))
     return parts
@@ -90,5 +105,7 @@ def build_parts(config: Any, n: int, num_classes: int, device: torch.device,
 def part_names(config: Any) -> list[str]:
     """Names of the parts a config switches on (for config.json and summaries)."""
     names = [name for name, on in (("scn", config.selfcure), ("arbex", config.reliability),
-                                   ("elr", config.elr)) if on]
+                                   ("elr", config.elr), ("jigsaw", config.jigsaw),
+                                   ("inpaint", config.inpaint)) if on]
+    names += [] if config.pool == "avg" else [config.pool]
     return names + (["distill"] if config.distill_generations else [])

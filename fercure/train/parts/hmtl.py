@@ -1,0 +1,107 @@
+"""HMTL-style self-supervised tasks trained beside the labels (hybrid multi-task learning for FER,
+trained from scratch), as two parts: jigsaw and in-painting.
+
+Each takes the first ``aux_share`` of the batch's augmented crops (the batch order is already a
+random permutation), turns them into its pretext inputs on the device and hands them to the loop,
+which concatenates them to the batch: the backbone makes one forward pass per step and its
+batch-norm statistics see both. The part's head runs only on its own rows, and those rows never
+reach the label statistics (dynamics, p(given), relabelling). The pretext math lives in
+``fercure.train.pretext``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fercure.train import pretext
+from fercure.train.parts import Part, Step
+
+
+def aux_rows(batch: int, share: float) -> int:
+    """Rows of a batch a pretext task takes (at least 2: batch norm)."""
+    return min(batch, max(2, math.ceil(share * batch)))
+
+
+class JigsawHead(nn.Module):
+    on_demand = True  # run by the part on its rows, not by FerNet.forward on every row
+
+    def __init__(self, d: int, n_perms: int) -> None:
+        super().__init__()
+        self.fc = nn.Sequential(nn.Linear(d, d // 2), nn.ReLU(inplace=True), nn.Linear(d // 2, n_perms))
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        return self.fc(emb)
+
+
+class JigsawPart(Part):
+    name = "jigsaw"
+
+    def __init__(self, config) -> None:
+        self.weight, self.share, self.grid = float(config.jigsaw_weight), float(config.aux_share), int(config.jigsaw_grid)
+        self.perms = pretext.permutation_set(self.grid, int(config.jigsaw_perms), seed=0)
+        self.head: JigsawHead | None = None
+        self._which: torch.Tensor | None = None
+
+    def make_head(self, embed_dim: int, num_classes: int) -> nn.Module:
+        self.head = JigsawHead(embed_dim, len(self.perms))
+        return self.head
+
+    def aux_inputs(self, x, gen):
+        k = aux_rows(x.shape[0], self.share)
+        self._which = torch.randint(len(self.perms), (k,), generator=gen, device=x.device)
+        return pretext.shuffle_tiles(x[:k], self.perms, self._which, self.grid)
+
+    def aux_loss(self, out, step: Step):
+        return self.weight * F.cross_entropy(self.head(out["embedding"]), self._which)
+
+
+class InpaintDecoder(nn.Module):
+    """Feature map (B,D,h,w) → image (B,3,r,r): a 1×1 reduction, bilinear upsampling, two 3×3
+    convolutions. Small on purpose: the backbone should carry the work."""
+    on_demand = True
+
+    def __init__(self, d: int, out_size: int, width: int = 64) -> None:
+        super().__init__()
+        self.out_size = out_size
+        self.reduce = nn.Conv2d(d, width, 1)
+        self.body = nn.Sequential(nn.Conv2d(width, width // 2, 3, padding=1), nn.ReLU(inplace=True),
+                                  nn.Conv2d(width // 2, 3, 3, padding=1))
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        z = F.interpolate(self.reduce(feat), size=(self.out_size, self.out_size), mode="bilinear",
+                          align_corners=False)
+        return self.body(F.relu(z))
+
+
+class InpaintPart(Part):
+    name = "inpaint"
+
+    def __init__(self, config) -> None:
+        self.weight, self.share = float(config.inpaint_weight), float(config.aux_share)
+        self.frac = tuple(float(v) for v in config.inpaint_frac)
+        # The reconstruction resolution: half the crop, at most 32 px (the loss is about where the
+        # face parts are, not their fine texture, and the decoder's cost grows with its square).
+        self.out_size = max(8, min(32, int(config.image_size) // 2))
+        self.head: InpaintDecoder | None = None
+        self._target = self._mask = None
+
+    def make_head(self, embed_dim: int, num_classes: int) -> nn.Module:
+        self.head = InpaintDecoder(embed_dim, self.out_size)
+        return self.head
+
+    def aux_inputs(self, x, gen):
+        k = aux_rows(x.shape[0], self.share)
+        mask = pretext.random_square_mask(k, x.shape[-1], self.frac, gen, x.device)
+        self._target = pretext.downsample(x[:k], self.out_size)
+        self._mask = pretext.downsample(mask, self.out_size)
+        return x[:k] * (1.0 - mask)  # 0 is the normalised mean, as random erasing fills
+
+    def aux_loss(self, out, step: Step):
+        if "feature_map" not in out:
+            raise ValueError("in-painting needs a CNN feature map; this backbone returns tokens")
+        recon = self.head(out["feature_map"])
+        return self.weight * pretext.masked_mse(recon, self._target, self._mask)
