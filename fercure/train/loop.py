@@ -292,7 +292,8 @@ def fit(images: Any, labels: Any, classes: list[str], config: TrainConfig, *,
             if cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
             step = Step(idx=idx, labels=st.current[idx], epoch=epoch)
-            out, aux = forward_with_aux(step_model, x, parts, gen)
+            # pretext draws come from the rank's own stream: the shared one must stay in step
+            out, aux = forward_with_aux(step_model, x, parts, st.aug_gen)
             z = out["logits"]
             for p in parts:
                 z = p.transform_logits(out, z)
