@@ -500,7 +500,7 @@ def run_prepare(
         missing = missing_shards(shard_dir, shard[1])
         if missing or not merge:
             waiting = (f"waiting for shard(s) {', '.join(map(str, missing))} of {shard[1]}; each merges "
-                       "when it finds the others done" if missing else "not merged (--no-merge)")
+                       "when it finds the others done" if missing else "merging switched off for this run")
             notes.append(f"Shard {shard[0]}/{shard[1]} written to {shard_dir}; {waiting} "
                          f"(or run `fercure prepare --merge -w {ws.root}` once all are).")
             return _summary(ws, rows_df.rename(columns={"crop_pos": "store_index"}), rejects, reused, 0, notes,
