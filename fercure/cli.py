@@ -67,6 +67,12 @@ class ThresholdMethod(str, Enum):
     confident_joint = "confident_joint"
 
 
+class StoreMode(str, Enum):
+    auto = "auto"
+    resident = "resident"
+    stream = "stream"
+
+
 class Format(str, Enum):
     parquet = "parquet"
     csv = "csv"
@@ -163,11 +169,14 @@ def _render(summary: object, title: str) -> None:
         console.print(Panel(text(warning), title="warning", border_style="bold red"))
 
 
-def _run(fn, title: str, **kwargs):
+def _run(fn, title: str, quiet: bool = False, **kwargs):
+    """Run a stage with a progress display and render its summary; ``quiet`` (the ranks of a
+    data-parallel run other than 0) shows neither, only errors."""
     from fercure.console import RichReporter
+    from fercure.progress import NULL
 
     try:
-        with RichReporter() as reporter:
+        with (contextlib.nullcontext(NULL) if quiet else RichReporter()) as reporter:
             summary = fn(reporter=reporter, **kwargs)
     except WorkspaceError as e:
         _fail(str(e))
@@ -179,8 +188,35 @@ def _run(fn, title: str, **kwargs):
         where = f" while writing {e.filename}" if e.filename else ""
         _fail(f"Disk full{where} ({e.strerror or e}). Free space on the workspace's disk, or use a workspace "
               "on a disk with more room, and run the command again.")
-    _render(summary, title)
+    if not quiet:
+        _render(summary, title)
     return summary
+
+
+def _launch_ranks(nproc: int) -> None:
+    """`fercure train --nproc N`: the same command under torchrun with N processes on this machine
+    (torchrun's own launcher; fercure adds no transport). Exits with torchrun's status."""
+    import os
+    import subprocess
+    import sys
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _fail("--nproc starts the ranks itself; under torchrun (or another launcher) leave it out.", 2)
+    args, skip = [], False
+    for a in sys.argv[2:]:  # after the program and the `train` subcommand
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            args.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "fercure", "train", *args]
+    try:
+        code = subprocess.call(cmd)
+    except KeyboardInterrupt:
+        code = 130
+    raise typer.Exit(code)
 
 
 def _interrupted(title: str, workspace: object) -> str:
@@ -211,10 +247,12 @@ def main(
     epilog="Examples:\n\n"
     "  fercure prepare data/images -w ws                       # data/images/<class>/*.jpg\n\n"
     "  fercure prepare data -l data/labels.csv -w ws           # labels.csv: path,label[,split]\n\n"
-    "  fercure prepare fer -l labels.csv -w ws --on-no-face keep --device cuda"
+    "  fercure prepare fer -l labels.csv -w ws --on-no-face keep --device cuda\n\n"
+    "  fercure prepare data -w ws --shard 0/4   # ... --shard 3/4, on any machines sharing ws\n\n"
+    "  fercure prepare --merge -w ws            # combine the shards (the last one does it itself)"
 )
 def prepare(
-    input_root: Path = typer.Argument(..., help="Folder of class subfolders, or the root that the label file's paths are relative to."),
+    input_root: Optional[Path] = typer.Argument(None, help="Folder of class subfolders, or the root that the label file's paths are relative to."),
     workspace: Path = WorkspaceOpt,
     labels: Optional[Path] = typer.Option(None, "--labels", "-l", help="CSV or Parquet with columns path,label[,split]."),
     classes: Optional[str] = typer.Option(None, help="Comma-separated class names; other labels are rejected."),
@@ -227,12 +265,26 @@ def prepare(
     min_face_size: float = typer.Option(20.0, min=1, help="Faces smaller than this (pixels, shorter box side) get status too_small."),
     min_score: float = typer.Option(0.9, min=0, max=1, help="Detector confidence below this gets status low_confidence."),
     chunk_size: int = typer.Option(512, min=1, help="Images per resumable chunk: an interrupted run resumes at the first unfinished chunk."),
+    shard: Optional[str] = typer.Option(None, help="I/N: process only shard I (0..N-1) of N, split by sample_id hash, into the workspace's shard files; the shard that finds all N done merges them. Shards run side by side, also on machines sharing the workspace."),
+    merge: bool = typer.Option(False, "--merge", help="Combine a complete set of shards into the manifest and store (no INPUT needed)."),
     wait: bool = WaitOpt,
 ) -> None:
     """Detect, align and score faces; write the crop store and manifest.parquet."""
-    from fercure.stages.prepare import check_workspace, run_prepare
-    from fercure.workspace import Workspace
+    from fercure.stages.prepare import check_workspace, merge_prepare_shards, parse_shard, run_prepare
+    from fercure.workspace import Workspace, workspace_lock
 
+    if merge:
+        if input_root is not None or shard is not None:
+            _fail("--merge combines shards already written: give only -w WORKSPACE.", 2)
+        with _locked(workspace, wait):
+            _run(merge_prepare_shards, "prepare", workspace=workspace)
+        return
+    if input_root is None:
+        _fail("Missing argument INPUT_ROOT (the image folder); only --merge runs without it.", 2)
+    try:
+        shard_of = parse_shard(shard) if shard is not None else None
+    except WorkspaceError as e:
+        _fail(str(e), 2)
     class_list = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
     if not input_root.is_dir():  # before the lock creates the workspace folder
         _fail(f"Input folder {input_root} does not exist or is not a folder.")
@@ -240,13 +292,19 @@ def prepare(
         check_workspace(Workspace(workspace), input_root, labels)
     except WorkspaceError as e:
         _fail(str(e))
+    kwargs = dict(input_root=input_root, workspace=workspace, labels_file=labels,
+                  classes=class_list, device=device.value, batch_size=batch_size, workers=workers,
+                  image_size=image_size, on_no_face=on_no_face.value, multi_face=multi_face.value,
+                  min_face_size=min_face_size, min_score=min_score, chunk_size=chunk_size)
+    if shard_of is not None:
+        # A shard writes only its own files: no lock while it works (shards must not wait for each
+        # other), the workspace lock for the merge only, waiting for whoever holds it.
+        Path(workspace).mkdir(parents=True, exist_ok=True)
+        _run(run_prepare, "prepare", shard=shard_of,
+             merge_lock=lambda: workspace_lock(workspace, wait=True), **kwargs)
+        return
     with _locked(workspace, wait, create=True):
-        _run(
-            run_prepare, "prepare", input_root=input_root, workspace=workspace, labels_file=labels,
-            classes=class_list, device=device.value, batch_size=batch_size, workers=workers,
-            image_size=image_size, on_no_face=on_no_face.value, multi_face=multi_face.value,
-            min_face_size=min_face_size, min_score=min_score, chunk_size=chunk_size,
-        )
+        _run(run_prepare, "prepare", **kwargs)
 
 
 def parse_backbone_args(items: list[str]) -> dict[str, object]:
@@ -303,16 +361,28 @@ def train(
     distill_generations: int = typer.Option(0, min=0, help="Self-distillation generations from the ensemble's soft labels."),
     folds: int = typer.Option(0, min=0, help="Cross-fitting folds for out-of-sample probabilities (0: off)."),
     resume: bool = typer.Option(False, help="Continue the latest unfinished run from its last epoch checkpoint."),
+    store: StoreMode = typer.Option(StoreMode.auto, help="Crops resident on the device, or streamed from the memory-mapped store per batch (auto: stream when they would take over half the free memory)."),
+    nproc: int = typer.Option(1, min=1, help="Train data-parallel with this many processes on this machine (starts torchrun; one per GPU, or CPU processes over gloo). For several machines run torchrun yourself (README, Scaling out)."),
     wait: bool = WaitOpt,
 ) -> None:
     """Train a timm backbone and record how every sample behaves (the evidence audit-labels judges labels by)."""
     from fercure.stages.train import run_train
     from fercure.train.config import TrainConfig
+    from fercure.train.distributed import DistributedError, env_world
     from fercure.workspace import check_input_file
 
     from fercure.workspace import Workspace
 
-    with _locked(workspace, wait):  # prepare must not replace the store and manifest mid-run
+    if nproc > 1:
+        _launch_ranks(nproc)
+    try:
+        rank = env_world().rank
+    except DistributedError as e:
+        _fail(str(e))
+    # Under torchrun rank 0 holds the lock for the whole data-parallel run; the other ranks are
+    # part of the same command.
+    lock = _locked(workspace, wait) if rank == 0 else contextlib.nullcontext()
+    with lock:  # prepare must not replace the store and manifest mid-run
         try:
             if pretrained is not None:
                 check_input_file(pretrained, option="--pretrained",
@@ -328,9 +398,9 @@ def train(
             pool=pool.value, pool_keep=pool_keep, backbone_args=backbone_args, label_smoothing=label_smoothing,
             holdout=holdout, plant_rate=plant_rate, retrain=retrain, knn=knn, amp=amp,
             ensemble=max(ensemble, 3) if thorough else ensemble,
-            distill_generations=distill_generations, folds=folds,
+            distill_generations=distill_generations, folds=folds, store=store.value,
         )
-        _run(run_train, "train", workspace=workspace, config=config, resume=resume)
+        _run(run_train, "train", quiet=rank != 0, workspace=workspace, config=config, resume=resume)
 
 
 @app.command(

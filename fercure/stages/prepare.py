@@ -1,5 +1,9 @@
 """Stage 1: raw images + labels → aligned face crops (WS/faces/crops.npy) and WS/manifest.parquet.
 
+``--shard I/N`` splits the work by a hash of sample_id: each shard writes its rows and crops under
+WS/faces/shards/, without the workspace lock, and the shard that finds all N done merges them, under
+the lock, into the same manifest and store one unsharded run writes.
+
 Work goes in chunks. Each finished chunk is saved under WS/faces/parts/ (crops + rows, written
 atomically), so an interrupted run resumes at the first unfinished chunk. A finished workspace is
 also reused: re-running on the same input with the same settings takes every unchanged sample's
@@ -9,6 +13,7 @@ row and crop from the existing manifest and store, and only processes new or cha
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -17,6 +22,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable, ContextManager
 
 import numpy as np
 import pandas as pd
@@ -354,8 +360,18 @@ def run_prepare(
     min_face_size: float = 20.0,
     min_score: float = 0.9,
     chunk_size: int = CHUNK_SIZE,
+    shard: tuple[int, int] | None = None,
+    merge: bool = True,
+    merge_lock: Callable[[], ContextManager] | None = None,
     reporter: Reporter = NULL,
 ) -> PrepareSummary:
+    """Prepare the input into the workspace (module docstring).
+
+    With ``shard=(i, n)`` only the samples whose sample_id hashes to shard i of n are processed,
+    into WS/faces/shards/ (nothing else in the workspace is touched, so shards run side by side,
+    also on machines sharing the folder); when this shard finds all n present it merges them
+    (``merge``) into the manifest and store an unsharded run writes, holding ``merge_lock()`` (the
+    CLI passes the workspace lock) for the merge only."""
     start = time.perf_counter()
     input_root = Path(input_root)
     ws = workspace if isinstance(workspace, Workspace) else Workspace(Path(workspace))
@@ -365,6 +381,8 @@ def run_prepare(
         raise WorkspaceError(f"--on-no-face must be keep or drop, not {on_no_face!r}.")
     if multi_face not in ("largest", "most-central", "drop"):
         raise WorkspaceError(f"--multi-face must be largest, most-central or drop, not {multi_face!r}.")
+    if shard is not None:
+        check_shard(*shard)
     check_workspace(ws, input_root, labels_file)
     settings = PrepareSettings(image_size, on_no_face, multi_face, float(min_face_size), float(min_score))
 
@@ -379,7 +397,15 @@ def run_prepare(
             + f"; {len(rejects)} rows were rejected (see the summary)."
         )
     ws.root.mkdir(parents=True, exist_ok=True)
-    ws.remove_stale_temps()
+    # The manifest's row order is discovery order, whichever shard processed a row.
+    samples = samples.assign(_order=np.arange(len(samples)))
+    shard_dir = None
+    if shard is None:
+        ws.remove_stale_temps()  # under the caller's lock; a shard holds none while it works
+    else:
+        shard_dir = ws.faces_dir / "shards" / _shard_set_key(samples, settings, shard[1])
+        samples = samples[shard_of(samples["sample_id"], shard[1]) == shard[0]]
+        _remove_own_temps(shard_dir, shard[0])
     paths = [input_root / p for p in samples["source_path"]]
     stamps = [_file_stamp(p) for p in paths]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
@@ -401,7 +427,7 @@ def run_prepare(
     if previous is not None:
         prev_df, prev_store = previous
         key = ["sample_id", "source_path", "label", "split", "content_hash"]
-        merged = samples[key].merge(prev_df, on=key, how="inner")
+        merged = samples[key + ["_order"]].merge(prev_df, on=key, how="inner")
         if len(merged):
             has = merged["store_index"].to_numpy() >= 0
             reused_crops = np.asarray(prev_store[merged.loc[has, "store_index"].to_numpy()])
@@ -413,12 +439,15 @@ def run_prepare(
             reused_rows["reason"] = reused_rows["detection_reason"]
         todo = samples[~samples["sample_id"].isin(set(merged["sample_id"]))]
 
-    part_dir = ws.prepare_parts / settings.fingerprint()
-    # Parts from other settings can never be resumed: remove them.
-    if ws.prepare_parts.exists():
-        for other in ws.prepare_parts.iterdir():
-            if other != part_dir:
-                shutil.rmtree(other, ignore_errors=True)
+    if shard is None:
+        part_dir = ws.prepare_parts / settings.fingerprint()
+        # Parts from other settings can never be resumed: remove them.
+        if ws.prepare_parts.exists():
+            for other in ws.prepare_parts.iterdir():
+                if other != part_dir:
+                    shutil.rmtree(other, ignore_errors=True)
+    else:
+        part_dir = shard_dir / f"parts-{shard[0]:05d}"
 
     timings: Counter = Counter()
     frames, crop_chunks = [], []
@@ -428,7 +457,8 @@ def run_prepare(
     if len(todo):
         resolved = str(resolve_device(device))
         detector = None
-        task = reporter.task(f"prepare ({resolved})", len(todo))
+        label = f"prepare ({resolved})" if shard is None else f"prepare shard {shard[0]}/{shard[1]} ({resolved})"
+        task = reporter.task(label, len(todo))
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             for k, lo in enumerate(range(0, len(todo), chunk_size)):
                 rows = todo.iloc[lo : lo + chunk_size]
@@ -451,16 +481,72 @@ def run_prepare(
         task.close()
 
     # crop_pos in reused rows was relative to reused_crops, which sits first: offsets line up.
-    manifest = pd.concat(frames, ignore_index=True)
-    order = {sid: i for i, sid in enumerate(samples["sample_id"])}
-    manifest["_order"] = manifest["sample_id"].map(order)
-    manifest = manifest.sort_values("_order").drop(columns="_order").reset_index(drop=True)
-    conflicts = _mark_duplicates(manifest, settings.duplicate_distance)
+    if frames:
+        rows_df = pd.concat(frames, ignore_index=True)
+    else:  # a shard that drew no sample
+        rows_df = samples.drop(columns="_fs_path").assign(
+            crop_pos=pd.Series(dtype=np.int64), face_status=pd.Series(dtype=object))
+    meta = {
+        "classes_given": list(classes) if classes else None, "input_root": str(input_root.resolve()),
+        "labels_file": str(Path(labels_file).resolve()) if labels_file else None,
+        "settings": asdict(settings), "settings_fingerprint": settings.fingerprint(),
+    }
+    reused = len(reused_rows)
+    if shard is not None:
+        t = time.perf_counter()
+        _write_shard(shard_dir, shard, rows_df, crop_chunks, rejects, meta, image_size)
+        shutil.rmtree(part_dir, ignore_errors=True)
+        timings["write"] += time.perf_counter() - t
+        missing = missing_shards(shard_dir, shard[1])
+        if missing or not merge:
+            waiting = (f"waiting for shard(s) {', '.join(map(str, missing))} of {shard[1]}; each merges "
+                       "when it finds the others done" if missing else "merging switched off for this run")
+            notes.append(f"Shard {shard[0]}/{shard[1]} written to {shard_dir}; {waiting} "
+                         f"(or run `fercure prepare --merge -w {ws.root}` once all are).")
+            return _summary(ws, rows_df.rename(columns={"crop_pos": "store_index"}), rejects, reused, 0, notes,
+                            timings, start)
+        with (merge_lock() if merge_lock is not None else contextlib.nullcontext()):
+            return _merge_locked(ws, shard_dir, shard[1], notes, reporter, start, timings, reused)
+
+    manifest, conflicts = _finish(ws, rows_df, _Concat(crop_chunks), rejects, meta, image_size, timings)
+    shutil.rmtree(ws.prepare_parts, ignore_errors=True)
+    return _summary(ws, manifest, rejects, reused, conflicts, notes, timings, start)
+
+
+# ---------------------------------------------------------------------------------------------
+# The manifest and store from processed rows (one run, or the merge of its shards)
+
+
+class _Concat:
+    """Crops held in several arrays (chunks of one run, or the shards' memory-mapped files) read as
+    one: ``take(positions)`` gathers by position in their concatenation."""
+
+    def __init__(self, chunks: list[np.ndarray]) -> None:
+        self.chunks = [c for c in chunks if len(c)]
+        self.starts = np.cumsum([0] + [len(c) for c in self.chunks])
+
+    def take(self, pos: np.ndarray) -> np.ndarray:
+        which = np.searchsorted(self.starts, pos, side="right") - 1
+        out = None
+        for k in np.unique(which):
+            sel = which == k
+            part = np.asarray(self.chunks[k][pos[sel] - self.starts[k]])
+            if out is None:
+                out = np.empty((len(pos),) + part.shape[1:], dtype=np.uint8)
+            out[sel] = part
+        return out
+
+
+def _finish(ws: Workspace, rows_df: pd.DataFrame, crops: _Concat, rejects: pd.DataFrame, meta: dict,
+            image_size: int, timings: Counter) -> tuple[pd.DataFrame, int]:
+    """Order rows (discovery order), mark duplicates over the whole set, write the store in
+    manifest order, the manifest and the rejects. ``crop_pos`` indexes ``crops``."""
+    manifest = rows_df.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
+    conflicts = _mark_duplicates(manifest, meta["settings"]["duplicate_distance"])
     manifest = manifest.rename(columns={"crop_pos": "store_index"})
 
     # The store is rewritten in manifest order so store_index == rank among rows with a crop.
     t = time.perf_counter()
-    all_crops = np.concatenate(crop_chunks) if crop_chunks else np.zeros((0, image_size, image_size, 3), np.uint8)
     old_pos = manifest["store_index"].to_numpy()
     has = old_pos >= 0
     new_pos = np.full(len(manifest), -1)
@@ -470,11 +556,12 @@ def run_prepare(
 
     def chunks():
         for lo in range(0, len(gather), 4096):
-            yield all_crops[gather[lo : lo + 4096]]
+            yield crops.take(gather[lo : lo + 4096])
 
     write_store(ws.store, chunks(), int(has.sum()), image_size)
+    given = meta.get("classes_given")
     # --classes as the labels were keyed (NFC, no zero-width characters): the names train matches
-    class_list = (list(dict.fromkeys(clean_label(str(c)) for c in classes)) if classes
+    class_list = (list(dict.fromkeys(clean_label(str(c)) for c in given)) if given
                   else sorted(manifest["label"].unique().tolist()))
     columns = [
         "sample_id", "source_path", "label", "split", "face_status", "reason", "face_count", "face_score",
@@ -482,26 +569,27 @@ def run_prepare(
         "store_index", "width", "height", "file_size", "file_mtime_ns", "content_hash", "detection_status",
         "detection_reason",
     ]
-    meta = {
-        "classes": class_list, "input_root": str(input_root.resolve()),
-        "labels_file": str(Path(labels_file).resolve()) if labels_file else None,
-        "settings": asdict(settings), "settings_fingerprint": settings.fingerprint(),
-    }
-    write_table(manifest[columns], ws.manifest, meta, table=schema.MANIFEST)
+    table_meta = {"classes": class_list, **{k: meta[k] for k in ("input_root", "labels_file", "settings",
+                                                                 "settings_fingerprint")}}
+    write_table(manifest[columns], ws.manifest, table_meta, table=schema.MANIFEST)
     rejects = rejects.reindex(columns=REJECT_COLUMNS)
     for col in ("file", "source_path"):
         rejects[col] = rejects[col].astype(object).map(lambda v: _display_path(v) if isinstance(v, str) else v)
-    write_table(rejects, ws.rejects, {"input_root": str(input_root.resolve())}, table=schema.REJECTS)
+    write_table(rejects, ws.rejects, {"input_root": meta["input_root"]}, table=schema.REJECTS)
     timings["write"] += time.perf_counter() - t
-    shutil.rmtree(ws.prepare_parts, ignore_errors=True)
     if not has.any():
         # The tables are written (every row with its reason) but there is nothing to train on.
         raise WorkspaceError(
-            f"None of the {len(manifest)} images under {input_root} could be used "
+            f"None of the {len(manifest)} images under {meta['input_root']} could be used "
             f"({', '.join(f'{k}: {v}' for k, v in manifest['face_status'].value_counts().items())}). "
             f"The reasons are in {ws.manifest} (column 'reason')."
         )
+    return manifest, conflicts
 
+
+def _summary(ws: Workspace, manifest: pd.DataFrame, rejects: pd.DataFrame, reused: int, conflicts: int,
+             notes: list[str], timings: Counter, start: float) -> PrepareSummary:
+    has = manifest["store_index"].to_numpy() >= 0
     return PrepareSummary(
         workspace=ws.root,
         n_samples=len(manifest),
@@ -509,10 +597,143 @@ def run_prepare(
         status_counts={s: int(c) for s, c in manifest["face_status"].value_counts().items()},
         class_counts={c: int(n) for c, n in manifest["label"].value_counts().sort_index().items()},
         n_with_crop=int(has.sum()),
-        n_reused=len(reused_rows),
+        n_reused=reused,
         conflicting_duplicates=conflicts,
         rejects_by_problem={str(k): int(v) for k, v in rejects["problem"].value_counts().items()} if len(rejects) else {},
         notes=notes,
         stage_seconds={k: round(v, 3) for k, v in timings.items()},
         seconds=time.perf_counter() - start,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Shards: --shard I/N writes WS/faces/shards/<set>/shard-I-of-N.{npy,parquet}; the merge combines
+
+
+def check_shard(i: int, n: int) -> None:
+    if n < 1 or not 0 <= i < n:
+        raise WorkspaceError(f"--shard {i}/{n}: the shard index must be 0..N-1 for N >= 1 shards "
+                             "(e.g. --shard 0/4 ... --shard 3/4).")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'I/N' → (I, N), 0 <= I < N."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise WorkspaceError(f"--shard {text!r}: write it as I/N, e.g. 0/4 for the first of four shards.") from None
+    check_shard(i, n)
+    return i, n
+
+
+def shard_of(sample_ids: pd.Series, n: int) -> np.ndarray:
+    """Shard (0..n-1) of each sample: a hash of its sample_id, so the split is the same on every
+    machine and balanced whatever the folder layout."""
+    return np.array([int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "big") % n
+                     for s in sample_ids], dtype=np.int64)
+
+
+def _shard_set_key(samples: pd.DataFrame, settings: PrepareSettings, n: int) -> str:
+    """Names the set of shards one input, one set of settings and one N make: shards of another
+    input or settings never mix with these."""
+    ids = hashlib.sha1("\n".join(samples["sample_id"]).encode()).hexdigest()[:12]
+    return f"{settings.fingerprint()}-{ids}-of-{n}"
+
+
+def _shard_name(i: int, n: int) -> str:
+    return f"shard-{i:05d}-of-{n:05d}"
+
+
+def missing_shards(shard_dir: Path, n: int) -> list[int]:
+    return [i for i in range(n) if not (shard_dir / f"{_shard_name(i, n)}.parquet").exists()]
+
+
+def _remove_own_temps(shard_dir: Path, i: int) -> None:
+    """Temporary files a killed run of this shard left (never another shard's: they may be live)."""
+    if shard_dir.is_dir():
+        for tmp in shard_dir.glob(f".{_shard_name(i, 0)[:11]}*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+def _write_shard(shard_dir: Path, shard: tuple[int, int], rows_df: pd.DataFrame, crop_chunks: list,
+                 rejects: pd.DataFrame, meta: dict, image_size: int) -> None:
+    name = _shard_name(*shard)
+    crops = _Concat(crop_chunks)
+    total = int(crops.starts[-1])
+
+    def chunks():
+        for lo in range(0, total, 4096):
+            yield crops.take(np.arange(lo, min(lo + 4096, total)))
+
+    write_store(shard_dir / f"{name}.npy", chunks(), total, image_size)
+    write_table(rejects, shard_dir / f"{name}-rejects.parquet")
+    # The rows file is written last: its presence marks the shard complete.
+    write_table(rows_df.drop(columns=["_fs_path"], errors="ignore"), shard_dir / f"{name}.parquet",
+                {**meta, "shard": list(shard)})
+
+
+def _shard_sets(ws: Workspace) -> list[Path]:
+    root = ws.faces_dir / "shards"
+    return sorted(d for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+
+
+def merge_prepare_shards(workspace: Workspace | Path | str, *, reporter: Reporter = NULL) -> PrepareSummary:
+    """`fercure prepare --merge`: combine a complete set of shards into the manifest and store
+    (the caller holds the workspace lock). Fails, naming what is missing, when no set is complete."""
+    start = time.perf_counter()
+    ws = workspace if isinstance(workspace, Workspace) else Workspace(Path(workspace))
+    sets = _shard_sets(ws)
+    if not sets:
+        raise WorkspaceError(f"No prepare shards in {ws.faces_dir / 'shards'}: run `fercure prepare INPUT -w "
+                             f"{ws.root} --shard I/N` for every I first.")
+    complete, waiting = [], []
+    for d in sets:
+        n = int(d.name.rsplit("-of-", 1)[1])
+        missing = missing_shards(d, n)
+        (waiting.append(f"{d.name}: shard(s) {', '.join(map(str, missing))} of {n} missing") if missing
+         else complete.append((d, n)))
+    if not complete:
+        raise WorkspaceError("No complete set of prepare shards to merge (" + "; ".join(waiting) +
+                             "). Run the missing shards, then merge.")
+    d, n = max(complete, key=lambda x: x[0].stat().st_mtime)
+    return _merge_locked(ws, d, n, [], reporter, start, Counter(), 0)
+
+
+def _merge_locked(ws: Workspace, shard_dir: Path, n: int, notes: list[str], reporter: Reporter,
+                  start: float, timings: Counter, reused: int) -> PrepareSummary:
+    """Merge a complete shard set (under the workspace lock): the rows of all shards, crop
+    positions offset into their concatenation, then what an unsharded run writes."""
+    if missing_shards(shard_dir, n):  # another shard merged it between our check and the lock
+        notes.append(f"Shards of {shard_dir.name} were merged by another shard's run.")
+        manifest = read_table(ws.manifest)
+        rejects = read_table(ws.rejects)
+        return _summary(ws, manifest, rejects, reused, 0, notes, timings, start)
+    ws.remove_stale_temps()
+    frames, chunks, metas = [], [], []
+    for i in range(n):
+        name = _shard_name(i, n)
+        try:
+            df = read_table(shard_dir / f"{name}.parquet")
+            meta = read_metadata(shard_dir / f"{name}.parquet")
+            crops = open_store(shard_dir / f"{name}.npy")
+        except (DamagedFileError, WorkspaceError) as e:
+            raise WorkspaceError(f"Shard {i}/{n} in {shard_dir} cannot be read ({e}); run `fercure prepare "
+                                 f"INPUT -w {ws.root} --shard {i}/{n}` again, then merge.") from e
+        offset = sum(len(c) for c in chunks)
+        df.loc[df["crop_pos"] >= 0, "crop_pos"] += offset
+        if len(df):  # an empty shard adds no rows (and no dtypes to reconcile)
+            frames.append(df)
+        chunks.append(crops)
+        metas.append({k: v for k, v in meta.items() if k not in ("shard", "fercure_version", "schema_version")})
+    if any(m != metas[0] for m in metas[1:]):
+        raise WorkspaceError(f"The shards in {shard_dir} were prepared with different settings or inputs; "
+                             "run them again with one command line.")
+    rejects = read_table(shard_dir / f"{_shard_name(0, n)}-rejects.parquet")
+    rows_df = pd.concat(frames, ignore_index=True)
+    size = int(metas[0]["settings"]["image_size"])
+    reporter.log(f"prepare: merging {n} shards ({len(rows_df)} samples) into {ws.manifest} and {ws.store}.")
+    manifest, conflicts = _finish(ws, rows_df, _Concat(chunks), rejects, metas[0], size, timings)
+    del chunks
+    shutil.rmtree(shard_dir, ignore_errors=True)
+    notes.append(f"Merged {n} shards into {ws.manifest}.")
+    return _summary(ws, manifest, rejects, reused, conflicts, notes, timings, start)

@@ -9,6 +9,10 @@ Files of a run:
   predictions.parquet per sample (docs/ARCHITECTURE.md); its presence marks the run finished
   metrics.json       per-epoch loss/accuracy/throughput of every fit
 then WS/runs/LATEST points at the run.
+
+Under torchrun every rank runs this stage with the same arguments: rank 0 decides the run id and
+writes every file (atomically); all ranks train every fit together (fercure.train.distributed) and
+hold the same results, so the aggregate is computed alike everywhere and written once.
 """
 
 from __future__ import annotations
@@ -30,11 +34,13 @@ import torch
 from fercure import __version__, schema
 from fercure.progress import NULL, Reporter
 from fercure.train import detection as det
+from fercure.train import distributed as dd
 from fercure.train import dynamics as dyn
 from fercure.train import ensemble as ens
 from fercure.train.config import TrainConfig
 from fercure.train.parts import part_names
-from fercure.train.loop import fit, predict, resolve_device, to_device_store
+from fercure.train.device_store import open_crop_store
+from fercure.train.loop import fit, predict, resolve_device
 from fercure.workspace import (Workspace, WorkspaceError, atomic_path, atomic_write_json,
                                read_metadata, read_table, write_table)
 
@@ -182,6 +188,16 @@ class _CheckpointWriter:
             self.pool.shutdown(wait=True)
 
 
+class _NoWriter:
+    """What ranks other than 0 hold in place of the checkpoint writer: rank 0 writes."""
+
+    def submit(self, ckpt: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _to_tensors(d: dict[str, Any]) -> dict[str, Any]:
     """numpy → torch so checkpoints load with weights_only=True."""
     out: dict[str, Any] = {}
@@ -221,31 +237,40 @@ def run_train(workspace: Workspace | Path, config: TrainConfig, *, resume: bool 
     removing earlier runs that failed before their first checkpoint.
 
     A run that fails (or is interrupted) with no checkpoint to resume from gets runs/<id>/FAILED,
-    the error in one line, so a folder holding only config.json is never taken for a live run."""
+    the error in one line, so a folder holding only config.json is never taken for a live run.
+
+    Launched by torchrun (WORLD_SIZE > 1 in the environment), it joins the process group first
+    (NCCL on CUDA, gloo on CPU) and trains data-parallel; every rank returns the same summary."""
     ws = workspace if isinstance(workspace, Workspace) else Workspace(Path(workspace))
+    world, created = dd.setup(resolve_device(config.device))
     started: list[str] = []
     try:
-        return _run_train(ws, config, resume, reporter, started)
+        return _run_train(ws, config, resume, reporter, started, world)
     except BaseException as exc:
-        if started:
+        if started and world.main:
             ws.mark_run_failed(started[0], exc)
         raise
+    finally:
+        dd.teardown(created)
 
 
 def _run_train(ws: Workspace, config: TrainConfig, resume: bool, reporter: Reporter,
-               started: list[str]) -> TrainSummary:
+               started: list[str], world: dd.World = dd.SINGLE) -> TrainSummary:
     """run_train's body; appends the run's id to ``started`` once its folder exists."""
     t_start = time.perf_counter()
     # A run killed mid-checkpoint (SIGTERM, SIGKILL) leaves runs/<id>/.checkpoint.pt.*.tmp. The CLI
     # holds the workspace lock here, so no temp file of a live command is taken for stale.
-    ws.remove_stale_temps()
+    if world.main:
+        ws.remove_stale_temps()
     resolve_device(config.device)  # fail before a run folder exists when the device is missing
     data = _load_inputs(ws, reporter)
     fingerprint = _fingerprint(data)
 
     ckpt: dict[str, Any] = {"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "done": {},
                             "current": None}
-    run_id = _unfinished_run(ws) if resume else None
+    # Rank 0 picks the run (the others cannot see a folder it has not made yet, and a new id is random).
+    run_id = _unfinished_run(ws) if resume and world.main else None
+    run_id = dd.broadcast_object(run_id, world)
     resumed = run_id is not None
     if resumed:
         run_dir = ws.run_dir(run_id)
@@ -271,21 +296,29 @@ def _run_train(ws: Workspace, config: TrainConfig, resume: bool, reporter: Repor
     else:
         if resume:
             reporter.log("train: no unfinished run to resume; starting a new one.")
-        removed = ws.remove_dead_runs()
-        if removed:
-            reporter.log(f"train: removed {removed} run folder(s) in {ws.runs_dir} that failed before "
-                         "their first checkpoint (only config.json and/or FAILED; nothing to resume).")
-        run_id = _new_run_id(config)
+        if world.main:
+            removed = ws.remove_dead_runs()
+            if removed:
+                reporter.log(f"train: removed {removed} run folder(s) in {ws.runs_dir} that failed before "
+                             "their first checkpoint (only config.json and/or FAILED; nothing to resume).")
+            run_id = _new_run_id(config)
+            run_dir = ws.run_dir(run_id)
+            run_dir.mkdir(parents=True, exist_ok=False)
+            started.append(run_id)
+            atomic_write_json(run_dir / "config.json", {
+                **config.to_dict(), "classes": data.classes, "run_id": run_id, "parts": part_names(config),
+                "n_samples": len(data.sample_ids), "fercure_version": __version__,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "fingerprint": fingerprint,
+                "world_size": world.size})
+        run_id = dd.broadcast_object(run_id, world)
         run_dir = ws.run_dir(run_id)
-        run_dir.mkdir(parents=True, exist_ok=False)
-        started.append(run_id)
-        atomic_write_json(run_dir / "config.json", {
-            **config.to_dict(), "classes": data.classes, "run_id": run_id, "parts": part_names(config),
-            "n_samples": len(data.sample_ids), "fercure_version": __version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "fingerprint": fingerprint})
 
-    device = resolve_device(config.device)
-    store = to_device_store(data.store, device)  # the whole uint8 store goes to the device once
+    device = dd.rank_device(resolve_device(config.device), world)
+    if world.distributed:
+        reporter.log(f"train: data-parallel over {world.size} processes "
+                     f"({'NCCL' if device.type == 'cuda' else 'gloo'}); rank 0 writes the run.")
+    # The crops go to the device once (this rank's share of them), or stream when they do not fit.
+    store = open_crop_store(data.store, device, config.store, world, log=reporter.log)
     n, c = len(data.rows), len(data.classes)
     plan = det.plan_run(data.given, c, config)
     labels_full = np.zeros(store.shape[0], dtype=np.int64)
@@ -299,7 +332,7 @@ def _run_train(ws: Workspace, config: TrainConfig, resume: bool, reporter: Repor
     done: dict[str, dict[str, Any]] = {k: _to_numpy(v) for k, v in ckpt["done"].items()}
     fit_pos = np.flatnonzero(~plan.holdout)  # the first models never see the probe
 
-    writer = _CheckpointWriter(run_dir / "checkpoint.pt")
+    writer = _CheckpointWriter(run_dir / "checkpoint.pt") if world.main else _NoWriter()
     try:
         for job in jobs:
             if job.key in done:
@@ -341,7 +374,7 @@ def _run_train(ws: Workspace, config: TrainConfig, resume: bool, reporter: Repor
                               reliability=pr.get("reliability", pr["probs"].max(axis=1)),
                               labels=res.labels, relabel_count=res.relabel_count,
                               mean_probs=res.mean_probs, dynamics=res.dynamics)
-                if job.generation == final_gen:
+                if job.generation == final_gen and world.main:
                     target = run_dir / "model.pt" if job.key == first_final else \
                         run_dir / "members" / f"{job.key}.pt"
                     with atomic_path(target) as tmp:
@@ -357,6 +390,7 @@ def _run_train(ws: Workspace, config: TrainConfig, resume: bool, reporter: Repor
             del res
     finally:
         writer.close()
+        store.close()
 
     # ---- aggregate -----------------------------------------------------------------------
     members0 = [done[f"g0m{i}"] for i in range(config.ensemble)]
@@ -390,7 +424,6 @@ def _run_train(ws: Workspace, config: TrainConfig, resume: bool, reporter: Repor
     # Planted and probe samples were not trained with their given label: their dynamics rows
     # would describe a label that is not theirs (or nothing), so dynamics.parquet leaves them out.
     real = ~(plan.planted | plan.holdout)
-    real = ~(plan.planted | plan.holdout)
     dyn_frames = []
     for j in jobs:
         if j.kind != "member":
@@ -402,20 +435,22 @@ def _run_train(ws: Workspace, config: TrainConfig, resume: bool, reporter: Repor
                                              {k: v[:, keep] for k, v in done[j.key]["dynamics"].items()},
                                              j.member))
     meta = {"run_id": run_id, "classes": data.classes, "config": config.to_dict(),
-            "temperature": temperature, "self_check": self_check, "model_strength": strength}
-    write_table(pd.concat(dyn_frames, ignore_index=True), run_dir / "dynamics.parquet", meta,
-                table=schema.DYNAMICS)
-
+            "temperature": temperature, "self_check": self_check, "model_strength": strength,
+            "world_size": world.size}
     seconds_train = sum(r["seconds"] for r in done.values())
     seen = sum(r["seen"] for r in done.values())
     metrics = {k: r["history"] for k, r in done.items()}
-    atomic_write_json(run_dir / "metrics.json", {"fits": metrics, "temperature": temperature,
-                                                 "train_seconds": seconds_train})
-    write_table(pred_df, run_dir / "predictions.parquet", meta, table=schema.PREDICTIONS)  # last: marks the run finished
-    ws.set_latest_run(run_id)
-    # The checkpoint (model + optimiser state, ~135 MB for ResNet-18) only serves --resume of an
-    # unfinished run; a finished run keeps model.pt and its tables.
-    (run_dir / "checkpoint.pt").unlink(missing_ok=True)
+    if world.main:  # every rank holds the same tables; one writes them
+        write_table(pd.concat(dyn_frames, ignore_index=True), run_dir / "dynamics.parquet", meta,
+                    table=schema.DYNAMICS)
+        atomic_write_json(run_dir / "metrics.json", {"fits": metrics, "temperature": temperature,
+                                                     "train_seconds": seconds_train})
+        write_table(pred_df, run_dir / "predictions.parquet", meta, table=schema.PREDICTIONS)  # last: marks the run finished
+        ws.set_latest_run(run_id)
+        # The checkpoint (model + optimiser state, ~135 MB for ResNet-18) only serves --resume of an
+        # unfinished run; a finished run keeps model.pt and its tables.
+        (run_dir / "checkpoint.pt").unlink(missing_ok=True)
+    dd.barrier(world)  # no rank reports the run before its files are there
     final_acc = float(np.mean([m["history"][-1]["train_accuracy"] for m in finals]))
     return TrainSummary(
         run_id=run_id, run_dir=run_dir, n_samples=n, epochs=config.epochs, device=str(device),

@@ -92,6 +92,10 @@ class TrainConfig:
     # --- engineering ---------------------------------------------------------------------------
     eval_batch_size: int = 512
     compile: bool = False  # torch.compile the model on CUDA (slower start, faster steps)
+    # Crops resident on the device (uploaded once) or streamed from the memory-mapped store per
+    # batch; auto streams when the store (a rank's share of it) would take more than half the
+    # device's free memory (host memory on a CPU). Same batches either way.
+    store: str = "auto"  # auto | resident | stream
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes carried into config.json
 
     def __post_init__(self) -> None:
@@ -113,6 +117,8 @@ class TrainConfig:
             raise ValueError(f"folds must be 0 (off) or >= 2, not {self.folds}")
         if self.distill_generations < 0:
             raise ValueError("distill_generations must be >= 0")
+        if self.store not in ("auto", "resident", "stream"):
+            raise ValueError(f"store must be auto, resident or stream, not {self.store!r}")
         if self.amp not in ("auto", "bf16", "off"):
             raise ValueError(f"amp must be auto, bf16 or off, not {self.amp!r}")
         for name, hi in (("holdout", 0.5), ("plant_rate", 0.2), ("retrain_drop", 0.9),

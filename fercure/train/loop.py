@@ -11,6 +11,12 @@ come to the host once per epoch.
 Everything a resumed fit needs lives in one ``FitState`` (model, optimiser, random streams,
 current labels, running sums, dynamics, part states), saved after every epoch; on CPU a resumed
 fit is bit-identical to an uninterrupted one.
+
+Under torchrun (``fercure.train.distributed``) the same loop runs data-parallel: the model is
+wrapped in DistributedDataParallel (one forward of the wrapped model per step), each rank trains
+the samples it owns in the shared permutation's order, and once per epoch the per-sample tensors
+are merged so every rank holds the whole of them. The crops come from a ``fercure.train.device_store``
+store: resident on the device, or streamed from the memory map when they do not fit.
 """
 
 from __future__ import annotations
@@ -28,7 +34,9 @@ import torch.nn.functional as F
 from fercure.device import resolve_device
 from fercure.progress import NULL, Reporter
 from fercure.train import augment
+from fercure.train import distributed as dd
 from fercure.train.config import TrainConfig
+from fercure.train.device_store import open_crop_store
 from fercure.train.model import FerNet, build_model
 from fercure.train.parts import Part, Step, build_parts
 from fercure.workspace import WorkspaceError
@@ -117,9 +125,13 @@ class FitState:
     """Everything a fit carries from one epoch to the next, with one save/load pair."""
 
     def __init__(self, model: FerNet, opt: torch.optim.Optimizer, gen: torch.Generator,
-                 parts: list[Part], labels: torch.Tensor, n: int, c: int, device: torch.device) -> None:
+                 parts: list[Part], labels: torch.Tensor, n: int, c: int, device: torch.device,
+                 aug_gen: torch.Generator | None = None, world: dd.World = dd.SINGLE) -> None:
         self.model, self.opt, self.gen, self.parts = model, opt, gen, parts
-        self.device = device
+        # One process draws permutation and augmentation from one stream; under data parallelism
+        # the permutation stream is shared by all ranks and each rank augments from its own.
+        self.aug_gen = gen if aug_gen is None else aug_gen
+        self.device, self.world = device, world
         self.current = labels.clone()
         self.relabel_count = torch.zeros(n, dtype=torch.long, device=device)
         self.sum_probs = torch.zeros(n, c, dtype=torch.float32, device=device)
@@ -143,7 +155,18 @@ class FitState:
             "dynamics": {k: [torch.from_numpy(a) for a in v] for k, v in self.dyn.items()},
             "history": list(self.history), "train_seconds": self.train_seconds, "seen": self.seen,
             "seed": seed, "n": int(self.current.numel()),
+            **self._rank_streams(),
         }
+
+    def _rank_streams(self) -> dict[str, Any]:
+        """Each rank's own random streams (collective: every rank calls it), so a resume with the
+        same number of ranks continues exactly; nothing in a single process."""
+        if not self.world.distributed:
+            return {}
+        cuda = self.device.type == "cuda"
+        mine = {"aug_generator": self.aug_gen.get_state(), "cpu_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(self.device) if cuda else None}
+        return {"world_size": self.world.size, "ranks": dd.all_gather_object(mine, self.world)}
 
     def load(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -162,6 +185,15 @@ class FitState:
         self.history = list(state["history"])
         self.train_seconds, self.seen = state["train_seconds"], state["seen"]
         self.epoch = int(state["epoch"])
+        ranks = state.get("ranks")
+        if self.world.distributed and ranks and len(ranks) == self.world.size:
+            mine = ranks[self.world.rank]
+            self.aug_gen.set_state(mine["aug_generator"].to(self.aug_gen.get_state().device))
+            torch.set_rng_state(mine["cpu_rng"])
+            if self.device.type == "cuda" and mine.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(mine["cuda_rng"], self.device)
+        # Another number of ranks: the shared permutation stream continues, each rank's
+        # augmentation stream starts from its seed (training continues, not bit for bit).
 
 
 def fit(images: Any, labels: Any, classes: list[str], config: TrainConfig, *,
@@ -175,19 +207,25 @@ def fit(images: Any, labels: Any, classes: list[str], config: TrainConfig, *,
 
     Parameters
     ----------
-    images : (N,S,S,3) uint8 array, memory map, or a uint8 tensor already on the device.
+    images : (N,S,S,3) uint8 array, memory map, a uint8 tensor already on the device, or a
+        ``fercure.train.device_store`` store (what a run shares between its fits).
     labels : (N,) integer training labels (indices into ``classes``), indexed by store row.
     index : store rows to train on (default all); dynamics are returned for these rows.
     seed : overrides ``config.seed`` (ensemble members, folds).
     soft_targets : (len(index),C) teacher probabilities for a distillation student.
     record_labels : (N,) labels whose p(label) the dynamics record (default ``labels``).
     resume_state : a state passed to ``on_epoch_end`` earlier; training continues after its epoch.
-    on_epoch_end : called with a checkpoint state (torch-saveable dict) after every epoch.
+    on_epoch_end : called with a checkpoint state (torch-saveable dict) after every epoch (on
+        rank 0 only under data parallelism; every rank takes part in building the state).
+
+    Under an initialised process group every rank calls ``fit`` with the same arguments and gets
+    the same, whole result.
     """
-    device = resolve_device(config.device)
+    world = dd.current()
+    device = dd.rank_device(resolve_device(config.device), world)
     cuda = device.type == "cuda"
     seed = config.seed if seed is None else seed
-    store = to_device_store(images, device)
+    store = open_crop_store(images, device, config.store, world)
     rows = torch.arange(store.shape[0], device=device) if index is None else \
         torch.tensor(np.asarray(index, dtype=np.int64), device=device)
     n, c = int(rows.numel()), len(classes)
@@ -204,14 +242,28 @@ def fit(images: Any, labels: Any, classes: list[str], config: TrainConfig, *,
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(model, config, device)
-    step_model = torch.compile(model) if (cuda and config.compile) else model
+    step_model: Any = model
+    if world.distributed:  # broadcasts rank 0's weights, then averages gradients every step
+        step_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if cuda else None)
+    if cuda and config.compile:
+        step_model = torch.compile(step_model)
     gen = torch.Generator(device=device)
     gen.manual_seed(seed + 7919)  # augmentation + permutation stream, separate from init
-    st = FitState(model, opt, gen, parts, train_y, n, c, device)
+    aug_gen = None
+    if world.distributed:
+        aug_gen = torch.Generator(device=device)
+        aug_gen.manual_seed(seed + 7919 + 1_000_003 * (world.rank + 1))
+    st = FitState(model, opt, gen, parts, train_y, n, c, device, aug_gen=aug_gen, world=world)
     if resume_state is not None:
         st.load(resume_state)
 
-    bounds = batch_bounds(n, config.batch_size)
+    own = dd.owned_mask(rows, world)  # all True in one process
+    if world.distributed:
+        counts = dd.rank_counts(rows.cpu().numpy(), world.size)
+        bounds = dd.rank_steps(int(counts[world.rank]), dd.steps_per_epoch(n, config.batch_size, counts))
+    else:
+        bounds = batch_bounds(n, config.batch_size)
     total_steps = config.epochs * len(bounds)
     warmup = max(1, min(len(bounds), total_steps // 10))
     aug = augment.AugmentConfig(erase_p=config.erase_p)
@@ -223,6 +275,7 @@ def fit(images: Any, labels: Any, classes: list[str], config: TrainConfig, *,
         t0 = time.perf_counter()
         model.train()
         perm = torch.randperm(n, generator=gen, device=device)
+        order = perm[own[perm]] if world.distributed else perm  # this rank's samples, shared order
         ep = {
             "p_given": torch.zeros(n, device=device), "margin": torch.zeros(n, device=device),
             "alpha": torch.ones(n, device=device),
@@ -231,15 +284,16 @@ def fit(images: Any, labels: Any, classes: list[str], config: TrainConfig, *,
         }
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.long, device=device)
-        for b, (s, e) in enumerate(bounds):
+        for b, ((s, e), crops) in enumerate(zip(bounds, store.batches(rows[order], bounds))):
             for g in opt.param_groups:
                 g["lr"] = lr_at(epoch * len(bounds) + b, total_steps, warmup, config.lr)
-            idx = perm[s:e]
-            x = augment.train_batch(store[rows[idx]], config.image_size, gen, aug)
+            idx = order[s:e]
+            x = augment.train_batch(crops, config.image_size, st.aug_gen, aug)
             if cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
             step = Step(idx=idx, labels=st.current[idx], epoch=epoch)
-            out, aux = forward_with_aux(step_model, x, parts, gen)
+            # pretext draws come from the rank's own stream: the shared one must stay in step
+            out, aux = forward_with_aux(step_model, x, parts, st.aug_gen)
             z = out["logits"]
             for p in parts:
                 z = p.transform_logits(out, z)
@@ -270,6 +324,15 @@ def fit(images: Any, labels: Any, classes: list[str], config: TrainConfig, *,
                         st.relabel_count[idx] += mask.long()
                         ep["relabeled"][idx] |= mask
 
+        if world.distributed:  # every rank's samples, whole on every rank, before the next epoch
+            ep = {k: dd.merge_owned(v, own, world) for k, v in ep.items()}
+            st.current = dd.merge_owned(st.current, own, world)
+            st.relabel_count = dd.merge_owned(st.relabel_count, own, world)
+            st.sum_probs = dd.merge_owned(st.sum_probs, own, world)
+            for p in parts:
+                for t in p.per_sample_state().values():
+                    t.copy_(dd.merge_owned(t, own, world))
+            loss_sum, correct = dd.all_sum(loss_sum, world), dd.all_sum(correct, world)
         # One host copy per epoch (this is also the epoch's only synchronisation).
         host = {k: v.cpu().numpy() for k, v in ep.items()}
         host["current_index"] = st.current.cpu().numpy().copy()  # on CPU .cpu() aliases `current`
@@ -295,10 +358,14 @@ def fit(images: Any, labels: Any, classes: list[str], config: TrainConfig, *,
                 rec["anchor_separation"] = p.anchor_separation()
         st.history.append(rec)
         if on_epoch_end is not None:
-            on_epoch_end(st.save(seed))
+            state = st.save(seed)  # collective under data parallelism: every rank builds it
+            if world.main:
+                on_epoch_end(state)
         bar.advance(1)  # after the checkpoint: a bar at k means k epochs are safe on disk
     bar.close()
 
+    if store is not images:
+        store.close()
     epochs_done = max(1, len(st.dyn.get("p_given", [])))
     return FitResult(
         model=model, classes=list(classes), labels=st.current.cpu().numpy(),
@@ -353,29 +420,48 @@ def predict(model: FerNet, images: Any, config: TrainConfig, *, index: np.ndarra
     """Eval-mode pass without augmentation. Returns numpy arrays for the selected rows: logits,
     probs (N,C), embedding (N,D), and what the given parts add (SCN alpha; ARBEx rel_probs,
     reliability). With ``flip`` the logits and embedding are averaged over the image and its
-    mirror image (faces are near-symmetric, so this halves the variance for free)."""
+    mirror image (faces are near-symmetric, so this halves the variance for free).
+
+    Under data parallelism each rank scores the rows it owns and every rank gets all of them."""
+    world = dd.current()
     device = device or next(model.parameters()).device
-    store = to_device_store(images, device)
+    store = open_crop_store(images, device, config.store, world)
     rows = torch.arange(store.shape[0], device=device) if index is None else \
         torch.tensor(np.asarray(index, dtype=np.int64), device=device)
+    own = dd.owned_mask(rows, world)
+    mine = rows[own] if world.distributed else rows
     bs = batch_size or config.eval_batch_size
     was_training = model.training
     model.eval()
     outs: dict[str, list[torch.Tensor]] = {}
-    for s, e in batch_bounds(int(rows.numel()), bs):
-        x = augment.eval_batch(store[rows[s:e]], config.image_size)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        out = model(x)
-        if flip:
-            mirrored = model(torch.flip(x, dims=[3]))
-            out = {k: (v + mirrored[k]) / 2 if v.is_floating_point() else v for k, v in out.items()}
-        res = {"logits": out["logits"], "embedding": out["embedding"]}
-        for p in parts or []:
-            res.update(p.predict(out))
-        for k, v in res.items():
-            outs.setdefault(k, []).append(v.float())
+    bounds = batch_bounds(int(mine.numel()), bs)
+    for crops in store.batches(mine, bounds):
+        for k, v in _eval_outputs(model, crops, config, parts, flip).items():
+            outs.setdefault(k, []).append(v)
+    if not bounds:  # a rank that owns none of the rows still joins the gather, with 0 rows
+        blank = torch.zeros((1,) + tuple(store.shape[1:]), dtype=torch.uint8, device=device)
+        outs = {k: [v[:0]] for k, v in _eval_outputs(model, blank, config, parts, flip).items()}
     model.train(was_training)
-    res_np = {k: torch.cat(v).cpu().numpy() for k, v in outs.items()}
+    if store is not images:
+        store.close()
+    cat = {k: torch.cat(v) for k, v in outs.items()}
+    if world.distributed:
+        cat = dd.gather_rows(cat, own, world)
+    res_np = {k: v.cpu().numpy() for k, v in cat.items()}
     res_np["probs"] = F.softmax(torch.from_numpy(res_np["logits"]), dim=1).numpy()
     return res_np
+
+
+def _eval_outputs(model: FerNet, crops: torch.Tensor, config: TrainConfig, parts: list[Part] | None,
+                  flip: bool) -> dict[str, torch.Tensor]:
+    x = augment.eval_batch(crops, config.image_size)
+    if x.device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    out = model(x)
+    if flip:
+        mirrored = model(torch.flip(x, dims=[3]))
+        out = {k: (v + mirrored[k]) / 2 if v.is_floating_point() else v for k, v in out.items()}
+    res = {"logits": out["logits"], "embedding": out["embedding"]}
+    for p in parts or []:
+        res.update(p.predict(out))
+    return {k: v.float() for k, v in res.items()}

@@ -17,6 +17,9 @@ else, so methods compose without flags threaded through the loop:
   statistics.
 - ``state()`` / ``load_state()``: per-sample tensors the part keeps (ELR's targets), saved in
   every checkpoint so a resumed run continues exactly.
+- ``per_sample_state()``: the tensors indexed by the fit's sample position that the part updates
+  during training (ELR's targets); under data parallelism the loop merges each rank's rows of them
+  after every epoch, so every rank holds all of them.
 """
 
 from __future__ import annotations
@@ -68,6 +71,9 @@ class Part:
 
     def load_state(self, state: dict[str, Any]) -> None:
         return None
+
+    def per_sample_state(self) -> dict[str, torch.Tensor]:
+        return {}
 
 
 def build_parts(config: Any, n: int, num_classes: int, device: torch.device,

@@ -32,6 +32,9 @@ class ElrPart(Part):
     def state(self):
         return {"targets": self.targets}
 
+    def per_sample_state(self):
+        return {"targets": self.targets}
+
     def load_state(self, state):
         if "targets" not in state:
             raise ValueError("the checkpoint has no ELR targets: it was written without --elr")
