@@ -322,7 +322,7 @@ class Bench:
         from fercure.train.config import TrainConfig
 
         base = dict(backbone=self.args.backbone, image_size=self.cfg["image_size"], epochs=self.cfg["epochs"],
-                    batch_size=self.cfg["batch_size"], device=self.device, seed=0)
+                    batch_size=self.cfg["batch_size"], device=self.device, seed=self.args.seed)
         base.update(kw)
         return TrainConfig(**base)
 
@@ -495,6 +495,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", default=",".join(STEPS),
                     help=f"comma-separated subset of {','.join(STEPS)}")
     ap.add_argument("--backbone", default="resnet18", help="timm backbone for every model")
+    ap.add_argument("--seed", type=int, default=0, help="seed of every detection fit (a second seed measures "
+                                                        "run-to-run variation)")
     ap.add_argument("--plus", default="jigsaw", help=f"fercure_plus: comma-separated parts added to the default run "
                                                     f"({', '.join(PART_SWITCHES)})")
     ap.add_argument("--downstream-variants", default="",
