@@ -129,6 +129,8 @@ def test_vit_is_built_at_the_crop_size_and_cnn_pool_avg_matches_timm():
 def test_pool_and_part_misuse_is_a_clear_error():
     with pytest.raises(WorkspaceError, match="not a timm VisionTransformer"):
         FerNet("resnet18", 7, pool="atp")
+    with pytest.raises(WorkspaceError, match="is a ViT"):
+        FerNet("vit_tiny_patch16_224", 7, pool="app", image_size=32)
     with pytest.raises(WorkspaceError, match="CNN feature map"):
         build_model(TrainConfig(backbone="vit_tiny_patch16_224", image_size=32, inpaint=True,
                                 backbone_args={"patch_size": 8, "depth": 1}), 7,
