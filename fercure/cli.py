@@ -64,6 +64,18 @@ class ThresholdMethod(str, Enum):
 class Format(str, Enum):
     parquet = "parquet"
     csv = "csv"
+    imagefolder = "imagefolder"
+    hf = "hf"
+
+
+class Images(str, Enum):
+    crops = "crops"
+    originals = "originals"
+
+
+class Link(str, Enum):
+    symlink = "symlink"
+    copy = "copy"
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -337,13 +349,18 @@ def audit_labels(
 @app.command(
     "export-cleaned",
     epilog="Examples:\n\n  fercure export-cleaned -w ws -o cleaned.parquet\n\n"
-    "  fercure export-cleaned -w ws -o cleaned.csv --format csv --policy drop --force",
+    "  fercure export-cleaned -w ws -o cleaned.csv --format csv --policy drop --force\n\n"
+    "  fercure export-cleaned -w ws -o cleaned-images --format imagefolder      # OUT/<split>/<class>/*.png\n\n"
+    "  fercure export-cleaned -w ws -o cleaned-images --format imagefolder --images originals --link copy\n\n"
+    "  fercure export-cleaned -w ws -o cleaned-hf.parquet --format hf          # datasets.load_dataset(\"parquet\", ...)",
 )
 def export_cleaned(
     workspace: Path = WorkspaceOpt,
-    output: Path = typer.Option(..., "--output", "-o", help="File to write."),
+    output: Path = typer.Option(..., "--output", "-o", help="File to write (a folder for --format imagefolder)."),
     policy: Policy = typer.Option(Policy.relabel, help="What to do with label issues: relabel, drop, flag (review only), soft (soft labels for ambiguous)."),
-    format: Format = typer.Option(Format.parquet, "--format", help="parquet or csv."),
+    format: Format = typer.Option(Format.parquet, "--format", help="parquet (the cleaned table), csv (with a provenance JSON beside it), imagefolder (OUT/<split>/<class>/ image files for torchvision's ImageFolder and datasets' imagefolder) or hf (Parquet with an Image column and ClassLabel names for datasets.load_dataset('parquet'))."),
+    images: Images = typer.Option(Images.crops, "--images", help="imagefolder / hf: the aligned face crops (PNG) or the original files."),
+    link: Link = typer.Option(Link.symlink, "--link", help="imagefolder with --images originals: symlink the originals or copy them."),
     force: bool = typer.Option(False, help="Overwrite an existing output file."),
     wait: bool = WaitOpt,
 ) -> None:
@@ -355,7 +372,8 @@ def export_cleaned(
     lock = _locked(workspace, wait) if is_inside(output, workspace) else contextlib.nullcontext()
     with lock:
         try:
-            summary = run_export(workspace, output, policy=policy.value, fmt=format.value, force=force)
+            summary = run_export(workspace, output, policy=policy.value, fmt=format.value, force=force,
+                                 images=images.value, link=link.value)
         except WorkspaceError as e:
             _fail(str(e))
     _render(summary, "export-cleaned")
