@@ -27,6 +27,7 @@ app = typer.Typer(
 
 WorkspaceOpt = typer.Option(..., "--workspace", "-w", help="Workspace folder shared by all stages.")
 WaitOpt = typer.Option(False, "--wait", help="When another fercure command is using the workspace, wait for it to finish instead of stopping.")
+JsonOpt = typer.Option(False, "--json", help="Print the summary as JSON on stdout (and nothing else there; progress and notes go to stderr).")
 
 
 class Device(str, Enum):
@@ -150,8 +151,9 @@ def _render(summary: object, title: str) -> None:
                     t.add_row(text(idx), *cells)
                 extras.append(t)
         elif isinstance(value, (list, tuple)):
-            if value:
-                scalars[label] = "\n".join(map(str, value))
+            if value:  # long lists (skipped samples) in full in --json only
+                shown = list(map(str, value[:10])) + ([f"... and {len(value) - 10} more"] if len(value) > 10 else [])
+                scalars[label] = "\n".join(shown)
         elif value is not None:
             scalars[label] = _fmt(value.item() if isinstance(value, numbers.Number) and hasattr(value, "item") else value)
     for prop in ("images_per_s", "slowest_stage"):
@@ -167,7 +169,27 @@ def _render(summary: object, title: str) -> None:
         console.print(Panel(text(warning), title="warning", border_style="bold red"))
 
 
-def _run(fn, title: str, **kwargs):
+def _emit(summary: object, title: str, workspace: object, as_json: bool) -> None:
+    """The summary: JSON on stdout (``--json``), or tables, then where the outputs are and what
+    to run next."""
+    from fercure.summary import as_json as summary_json
+
+    data = summary_json(summary, title, workspace)
+    if as_json:
+        import json
+
+        typer.echo(json.dumps(data, ensure_ascii=False))
+        return
+    from fercure.console import console, text
+
+    _render(summary, title)
+    if data.get("outputs"):
+        console.print(f"[bold]Outputs:[/] {text(', '.join(data['outputs']))}", highlight=False, soft_wrap=True)
+    if data.get("next"):
+        console.print(f"[bold]Next:[/] {text(data['next'])}", highlight=False, soft_wrap=True)
+
+
+def _run(fn, title: str, as_json: bool = False, **kwargs):
     from fercure.console import RichReporter
 
     try:
@@ -183,7 +205,8 @@ def _run(fn, title: str, **kwargs):
         where = f" while writing {e.filename}" if e.filename else ""
         _fail(f"Disk full{where} ({e.strerror or e}). Free space on the workspace's disk, or use a workspace "
               "on a disk with more room, and run the command again.")
-    _render(summary, title)
+    if as_json is not None:  # None: the caller (demo) prints the summaries itself
+        _emit(summary, title, kwargs.get("workspace"), as_json)
     return summary
 
 
@@ -232,6 +255,7 @@ def prepare(
     min_score: float = typer.Option(0.9, min=0, max=1, help="Detector confidence below this gets status low_confidence."),
     chunk_size: int = typer.Option(512, min=1, help="Images per resumable chunk: an interrupted run resumes at the first unfinished chunk."),
     wait: bool = WaitOpt,
+    json_out: bool = JsonOpt,
 ) -> None:
     """Detect, align and score faces; write the crop store and manifest.parquet."""
     from fercure.stages.prepare import check_workspace, run_prepare
@@ -246,7 +270,7 @@ def prepare(
         _fail(str(e))
     with _locked(workspace, wait, create=True):
         _run(
-            run_prepare, "prepare", input_root=input_root, workspace=workspace, labels_file=labels,
+            run_prepare, "prepare", as_json=json_out, input_root=input_root, workspace=workspace, labels_file=labels,
             classes=class_list, device=device.value, batch_size=batch_size, workers=workers,
             image_size=image_size, on_no_face=on_no_face.value, multi_face=multi_face.value,
             min_face_size=min_face_size, min_score=min_score, chunk_size=chunk_size,
@@ -286,6 +310,7 @@ def train(
     folds: int = typer.Option(0, min=0, help="Cross-fitting folds for out-of-sample probabilities (0: off)."),
     resume: bool = typer.Option(False, help="Continue the latest unfinished run from its last epoch checkpoint."),
     wait: bool = WaitOpt,
+    json_out: bool = JsonOpt,
 ) -> None:
     """Train a timm backbone and record how every sample behaves (the evidence audit-labels judges labels by)."""
     from fercure.stages.train import run_train
@@ -310,7 +335,7 @@ def train(
             ensemble=max(ensemble, 3) if thorough else ensemble,
             distill_generations=distill_generations, folds=folds,
         )
-        _run(run_train, "train", workspace=workspace, config=config, resume=resume)
+        _run(run_train, "train", as_json=json_out, workspace=workspace, config=config, resume=resume)
 
 
 @app.command(
@@ -325,6 +350,7 @@ def audit_labels(
     threshold_method: ThresholdMethod = typer.Option(ThresholdMethod(DEFAULT_THRESHOLD), help="How is_label_issue is decided without ground truth (docs/METHODS.md)."),
     force: bool = typer.Option(False, help="Overwrite an existing --report file (the default WS/report.html is always rewritten)."),
     wait: bool = WaitOpt,
+    json_out: bool = JsonOpt,
 ) -> None:
     """Score every label: wrong or not, what it should be, how sure, ambiguous or not."""
     from fercure.audit import SIGNALS
@@ -342,7 +368,7 @@ def audit_labels(
             ws.check_readable()
         except WorkspaceError as e:
             _fail(str(e))
-        _run(run_audit, "audit-labels", workspace=workspace, run_id=run, report_path=report,
+        _run(run_audit, "audit-labels", as_json=json_out, workspace=workspace, run_id=run, report_path=report,
              method=score, threshold_method=threshold_method.value)
 
 
@@ -363,6 +389,7 @@ def export_cleaned(
     link: Link = typer.Option(Link.symlink, "--link", help="imagefolder with --images originals: symlink the originals or copy them."),
     force: bool = typer.Option(False, help="Overwrite an existing output file."),
     wait: bool = WaitOpt,
+    json_out: bool = JsonOpt,
 ) -> None:
     """Write cleaned, relabelled annotations with every original label and the reason for each change."""
     from fercure.stages.export import run_export
@@ -376,7 +403,7 @@ def export_cleaned(
                                  images=images.value, link=link.value)
         except WorkspaceError as e:
             _fail(str(e))
-    _render(summary, "export-cleaned")
+    _emit(summary, "export-cleaned", workspace, json_out)
 
 
 def find_sample_data() -> Path | None:
@@ -407,7 +434,7 @@ def _demo_labels(data: Path, workspace: Path, limit: int | None) -> Path:
     return out
 
 
-def _demo_scorecard(data: Path, workspace: Path) -> None:
+def _demo_scorecard(data: Path, workspace: Path, quiet: bool = False) -> dict | None:
     """Score the audit against DATA/ferplus_reference.csv (FER+ votes, evaluation only); print the
     scorecard and write it to WS/scorecard.json. Skipped, with one line, without a reference."""
     import pandas as pd
@@ -416,21 +443,25 @@ def _demo_scorecard(data: Path, workspace: Path) -> None:
     from fercure.scorecard import render_scorecard, scorecard
     from fercure.workspace import Workspace, atomic_write_json, read_metadata, read_table
 
+    if quiet:  # --json: notes go to stderr, the card into the JSON
+        from fercure.console import err_console as console
     reference_path = data / "ferplus_reference.csv"
     if not reference_path.exists():
         console.print(f"Scorecard skipped: {reference_path} not found (it holds the FER+ votes the audit is "
                       "scored against).", soft_wrap=True, highlight=False)
-        return
+        return None
     audit_path = Workspace(workspace).audit
     try:
         card = scorecard(read_table(audit_path), pd.read_csv(reference_path, keep_default_na=False),
                          read_metadata(audit_path).get("stats"))
     except ValueError as e:
         console.print(f"Scorecard skipped: {e}.", soft_wrap=True, highlight=False)
-        return
+        return None
     card["reference"] = str(reference_path)
     atomic_write_json(Path(workspace) / "scorecard.json", card)
-    console.print(render_scorecard(card))
+    if not quiet:
+        console.print(render_scorecard(card))
+    return card
 
 
 @app.command(epilog="Examples:\n\n  fercure demo -w demo-ws\n\n  fercure demo -w demo-ws --limit 12 --epochs 5   # 12 images per class, under a minute")
@@ -444,6 +475,7 @@ def demo(
     device: Device = typer.Option(Device.auto),
     force: bool = typer.Option(True, help="Overwrite WS/cleaned.parquet from an earlier demo."),
     wait: bool = WaitOpt,
+    json_out: bool = JsonOpt,
 ) -> None:
     """Run all four stages on sample_data/ (1,800 FER2013 crops: a few minutes on a CPU); export to
     WS/cleaned.parquet, then score the audit against the FER+ votes (WS/scorecard.json)."""
@@ -451,11 +483,11 @@ def demo(
     if data is None or not (data / "labels.csv").exists():
         _fail("sample_data/ not found: pass --data PATH (a folder with images/ and labels.csv).")
     with _locked(workspace, wait, create=True):  # one lock over all four stages
-        _demo_stages(data, workspace, limit, epochs, image_size, batch_size, device, force)
+        _demo_stages(data, workspace, limit, epochs, image_size, batch_size, device, force, json_out)
 
 
 def _demo_stages(data: Path, workspace: Path, limit: int | None, epochs: int, image_size: int,
-                 batch_size: int, device: Device, force: bool) -> None:
+                 batch_size: int, device: Device, force: bool, as_json: bool = False) -> None:
     from fercure.console import console
     from fercure.stages.audit import run_audit
     from fercure.stages.export import run_export
@@ -463,23 +495,39 @@ def _demo_stages(data: Path, workspace: Path, limit: int | None, epochs: int, im
     from fercure.stages.train import run_train
     from fercure.train.config import TrainConfig
 
+    from fercure.summary import as_json as summary_json
+
+    def rule(title: str) -> None:
+        if not as_json:  # --json: stdout holds the one JSON object only
+            console.rule(title)
+
+    # Each stage prints its summary as it ends; with --json they are collected into one object.
+    emit = None if as_json else False
     labels = _demo_labels(data, workspace, limit)
-    console.rule("[bold]1/4 prepare")
-    _run(run_prepare, "prepare", input_root=data / "images", workspace=workspace,
-         labels_file=labels, device=device.value, image_size=image_size)
-    console.rule("[bold]2/4 train")
+    rule("[bold]1/4 prepare")
+    summaries = [("prepare", _run(run_prepare, "prepare", as_json=emit, input_root=data / "images",
+                                  workspace=workspace, labels_file=labels, device=device.value,
+                                  image_size=image_size))]
+    rule("[bold]2/4 train")
     config = TrainConfig(image_size=image_size, epochs=epochs, batch_size=batch_size, device=device.value)
-    _run(run_train, "train", workspace=workspace, config=config)
-    console.rule("[bold]3/4 audit-labels")
-    _run(run_audit, "audit-labels", workspace=workspace)
-    console.rule("[bold]4/4 export-cleaned")
+    summaries.append(("train", _run(run_train, "train", as_json=emit, workspace=workspace, config=config)))
+    rule("[bold]3/4 audit-labels")
+    summaries.append(("audit-labels", _run(run_audit, "audit-labels", as_json=emit, workspace=workspace)))
+    rule("[bold]4/4 export-cleaned")
     try:
         summary = run_export(workspace, Path(workspace) / "cleaned.parquet", force=force)
     except WorkspaceError as e:
         _fail(str(e))
-    _render(summary, "export-cleaned")
-    console.rule("[bold]scorecard")
-    _demo_scorecard(data, workspace)
+    summaries.append(("export-cleaned", summary))
+    if not as_json:
+        _emit(summary, "export-cleaned", workspace, False)
+    rule("[bold]scorecard")
+    card = _demo_scorecard(data, workspace, quiet=as_json)
+    if as_json:
+        import json
+
+        typer.echo(json.dumps({"stages": [summary_json(s, t, workspace) for t, s in summaries],
+                               "scorecard": card}, ensure_ascii=False, default=str))
 
 
 if __name__ == "__main__":  # pragma: no cover
