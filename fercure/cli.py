@@ -27,6 +27,7 @@ app = typer.Typer(
 
 WorkspaceOpt = typer.Option(..., "--workspace", "-w", help="Workspace folder shared by all stages.")
 WaitOpt = typer.Option(False, "--wait", help="When another fercure command is using the workspace, wait for it to finish instead of stopping.")
+JsonOpt = typer.Option(False, "--json", help="Print the summary as JSON on stdout (and nothing else there; progress and notes go to stderr).")
 
 
 class Device(str, Enum):
@@ -76,6 +77,18 @@ class StoreMode(str, Enum):
 class Format(str, Enum):
     parquet = "parquet"
     csv = "csv"
+    imagefolder = "imagefolder"
+    hf = "hf"
+
+
+class Images(str, Enum):
+    crops = "crops"
+    originals = "originals"
+
+
+class Link(str, Enum):
+    symlink = "symlink"
+    copy = "copy"
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -152,8 +165,9 @@ def _render(summary: object, title: str) -> None:
                     t.add_row(text(idx), *cells)
                 extras.append(t)
         elif isinstance(value, (list, tuple)):
-            if value:
-                scalars[label] = "\n".join(map(str, value))
+            if value:  # long lists (skipped samples) in full in --json only
+                shown = list(map(str, value[:10])) + ([f"... and {len(value) - 10} more"] if len(value) > 10 else [])
+                scalars[label] = "\n".join(shown)
         elif value is not None:
             scalars[label] = _fmt(value.item() if isinstance(value, numbers.Number) and hasattr(value, "item") else value)
     for prop in ("images_per_s", "slowest_stage"):
@@ -169,9 +183,30 @@ def _render(summary: object, title: str) -> None:
         console.print(Panel(text(warning), title="warning", border_style="bold red"))
 
 
-def _run(fn, title: str, quiet: bool = False, **kwargs):
-    """Run a stage with a progress display and render its summary; ``quiet`` (the ranks of a
-    data-parallel run other than 0) shows neither, only errors."""
+def _emit(summary: object, title: str, workspace: object, as_json: bool) -> None:
+    """The summary: JSON on stdout (``--json``), or tables, then where the outputs are and what
+    to run next."""
+    from fercure.summary import as_json as summary_json
+
+    data = summary_json(summary, title, workspace)
+    if as_json:
+        import json
+
+        typer.echo(json.dumps(data, ensure_ascii=False))
+        return
+    from fercure.console import console, text
+
+    _render(summary, title)
+    if data.get("outputs"):
+        console.print(f"[bold]Outputs:[/] {text(', '.join(data['outputs']))}", highlight=False, soft_wrap=True)
+    if data.get("next"):
+        console.print(f"[bold]Next:[/] {text(data['next'])}", highlight=False, soft_wrap=True)
+
+
+def _run(fn, title: str, as_json: bool | None = False, quiet: bool = False, **kwargs):
+    """Run a stage with a progress display and emit its summary (``as_json``: as JSON; None: the
+    caller prints it). ``quiet`` (the ranks of a data-parallel run other than 0) shows neither,
+    only errors."""
     from fercure.console import RichReporter
     from fercure.progress import NULL
 
@@ -188,8 +223,8 @@ def _run(fn, title: str, quiet: bool = False, **kwargs):
         where = f" while writing {e.filename}" if e.filename else ""
         _fail(f"Disk full{where} ({e.strerror or e}). Free space on the workspace's disk, or use a workspace "
               "on a disk with more room, and run the command again.")
-    if not quiet:
-        _render(summary, title)
+    if not quiet and as_json is not None:  # None: the caller (demo) prints the summaries itself
+        _emit(summary, title, kwargs.get("workspace"), as_json)
     return summary
 
 
@@ -268,6 +303,7 @@ def prepare(
     shard: Optional[str] = typer.Option(None, help="I/N: process only shard I (0..N-1) of N, split by sample_id hash, into the workspace's shard files; the shard that finds all N done merges them. Shards run side by side, also on machines sharing the workspace."),
     merge: bool = typer.Option(False, "--merge", help="Combine a complete set of shards into the manifest and store (no INPUT needed)."),
     wait: bool = WaitOpt,
+    json_out: bool = JsonOpt,
 ) -> None:
     """Detect, align and score faces; write the crop store and manifest.parquet."""
     from fercure.stages.prepare import check_workspace, merge_prepare_shards, parse_shard, run_prepare
@@ -277,7 +313,7 @@ def prepare(
         if input_root is not None or shard is not None:
             _fail("--merge combines shards already written: give only -w WORKSPACE.", 2)
         with _locked(workspace, wait):
-            _run(merge_prepare_shards, "prepare", workspace=workspace)
+            _run(merge_prepare_shards, "prepare", as_json=json_out, workspace=workspace)
         return
     if input_root is None:
         _fail("Missing argument INPUT_ROOT (the image folder); only --merge runs without it.", 2)
@@ -300,11 +336,11 @@ def prepare(
         # A shard writes only its own files: no lock while it works (shards must not wait for each
         # other), the workspace lock for the merge only, waiting for whoever holds it.
         Path(workspace).mkdir(parents=True, exist_ok=True)
-        _run(run_prepare, "prepare", shard=shard_of,
+        _run(run_prepare, "prepare", as_json=json_out, shard=shard_of,
              merge_lock=lambda: workspace_lock(workspace, wait=True), **kwargs)
         return
     with _locked(workspace, wait, create=True):
-        _run(run_prepare, "prepare", **kwargs)
+        _run(run_prepare, "prepare", as_json=json_out, **kwargs)
 
 
 def parse_backbone_args(items: list[str]) -> dict[str, object]:
@@ -364,6 +400,7 @@ def train(
     store: StoreMode = typer.Option(StoreMode.auto, help="Crops resident on the device, or streamed from the memory-mapped store per batch (auto: stream when they would take over half the free memory)."),
     nproc: int = typer.Option(1, min=1, help="Train data-parallel with this many processes on this machine (starts torchrun; one per GPU, or CPU processes over gloo). For several machines run torchrun yourself (README, Scaling out)."),
     wait: bool = WaitOpt,
+    json_out: bool = JsonOpt,
 ) -> None:
     """Train a timm backbone and record how every sample behaves (the evidence audit-labels judges labels by)."""
     from fercure.stages.train import run_train
@@ -400,7 +437,8 @@ def train(
             ensemble=max(ensemble, 3) if thorough else ensemble,
             distill_generations=distill_generations, folds=folds, store=store.value,
         )
-        _run(run_train, "train", quiet=rank != 0, workspace=workspace, config=config, resume=resume)
+        _run(run_train, "train", as_json=json_out, quiet=rank != 0, workspace=workspace, config=config,
+             resume=resume)
 
 
 @app.command(
@@ -415,6 +453,7 @@ def audit_labels(
     threshold_method: ThresholdMethod = typer.Option(ThresholdMethod(DEFAULT_THRESHOLD), help="How is_label_issue is decided without ground truth (docs/METHODS.md)."),
     force: bool = typer.Option(False, help="Overwrite an existing --report file (the default WS/report.html is always rewritten)."),
     wait: bool = WaitOpt,
+    json_out: bool = JsonOpt,
 ) -> None:
     """Score every label: wrong or not, what it should be, how sure, ambiguous or not."""
     from fercure.audit import SIGNALS
@@ -432,7 +471,7 @@ def audit_labels(
             ws.check_readable()
         except WorkspaceError as e:
             _fail(str(e))
-        _run(run_audit, "audit-labels", workspace=workspace, run_id=run, report_path=report,
+        _run(run_audit, "audit-labels", as_json=json_out, workspace=workspace, run_id=run, report_path=report,
              method=score, threshold_method=threshold_method.value)
 
 
@@ -440,16 +479,22 @@ def audit_labels(
     "export-cleaned",
     epilog="Examples:\n\n  fercure export-cleaned -w ws -o cleaned.parquet\n\n"
     "  fercure export-cleaned -w ws -o cleaned.csv --format csv --policy drop --force\n\n"
-    "  fercure export-cleaned -w ws -o cleaned.parquet --decisions decisions.csv   # saved from WS/report.html",
+    "  fercure export-cleaned -w ws -o cleaned.parquet --decisions decisions.csv   # saved from WS/report.html\n\n"
+    "  fercure export-cleaned -w ws -o cleaned-images --format imagefolder      # OUT/<split>/<class>/*.png\n\n"
+    "  fercure export-cleaned -w ws -o cleaned-images --format imagefolder --images originals --link copy\n\n"
+    "  fercure export-cleaned -w ws -o cleaned-hf.parquet --format hf          # datasets.load_dataset(\"parquet\", ...)",
 )
 def export_cleaned(
     workspace: Path = WorkspaceOpt,
-    output: Path = typer.Option(..., "--output", "-o", help="File to write."),
+    output: Path = typer.Option(..., "--output", "-o", help="File to write (a folder for --format imagefolder)."),
     policy: Policy = typer.Option(Policy.relabel, help="What to do with label issues: relabel, drop, flag (review only), soft (soft labels for ambiguous)."),
-    format: Format = typer.Option(Format.parquet, "--format", help="parquet or csv."),
+    format: Format = typer.Option(Format.parquet, "--format", help="parquet (the cleaned table), csv (with a provenance JSON beside it), imagefolder (OUT/<split>/<class>/ image files for torchvision's ImageFolder and datasets' imagefolder) or hf (Parquet with an Image column and ClassLabel names for datasets.load_dataset('parquet'))."),
+    images: Images = typer.Option(Images.crops, "--images", help="imagefolder / hf: the aligned face crops (PNG) or the original files."),
+    link: Link = typer.Option(Link.symlink, "--link", help="imagefolder with --images originals: symlink the originals or copy them."),
     force: bool = typer.Option(False, help="Overwrite an existing output file."),
     decisions: Optional[Path] = typer.Option(None, "--decisions", help="A reviewer's decisions (CSV or JSON saved from the review report): each overrides fercure's action for its sample; invalid rows are listed and skipped."),
     wait: bool = WaitOpt,
+    json_out: bool = JsonOpt,
 ) -> None:
     """Write cleaned, relabelled annotations with every original label and the reason for each change."""
     from fercure.stages.export import run_export
@@ -460,10 +505,10 @@ def export_cleaned(
     with lock:
         try:
             summary = run_export(workspace, output, policy=policy.value, fmt=format.value, force=force,
-                                 decisions=decisions)
+                                 decisions=decisions, images=images.value, link=link.value)
         except WorkspaceError as e:
             _fail(str(e))
-    _render(summary, "export-cleaned")
+    _emit(summary, "export-cleaned", workspace, json_out)
 
 
 def find_sample_data() -> Path | None:
@@ -494,7 +539,7 @@ def _demo_labels(data: Path, workspace: Path, limit: int | None) -> Path:
     return out
 
 
-def _demo_scorecard(data: Path, workspace: Path) -> None:
+def _demo_scorecard(data: Path, workspace: Path, quiet: bool = False) -> dict | None:
     """Score the audit against DATA/ferplus_reference.csv (FER+ votes, evaluation only); print the
     scorecard and write it to WS/scorecard.json. Skipped, with one line, without a reference."""
     import pandas as pd
@@ -503,21 +548,25 @@ def _demo_scorecard(data: Path, workspace: Path) -> None:
     from fercure.scorecard import render_scorecard, scorecard
     from fercure.workspace import Workspace, atomic_write_json, read_metadata, read_table
 
+    if quiet:  # --json: notes go to stderr, the card into the JSON
+        from fercure.console import err_console as console
     reference_path = data / "ferplus_reference.csv"
     if not reference_path.exists():
         console.print(f"Scorecard skipped: {reference_path} not found (it holds the FER+ votes the audit is "
                       "scored against).", soft_wrap=True, highlight=False)
-        return
+        return None
     audit_path = Workspace(workspace).audit
     try:
         card = scorecard(read_table(audit_path), pd.read_csv(reference_path, keep_default_na=False),
                          read_metadata(audit_path).get("stats"))
     except ValueError as e:
         console.print(f"Scorecard skipped: {e}.", soft_wrap=True, highlight=False)
-        return
+        return None
     card["reference"] = str(reference_path)
     atomic_write_json(Path(workspace) / "scorecard.json", card)
-    console.print(render_scorecard(card))
+    if not quiet:
+        console.print(render_scorecard(card))
+    return card
 
 
 @app.command(epilog="Examples:\n\n  fercure demo -w demo-ws\n\n  fercure demo -w demo-ws --limit 12 --epochs 5   # 12 images per class, under a minute")
@@ -531,6 +580,7 @@ def demo(
     device: Device = typer.Option(Device.auto),
     force: bool = typer.Option(True, help="Overwrite WS/cleaned.parquet from an earlier demo."),
     wait: bool = WaitOpt,
+    json_out: bool = JsonOpt,
 ) -> None:
     """Run all four stages on sample_data/ (1,800 FER2013 crops: a few minutes on a CPU); export to
     WS/cleaned.parquet, then score the audit against the FER+ votes (WS/scorecard.json)."""
@@ -538,11 +588,11 @@ def demo(
     if data is None or not (data / "labels.csv").exists():
         _fail("sample_data/ not found: pass --data PATH (a folder with images/ and labels.csv).")
     with _locked(workspace, wait, create=True):  # one lock over all four stages
-        _demo_stages(data, workspace, limit, epochs, image_size, batch_size, device, force)
+        _demo_stages(data, workspace, limit, epochs, image_size, batch_size, device, force, json_out)
 
 
 def _demo_stages(data: Path, workspace: Path, limit: int | None, epochs: int, image_size: int,
-                 batch_size: int, device: Device, force: bool) -> None:
+                 batch_size: int, device: Device, force: bool, as_json: bool = False) -> None:
     from fercure.console import console
     from fercure.stages.audit import run_audit
     from fercure.stages.export import run_export
@@ -551,26 +601,44 @@ def _demo_stages(data: Path, workspace: Path, limit: int | None, epochs: int, im
     from fercure.train.config import TrainConfig
     from fercure.workspace import Workspace
 
+    from fercure.summary import as_json as summary_json
+
+    def rule(title: str) -> None:
+        if not as_json:  # --json: stdout holds the one JSON object only
+            console.rule(title)
+
+    # Each stage prints its summary as it ends; with --json they are collected into one object.
+    emit = None if as_json else False
     labels = _demo_labels(data, workspace, limit)
-    console.rule("[bold]1/4 prepare")
-    _run(run_prepare, "prepare", input_root=data / "images", workspace=workspace,
-         labels_file=labels, device=device.value, image_size=image_size)
-    console.rule("[bold]2/4 train")
+    rule("[bold]1/4 prepare")
+    summaries = [("prepare", _run(run_prepare, "prepare", as_json=emit, input_root=data / "images",
+                                  workspace=workspace, labels_file=labels, device=device.value,
+                                  image_size=image_size))]
+    rule("[bold]2/4 train")
     config = TrainConfig(image_size=image_size, epochs=epochs, batch_size=batch_size, device=device.value)
-    _run(run_train, "train", workspace=workspace, config=config)
-    console.rule("[bold]3/4 audit-labels")
-    _run(run_audit, "audit-labels", workspace=workspace)
-    console.rule("[bold]4/4 export-cleaned")
+    summaries.append(("train", _run(run_train, "train", as_json=emit, workspace=workspace, config=config)))
+    rule("[bold]3/4 audit-labels")
+    summaries.append(("audit-labels", _run(run_audit, "audit-labels", as_json=emit, workspace=workspace)))
+    rule("[bold]4/4 export-cleaned")
     try:
         summary = run_export(workspace, Path(workspace) / "cleaned.parquet", force=force)
     except WorkspaceError as e:
         _fail(str(e))
-    _render(summary, "export-cleaned")
-    console.rule("[bold]scorecard")
-    _demo_scorecard(data, workspace)
-    console.print(f"Review report: {Workspace(workspace).report.resolve()} (open it in a browser, record decisions, "
-                  f"save them, then `fercure export-cleaned -w {workspace} -o cleaned.parquet --force --decisions "
-                  "decisions.csv`).", soft_wrap=True, highlight=False)
+    summaries.append(("export-cleaned", summary))
+    if not as_json:
+        _emit(summary, "export-cleaned", workspace, False)
+    rule("[bold]scorecard")
+    card = _demo_scorecard(data, workspace, quiet=as_json)
+    report = Workspace(workspace).report.resolve()
+    if as_json:
+        import json
+
+        typer.echo(json.dumps({"stages": [summary_json(s, t, workspace) for t, s in summaries],
+                               "scorecard": card, "report": str(report)}, ensure_ascii=False, default=str))
+    else:
+        console.print(f"Review report: {report} (open it in a browser, record decisions, save them, then "
+                      f"`fercure export-cleaned -w {workspace} -o cleaned.parquet --force --decisions "
+                      "decisions.csv`).", soft_wrap=True, highlight=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,6 +7,7 @@ would raise MarkupError after the stage finished, and ``[red]x.png`` would print
 
 from __future__ import annotations
 
+import sys
 from typing import Mapping
 
 from rich.console import Console
@@ -42,10 +43,19 @@ class _RichHandle:
         self._progress.update(self._id, visible=True)
 
 
+def interactive() -> bool:
+    """Both output streams are terminals: a live progress bar is seen as it moves."""
+    return sys.stdout.isatty() and sys.stderr.isatty()
+
+
 class RichReporter:
-    """Reporter (see fercure.progress) drawing one bar per task; use as a context manager."""
+    """Reporter (see fercure.progress) drawing one bar per task; use as a context manager.
+
+    ``log_epochs``: stages also log a line per epoch (loss, accuracy) when the output is not a
+    terminal, where rich draws the bars only at the end; the lines go to stderr like the bars."""
 
     def __init__(self) -> None:
+        self.log_epochs = not interactive()
         self._progress = Progress(
             SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=False,

@@ -243,6 +243,21 @@ def _reasons(audit: pd.DataFrame, sit: np.ndarray, action: np.ndarray, given: np
     return out
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection").
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise_formulas(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``df`` for CSV: every text cell a spreadsheet would run as a formula (a file named
+    ``=HYPERLINK(...).png``, a label ``+cmd``) gets a leading ``'``, which spreadsheets show as text.
+    Numbers are untouched; the Parquet export keeps the values as they are."""
+    out = df.copy()
+    for col in out.columns:
+        if out[col].dtype == object or pd.api.types.is_string_dtype(out[col]):
+            out[col] = out[col].map(lambda v: "'" + v if isinstance(v, str) and v.startswith(_FORMULA_START) else v)
+    return out
+
+
 def action_counts(cleaned: pd.DataFrame) -> dict[str, int]:
     """How many rows took each action (every action listed, zeros included)."""
     counts = cleaned["action"].value_counts()

@@ -49,6 +49,7 @@ Notes (e.g. "read as cp1252") are logged on the ``fercure.ingest`` logger and li
 
 from __future__ import annotations
 
+import ast
 import csv
 import io
 import logging
@@ -67,7 +68,9 @@ from typing import Any
 
 import pandas as pd
 
+from fercure import labels as class_names
 from fercure.images import IMAGE_EXTENSIONS
+from fercure.labels import label_skeleton  # noqa: F401  (re-exported: tests and callers import it here)
 from fercure.workspace import WorkspaceError, file_kind, sample_id
 
 log = logging.getLogger("fercure.ingest")
@@ -95,22 +98,6 @@ STREAM_IDLE_SECONDS = 30.0
 _WINDOWS_ABS = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")
 
 
-# Letters of other scripts drawn like Latin ones: what makes "hаppy" (Cyrillic а) look like "happy".
-# Deliberately small and explicit (Unicode's confusables.txt has thousands of entries, most of them
-# irrelevant to class names); NFKC already folds fullwidth and other compatibility forms.
-_HOMOGLYPHS = str.maketrans({
-    # Cyrillic
-    "а": "a", "е": "e", "о": "o", "р": "p", "с": "c", "х": "x", "у": "y", "і": "i", "ј": "j",
-    "ѕ": "s", "һ": "h", "ԁ": "d", "ԛ": "q", "ԝ": "w", "ӏ": "l",
-    "А": "A", "В": "B", "Е": "E", "К": "K", "М": "M", "Н": "H", "О": "O", "Р": "P", "С": "C",
-    "Т": "T", "Х": "X", "У": "Y", "І": "I", "Ј": "J", "Ѕ": "S",
-    # Greek
-    "Α": "A", "Β": "B", "Ε": "E", "Ζ": "Z", "Η": "H", "Ι": "I", "Κ": "K", "Μ": "M", "Ν": "N",
-    "Ο": "O", "Ρ": "P", "Τ": "T", "Υ": "Y", "Χ": "X",
-    "α": "a", "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p", "υ": "u", "χ": "x",
-})
-
-
 def clean_label(value: str) -> str:
     """A label as fercure keys it: NFC, without format characters (category Cf: zero-width space,
     BOM, joiners, direction marks), without surrounding whitespace. Such differences are invisible,
@@ -118,12 +105,6 @@ def clean_label(value: str) -> str:
     s = unicodedata.normalize("NFC", value)
     s = "".join(ch for ch in s if unicodedata.category(ch) != "Cf")
     return s.strip()
-
-
-def label_skeleton(label: str) -> str:
-    """What a label looks like: NFKC, look-alike Cyrillic/Greek letters mapped to Latin, casefolded.
-    Two different labels with one skeleton are one class spelt two ways."""
-    return unicodedata.normalize("NFKC", label).translate(_HOMOGLYPHS).casefold()
 
 
 def _code_points(s: str) -> str:
@@ -202,6 +183,12 @@ def discover(
         },
         SAMPLE_COLUMNS,
     )
+    counts = dict(Counter(r[1] for r in rows))
+    if classes is not None:
+        _check_classes(classes, counts, rejects, labels_file)
+    warnings = class_names.near_duplicate_classes(counts) + class_names.balance_warnings(
+        counts, [clean_label(str(c)) for c in classes] if classes is not None else None)
+    notes.extend(f"warning: {w}" for w in warnings)
     samples.attrs["notes"] = list(notes)
     rej = _frame(
         {
@@ -322,10 +309,33 @@ def _discover_folder(root: Path, wanted: set[str] | None,
 
 
 def _did_you_mean(label: str, wanted: set[str]) -> str:
-    """ (did you mean 'happy'?)" when ``label`` looks like one of the wanted classes."""
+    """ (did you mean 'happy'?)" when ``label`` looks like one of the wanted classes: the same
+    letters in another script or case, other spacing, or one typing slip away."""
     skeleton = label_skeleton(label)
     near = sorted(w for w in wanted if label_skeleton(w) == skeleton)
-    return f" (did you mean {near[0]!r}? {label!r} is {_code_points(label)})" if near else ""
+    if near:
+        return f" (did you mean {near[0]!r}? {label!r} is {_code_points(label)})"
+    typo = class_names.suggestion(label, wanted)
+    return f" (did you mean {typo!r}?)" if typo else ""
+
+
+def _check_classes(classes: list[str], counts: dict[str, int], rejects: list[_Reject],
+                   labels_file: Path | None) -> None:
+    """A --classes name that no image carries while a rejected label looks like it is a typo in
+    --classes: stop, rather than drop that class's rows and carry on."""
+    unknown = Counter(ast.literal_eval(r.problem[len("unknown class "):]) for r in rejects
+                      if r.problem.startswith("unknown class "))  # the problem quotes the label with repr()
+    for name in dict.fromkeys(clean_label(str(c)) for c in classes):
+        if counts.get(name):
+            continue
+        same = [u for u in unknown if label_skeleton(u) == label_skeleton(name)]
+        near = same or [u for u in sorted(unknown) if class_names.similar(name, u)]
+        if near:
+            where = f"in {labels_file}" if labels_file else "as a class folder"
+            raise WorkspaceError(
+                f"--classes names {name!r}, which no image carries, while {unknown[near[0]]} images are labelled "
+                f"{near[0]!r} {where}: did you mean {near[0]!r}? Fix the --classes list (as it is, those "
+                "images would be dropped as an unknown class).")
 
 
 def _safe_is_dir(entry: os.DirEntry) -> bool:

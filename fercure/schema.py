@@ -72,7 +72,7 @@ class Table:
 
     def arrow_schema(self, classes: Sequence[str] = ()) -> pa.Schema:
         """The full pyarrow schema for a table with these classes (every declared column)."""
-        return pa.schema([pa.field(n, c.type, nullable=c.nullable) for n, c in self._expanded(classes)])
+        return pa.schema([pa.field(n, c.type) for n, c in self._expanded(classes)])
 
     def columns_for(self, names: Iterable[str], classes: Sequence[str] = ()) -> dict[str, Column]:
         """Declared column of each name; ContractError for a name the contract does not declare."""
@@ -281,10 +281,36 @@ CLEANED = Table(
     ),
     metadata="the provenance: run_id, policy, min_confidence, model_strength, classes, thresholds, "
              "actions, audit (path), audit_fercure_version, decided_by (rows per decider), decisions (file, "
-             "applied, skipped rows and why)",
+             "applied, skipped rows and why), input_root (absolute: source_path is relative to it), crop_store "
+             "(absolute path of the crops store_index points into)",
 )
 
-TABLES: dict[str, Table] = {t.name: t for t in (MANIFEST, REJECTS, PREDICTIONS, DYNAMICS, AUDIT, CLEANED)}
+HF_IMAGE = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
+
+HF_EXPORT = Table(
+    "hf_export", "export-cleaned --format hf --output FILE",
+    "One row per exported sample (every row with a clean_label), for `datasets.load_dataset(\"parquet\", "
+    "...)`: the `huggingface` metadata declares `image` as an Image and `label` as a ClassLabel.",
+    (
+        _c("image", HF_IMAGE, "the aligned crop as PNG bytes (path: <sample_id>.png), or the original's "
+           "absolute path (bytes null)", nullable=False),
+        _c("label", INT64, "index of clean_label in the ClassLabel names (the `classes` metadata)", nullable=False),
+        _c("sample_id", STRING, "the manifest's sample_id", nullable=False),
+        _c("split", STRING, "as in the manifest"),
+        _c("clean_label", STRING, "the label as text"),
+        _c("given_label", STRING, "the label as given"),
+        _c("action", STRING, "keep, relabel or review: the policy's, or a reviewer's (see decided_by)",
+           values=ACTIONS),
+        _c("decided_by", STRING, "whose action it is: fercure (the policy) or reviewer (a --decisions file)",
+           values=DECIDED_BY, nullable=False),
+        _c("label_score", FLOAT64, "from the audit", bounds=SCORE),
+        _c("source_path", STRING, "posix path relative to the input root (provenance `input_root`)"),
+        _c("store_index", INT64, "row of the workspace's faces/crops.npy (provenance `crop_store`; -1: none)"),
+    ),
+    metadata="as cleaned (the provenance), plus `huggingface` (the datasets Features)",
+)
+
+TABLES: dict[str, Table] = {t.name: t for t in (MANIFEST, REJECTS, PREDICTIONS, DYNAMICS, AUDIT, CLEANED, HF_EXPORT)}
 
 # Arrow types that hold the same values as the declared one (a file from another writer may use them).
 _SAME = {pa.string(): (pa.large_string(),), pa.float64(): (), pa.float32(): (), pa.bool_(): ()}
@@ -309,7 +335,7 @@ def conform(df: pd.DataFrame, table: Table, classes: Sequence[str] = ()) -> pa.T
             raise ContractError(f"column {name!r} of the {table.name} table must be {col.type} "
                                 f"({col.doc}); its values are {series.dtype}: {e}") from None
         arrays.append(arr)
-        fields.append(pa.field(name, col.type, nullable=col.nullable))
+        fields.append(pa.field(name, col.type))  # nullable in the file (datasets compares fields with it); checked below
     out = pa.Table.from_arrays(arrays, schema=pa.schema(fields))
     validate(out, table, classes)
     return out
@@ -359,10 +385,12 @@ def _first(mask) -> int:
 
 
 def _type_name(t: pa.DataType) -> str:
+    if pa.types.is_struct(t):
+        return "struct{" + ", ".join(f"{f.name}: {_type_name(f.type)}" for f in t) + "}"
     if pa.types.is_list(t):
         return f"list of {_type_name(t.value_type)}"
     return {"string": "string", "int64": "int64", "int32": "int32", "double": "float64", "float": "float32",
-            "bool": "bool"}.get(str(t), str(t).replace("double", "float64"))
+            "bool": "bool", "binary": "binary"}.get(str(t), str(t).replace("double", "float64"))
 
 
 def render_markdown() -> str:

@@ -564,13 +564,14 @@ def atomic_write_json(path: Path | str, obj: Any) -> None:
 
 
 def write_table(df: pd.DataFrame, path: Path | str, metadata: dict[str, Any] | None = None,
-                table: schema.Table | None = None) -> None:
+                table: schema.Table | None = None, arrow_metadata: Mapping[bytes, bytes] | None = None) -> None:
     """Write ``df`` to Parquet atomically, with fercure's version, schema version and ``metadata``
     stored as JSON under the ``fercure`` key of the file's key-value metadata.
 
     With ``table`` (a contract of fercure.schema) the frame is conformed to it first (declared
     types, no missing or undeclared column; per-class columns from ``metadata["classes"]``) and the
-    contract's name is recorded, so that ``read_table`` checks the file against it again."""
+    contract's name is recorded, so that ``read_table`` checks the file against it again.
+    ``arrow_metadata``: further key-value metadata for other readers (``huggingface``)."""
     meta = {"fercure_version": __version__, "schema_version": SCHEMA_VERSION, **(metadata or {})}
     if table is not None:
         meta["table"] = table.name
@@ -583,7 +584,8 @@ def write_table(df: pd.DataFrame, path: Path | str, metadata: dict[str, Any] | N
     else:
         data = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
     existing = data.schema.metadata or {}
-    data = data.replace_schema_metadata({**existing, META_KEY: json.dumps(meta, default=str).encode()})
+    data = data.replace_schema_metadata({**existing, **(arrow_metadata or {}),
+                                         META_KEY: json.dumps(meta, default=str).encode()})
     with atomic_path(path) as tmp:
         pq.write_table(data, tmp)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -33,15 +34,50 @@ def invoke(*args: object, code: int = 0):
     return result
 
 
+RESULTS: dict = {}  # stage → the CliRunner result of the chain's run (with --json)
+
+
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory, sample_data: Path) -> Path:
+    """The four stages, each with --json: stdout holds the summary JSON, progress goes to stderr."""
     ws = tmp_path_factory.mktemp("ws")
-    invoke("prepare", sample_data / "images", "-l", sample_data / "labels.csv", "-w", ws,
-           "--image-size", 48, "--device", "cpu")
-    invoke("train", "-w", ws, "--epochs", 3, "--image-size", 48, "--batch-size", 32, "--device", "cpu")
-    invoke("audit-labels", "-w", ws)
-    invoke("export-cleaned", "-w", ws, "-o", ws / "cleaned.parquet")
+    RESULTS["prepare"] = invoke("prepare", sample_data / "images", "-l", sample_data / "labels.csv", "-w", ws,
+                                "--image-size", 48, "--device", "cpu", "--json")
+    RESULTS["train"] = invoke("train", "-w", ws, "--epochs", 3, "--image-size", 48, "--batch-size", 32,
+                              "--device", "cpu", "--json")
+    RESULTS["audit-labels"] = invoke("audit-labels", "-w", ws, "--json")
+    RESULTS["export-cleaned"] = invoke("export-cleaned", "-w", ws, "-o", ws / "cleaned.parquet", "--json")
     return ws
+
+
+def test_json_summaries_name_outputs_and_next_command(chain: Path):
+    """stdout is exactly one JSON object per stage; it says where the outputs are and what comes next."""
+    out = {stage: json.loads(r.stdout) for stage, r in RESULTS.items()}
+    assert out["prepare"]["n_samples"] == 84 and out["prepare"]["next"] == f"fercure train -w {chain}"
+    assert str(chain / "manifest.parquet") in out["prepare"]["outputs"]
+    assert out["train"]["epochs"] == 3 and out["train"]["next"] == f"fercure audit-labels -w {chain}"
+    assert out["train"]["outputs"] == [str(chain / "runs" / out["train"]["run_id"])]
+    assert out["audit-labels"]["n_samples"] == 84 and "per_class" in out["audit-labels"]
+    assert out["audit-labels"]["next"].startswith(f"fercure export-cleaned -w {chain}")
+    assert sum(out["export-cleaned"]["actions"].values()) == 84
+    assert out["export-cleaned"]["decided_by_reviewer"] == 0 and out["export-cleaned"]["decision_problems"] == []
+    assert "--decisions" in out["audit-labels"]["next"]
+    assert "read_parquet" in out["export-cleaned"]["next"]
+
+
+def test_train_logs_each_epoch_when_output_is_not_a_terminal(chain: Path):
+    """Under CliRunner the output is not a terminal: one line per epoch, with loss and accuracy,
+    on stderr (stdout stays the JSON)."""
+    err = RESULTS["train"].stderr
+    for k in (1, 2, 3):
+        assert re.search(rf"train \S*: epoch {k}/3 loss \d+\.\d+ accuracy \d\.\d+|train: epoch {k}/3 loss", err), err[-2000:]
+    assert "epoch 1/3" not in RESULTS["train"].stdout and len(RESULTS["train"].stdout.strip().splitlines()) == 1
+
+
+def test_human_summary_names_the_next_command(chain: Path):
+    result = invoke("export-cleaned", "-w", chain, "-o", chain / "again.csv", "--format", "csv")
+    assert "Next:" in result.output and "read_csv" in result.output
+    assert "Outputs:" in result.output and "again.csv.provenance.json" in result.output
 
 
 def labels_csv(sample_data: Path) -> pd.DataFrame:

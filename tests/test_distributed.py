@@ -183,6 +183,21 @@ def test_env_world_reads_the_launcher():
     assert dd.rank_device(torch.device("cpu"), dd.World(1, 2, 1)) == torch.device("cpu")
 
 
+def test_more_ranks_than_gpus_on_a_node_is_a_clear_error(monkeypatch):
+    """Local rank 2 on a 2-GPU machine stops before joining the group, naming the GPU count."""
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29599")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(dd.dist, "init_process_group",
+                        lambda *a, **k: pytest.fail("joined the process group without a GPU"))
+    monkeypatch.setattr(torch.cuda, "set_device", lambda *a: pytest.fail("set a device it does not have"))
+    with pytest.raises(dd.DistributedError, match="Local rank 2 has no GPU of its own .*has 2"):
+        dd.setup(torch.device("cuda"))
+
+
 def test_nproc_refuses_inside_a_launcher(tmp_path):
     env = dict(_env(), WORLD_SIZE="2", RANK="0")
     res = subprocess.run([sys.executable, "-m", "fercure", "train", "-w", str(tmp_path), "--nproc", "2"],

@@ -155,6 +155,16 @@ def _unfinished_run(ws: Workspace) -> str | None:
     return max(cands, key=lambda d: (d / "checkpoint.pt").stat().st_mtime).name
 
 
+def _log_epoch(reporter: Reporter, desc: str, state: dict[str, Any], epochs: int) -> None:
+    """One line per finished epoch for a reporter that asks for them (output that is not a
+    terminal, where a progress bar shows nothing until the end)."""
+    if not getattr(reporter, "log_epochs", False) or not state.get("history"):
+        return
+    h = state["history"][-1]
+    reporter.log(f"{desc}: epoch {h['epoch'] + 1}/{epochs} loss {h['loss']:.4f} "
+                 f"accuracy {h['train_accuracy']:.3f} ({h['images_per_s']:.0f} images/s)")
+
+
 def _save_checkpoint(path: Path, ckpt: dict[str, Any]) -> None:
     with atomic_path(path) as tmp:
         torch.save(ckpt, tmp)
@@ -297,6 +307,12 @@ def _run_train(ws: Workspace, config: TrainConfig, resume: bool, reporter: Repor
         if resume:
             reporter.log("train: no unfinished run to resume; starting a new one.")
         if world.main:
+            if not resume:
+                left = _unfinished_run(ws)
+                if left is not None:
+                    reporter.log(f"train: run {left} is unfinished; it is kept as it is (this starts a new run). "
+                                 f"To continue it instead, stop and run `fercure train -w {ws.root} --resume`; "
+                                 f"to discard it, delete {ws.run_dir(left)}.")
             removed = ws.remove_dead_runs()
             if removed:
                 reporter.log(f"train: removed {removed} run folder(s) in {ws.runs_dir} that failed before "
@@ -357,6 +373,7 @@ def _run_train(ws: Workspace, config: TrainConfig, resume: bool, reporter: Repor
             def save(state: dict[str, Any], key: str = job.key) -> None:
                 ckpt["current"] = {"key": key, "state": state}
                 writer.submit(ckpt)
+                _log_epoch(reporter, desc, state, config.epochs)
 
             desc = "train" if len(jobs) == 1 else f"train {job.key}"
             res = fit(store, labels, data.classes, config, index=data.rows[train_pos], seed=job.seed,

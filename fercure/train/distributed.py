@@ -95,6 +95,9 @@ def setup(device: torch.device, timeout_minutes: float = 30.0) -> tuple[World, b
             raise DistributedError(f"WORLD_SIZE={world.size} but {key} is not set; launch with torchrun "
                                    "(or `fercure train --nproc N`), which sets it.")
     backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda" and world.local_rank >= torch.cuda.device_count():
+        raise DistributedError(f"Local rank {world.local_rank} has no GPU of its own (this machine has "
+                               f"{torch.cuda.device_count()}); start at most that many processes per node.")
     if device.type == "cuda":
         torch.cuda.set_device(rank_device(device, world))
     dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes))
