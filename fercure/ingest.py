@@ -184,8 +184,6 @@ def discover(
         SAMPLE_COLUMNS,
     )
     counts = dict(Counter(r[1] for r in rows))
-    if classes is not None:
-        _check_classes(classes, counts, rejects, labels_file)
     warnings = class_names.near_duplicate_classes(counts) + class_names.balance_warnings(
         counts, [clean_label(str(c)) for c in classes] if classes is not None else None)
     notes.extend(f"warning: {w}" for w in warnings)
@@ -319,12 +317,15 @@ def _did_you_mean(label: str, wanted: set[str]) -> str:
     return f" (did you mean {typo!r}?)" if typo else ""
 
 
-def _check_classes(classes: list[str], counts: dict[str, int], rejects: list[_Reject],
-                   labels_file: Path | None) -> None:
-    """A --classes name that no image carries while a rejected label looks like it is a typo in
-    --classes: stop, rather than drop that class's rows and carry on."""
-    unknown = Counter(ast.literal_eval(r.problem[len("unknown class "):]) for r in rejects
-                      if r.problem.startswith("unknown class "))  # the problem quotes the label with repr()
+def check_classes(classes: list[str], samples: pd.DataFrame, rejects: pd.DataFrame,
+                  labels_file: Path | None = None) -> None:
+    """``discover``'s result for ``classes``: a --classes name that no image carries while a
+    rejected label looks like it (case, look-alike letters, spacing, one typing slip) is a typo,
+    in --classes or in the labels: raise, rather than drop that class's rows and carry on."""
+    counts = Counter(samples["label"].astype(str))
+    problems = rejects["problem"].astype(str)
+    unknown = Counter(ast.literal_eval(p[len("unknown class "):]) for p in problems
+                      if p.startswith("unknown class "))  # the problem quotes the label with repr()
     for name in dict.fromkeys(clean_label(str(c)) for c in classes):
         if counts.get(name):
             continue
@@ -334,8 +335,8 @@ def _check_classes(classes: list[str], counts: dict[str, int], rejects: list[_Re
             where = f"in {labels_file}" if labels_file else "as a class folder"
             raise WorkspaceError(
                 f"--classes names {name!r}, which no image carries, while {unknown[near[0]]} images are labelled "
-                f"{near[0]!r} {where}: did you mean {near[0]!r}? Fix the --classes list (as it is, those "
-                "images would be dropped as an unknown class).")
+                f"{near[0]!r} {where}: did you mean {near[0]!r}? Fix the --classes list (or those labels); as "
+                "it is, those images would be dropped as an unknown class.")
 
 
 def _safe_is_dir(entry: os.DirEntry) -> bool:

@@ -212,7 +212,8 @@ AUDIT = Table(
         _c("split", STRING, "as in the manifest"),
         _c("given_label", STRING, "the label as given"),
         _c("trained", BOOL, "the run trained (and so scored) this sample"),
-        _c("predicted_label", STRING, "the most probable class (cleanlab's predicted_label; null when not trained)"),
+        _c("predicted_label", STRING, "the most probable class of the suggestion distribution, flagged or not (cleanlab's "
+           "predicted_label; null when not trained)"),
         _c("suggested_label", STRING, "the replacement for a flagged label: the most probable other class; "
            "the given label when not flagged (null when not trained)"),
         _c("suggested_label_confidence", FLOAT64, "the suggestion distribution's probability of suggested_label",

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from fercure import labels
-from fercure.ingest import discover
+from fercure.ingest import check_classes, discover
 from fercure.workspace import WorkspaceError
 
 
@@ -66,8 +66,10 @@ def test_balance_warning_figures():
 
 def test_a_classes_typo_is_an_error_naming_the_likely_class(tmp_path):
     root = make_folder(tmp_path / "in", {"angry": 3, "happy": 4})
+    samples, rejects = discover(root, classes=["angry", "hapy"])  # discover reports; prepare stops
     with pytest.raises(WorkspaceError, match=r"--classes names 'hapy'.*4 images are labelled 'happy'.*did you mean 'happy'"):
-        discover(root, classes=["angry", "hapy"])
+        check_classes(["angry", "hapy"], samples, rejects)
+    check_classes(["angry", "happy"], *discover(root, classes=["angry", "happy"]))  # no typo: no error
 
 
 def test_a_classes_typo_with_a_label_file_names_the_file(tmp_path):
@@ -75,7 +77,16 @@ def test_a_classes_typo_with_a_label_file_names_the_file(tmp_path):
     lf = tmp_path / "labels.csv"
     lf.write_text("path,label\nangry/0.png,angry\nangry/1.png,angry\nhappy/0.png,happy\nhappy/1.png,happy\n")
     with pytest.raises(WorkspaceError, match=r"'angyr'.*labels\.csv.*did you mean 'angry'"):
-        discover(root, lf, classes=["angyr", "happy"])
+        check_classes(["angyr", "happy"], *discover(root, lf, classes=["angyr", "happy"]), lf)
+
+
+def test_prepare_stops_on_a_classes_typo_before_any_work(tmp_path):
+    from fercure.stages.prepare import run_prepare
+
+    root = make_folder(tmp_path / "in", {"angry": 2, "happy": 2})
+    with pytest.raises(WorkspaceError, match="did you mean 'happy'"):
+        run_prepare(root, tmp_path / "ws", classes=["angry", "hapy"], device="cpu")
+    assert not (tmp_path / "ws" / "manifest.parquet").exists()
 
 
 def test_a_data_typo_under_classes_is_rejected_with_a_suggestion(tmp_path):

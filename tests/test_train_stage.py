@@ -164,3 +164,35 @@ def test_errors_the_user_can_fix(tmp_path):
     write_table(df, ws.manifest, {"classes": CLASSES})
     with pytest.raises(WorkspaceError, match="nothing to train"):
         run_train(ws, cfg())
+
+
+class _Recorder:
+    """A reporter that keeps the lines it is asked to log (and asks for per-epoch lines)."""
+
+    log_epochs = True
+
+    def __init__(self):
+        self.lines = []
+
+    def task(self, description, total):
+        from fercure.progress import NULL
+
+        return NULL.task(description, total)
+
+    def log(self, message):
+        self.lines.append(message)
+
+
+def test_a_new_run_says_what_happens_to_an_unfinished_one_and_logs_epochs(tmp_path):
+    ws = make_workspace(tmp_path / "ws", n=20)
+    left = ws.run_dir("20260101-000000-test-dead")
+    left.mkdir(parents=True)
+    (left / "checkpoint.pt").write_bytes(b"an unfinished run's checkpoint")
+    rec = _Recorder()
+    s = run_train(ws, cfg(epochs=2, retrain=False), reporter=rec)
+    said = [line for line in rec.lines if left.name in line]
+    assert len(said) == 1 and "kept as it is" in said[0] and "--resume" in said[0] and str(left) in said[0]
+    assert (left / "checkpoint.pt").exists() and s.run_id != left.name  # untouched; a new run
+    epochs = [line for line in rec.lines if "epoch" in line and "loss" in line]
+    assert [line.split("epoch ")[1].split()[0] for line in epochs] == ["1/2", "2/2"]
+    assert all("accuracy" in line for line in epochs)

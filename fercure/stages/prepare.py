@@ -32,7 +32,7 @@ from fercure.device import resolve_device
 from fercure.faces import align, quality
 from fercure.faces.detect import Detection, FaceDetector
 from fercure.images import load_rgb
-from fercure.ingest import REJECT_COLUMNS, clean_label, discover
+from fercure.ingest import REJECT_COLUMNS, check_classes, clean_label, discover
 from fercure.progress import NULL, Reporter
 from fercure.store import open_store, write_store
 from fercure.workspace import (
@@ -387,6 +387,8 @@ def run_prepare(
     settings = PrepareSettings(image_size, on_no_face, multi_face, float(min_face_size), float(min_score))
 
     samples, rejects = discover(input_root, Path(labels_file) if labels_file else None, classes)
+    if classes:
+        check_classes(classes, samples, rejects, Path(labels_file) if labels_file else None)
     notes = list(samples.attrs.get("notes", []))
     for note in notes:
         reporter.log(note)
