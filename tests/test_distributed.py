@@ -25,9 +25,13 @@ from fercure.train.config import TrainConfig
 from fercure.workspace import Workspace, sample_id, write_table
 
 REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                                reason="this torch build has no gloo backend")
 CLASSES = ["happy", "neutral", "sad"]
+# SCN (labels relabelled in training) and ELR (per-sample targets) on: both must be merged across
+# ranks every epoch, and both are in the checkpoint the resume test restarts from.
 ARGS = ["--backbone", "test_resnet", "--image-size", "24", "--epochs", "6", "--batch-size", "16",
-        "--device", "cpu"]
+        "--device", "cpu", "--selfcure", "--elr"]
 
 
 def make_noisy_workspace(root: Path, n: int = 150, size: int = 24, rate: float = 0.15,
@@ -77,7 +81,8 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     one, wrong = make_noisy_workspace(root / "one")
     two, _ = make_noisy_workspace(root / "two")
-    run_train(one, TrainConfig(backbone="test_resnet", image_size=24, epochs=6, batch_size=16, device="cpu"))
+    run_train(one, TrainConfig(backbone="test_resnet", image_size=24, epochs=6, batch_size=16, device="cpu",
+                               selfcure=True, elr=True))
     proc = train_cli(two, "--nproc", "2", "--store", "stream")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return {"one": one, "two": two, "wrong": wrong, "root": root, "log": proc.stdout + proc.stderr}
