@@ -4,7 +4,7 @@ Side by side, in one process, on the same images, device, resolution and epochs:
 
 * fercure           its own chain through the stage functions: run_prepare → run_train (default
                     TrainConfig: plain core + probe + planted flips + kNN + retrain) → run_audit →
-                    run_export (default policy); score 1 − label_quality.
+                    run_export (default policy); score 1 − label_score.
 * fercure_thorough  the same chain with TrainConfig(ensemble=3[, folds=K]).
 * seeds             the seeds' methods as 0.1 shipped them: SCN + ARBEx, one run, no retrain.
 * elr               the memorisation-resistant candidate: ELR + per-epoch mirror-averaged eval pass.
@@ -95,7 +95,7 @@ SIGNAL_DIRECTIONS = {
     "fusion_quality": "low", "retrain_p_given": "low", "mean_p_given_eval": "low",
     "retrain_combined": "low",
 }
-# Audit variants scored on every chain's predictions: label_quality signal (or blend) × threshold rule.
+# Audit variants scored on every chain's predictions: label_score signal (or blend) × threshold rule.
 AUDIT_SCORES: dict[str, Any] = {"confidence": "confidence", "confidence_variability": "confidence_variability",
                                 "aum": "aum", "retrain": "retrain", "fusion": "fusion", "knn": "knn",
                                 "eval": "eval", "confidence+knn": {"confidence": 1.0, "knn": 1.0},
@@ -322,7 +322,7 @@ class Bench:
         from fercure.train.config import TrainConfig
 
         base = dict(backbone=self.args.backbone, image_size=self.cfg["image_size"], epochs=self.cfg["epochs"],
-                    batch_size=self.cfg["batch_size"], device=self.device, seed=0)
+                    batch_size=self.cfg["batch_size"], device=self.device, seed=self.args.seed)
         base.update(kw)
         return TrainConfig(**base)
 
@@ -367,7 +367,7 @@ def run_chain(b: Bench, ws: Path, name: str, config: Any, truth_ws: pd.DataFrame
     pred = read_table(ts.run_dir / "predictions.parquet")
     sid = truth_ws["sample_id"]
     audit_a, pred_a = aligned(audit, sid), aligned(pred, sid)
-    score = 1.0 - audit_a["label_quality"].to_numpy(dtype=np.float64)
+    score = 1.0 - audit_a["label_score"].to_numpy(dtype=np.float64)
     m = detection_metrics(truth_ws, score, audit_a["is_label_issue"].fillna(False).to_numpy(bool),
                           audit_a["suggested_label"].to_numpy(dtype=object))
     m["suggestion_accuracy_by_source"] = suggestion_sources(truth_ws, pred_a, ts.classes)
@@ -393,7 +393,7 @@ def run_chain(b: Bench, ws: Path, name: str, config: Any, truth_ws: pd.DataFrame
 def audit_variants(b: Bench, ws: Path, run_id: str, truth_ws: pd.DataFrame) -> dict[str, Any]:
     """Every AUDIT_SCORES × AUDIT_THRESHOLDS audit of one run's predictions (no training), scored
     against the FER+ truth: detection, flagged count vs clear errors, export actions (default
-    policy), relabel precision, and is_ambiguous against vote disagreement."""
+    policy), relabel precision, and is_ambiguous_issue against vote disagreement."""
     from fercure import audit as core
     from fercure.export import apply_policy
     from fercure.workspace import read_metadata, read_table
@@ -415,14 +415,14 @@ def audit_variants(b: Bench, ws: Path, run_id: str, truth_ws: pd.DataFrame) -> d
                 out[f"{name}|{rule}"] = {"error": str(e)}
                 continue
             a = aligned(table, sid)
-            score = 1.0 - a["label_quality"].to_numpy(dtype=np.float64)
+            score = 1.0 - a["label_score"].to_numpy(dtype=np.float64)
             flagged = a["is_label_issue"].fillna(False).to_numpy(bool)
             m = detection_metrics(truth_ws, score, flagged, a["suggested_label"].to_numpy(dtype=object))
             cleaned = aligned(apply_policy(table, classes), sid)
             act = cleaned["action"].to_numpy(dtype=object)
             relab = act == "relabel"
             maj = truth_ws["majority"].to_numpy(dtype=object)
-            amb = a["is_ambiguous"].fillna(False).to_numpy(bool)
+            amb = a["is_ambiguous_issue"].fillna(False).to_numpy(bool)
             m.update(threshold_used=stats["threshold_method_used"],
                      flagged_vs_clear_errors=float(flagged.sum() / max(n_clear, 1)),
                      review_share=float(np.mean(act == "review")), relabel_share=float(relab.mean()),
@@ -495,6 +495,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", default=",".join(STEPS),
                     help=f"comma-separated subset of {','.join(STEPS)}")
     ap.add_argument("--backbone", default="resnet18", help="timm backbone for every model")
+    ap.add_argument("--seed", type=int, default=0, help="seed of every detection fit (a second seed measures "
+                                                        "run-to-run variation)")
     ap.add_argument("--plus", default="jigsaw", help=f"fercure_plus: comma-separated parts added to the default run "
                                                     f"({', '.join(PART_SWITCHES)})")
     ap.add_argument("--downstream-variants", default="",
@@ -629,7 +631,7 @@ def run(b: Bench, data: Path, steps: list[str]) -> dict[str, Any]:
         if name not in steps:
             continue
         chains[name] = run_chain(b, ws, name, b.train_config(**PLAIN, **switch), truth_ws)
-        # The protocol's score is mean p(given) itself (also the audit's default label_quality).
+        # The protocol's score is mean p(given) itself (also the audit's default label_score).
         pm = chains[name]
         score = 1.0 - pm["pred"]["mean_p_given"].to_numpy(dtype=np.float64)
         m = detection_metrics(truth_ws, score, None, None)

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workspace", type=Path, required=True, help="the --workspace of the benchmark run")
     ap.add_argument("--results", type=Path, required=True, help="its results JSON (settings are read from it)")
     ap.add_argument("--chain", default="fercure", help="which chain's run to re-audit")
-    ap.add_argument("--score", default=None, help="label_quality signal (default: fercure's current default)")
+    ap.add_argument("--score", default=None, help="label_score signal (default: fercure's current default)")
     ap.add_argument("--threshold", default=None, help="threshold rule (default: fercure's current default)")
     ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "benchmarks" / "fer2013-ferplus")
     args = ap.parse_args(argv)
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     keep = cl["clean_label"].notna().to_numpy() & cl["clean_label"].isin(classes).to_numpy()
     labels = np.where(keep, cl["clean_label"].map(index).fillna(-1).to_numpy(), 0).astype(np.int64)
     a = bln.aligned(table, truth["sample_id"])
-    m = bln.detection_metrics(truth, 1.0 - a["label_quality"].to_numpy(float),
+    m = bln.detection_metrics(truth, 1.0 - a["label_score"].to_numpy(float),
                               a["is_label_issue"].fillna(False).to_numpy(bool), a["suggested_label"].to_numpy(dtype=object))
 
     b = bln.Bench(argparse.Namespace(backbone=cfg["backbone"], out=args.results), cfg, "cpu", args.workspace,

@@ -6,7 +6,8 @@ run's predictions table; ``fercure.stages.audit`` does the reading and writing.
 
 Scores
 ------
-``label_quality`` is in 0..1, low = the given label is likely wrong. The default (``method=
+The audit's ``label_score`` column (computed by ``label_quality``) is in 0..1, low = the given label
+is likely wrong (cleanlab's convention; every ``<issue>_score`` column points the same way). The default (``method=
 "confidence"``) is the mean over training epochs of p(given label) — dataset cartography's
 *confidence*. On FER2013 with FER+ votes (benchmarks/fer2013-ferplus) one plain run's confidence
 reached AUROC 0.902 against 0.844 for confident learning on 5-fold out-of-fold probabilities, at a
@@ -24,15 +25,15 @@ as in cleanlab's ``calibrate_confident_joint``: scaled so it sums to the number 
 j (samples that clear no threshold are missing from the raw joint), so class j is estimated to hold
 n_j = round(size_j × off-diagonal_j / row_j) wrong labels, at most size_j − 1 (cleanlab's
 ``min_examples_per_class=1``) (``noise_rate_counts``). (3) The n_j samples labelled j with the
-lowest ``label_quality`` are flagged, ties broken by manifest order
+lowest ``label_score`` are flagged, ties broken by manifest order
 (``find_label_issues_noise_rate``). ``stats["noise_rate"]`` records n_j, the confident joint and the
-per-class score cut (the label_quality of the last flagged sample), which is also the per-class
+per-class score cut (the label_score of the last flagged sample), which is also the per-class
 table's ``threshold``. cleanlab's ``prune_by_noise_rate`` splits each n_j further over the (given,
 true) cells and ranks by margin; the per-class form ranks by our score alone. On synthetic
 probabilities with p(given) as the score the counts agree with cleanlab's ``prune_by_class`` to a
 few samples (tests/test_audit.py).
 ``threshold_method="mixture"``: a two-component Gaussian mixture fitted by EM on
-logit(label_quality); a sample is an issue when its score lies below the point where the low
+logit(label_score); a sample is an issue when its score lies below the point where the low
 component's posterior crosses 0.5 (DivideMix's per-sample-loss GMM, applied to the score). Guard:
 when the fit is degenerate or its "low" component is the majority (that is the bulk of the data,
 not a minority of wrong labels), the confident joint decides instead, and
@@ -81,7 +82,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-# Signals that can make up label_quality, each mapped to 0..1 with low = likely wrong.
+# Signals that can make up label_score, each mapped to 0..1 with low = likely wrong.
 SIGNALS = ("confidence", "confidence_variability", "aum", "last", "self_confidence", "oof", "reliability",
            "importance", "retrain", "fusion", "knn", "eval")
 # max of μ + σ for a variable in [0, 1]: σ² ≤ μ(1 − μ) (Bhatia–Davis), so μ + σ ≤ (1 + √2) / 2.
@@ -567,7 +568,7 @@ def ambiguity(probs: np.ndarray, *, margin: float = 0.2, max_confidence: float =
     -------
     is_ambiguous : ndarray (n,) of bool
     top2_margin : ndarray (n,)
-        p1 − p2 (NaN rows → NaN); ``1 − top2_margin`` serves as ``ambiguous_score``'s complement.
+        p1 − p2 (NaN rows → NaN): the audit's ``ambiguous_score`` (low = more ambiguous).
     """
     if probs.shape[0] == 0:
         return np.zeros(0, bool), np.zeros(0)
@@ -578,6 +579,21 @@ def ambiguity(probs: np.ndarray, *, margin: float = 0.2, max_confidence: float =
     with np.errstate(invalid="ignore"):
         gap = np.where(np.isfinite(p1) & np.isfinite(p2), p1 - p2, np.nan)
     return (gap < margin) & (p1 < max_confidence), gap
+
+
+def sharpness_rank(sharpness: np.ndarray) -> np.ndarray:
+    """``blur_score`` in 0..1, low = blurrier: the share of the dataset's crops that are blurrier
+    than this one (ties share their mean rank). The raw measure's scale depends on crop size and
+    content, so the score is relative to the dataset, like the blur cut. NaN where no crop."""
+    b = np.asarray(sharpness, dtype=float)
+    out = np.full(len(b), np.nan)
+    ok = np.isfinite(b)
+    n = int(ok.sum())
+    if n == 1:
+        out[ok] = 1.0
+    elif n > 1:
+        out[ok] = (pd.Series(b[ok]).rank(method="average").to_numpy() - 1.0) / (n - 1)
+    return out
 
 
 def entropy(probs: np.ndarray) -> np.ndarray:
@@ -606,10 +622,11 @@ def noise_transition_matrix(given: np.ndarray, suggested: np.ndarray, n_classes:
     return c
 
 
-def blur_issues(blur_score: np.ndarray, threshold: float | None = None) -> tuple[np.ndarray, float]:
-    """Flag blurry crops: ``blur_score`` (higher = sharper) below ``threshold``.
+def blur_issues(sharpness: np.ndarray, threshold: float | None = None) -> tuple[np.ndarray, float]:
+    """Flag blurry crops: ``sharpness`` (the manifest's variance of the Laplacian, higher = sharper)
+    below ``threshold``.
 
-    Without a threshold, a robust low-outlier cut on log1p(blur_score) is used: median − 3 × 1.4826
+    Without a threshold, a robust low-outlier cut on log1p(sharpness) is used: median − 3 × 1.4826
     × MAD, i.e. about 3 standard deviations below typical sharpness for this dataset, whatever the
     scale of the measure and the crop size.
 
@@ -618,7 +635,7 @@ def blur_issues(blur_score: np.ndarray, threshold: float | None = None) -> tuple
     is_issue : ndarray (n,) of bool (False where the score is NaN)
     threshold : float (NaN when there are no scores)
     """
-    b = np.asarray(blur_score, dtype=float)
+    b = np.asarray(sharpness, dtype=float)
     ok = np.isfinite(b)
     if threshold is None:
         if ok.sum() < 2:
@@ -660,7 +677,7 @@ def build_audit(
     ----------
     manifest : DataFrame
         WS/manifest.parquet (sample_id, source_path, label, split, face_status, face_score,
-        blur_score, duplicate_of, store_index; ``reason`` used when present).
+        sharpness, duplicate_of, store_index; ``reason`` used when present).
     predictions : DataFrame
         A run's predictions.parquet (one row per trained sample).
     classes : list of str
@@ -669,7 +686,7 @@ def build_audit(
         Label-quality signal or blend; see ``label_quality``.
     threshold_method : {"noise_rate", "mixture", "confident_joint"}, default "noise_rate"
         How ``is_label_issue`` is decided; see the module docstring. ``"noise_rate"``: per class,
-        the confident joint's (calibrated) count of wrong labels, taken lowest ``label_quality``
+        the confident joint's (calibrated) count of wrong labels, taken lowest ``label_score``
         first; ``"mixture"`` falls back to the confident joint when its fit is degenerate or its
         low component is the majority.
     distribution : sequence of str, default ("mean_p",)
@@ -784,20 +801,22 @@ def build_audit(
 
     trained = full(np.ones(len(preds), bool), False, bool)
     sugg_str = np.array([classes[i] for i in suggested], dtype=object)
+    # cleanlab's predicted_label: the argmax of the suggestion distribution, flagged or not
+    finite = np.where(np.isfinite(sugg_probs), sugg_probs, -np.inf)
+    pred_str = np.array([classes[i] for i in np.argmax(finite, axis=1)] if len(finite) else [], dtype=object)
     audit = pd.DataFrame({
         "sample_id": manifest["sample_id"].astype(str).to_numpy(),
         "source_path": manifest["source_path"].astype(str).to_numpy(),
         "split": _col(manifest, "split", ""),
         "given_label": given_str,
         "trained": trained,
+        "predicted_label": full(pred_str, None, object),
         "suggested_label": full(sugg_str, None, object),
         "suggested_label_confidence": full(sugg_conf, np.nan, float),
-        "label_quality": full(quality, np.nan, float),
         "label_score": full(quality, np.nan, float),
         "is_label_issue": full(is_issue, False, bool),
-        "is_ambiguous": full(is_amb, False, bool),
         "ambiguous_score": full(np.clip(gap, 0, 1), np.nan, float),
-        "top2_margin": full(gap, np.nan, float),
+        "is_ambiguous_issue": full(is_amb, False, bool),
         "reliability": pred_col("reliability"),
         "uncertainty_entropy": full(ent, np.nan, float),
         "uncertainty_mutual_info": pred_col("uncertainty_mutual_info"),
@@ -815,7 +834,7 @@ def build_audit(
     face_status = _col(manifest, "face_status", "ok")
     audit["face_status"] = face_status
     audit["face_score"] = _num(manifest, "face_score")
-    audit["blur_score"] = _num(manifest, "blur_score")
+    audit["sharpness"] = _num(manifest, "sharpness")
     audit["duplicate_of"] = _col(manifest, "duplicate_of", "")
     audit["store_index"] = _num(manifest, "store_index", -1).astype(np.int64)
     is_dup = (face_status == "duplicate") | (audit["duplicate_of"].to_numpy() != "")
@@ -824,8 +843,10 @@ def build_audit(
     is_noface = face_status == "no_face"
     audit["is_no_face_issue"] = is_noface
     audit["no_face_score"] = np.where(is_noface, 0.0, np.nan_to_num(audit["face_score"].to_numpy(), nan=0.0))
-    is_blur, blur_t = blur_issues(audit["blur_score"].to_numpy(), blur_threshold)
+    is_blur, blur_t = blur_issues(audit["sharpness"].to_numpy(), blur_threshold)
+    audit["blur_score"] = sharpness_rank(audit["sharpness"].to_numpy())
     audit["is_blur_issue"] = is_blur
+    audit["unreadable_score"] = np.where(face_status == "unreadable", 0.0, 1.0)
     audit["is_unreadable_issue"] = face_status == "unreadable"
 
     # --- why, in words
@@ -838,7 +859,7 @@ def build_audit(
             "n": int((given == j).sum()),
             "n_label_issues": int((is_issue & (given == j)).sum()),
             "n_ambiguous": int((is_amb & (given == j)).sum()),
-            "mean_label_quality": _nanmean(quality[given == j]),
+            "mean_label_score": _nanmean(quality[given == j]),
             "threshold": _json_float(nr_cut[j] if used in ("noise_rate", "planted", "retrain") else t[j]),
         }
         for j, c in enumerate(classes)
@@ -902,8 +923,8 @@ def _reasons(audit: pd.DataFrame, classes: list[str], t: np.ndarray, cj_class: n
              face_reason: np.ndarray) -> list[str]:
     """One human-readable sentence per row, with the numbers behind its flags."""
     out = []
-    cols = audit[["trained", "given_label", "suggested_label", "suggested_label_confidence", "label_quality",
-                  "is_label_issue", "is_ambiguous", "face_status", "is_blur_issue", "blur_score",
+    cols = audit[["trained", "given_label", "suggested_label", "suggested_label_confidence", "label_score",
+                  "is_label_issue", "is_ambiguous_issue", "face_status", "is_blur_issue", "sharpness",
                   "duplicate_of"]].to_numpy(dtype=object)
     probs = audit[[f"p_{c}" for c in classes]].to_numpy(dtype=float)
     cidx = {c: i for i, c in enumerate(classes)}
@@ -933,21 +954,21 @@ def _reasons(audit: pd.DataFrame, classes: list[str], t: np.ndarray, cj_class: n
             elif issue and threshold_method == "retrain":
                 alt = (f"suggested {sugg} ({conf:.2f})" if sugg != given
                        else f"p({given}) is still the largest, so no other label is suggested")
-                parts.append(f"label issue: among the first model's most suspect samples (label_quality {q:.2f}), "
+                parts.append(f"label issue: among the first model's most suspect samples (label_score {q:.2f}), "
                              f"and the second model, which never trained on it, predicts another class; {alt}")
             elif issue and threshold_method in ("noise_rate", "planted"):
                 alt = (f"suggested {sugg} ({conf:.2f})" if sugg != given
                        else f"p({given}) is still the largest, so no other label is suggested")
-                parts.append(f"label issue: label_quality {q:.2f} is among the {int(nr_counts[y])} lowest of "
+                parts.append(f"label issue: label_score {q:.2f} is among the {int(nr_counts[y])} lowest of "
                              f"class {given} ({'the planted-flip' if threshold_method == 'planted' else 'the confident joint'}'s "
                              f"estimate of its wrong labels; class cut "
                              f"{nr_cut[y]:.2f}); {alt}")
             elif issue:
                 alt = (f"suggested {sugg} ({conf:.2f})" if sugg != given
                        else f"p({given}) is still the largest, so no other label is suggested")
-                parts.append(f"label issue: label_quality {q:.2f} < mixture threshold {mix_t:.2f}; {alt}")
+                parts.append(f"label issue: label_score {q:.2f} < mixture threshold {mix_t:.2f}; {alt}")
             else:
-                parts.append(f"label looks right: p({given})={py:.2f}, label_quality {q:.2f}")
+                parts.append(f"label looks right: p({given})={py:.2f}, label_score {q:.2f}")
             if amb:
                 order = np.argsort(-probs[i])
                 a, b = order[0], order[1]
@@ -955,6 +976,6 @@ def _reasons(audit: pd.DataFrame, classes: list[str], t: np.ndarray, cj_class: n
             if fs not in ("ok", ""):
                 parts.append(f"face_status={fs}" + (f" ({face_reason[i]})" if face_reason[i] else ""))
         if blurry:
-            parts.append(f"blurry: blur_score {blur:.1f} < {blur_t:.1f}")
+            parts.append(f"blurry: sharpness {blur:.1f} < {blur_t:.1f}")
         out.append("; ".join(parts))
     return out

@@ -130,6 +130,8 @@ def _render(summary: object, title: str) -> None:
     scalars: dict[str, str] = {}
     extras = []
     for f in dataclasses.fields(summary):
+        if f.metadata.get("hidden"):  # shown another way (e.g. through ``warning``)
+            continue
         value = getattr(summary, f.name)
         label = f.name.replace("_", " ")
         if isinstance(value, dict):
@@ -409,7 +411,7 @@ def audit_labels(
     workspace: Path = WorkspaceOpt,
     run: Optional[str] = typer.Option(None, help="Run id under WS/runs (default: the latest)."),
     report: Optional[Path] = typer.Option(None, help="Where to write the HTML report (default WS/report.html)."),
-    score: str = typer.Option(DEFAULT_SCORE, help="label_quality signal: retrain (first and second model averaged), confidence (mean p(given) over epochs), confidence_variability (mean + std), aum, knn (neighbour label agreement), fusion (fitted on planted flips), eval, last, self_confidence, oof, reliability, importance."),
+    score: str = typer.Option(DEFAULT_SCORE, help="label_score signal: retrain (first and second model averaged), confidence (mean p(given) over epochs), confidence_variability (mean + std), aum, knn (neighbour label agreement), fusion (fitted on planted flips), eval, last, self_confidence, oof, reliability, importance."),
     threshold_method: ThresholdMethod = typer.Option(ThresholdMethod(DEFAULT_THRESHOLD), help="How is_label_issue is decided without ground truth (docs/METHODS.md)."),
     force: bool = typer.Option(False, help="Overwrite an existing --report file (the default WS/report.html is always rewritten)."),
     wait: bool = WaitOpt,
@@ -437,7 +439,8 @@ def audit_labels(
 @app.command(
     "export-cleaned",
     epilog="Examples:\n\n  fercure export-cleaned -w ws -o cleaned.parquet\n\n"
-    "  fercure export-cleaned -w ws -o cleaned.csv --format csv --policy drop --force",
+    "  fercure export-cleaned -w ws -o cleaned.csv --format csv --policy drop --force\n\n"
+    "  fercure export-cleaned -w ws -o cleaned.parquet --decisions decisions.csv   # saved from WS/report.html",
 )
 def export_cleaned(
     workspace: Path = WorkspaceOpt,
@@ -445,6 +448,7 @@ def export_cleaned(
     policy: Policy = typer.Option(Policy.relabel, help="What to do with label issues: relabel, drop, flag (review only), soft (soft labels for ambiguous)."),
     format: Format = typer.Option(Format.parquet, "--format", help="parquet or csv."),
     force: bool = typer.Option(False, help="Overwrite an existing output file."),
+    decisions: Optional[Path] = typer.Option(None, "--decisions", help="A reviewer's decisions (CSV or JSON saved from the review report): each overrides fercure's action for its sample; invalid rows are listed and skipped."),
     wait: bool = WaitOpt,
 ) -> None:
     """Write cleaned, relabelled annotations with every original label and the reason for each change."""
@@ -455,7 +459,8 @@ def export_cleaned(
     lock = _locked(workspace, wait) if is_inside(output, workspace) else contextlib.nullcontext()
     with lock:
         try:
-            summary = run_export(workspace, output, policy=policy.value, fmt=format.value, force=force)
+            summary = run_export(workspace, output, policy=policy.value, fmt=format.value, force=force,
+                                 decisions=decisions)
         except WorkspaceError as e:
             _fail(str(e))
     _render(summary, "export-cleaned")
@@ -544,6 +549,7 @@ def _demo_stages(data: Path, workspace: Path, limit: int | None, epochs: int, im
     from fercure.stages.prepare import run_prepare
     from fercure.stages.train import run_train
     from fercure.train.config import TrainConfig
+    from fercure.workspace import Workspace
 
     labels = _demo_labels(data, workspace, limit)
     console.rule("[bold]1/4 prepare")
@@ -562,6 +568,9 @@ def _demo_stages(data: Path, workspace: Path, limit: int | None, epochs: int, im
     _render(summary, "export-cleaned")
     console.rule("[bold]scorecard")
     _demo_scorecard(data, workspace)
+    console.print(f"Review report: {Workspace(workspace).report.resolve()} (open it in a browser, record decisions, "
+                  f"save them, then `fercure export-cleaned -w {workspace} -o cleaned.parquet --force --decisions "
+                  "decisions.csv`).", soft_wrap=True, highlight=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

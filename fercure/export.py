@@ -1,14 +1,15 @@
 """Cleaning policies: the audit table → the cleaned annotation table (pure functions on DataFrames).
 
-Every manifest sample gets exactly one row, and every row keeps its ``original_label``: the cleaned
+Every manifest sample gets exactly one row, and every row keeps its ``given_label``: the cleaned
 table says what changed and why; it never silently loses a sample.
 
 Columns
 -------
-sample_id, source_path, split, original_label, clean_label, action (keep | relabel | drop | review),
-reason (why, with the numbers), label_quality, suggested_label, suggested_label_confidence,
-reliability, uncertainty_entropy, is_label_issue, is_ambiguous, face_status, and ``p_<class>``
-soft-label columns.
+sample_id, source_path, split, given_label, clean_label, action (keep | relabel | drop | review),
+reason (why, with the numbers), label_score, is_label_issue, predicted_label, suggested_label,
+suggested_label_confidence, ambiguous_score, is_ambiguous_issue, reliability, uncertainty_entropy,
+face_status, store_index (row of WS/faces/crops.npy: the aligned crop, -1 without one), and
+``p_<class>`` soft-label columns. The names are the audit's (docs/SCHEMA.md).
 
 Rules (first match wins; "confident suggestion" = the sample is a label issue, its suggested label
 differs from the given one, it is not ambiguous, and suggested_label_confidence ≥ ``min_confidence``,
@@ -37,7 +38,7 @@ review. Measured on the CPU benchmark (benchmarks/RESULTS.md): a weak model's co
 matched the annotators less often than not, and dropping its flagged samples lowered the
 downstream accuracy below the raw labels'.
 
-``clean_label``: the suggested label for ``relabel``; the original label for ``keep`` and ``review``
+``clean_label``: the suggested label for ``relabel``; the given label for ``keep`` and ``review``
 (unchanged until a person decides); empty (null) for ``drop``, so a consumer that trains on
 clean_label cannot use a dropped row by accident.
 
@@ -69,9 +70,10 @@ ACTIONS = ("keep", "relabel", "drop", "review")
 FACE_DROP_STATUSES = ("unreadable", "duplicate")
 
 BASE_COLUMNS = [
-    "sample_id", "source_path", "split", "original_label", "clean_label", "action", "reason",
-    "label_quality", "suggested_label", "suggested_label_confidence", "reliability",
-    "uncertainty_entropy", "is_label_issue", "is_ambiguous", "face_status",
+    "sample_id", "source_path", "split", "given_label", "clean_label", "action", "reason",
+    "label_score", "is_label_issue", "predicted_label", "suggested_label", "suggested_label_confidence",
+    "ambiguous_score", "is_ambiguous_issue", "reliability", "uncertainty_entropy", "face_status",
+    "store_index",
 ]
 
 # action per policy for each situation, in the order of the rules table
@@ -101,7 +103,7 @@ def situations(audit: pd.DataFrame, min_confidence: float = 0.5, model_verdict: 
     issue_confident, issue_unsure (ambiguous), issue_unsure_clear (not ambiguous), ambiguous or clean."""
     face = face_problem(audit)
     issue = audit["is_label_issue"].fillna(False).to_numpy(dtype=bool)
-    amb = audit["is_ambiguous"].fillna(False).to_numpy(dtype=bool)
+    amb = audit["is_ambiguous_issue"].fillna(False).to_numpy(dtype=bool)
     conf = audit["suggested_label_confidence"].to_numpy(dtype=float)
     differs = (audit["suggested_label"].astype(object).to_numpy() != audit["given_label"].astype(object).to_numpy()) \
         & audit["suggested_label"].notna().to_numpy()
@@ -146,27 +148,30 @@ def apply_policy(audit: pd.DataFrame, classes: Sequence[str], policy: str = "rel
         raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
     sit = situations(audit, min_confidence, model_verdict)
     action = np.array([_RULES[s][policy] for s in sit], dtype=object)
-    original = audit["given_label"].astype(str).to_numpy(dtype=object)
+    given = audit["given_label"].astype(str).to_numpy(dtype=object)
     suggested = audit["suggested_label"].astype(object).to_numpy()
-    clean = np.where(action == "relabel", suggested, original).astype(object)
+    clean = np.where(action == "relabel", suggested, given).astype(object)
     clean[action == "drop"] = None
 
     out = pd.DataFrame({
         "sample_id": audit["sample_id"].to_numpy(),
         "source_path": audit["source_path"].to_numpy(),
         "split": audit["split"].to_numpy() if "split" in audit.columns else "",
-        "original_label": original,
+        "given_label": given,
         "clean_label": clean,
         "action": action,
-        "reason": _reasons(audit, sit, action, original, suggested, min_confidence),
-        "label_quality": audit["label_quality"].to_numpy(dtype=float),
+        "reason": _reasons(audit, sit, action, given, suggested, min_confidence),
+        "label_score": audit["label_score"].to_numpy(dtype=float),
+        "is_label_issue": audit["is_label_issue"].fillna(False).to_numpy(dtype=bool),
+        "predicted_label": _optional(audit, "predicted_label", None),
         "suggested_label": suggested,
         "suggested_label_confidence": audit["suggested_label_confidence"].to_numpy(dtype=float),
+        "ambiguous_score": _optional(audit, "ambiguous_score", np.nan).astype(float),
+        "is_ambiguous_issue": audit["is_ambiguous_issue"].fillna(False).to_numpy(dtype=bool),
         "reliability": audit["reliability"].to_numpy(dtype=float),
         "uncertainty_entropy": audit["uncertainty_entropy"].to_numpy(dtype=float),
-        "is_label_issue": audit["is_label_issue"].fillna(False).to_numpy(dtype=bool),
-        "is_ambiguous": audit["is_ambiguous"].fillna(False).to_numpy(dtype=bool),
         "face_status": audit["face_status"].astype(str).to_numpy(),
+        "store_index": _optional(audit, "store_index", -1).astype(np.int64),
     })
     probs = np.column_stack([
         audit[f"p_{c}"].to_numpy(dtype=float) if f"p_{c}" in audit.columns else np.full(len(audit), np.nan)
@@ -177,6 +182,11 @@ def apply_policy(audit: pd.DataFrame, classes: Sequence[str], policy: str = "rel
     for j, c in enumerate(classes):
         out[f"p_{c}"] = probs[:, j]
     return out
+
+
+def _optional(audit: pd.DataFrame, name: str, fill) -> np.ndarray:
+    """A column the rules do not need (an audit table built by hand may lack it)."""
+    return audit[name].to_numpy() if name in audit.columns else np.full(len(audit), fill, dtype=object)
 
 
 def _soft_targets(probs: np.ndarray, sit: np.ndarray, action: np.ndarray, clean: np.ndarray,
@@ -194,22 +204,22 @@ def _soft_targets(probs: np.ndarray, sit: np.ndarray, action: np.ndarray, clean:
     return out
 
 
-def _reasons(audit: pd.DataFrame, sit: np.ndarray, action: np.ndarray, original: np.ndarray,
+def _reasons(audit: pd.DataFrame, sit: np.ndarray, action: np.ndarray, given: np.ndarray,
              suggested: np.ndarray, min_confidence: float) -> list[str]:
     """What the policy did, then the audit's own explanation (which carries the numbers)."""
     audit_reason = audit["reason"].fillna("").astype(str).to_numpy() if "reason" in audit.columns else [""] * len(audit)
-    trained = audit["trained"].to_numpy(dtype=bool) if "trained" in audit.columns else audit["label_quality"].notna().to_numpy()
+    trained = audit["trained"].to_numpy(dtype=bool) if "trained" in audit.columns else audit["label_score"].notna().to_numpy()
     conf = audit["suggested_label_confidence"].to_numpy(dtype=float)
-    amb = audit["is_ambiguous"].fillna(False).to_numpy(dtype=bool)
+    amb = audit["is_ambiguous_issue"].fillna(False).to_numpy(dtype=bool)
     out = []
     for i, s in enumerate(sit):
         a = action[i]
         if s == "face":
             head = f"face problem ({audit['face_status'].iat[i]})"
         elif s == "issue_confident":
-            head = f"likely mislabelled: {original[i]} -> {suggested[i]} ({conf[i]:.2f} >= {min_confidence:.2f})"
+            head = f"likely mislabelled: {given[i]} -> {suggested[i]} ({conf[i]:.2f} >= {min_confidence:.2f})"
         elif s in ("issue_unsure", "issue_unsure_clear"):
-            if suggested[i] == original[i] or suggested[i] is None:
+            if suggested[i] == given[i] or suggested[i] is None:
                 why = "no other label is preferred"
             elif amb[i]:
                 why = f"the suggestion {suggested[i]} is ambiguous"

@@ -73,18 +73,18 @@ def scorecard(audit: pd.DataFrame, reference: pd.DataFrame, stats: dict | None =
     - known_errors_flagged and recall = known_errors_flagged / n_known_errors;
     - precision = flagged clear errors / flagged rows that have a verdict (clear error or clean),
       with precision_if_random = n_known_errors / (n_known_errors + n_clean) to compare with;
-    - auroc of 1 − label_quality, clear errors against clean rows (rows without a finite
-      label_quality are left out; n_auroc says how many rows it used);
+    - auroc of 1 − label_score, clear errors against clean rows (rows without a finite
+      label_score are left out; n_auroc says how many rows it used);
     - suggestion_accuracy = suggestions_correct / suggestions_scored, over flagged clear errors
       whose reference has a majority label: how often suggested_label is that label;
     - model_strength (verdict "ok" | "weak" | "too_weak", or None when the audit does not report
       one), model_strength_message, holdout_accuracy, chance_accuracy: from stats["model_strength"].
     """
-    for col in ("source_path", "is_label_issue", "label_quality", "suggested_label"):
+    for col in ("source_path", "is_label_issue", "label_score", "suggested_label"):
         if col not in audit.columns:
             raise ValueError(f"the audit has no {col!r} column")
     ref = _reference_verdicts(reference)
-    m = audit[["source_path", "is_label_issue", "label_quality", "suggested_label"]].assign(
+    m = audit[["source_path", "is_label_issue", "label_score", "suggested_label"]].assign(
         source_path=audit["source_path"].astype(str)
     ).merge(ref, left_on="source_path", right_on="path", how="inner")
 
@@ -96,7 +96,7 @@ def scorecard(audit: pd.DataFrame, reference: pd.DataFrame, stats: dict | None =
     tp = int((flagged & err).sum())
     flagged_verdict = int((flagged & verdict).sum())
 
-    quality = pd.to_numeric(m["label_quality"], errors="coerce").to_numpy(np.float64)
+    quality = pd.to_numeric(m["label_score"], errors="coerce").to_numpy(np.float64)
     usable = verdict & np.isfinite(quality)
     area = auroc(err[usable], 1.0 - quality[usable])
 

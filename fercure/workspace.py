@@ -26,9 +26,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fercure import __version__
+from fercure import schema
+from fercure.schema import SCHEMA_VERSION  # noqa: F401  (re-exported: where stages read it)
 
-# Bump when a table's columns change meaning; readers refuse other versions with a clear message.
-SCHEMA_VERSION = 1
 META_KEY = b"fercure"
 
 
@@ -43,6 +43,11 @@ class OutputExistsError(WorkspaceError):
 class DamagedFileError(WorkspaceError):
     """A workspace file exists but cannot be read (truncated, overwritten); the message names the
     command that rebuilds it."""
+
+
+class TableContractError(DamagedFileError):
+    """A table does not meet its contract in fercure/schema.py (the message names file and column);
+    handled as a damaged file: the stage that wrote it rebuilds it."""
 
 
 def rebuild_hint(path: Path | str) -> str:
@@ -558,15 +563,33 @@ def atomic_write_json(path: Path | str, obj: Any) -> None:
 # Parquet tables with fercure metadata
 
 
-def write_table(df: pd.DataFrame, path: Path | str, metadata: dict[str, Any] | None = None) -> None:
+def write_table(df: pd.DataFrame, path: Path | str, metadata: dict[str, Any] | None = None,
+                table: schema.Table | None = None) -> None:
     """Write ``df`` to Parquet atomically, with fercure's version, schema version and ``metadata``
-    stored as JSON under the ``fercure`` key of the file's key-value metadata."""
-    table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
+    stored as JSON under the ``fercure`` key of the file's key-value metadata.
+
+    With ``table`` (a contract of fercure.schema) the frame is conformed to it first (declared
+    types, no missing or undeclared column; per-class columns from ``metadata["classes"]``) and the
+    contract's name is recorded, so that ``read_table`` checks the file against it again."""
     meta = {"fercure_version": __version__, "schema_version": SCHEMA_VERSION, **(metadata or {})}
-    existing = table.schema.metadata or {}
-    table = table.replace_schema_metadata({**existing, META_KEY: json.dumps(meta, default=str).encode()})
+    if table is not None:
+        meta["table"] = table.name
+        try:
+            data = schema.conform(df, table, _classes(meta))
+        except schema.ContractError as e:
+            err = TableContractError(f"Not writing {path}: {e}. This is a bug in fercure; please report it.")
+            err.path = Path(path)
+            raise err from e
+    else:
+        data = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
+    existing = data.schema.metadata or {}
+    data = data.replace_schema_metadata({**existing, META_KEY: json.dumps(meta, default=str).encode()})
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(data, tmp)
+
+
+def _classes(meta: Mapping[str, Any]) -> list[str]:
+    return [str(c) for c in meta.get("classes") or []]
 
 
 def read_metadata(path: Path | str) -> dict[str, Any]:
@@ -579,11 +602,12 @@ def read_metadata(path: Path | str) -> dict[str, Any]:
         raise damaged(path, e) from e
 
 
-def read_table(path: Path | str, check_version: bool = True) -> pd.DataFrame:
-    """Read a fercure table; refuse one written with another schema version."""
+def read_table(path: Path | str, check_version: bool = True, table: schema.Table | None = None) -> pd.DataFrame:
+    """Read a fercure table; refuse one written with another schema version, or one that does not
+    meet its contract (``table``, else the one named in its metadata)."""
     path = Path(path)
+    meta = read_metadata(path)
     if check_version:
-        meta = read_metadata(path)
         version = meta.get("schema_version")
         if version is not None and version != SCHEMA_VERSION:
             raise WorkspaceError(
@@ -591,9 +615,19 @@ def read_table(path: Path | str, check_version: bool = True) -> pd.DataFrame:
                 f"{version}; this fercure ({__version__}) reads schema {SCHEMA_VERSION}. "
                 "Re-run the stage that wrote it, or use the matching fercure version."
             )
+    if table is None and meta.get("table") in schema.TABLES:
+        table = schema.TABLES[meta["table"]]
     try:
-        return pq.read_table(path).to_pandas()
+        data = pq.read_table(path)
     except FileNotFoundError:
         raise
     except (pa.ArrowException, OSError) as e:
         raise damaged(path, e) from e
+    if table is not None:
+        try:
+            schema.validate(data, table, _classes(meta))
+        except schema.ContractError as e:
+            err = TableContractError(f"{path} is not a valid {table.name} table: {e}. " + rebuild_hint(path))
+            err.path = path
+            raise err from e
+    return data.to_pandas()

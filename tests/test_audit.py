@@ -54,7 +54,7 @@ def manifest_table(ids, labels, **cols):
     df = pd.DataFrame({
         "sample_id": ids, "source_path": [f"img/{i}.png" for i in ids], "label": labels,
         "split": "train", "face_status": "ok", "reason": "", "face_score": 0.99,
-        "blur_score": 100.0, "duplicate_of": "", "store_index": np.arange(n),
+        "sharpness": 100.0, "duplicate_of": "", "store_index": np.arange(n),
     })
     for c, v in cols.items():
         df[c] = v
@@ -176,8 +176,8 @@ def test_build_audit_keeps_every_manifest_row():
     man.loc[700, ["face_status", "reason", "store_index"]] = ["unreadable", "cannot decode", -1]
     man.loc[701, ["face_status", "duplicate_of"]] = ["duplicate", "s0001"]
     man.loc[702, ["face_status", "store_index"]] = ["no_face", -1]
-    man["blur_score"] = np.exp(np.random.default_rng(3).normal(5, 0.2, 703))
-    man.loc[5, "blur_score"] = 0.01
+    man["sharpness"] = np.exp(np.random.default_rng(3).normal(5, 0.2, 703))
+    man.loc[5, "sharpness"] = 0.01
     preds = predictions_table(p, given, ids).sample(frac=1, random_state=0)  # order must not matter
     out, stats = audit.build_audit(man, preds, CLASSES, method="confidence", threshold_method="mixture")
 
@@ -185,14 +185,14 @@ def test_build_audit_keeps_every_manifest_row():
     assert out["given_label"].tolist() == man["label"].tolist()
     untrained = out.iloc[700:]
     assert not untrained["trained"].any() and not untrained["is_label_issue"].any()
-    assert untrained["label_quality"].isna().all()
+    assert untrained["label_score"].isna().all()
     assert "cannot decode" in untrained["reason"].iloc[0] and "s0001" in untrained["reason"].iloc[1]
     assert untrained["is_duplicate_issue"].tolist() == [False, True, False]
     assert untrained["is_no_face_issue"].tolist() == [False, False, True]
     assert out["is_blur_issue"].iloc[5] and out["is_blur_issue"].sum() <= 5  # ~3σ: a few tail crops
 
     tr = out.iloc[:700]
-    assert tr["label_quality"].to_numpy() == pytest.approx(p[np.arange(700), given])
+    assert tr["label_score"].to_numpy() == pytest.approx(p[np.arange(700), given])
     issue = tr["is_label_issue"].to_numpy()
     assert issue[flip].mean() > 0.8 and issue[~flip].mean() < 0.05
     assert (tr["suggested_label"][~issue] == tr["given_label"][~issue]).all()
@@ -206,7 +206,7 @@ def test_build_audit_keeps_every_manifest_row():
     json.dumps(stats, allow_nan=False)  # goes to Parquet metadata as strict JSON
 
     assert stats["threshold_method_used"] == "mixture"
-    q = tr["label_quality"].to_numpy()
+    q = tr["label_score"].to_numpy()
     assert np.array_equal(issue, q < stats["mixture"]["threshold"])
 
     out2, stats2 = audit.build_audit(man, preds, CLASSES, threshold_method="confident_joint",
@@ -215,7 +215,7 @@ def test_build_audit_keeps_every_manifest_row():
     t = np.array([stats2["class_thresholds"][c] for c in CLASSES])
     cj, _ = audit.find_label_issues_confident_joint(p, given, t)
     assert np.array_equal(out2["is_label_issue"].to_numpy()[:700], cj)
-    assert tr["label_quality"].to_numpy() != pytest.approx(out2["label_quality"].to_numpy()[:700])
+    assert tr["label_score"].to_numpy() != pytest.approx(out2["label_score"].to_numpy()[:700])
 
 
 def test_mixture_falls_back_to_confident_joint_when_the_low_group_is_the_bulk():
@@ -330,7 +330,7 @@ def test_build_audit_noise_rate_records_counts_and_cuts_and_is_deterministic():
     out, stats = audit.build_audit(man, preds, CLASSES, method="confidence")
     assert stats["threshold_method"] == stats["threshold_method_used"] == "noise_rate"
     issue = out["is_label_issue"].to_numpy()
-    q = out["label_quality"].to_numpy()
+    q = out["label_score"].to_numpy()
     nr = stats["noise_rate"]
     assert nr["n_flagged"] == stats["n_label_issues"] == int(issue.sum())
     for j, c in enumerate(CLASSES):
@@ -438,3 +438,31 @@ def test_retrain_score_averages_the_second_opinion_where_there_is_one():
     probs = np.full((3, 2), 0.5)
     sig = audit.signals_from_predictions(preds, probs, np.zeros(3, int))
     assert np.allclose(sig["retrain"], [0.4, 0.8, 0.3])
+
+
+def test_every_issue_has_a_score_in_0_1_with_low_worse_and_a_decision():
+    """cleanlab's convention on every issue: ``<issue>_score`` in 0..1, low = worse, and
+    ``is_<issue>_issue``; flagged rows score below unflagged ones."""
+    p, given, _, _ = synthetic(n=400, seed=5)
+    ids = [f"s{i:04d}" for i in range(len(p))]
+    man = manifest_table(ids + ["u1", "d1"], [CLASSES[g] for g in given] + ["happy", "sad"])
+    man.loc[400, ["face_status", "store_index"]] = ["unreadable", -1]
+    man.loc[401, ["face_status", "duplicate_of"]] = ["duplicate", "s0001"]
+    man["sharpness"] = np.exp(np.random.default_rng(5).normal(5, 0.2, 402))
+    man.loc[7, "sharpness"] = 0.01
+    out, _ = audit.build_audit(man, predictions_table(p, given, ids), CLASSES, method="confidence")
+    issues = sorted(c[3:-6] for c in out.columns if c.startswith("is_") and c.endswith("_issue"))
+    assert issues == ["ambiguous", "blur", "duplicate", "label", "no_face", "unreadable"]
+    for name in issues:
+        score, flag = out[f"{name}_score"].to_numpy(float), out[f"is_{name}_issue"].to_numpy(bool)
+        finite = np.isfinite(score)
+        assert ((score[finite] >= 0) & (score[finite] <= 1)).all(), name
+        if flag.any() and (~flag & finite).any():
+            assert np.nanmax(score[flag]) <= np.nanmin(score[~flag & finite]) or \
+                np.nanmean(score[flag]) < np.nanmean(score[~flag & finite]), name
+    assert out["blur_score"].iloc[7] == 0.0 and out["is_blur_issue"].iloc[7]  # the blurriest crop
+    # predicted_label is the argmax; suggested_label differs from it only where it replaces a flag
+    probs = out[[f"p_{c}" for c in CLASSES]].to_numpy()
+    tr = out["trained"].to_numpy()
+    assert (out["predicted_label"][tr] == np.array(CLASSES)[probs[tr].argmax(1)]).all()
+    assert "label_quality" not in out.columns and "is_ambiguous" not in out.columns

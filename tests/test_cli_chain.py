@@ -17,14 +17,14 @@ runner = CliRunner()
 
 MANIFEST_COLUMNS = {
     "sample_id", "source_path", "label", "split", "face_status", "face_score", "bbox", "landmarks",
-    "blur_score", "duplicate_of", "store_index", "reason",
+    "sharpness", "duplicate_of", "store_index", "reason",
 }
 AUDIT_COLUMNS = {
-    "sample_id", "given_label", "suggested_label", "suggested_label_confidence", "label_quality",
-    "is_label_issue", "is_ambiguous", "reliability", "uncertainty_entropy", "importance_weight",
+    "sample_id", "given_label", "suggested_label", "suggested_label_confidence", "label_score",
+    "is_label_issue", "is_ambiguous_issue", "reliability", "uncertainty_entropy", "importance_weight",
     "relabel_count", "face_status",
 }
-CLEANED_COLUMNS = {"sample_id", "source_path", "original_label", "clean_label", "action", "reason"}
+CLEANED_COLUMNS = {"sample_id", "source_path", "given_label", "clean_label", "action", "reason"}
 
 
 def invoke(*args: object, code: int = 0):
@@ -87,26 +87,26 @@ def test_audit_one_row_per_sample(chain: Path, sample_data: Path):
     manifest = pd.read_parquet(chain / "manifest.parquet")
     assert AUDIT_COLUMNS <= set(audit.columns)
     assert sorted(audit["sample_id"]) == sorted(manifest["sample_id"])
-    lq = audit["label_quality"].dropna()
+    lq = audit["label_score"].dropna()
     assert len(lq) > 0 and lq.between(0, 1).all()
     m = audit.merge(manifest[["sample_id", "label"]], on="sample_id")
     assert (m["given_label"] == m["label"]).all()
     assert (chain / "report.html").stat().st_size > 1000
 
 
-def test_export_keeps_every_original_label(chain: Path, sample_data: Path):
+def test_export_keeps_every_given_label(chain: Path, sample_data: Path):
     cleaned = pd.read_parquet(chain / "cleaned.parquet")
     given = labels_csv(sample_data)
     assert CLEANED_COLUMNS <= set(cleaned.columns)
     assert len(cleaned) == len(given)
     m = given.merge(cleaned, left_on="path", right_on="source_path")
     assert len(m) == len(given)
-    assert (m["label"] == m["original_label"]).all()
+    assert (m["label"] == m["given_label"]).all()
     assert set(cleaned["action"]) <= {"keep", "relabel", "drop", "review"}
     changed = cleaned["action"] != "keep"
     assert (cleaned.loc[changed, "reason"].str.len() > 0).all()
     relabel = cleaned["action"] == "relabel"
-    assert (cleaned.loc[relabel, "clean_label"] != cleaned.loc[relabel, "original_label"]).all()
+    assert (cleaned.loc[relabel, "clean_label"] != cleaned.loc[relabel, "given_label"]).all()
     meta = read_metadata(chain / "cleaned.parquet")
     assert meta["policy"] == "relabel" and meta["run_id"] and "fercure_version" in meta
 

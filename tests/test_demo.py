@@ -34,6 +34,9 @@ def test_demo_writes_a_scorecard(tmp_path: Path, sample_data: Path):
     assert card["n_known_errors"] == int(scored["clear_error"].sum())
     assert card["n_clean"] == int(scored["clean"].sum())
     assert "Scorecard" in result.output and "known errors found" in result.output
+    report = ws / "report.html"
+    assert report.exists() and "fercure-data" in report.read_text()
+    assert f"Review report: {report.resolve()}" in " ".join(result.output.split()).replace("\n", "")
     assert not any(p.name.endswith(".tmp") for p in ws.rglob("*"))
 
 

@@ -119,7 +119,7 @@ def test_two_process_audit_agrees_with_one_process(runs):
         audits[key] = pd.read_parquet(runs[key].audit)
     a, b = audits["one"], audits["two"]
     wrong = runs["wrong"]
-    au = {k: auroc(wrong, -v["label_quality"].to_numpy()) for k, v in audits.items()}
+    au = {k: auroc(wrong, -v["label_score"].to_numpy()) for k, v in audits.items()}
     assert au["one"] >= 0.95 and au["two"] >= 0.95, au
     assert abs(au["one"] - au["two"]) <= 0.05, au
     fa, fb = set(np.flatnonzero(a["is_label_issue"])), set(np.flatnonzero(b["is_label_issue"]))

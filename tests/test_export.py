@@ -34,13 +34,13 @@ def audit_rows() -> pd.DataFrame:
         ("untrained", "happy", None, np.nan, False, False, "ok", 8, False, [np.nan] * 3),
     ]
     df = pd.DataFrame(rows, columns=["sample_id", "given_label", "suggested_label", "suggested_label_confidence",
-                                     "is_label_issue", "is_ambiguous", "face_status", "store_index", "trained", "p"])
+                                     "is_label_issue", "is_ambiguous_issue", "face_status", "store_index", "trained", "p"])
     probs = np.array(df.pop("p").tolist(), dtype=float)
     for j, c in enumerate(CLASSES):
         df[f"p_{c}"] = probs[:, j]
     df["source_path"] = "img/" + df["sample_id"] + ".png"
     df["split"] = "train"
-    df["label_quality"] = np.where(df["trained"], 1 - df["is_label_issue"] * 0.8, np.nan)
+    df["label_score"] = np.where(df["trained"], 1 - df["is_label_issue"] * 0.8, np.nan)
     df["reliability"] = 0.5
     df["uncertainty_entropy"] = 0.3
     df["reason"] = "audit says " + df["sample_id"]
@@ -69,16 +69,16 @@ def test_policies_take_the_documented_actions_and_keep_every_row(k, policy):
     out = export.apply_policy(audit, CLASSES, policy)
     pd.testing.assert_frame_equal(audit, before)  # input untouched
     assert out["sample_id"].tolist() == audit["sample_id"].tolist()
-    assert out["original_label"].tolist() == audit["given_label"].tolist()
+    assert out["given_label"].tolist() == audit["given_label"].tolist()
     assert dict(zip(out["sample_id"], out["action"])) == {s: a[k] for s, a in EXPECTED.items()}
     # clean_label: suggestion for relabel, none for drop, the original otherwise
     for _, r in out.iterrows():
         if r["action"] == "relabel":
-            assert r["clean_label"] == r["suggested_label"] != r["original_label"]
+            assert r["clean_label"] == r["suggested_label"] != r["given_label"]
         elif r["action"] == "drop":
             assert r["clean_label"] is None or pd.isna(r["clean_label"])
         else:
-            assert r["clean_label"] == r["original_label"]
+            assert r["clean_label"] == r["given_label"]
     assert list(out.columns[: len(export.BASE_COLUMNS)]) == export.BASE_COLUMNS
     assert [c for c in out.columns if c.startswith("p_")] == [f"p_{c}" for c in CLASSES]
 
@@ -108,7 +108,7 @@ def test_soft_policy_keeps_distributions_where_uncertain_one_hot_elsewhere():
     assert p.loc["sure_err"].tolist() == pytest.approx([0.1, 0.8, 0.1])  # review: the model's view
     assert p.loc["untrained"].tolist() == [1.0, 0.0, 0.0]
     assert p.loc["dup"].isna().all()
-    assert (out["clean_label"].dropna() == out["original_label"][out["clean_label"].notna()]).all()
+    assert (out["clean_label"].dropna() == out["given_label"][out["clean_label"].notna()]).all()
     # other policies report the model's distribution unchanged
     rel = export.apply_policy(audit_rows(), CLASSES, "relabel").set_index("sample_id")
     assert rel.loc["clean", "p_happy"] == 0.9
@@ -133,7 +133,7 @@ def make_workspace(root, n=60, seed=0) -> Workspace:
     man = pd.DataFrame({
         "sample_id": ids, "source_path": [f"faces/{i}.png" for i in ids], "label": [CLASSES[g] for g in given],
         "split": "train", "face_status": "ok", "reason": "", "face_score": 0.99,
-        "blur_score": np.exp(rng.normal(5, 0.1, n)), "duplicate_of": "", "store_index": np.arange(n),
+        "sharpness": np.exp(rng.normal(5, 0.1, n)), "duplicate_of": "", "store_index": np.arange(n),
     })
     man.loc[n - 1, ["face_status", "duplicate_of"]] = ["duplicate", ids[0]]
     man.loc[n - 2, ["face_status", "store_index"]] = ["unreadable", -1]
@@ -176,7 +176,7 @@ def test_run_export_writes_every_sample_with_provenance_and_touches_no_input(tmp
     df = read_table(out)
     man = read_table(ws.manifest)
     assert df["sample_id"].tolist() == man["sample_id"].tolist()
-    assert df["original_label"].tolist() == man["label"].tolist()
+    assert df["given_label"].tolist() == man["label"].tolist()
     assert s.n_rows == len(man) and sum(s.actions.values()) == len(man)
     assert s.actions["drop"] >= 2  # the duplicate and the unreadable file
     assert s.actions["relabel"] >= 5  # most of the 8 planted errors, confidently
@@ -212,7 +212,7 @@ def test_run_export_csv_with_sidecar_provenance(tmp_path):
     out = tmp_path / "cleaned.csv"
     s = run_export(ws, out, policy="soft", fmt="csv")
     df = pd.read_csv(out)
-    assert len(df) == 60 and df["original_label"].tolist() == read_table(ws.manifest)["label"].tolist()
+    assert len(df) == 60 and df["given_label"].tolist() == read_table(ws.manifest)["label"].tolist()
     prov = read_provenance(out)
     assert s.provenance_path.exists() and prov == json.loads(s.provenance_path.read_text())
     assert prov["policy"] == "soft" and prov["run_id"] == "r1" and prov["fercure_version"]
@@ -236,8 +236,8 @@ def test_a_model_too_weak_to_judge_changes_no_label():
         "sample_id": ["a", "b", "c", "d"], "source_path": ["a.png", "b.png", "c.png", "d.png"],
         "split": "train", "given_label": ["x", "x", "y", "y"], "trained": True,
         "suggested_label": ["y", "x", "x", "y"], "suggested_label_confidence": [0.9, 0.8, 0.3, 0.9],
-        "label_quality": [0.1, 0.9, 0.2, 0.5], "is_label_issue": [True, False, True, False],
-        "is_ambiguous": [False, False, False, True], "face_status": ["ok", "ok", "ok", "duplicate"],
+        "label_score": [0.1, 0.9, 0.2, 0.5], "is_label_issue": [True, False, True, False],
+        "is_ambiguous_issue": [False, False, False, True], "face_status": ["ok", "ok", "ok", "duplicate"],
         "store_index": [0, 1, 2, 3], "reliability": 0.5, "uncertainty_entropy": 0.5,
         "p_x": [0.1, 0.8, 0.3, 0.5], "p_y": [0.9, 0.2, 0.7, 0.5], "reason": "",
     })

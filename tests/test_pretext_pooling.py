@@ -129,6 +129,8 @@ def test_vit_is_built_at_the_crop_size_and_cnn_pool_avg_matches_timm():
 def test_pool_and_part_misuse_is_a_clear_error():
     with pytest.raises(WorkspaceError, match="not a timm VisionTransformer"):
         FerNet("resnet18", 7, pool="atp")
+    with pytest.raises(WorkspaceError, match="is a ViT"):
+        FerNet("vit_tiny_patch16_224", 7, pool="app", image_size=32)
     with pytest.raises(WorkspaceError, match="CNN feature map"):
         build_model(TrainConfig(backbone="vit_tiny_patch16_224", image_size=32, inpaint=True,
                                 backbone_args={"patch_size": 8, "depth": 1}), 7,
@@ -156,7 +158,7 @@ def test_pretext_rows_are_split_off_and_never_reach_the_batch_outputs():
         together, _ = forward_with_aux(model, x, parts, gen)
     assert torch.allclose(together["logits"], alone, atol=1e-5)
     loss = sum(p.aux_loss(a, None) for p, a in aux)
-    assert torch.isfinite(loss) and float(loss) > 0
+    assert torch.isfinite(loss) and float(loss.detach()) > 0
 
 
 @pytest.mark.parametrize("switch", [dict(jigsaw=True), dict(inpaint=True), dict(pool="app")])
@@ -171,3 +173,24 @@ def test_fit_with_each_part_records_the_same_tables_and_learns_its_task(switch):
     if "jigsaw" in switch or "inpaint" in switch:
         plain = fit(images, labels, ["a", "b", "c"], TrainConfig(image_size=32, epochs=2, batch_size=16, device="cpu"))
         assert res.history[0]["loss"] > plain.history[0]["loss"]  # the pretext loss is in the objective
+
+
+def test_train_command_switches_the_parts_on_and_records_them(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from fercure.cli import app
+    from test_train_stage import make_workspace
+
+    ws = make_workspace(tmp_path / "ws")
+    result = CliRunner().invoke(app, ["train", "-w", str(ws.root), "--backbone", "test_resnet", "--image-size", "24",
+                                      "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--no-retrain",
+                                      "--knn", "0", "--jigsaw", "--inpaint", "--pool", "app", "--pool-keep", "0.25"])
+    assert result.exit_code == 0, result.output
+    conf = json.loads((ws.run_dir(ws.latest_run()) / "config.json").read_text())
+    assert conf["parts"] == ["jigsaw", "inpaint", "app"]
+    assert conf["jigsaw"] and conf["inpaint"] and conf["pool"] == "app" and conf["pool_keep"] == 0.25
+    bad = CliRunner().invoke(app, ["train", "-w", str(ws.root), "--backbone", "test_resnet", "--device", "cpu",
+                                   "--backbone-arg", "patch_size"])
+    assert bad.exit_code != 0 and "KEY=VALUE" in bad.output

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _frames() -> tuple[pd.DataFrame, pd.DataFrame]:
-    # id  reference         flagged  label_quality  suggested  FER+ majority
+    # id  reference         flagged  label_score    suggested  FER+ majority
     # a   clear error       yes      0.1            happy      happy   → suggestion right
     # b   clear error       yes      0.3            sad        fear    → suggestion wrong
     # c   clear error       no       0.6            -          angry
@@ -31,7 +31,7 @@ def _frames() -> tuple[pd.DataFrame, pd.DataFrame]:
         "source_path": ["x/a.png", "x/b.png", "x/c.png", "x/d.png", "x/k.png", "x/e.png", "x/f.png",
                         "x/g.png", "x/h.png", "x/i.png"],
         "is_label_issue": [True, True, False, True, False, True, True, False, True, True],
-        "label_quality": [0.1, 0.3, 0.6, 0.2, np.nan, 0.4, 0.6, 0.9, 0.05, 0.0],
+        "label_score": [0.1, 0.3, 0.6, 0.2, np.nan, 0.4, 0.6, 0.9, 0.05, 0.0],
         "suggested_label": ["happy", "sad", "angry", "sad", "fear", "sad", "happy", "fear", "sad", "sad"],
         "given_label": ["sad"] * 10,
     })
@@ -138,7 +138,7 @@ def test_bundled_reference_matches_labels_and_files():
     assert size < 5_000_000, f"sample_data/ is {size / 1e6:.1f} MB"
     # the reference scores itself: an audit that flags exactly the known errors is perfect
     audit = pd.DataFrame({"source_path": ref["path"], "is_label_issue": ref["clear_error"] == 1,
-                          "label_quality": 1.0 - ref["clear_error"], "suggested_label": ref["ferplus_majority"]})
+                          "label_score": 1.0 - ref["clear_error"], "suggested_label": ref["ferplus_majority"]})
     card = scorecard(audit, ref)
     assert card["recall"] == 1 and card["precision"] == 1 and card["auroc"] == 1
     assert card["n_known_errors"] > 100 and card["n_clean"] > card["n_known_errors"]

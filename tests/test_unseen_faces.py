@@ -37,6 +37,6 @@ def test_chain_on_210_publictest_faces(fer_benchmark: Path, tmp_path: Path):
     for table in (manifest, audit, cleaned):
         assert len(table) == 210 and table["sample_id"].is_unique
     by_path = picked.set_index("path")["label"]
-    assert (cleaned.set_index("source_path")["original_label"].reindex(by_path.index) == by_path).all()
+    assert (cleaned.set_index("source_path")["given_label"].reindex(by_path.index) == by_path).all()
     assert (manifest.set_index("source_path")["label"].reindex(by_path.index) == by_path).all()
     assert (root / "labels.csv").read_bytes() == before

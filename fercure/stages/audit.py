@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 
 from fercure import audit as core
+from fercure import export as export_core
+from fercure import schema
 from fercure.progress import NULL, Reporter
 from fercure.report import render_report
 from fercure.workspace import (
@@ -46,7 +48,7 @@ class AuditSummary:
     n_trained: int
     n_label_issues: int
     n_ambiguous: int
-    # index: class; n, n_label_issues, n_ambiguous, mean_label_quality, threshold (the noise-rate score
+    # index: class; n, n_label_issues, n_ambiguous, mean_label_score, threshold (the noise-rate score
     # cut under the default threshold method, the confident-joint threshold otherwise)
     per_class: pd.DataFrame
     transition_matrix: pd.DataFrame  # rows: given label, columns: suggested label, counts
@@ -132,14 +134,18 @@ def run_audit(
         "stats": {k: v for k, v in stats.items() if k not in THRESHOLD_KEYS},
         "predictions": str(predictions_path),
     }
-    write_table(table, ws.audit, meta)
+    write_table(table, ws.audit, meta, table=schema.AUDIT)
     task.advance()
 
     out_report: Path | None = None
     if write_report:
         out_report = Path(report_path) if report_path is not None else ws.report
         crops = np.load(ws.store, mmap_mode="r") if ws.store.exists() else None
-        html = render_report(table, stats, classes, crops=crops, run_id=run_id)
+        rejects = read_table(ws.rejects) if ws.rejects.exists() else None
+        # what `export-cleaned` with its default policy would do, shown on each card beside the decision
+        actions = export_core.apply_policy(table, classes, model_verdict=stats["model_strength"].get("verdict"))["action"]
+        html = render_report(table, stats, classes, crops=crops, run_id=run_id, manifest=manifest,
+                             rejects=rejects, actions=actions.tolist())
         atomic_write_text(out_report, html)
     task.advance()
     task.close()

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from fercure import __version__
+from fercure import __version__, schema
+from fercure import decisions as reviewed
 from fercure import export as core
+from fercure.report.columns import column
 from fercure import workspace as ws_errors
 from fercure.workspace import (
     SCHEMA_VERSION,
@@ -21,6 +23,7 @@ from fercure.workspace import (
     WorkspaceError,
     atomic_path,
     atomic_write_json,
+    check_input_file,
     read_metadata,
     read_table,
     write_table,
@@ -47,6 +50,19 @@ class ExportSummary:
     actions: dict[str, int]  # keep / relabel / drop / review → rows
     provenance_path: Path | None  # the CSV's sidecar JSON; None for Parquet (provenance is inside)
     seconds: float
+    decided_by_reviewer: int = 0  # rows whose action a --decisions file set
+    # decisions skipped, each with file, row and fix: shown through ``warning``, not as a table row
+    decision_problems: list[str] = field(default_factory=list, metadata={"hidden": True})
+
+    @property
+    def warning(self) -> str | None:
+        """The skipped decisions, shown under the summary (the rest were applied)."""
+        if not self.decision_problems:
+            return None
+        shown = self.decision_problems[:20]
+        more = len(self.decision_problems) - len(shown)
+        return (f"{len(self.decision_problems)} decision(s) were not applied; the others were:\n"
+                + "\n".join(shown) + (f"\n... and {more} more (all listed in the provenance)" if more else ""))
 
 
 def provenance_path_for(output: Path) -> Path:
@@ -62,9 +78,15 @@ def run_export(
     fmt: str = "parquet",
     force: bool = False,
     min_confidence: float = 0.5,
+    decisions: Path | str | None = None,
 ) -> ExportSummary:
     """Write the cleaned table for ``policy`` (keep/relabel/drop/review per the rules in
-    ``fercure.export``) to ``output`` as ``fmt`` ("parquet" or "csv")."""
+    ``fercure.export``) to ``output`` as ``fmt`` ("parquet" or "csv").
+
+    ``decisions``: a reviewer's decisions file (saved from the review report; ``fercure.decisions``):
+    each valid decision overrides fercure's action for its sample, and every row's ``decided_by``
+    says whose action it is. Invalid decisions are skipped and listed in the summary's
+    ``decision_problems`` and the provenance."""
     start = time.perf_counter()
     ws = workspace if isinstance(workspace, Workspace) else Workspace(Path(workspace))
     output = Path(output)
@@ -74,6 +96,12 @@ def run_export(
         raise ExportError(f"Unknown format {fmt!r}; choose one of {', '.join(FORMATS)}.")
     ws.require(ws.manifest, "prepare")
     ws.require(ws.audit, "audit-labels")
+    if decisions is not None:
+        try:
+            decisions = check_input_file(decisions, option="--decisions",
+                                         hint="Pass the CSV or JSON file saved from the review report.")
+        except WorkspaceError as e:
+            raise ExportError(str(e)) from None
 
     sidecar = provenance_path_for(output) if fmt == "csv" else None
     # One rule for every output (fercure.workspace.check_output_path): never into the input folder,
@@ -85,6 +113,9 @@ def run_export(
             raise OutputExistsError(str(e)) from None
         except WorkspaceError as e:
             raise ExportError(str(e)) from None
+        if decisions is not None and target.resolve() == decisions.resolve():
+            raise ExportError(f"--output {target} is the --decisions file; fercure never overwrites its inputs. "
+                              "Choose another path.")
 
     manifest_ids = read_table(ws.manifest)["sample_id"].astype(str)
     audit = read_table(ws.audit)
@@ -101,6 +132,8 @@ def run_export(
     verdict = ((audit_meta.get("stats") or {}).get("model_strength") or {}).get("verdict")
     cleaned = core.apply_policy(audit, classes, policy, min_confidence=min_confidence,
                                 model_verdict=verdict)
+    decided = _read_decisions(decisions, audit, classes) if decisions is not None else None
+    cleaned = reviewed.apply(cleaned, decided, classes, soft=policy == "soft")
     counts = core.action_counts(cleaned)
     provenance = {
         "run_id": audit_meta.get("run_id"),
@@ -113,9 +146,12 @@ def run_export(
         "actions": counts,
         "audit": str(ws.audit.resolve()),
         "audit_fercure_version": audit_meta.get("fercure_version"),
+        "decided_by": {who: int((cleaned[reviewed.CLEANED["decided_by"]] == who).sum())
+                       for who in (reviewed.REVIEWER, reviewed.FERCURE)},
+        "decisions": reviewed.summary(decided),
     }
     if fmt == "parquet":
-        write_table(cleaned, output, provenance)
+        write_table(cleaned, output, provenance, table=schema.CLEANED)
     else:
         # The sidecar goes first: a CSV never appears without its provenance beside it.
         atomic_write_json(sidecar, {"fercure_version": __version__, "schema_version": SCHEMA_VERSION, **provenance})
@@ -124,7 +160,22 @@ def run_export(
     return ExportSummary(
         output=output, fmt=fmt, policy=policy, run_id=provenance["run_id"], n_rows=len(cleaned),
         actions=counts, provenance_path=sidecar, seconds=time.perf_counter() - start,
+        decided_by_reviewer=provenance["decided_by"][reviewed.REVIEWER],
+        decision_problems=[str(p) for p in decided.problems] if decided else [],
     )
+
+
+def _read_decisions(path: Path, audit, classes) -> reviewed.Decisions:
+    """The decisions file checked against the audit; ExportError when it is not a decisions file."""
+    try:
+        records = reviewed.read_decisions(path)
+    except reviewed.DecisionsFileError as e:
+        raise ExportError(str(e)) from None
+    except OSError as e:
+        raise ExportError(f"Cannot read --decisions {path} ({e.strerror or e}).") from None
+    return reviewed.parse(records, file=str(path), sample_ids=column(audit, "id").astype(str).tolist(),
+                          given=column(audit, "given", "").astype(str).tolist(),
+                          suggested=column(audit, "suggested", None).tolist(), classes=classes)
 
 
 def read_provenance(path: Path | str) -> dict:

@@ -27,7 +27,7 @@ from typing import Callable, ContextManager
 import numpy as np
 import pandas as pd
 
-from fercure import __version__
+from fercure import __version__, schema
 from fercure.device import resolve_device
 from fercure.faces import align, quality
 from fercure.faces.detect import Detection, FaceDetector
@@ -257,7 +257,7 @@ def _process_chunk(
     hashes = quality.phash(crop_arr) if len(crop_arr) else np.zeros(0, np.uint64)
     pos = df["crop_pos"].to_numpy()
     has = pos >= 0
-    for col, vals in (("blur_score", blur), ("brightness", bright), ("contrast", contrast)):
+    for col, vals in (("sharpness", blur), ("brightness", bright), ("contrast", contrast)):
         df[col] = np.nan
         df.loc[has, col] = np.asarray(vals, dtype=float)[pos[has]]
     df["phash"] = ""
@@ -565,17 +565,17 @@ def _finish(ws: Workspace, rows_df: pd.DataFrame, crops: _Concat, rejects: pd.Da
                   else sorted(manifest["label"].unique().tolist()))
     columns = [
         "sample_id", "source_path", "label", "split", "face_status", "reason", "face_count", "face_score",
-        "bbox", "landmarks", "face_size", "blur_score", "brightness", "contrast", "phash", "duplicate_of",
+        "bbox", "landmarks", "face_size", "sharpness", "brightness", "contrast", "phash", "duplicate_of",
         "store_index", "width", "height", "file_size", "file_mtime_ns", "content_hash", "detection_status",
         "detection_reason",
     ]
     table_meta = {"classes": class_list, **{k: meta[k] for k in ("input_root", "labels_file", "settings",
                                                                  "settings_fingerprint")}}
-    write_table(manifest[columns], ws.manifest, table_meta)
+    write_table(manifest[columns], ws.manifest, table_meta, table=schema.MANIFEST)
     rejects = rejects.reindex(columns=REJECT_COLUMNS)
     for col in ("file", "source_path"):
         rejects[col] = rejects[col].astype(object).map(lambda v: _display_path(v) if isinstance(v, str) else v)
-    write_table(rejects, ws.rejects, {"input_root": meta["input_root"]})
+    write_table(rejects, ws.rejects, {"input_root": meta["input_root"]}, table=schema.REJECTS)
     timings["write"] += time.perf_counter() - t
     if not has.any():
         # The tables are written (every row with its reason) but there is nothing to train on.

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fercure import __version__
+from fercure import __version__, schema
 from fercure.progress import NULL, Reporter
 from fercure.train import detection as det
 from fercure.train import distributed as dd
@@ -441,10 +441,11 @@ def _run_train(ws: Workspace, config: TrainConfig, resume: bool, reporter: Repor
     seen = sum(r["seen"] for r in done.values())
     metrics = {k: r["history"] for k, r in done.items()}
     if world.main:  # every rank holds the same tables; one writes them
-        write_table(pd.concat(dyn_frames, ignore_index=True), run_dir / "dynamics.parquet", meta)
+        write_table(pd.concat(dyn_frames, ignore_index=True), run_dir / "dynamics.parquet", meta,
+                    table=schema.DYNAMICS)
         atomic_write_json(run_dir / "metrics.json", {"fits": metrics, "temperature": temperature,
                                                      "train_seconds": seconds_train})
-        write_table(pred_df, run_dir / "predictions.parquet", meta)  # last: marks the run finished
+        write_table(pred_df, run_dir / "predictions.parquet", meta, table=schema.PREDICTIONS)  # last: marks the run finished
         ws.set_latest_run(run_id)
         # The checkpoint (model + optimiser state, ~135 MB for ResNet-18) only serves --resume of an
         # unfinished run; a finished run keeps model.pt and its tables.

@@ -99,6 +99,7 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes carried into config.json
 
     def __post_init__(self) -> None:
+        self.inpaint_frac = tuple(float(v) for v in self.inpaint_frac)  # config.json gives a list
         self.validate()
 
     def validate(self) -> None:

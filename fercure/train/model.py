@@ -41,6 +41,8 @@ class FerNet(nn.Module):
         if pool == "atp" and not pooling.is_vit(self.backbone):
             raise WorkspaceError(f"--pool atp keeps ViT tokens; {backbone!r} is not a timm VisionTransformer "
                                  "(try vit_tiny_patch16_224, or --pool app for a CNN).")
+        if pool == "app" and pooling.is_vit(self.backbone):
+            raise WorkspaceError(f"--pool app pools a CNN feature map; {backbone!r} is a ViT (use --pool atp).")
         pooling.keep_count(1, pool_keep)  # validates the fraction
         self.pool, self.pool_keep = pool, float(pool_keep)
         self.embed_dim = int(self.backbone.num_features)

@@ -1,0 +1,228 @@
+"""A reviewer's decisions (saved from the review report) → overrides of fercure's export actions.
+
+A decisions file is CSV (``sample_id,action,label[,given_label]``) or JSON (a list of such
+objects, or ``{"decisions": [...]}``). ``action`` is ``keep``, ``drop``, ``relabel`` (to ``label``)
+or ``accept`` (relabel to fercure's suggestion). ``given_label``, when present, must match the
+audit's: a decision made on another dataset or before the labels changed is not applied blind.
+
+Bad rows are reported one by one (file, row, what to do) and skipped; the others still apply.
+Only a file that cannot be read as decisions at all stops the export. ``parse`` and ``apply`` are
+pure; ``read_decisions`` is the only function that opens a file.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+ACTIONS = ("keep", "relabel", "drop", "accept")
+REVIEWER, FERCURE = "reviewer", "fercure"
+
+# The cleaned table's columns this module reads and writes, in one place (see fercure.export).
+CLEANED = {
+    "id": "sample_id",
+    "given": "given_label",
+    "label": "clean_label",
+    "action": "action",
+    "reason": "reason",
+    "suggested": "suggested_label",
+    "decided_by": "decided_by",
+}
+
+
+def _cleaned_name(df: pd.DataFrame, key: str) -> str:
+    """``CLEANED[key]``, or the cleanlab-style name it is being renamed to when the table has that."""
+    aliases = {"given": ("original_label",)}  # the name before 0.2's renames
+    for name in (CLEANED[key], *aliases.get(key, ())):
+        if name in df.columns:
+            return name
+    return CLEANED[key]
+
+
+class DecisionsFileError(ValueError):
+    """The file cannot be read as decisions at all (message names the file and what to do)."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One decision that was not applied."""
+
+    file: str
+    row: str  # "row 4" (CSV line, header = line 1) or "entry 3" (JSON, from 1)
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file} {self.row}: {self.message}"
+
+
+@dataclass
+class Decisions:
+    """Valid decisions (one per sample) and the rows that were skipped."""
+
+    table: pd.DataFrame  # sample_id, action (keep | relabel | drop), label (relabel target or None), row
+    problems: list[Problem] = field(default_factory=list)
+    file: str = ""
+
+
+def read_decisions(path: Path | str) -> list[tuple[str, dict]]:
+    """(row label, record) for each decision in a CSV or JSON file; DecisionsFileError when the file
+    is not a decisions file (wrong format, no sample_id/action column)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DecisionsFileError(f"{path} is not UTF-8 text ({e}); save the decisions again from the report "
+                                 "(CSV or JSON).") from e
+    stripped = text.lstrip()
+    if path.suffix.lower() == ".json" or stripped.startswith(("[", "{")):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DecisionsFileError(f"{path} is not valid JSON ({e}); save the decisions again from the "
+                                     "report.") from e
+        items = data.get("decisions") if isinstance(data, dict) else data
+        if not isinstance(items, list):
+            raise DecisionsFileError(f"{path}: expected a list of decisions or {{\"decisions\": [...]}}.")
+        out = []
+        for i, item in enumerate(items, start=1):
+            out.append((f"entry {i}", item if isinstance(item, dict) else {"_bad": item}))
+        return out
+    reader = csv.DictReader(io.StringIO(text))
+    header = [h.strip().lower() for h in (reader.fieldnames or [])]
+    missing = [c for c in ("sample_id", "action") if c not in header]
+    if missing:
+        raise DecisionsFileError(
+            f"{path} has no {' or '.join(missing)} column (its header: {', '.join(reader.fieldnames or []) or 'empty'}). "
+            "A decisions file is CSV with the header sample_id,action,label (as the report saves it).")
+    reader.fieldnames = header
+    # DictReader's line_num is the last physical line read: a row's own line number
+    return [(f"row {reader.line_num}", {k: v for k, v in row.items() if k is not None}) for row in reader]
+
+
+def parse(records: Sequence[tuple[str, dict]], *, file: str, sample_ids: Sequence[str], given: Sequence[str],
+          suggested: Sequence, classes: Sequence[str]) -> Decisions:
+    """Check each record against the audit (ids, given labels, suggestions, classes).
+
+    ``sample_ids``, ``given`` and ``suggested`` are the audit's columns, row-aligned. A sample decided
+    twice keeps its last decision (a row appended later corrects an earlier one); the earlier row is
+    reported as overridden.
+    """
+    classes = [str(c) for c in classes]
+    where = {str(s): i for i, s in enumerate(sample_ids)}
+    problems: list[Problem] = []
+    chosen: dict[str, dict] = {}
+    class_list = ", ".join(classes)
+
+    def bad(row: str, msg: str) -> None:
+        problems.append(Problem(file, row, msg))
+
+    for row, rec in records:
+        if "_bad" in rec:
+            bad(row, f"{rec['_bad']!r} is not an object with sample_id and action; skipped.")
+            continue
+        sid = str(rec.get("sample_id") or "").strip()
+        action = str(rec.get("action") or "").strip().lower()
+        label = str(rec.get("label") or "").strip()
+        if not sid:
+            bad(row, "no sample_id; skipped. Copy the sample_id from the report's card.")
+            continue
+        if sid not in where:
+            bad(row, f"unknown sample_id {sid!r}: no such sample in this workspace's audit; skipped. Was the "
+                     "file saved from another workspace's report?")
+            continue
+        i = where[sid]
+        recorded_given = str(rec.get("given_label") or "").strip()
+        if recorded_given and recorded_given != str(given[i]):
+            bad(row, f"sample {sid} was decided as labelled {recorded_given!r}, but the audit says "
+                     f"{given[i]!r}; skipped. The labels changed since the report: review it again.")
+            continue
+        if action not in ACTIONS:
+            bad(row, f"unknown action {action!r} for sample {sid}; skipped. Use keep, relabel, drop or accept.")
+            continue
+        if action == "accept":
+            s = suggested[i]
+            if s is None or (isinstance(s, float) and np.isnan(s)) or str(s) == str(given[i]):
+                bad(row, f"sample {sid} has no suggestion to accept; skipped. Use relabel with a label, keep or drop.")
+                continue
+            action, label = "relabel", str(s)
+        if action == "relabel":
+            if label not in classes:
+                close = difflib.get_close_matches(label, classes, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                bad(row, f"unknown class {label!r} for sample {sid}; skipped. Classes: {class_list}.{hint}"
+                    if label else f"relabel of sample {sid} names no label; skipped. Put a class in the label "
+                                  f"column ({class_list}).")
+                continue
+            if label == str(given[i]):
+                action = "keep"  # relabelled to what it already is: the reviewer confirms the label
+        if sid in chosen:
+            bad(chosen[sid]["row"], f"sample {sid} is decided again in {row}; the later decision applies.")
+        chosen[sid] = {"sample_id": sid, "action": action, "label": label if action == "relabel" else None,
+                       "row": row}
+    table = pd.DataFrame(list(chosen.values()), columns=["sample_id", "action", "label", "row"], dtype=object)
+    return Decisions(table=table, problems=problems, file=file)
+
+
+def apply(cleaned: pd.DataFrame, decisions: Decisions | None, classes: Sequence[str], *,
+          soft: bool = False) -> pd.DataFrame:
+    """``cleaned`` with each decided sample's action and clean label overridden, and a
+    ``decided_by`` column (``reviewer`` or ``fercure``) after ``action``; the input is not modified.
+
+    The reason says what the reviewer decided, then what fercure had done. With ``soft`` the
+    ``p_<class>`` training targets follow the decision: one-hot on the kept or new label, NaN on a drop.
+    """
+    out = cleaned.copy()
+    col = {k: _cleaned_name(out, k) for k in CLEANED}
+    by = np.full(len(out), FERCURE, dtype=object)
+    if decisions is not None and len(decisions.table):
+        pos = pd.Series(np.arange(len(out)), index=out[col["id"]].astype(str).to_numpy())
+        d = decisions.table[decisions.table["sample_id"].isin(pos.index)]
+        rows = pos.loc[d["sample_id"].to_numpy()].to_numpy()
+        actions = d["action"].to_numpy(dtype=object)
+        given = out[col["given"]].astype(object).to_numpy()[rows]
+        labels = np.where(actions == "relabel", d["label"].to_numpy(dtype=object),
+                          np.where(actions == "drop", None, given))
+        before = out[col["action"]].astype(str).to_numpy()[rows]
+        verbs = {"keep": "kept", "relabel": "relabelled", "drop": "dropped"}
+        reasons = [f"reviewer {verbs[a]}" + (f": {g} -> {lab}" if a == "relabel" else "")
+                   + f" (fercure: {old}; {decisions.file} {r})"
+                   for a, g, lab, old, r in zip(actions, given, labels, before, d["row"].to_numpy())]
+        ai, li, ri = (out.columns.get_loc(col[k]) for k in ("action", "label", "reason"))
+        out.iloc[rows, ai] = actions
+        out.iloc[rows, li] = labels
+        out.iloc[rows, ri] = reasons
+        by[rows] = REVIEWER
+        if soft:
+            cidx = {c: j for j, c in enumerate(classes)}
+            pcols = [f"p_{c}" for c in classes if f"p_{c}" in out.columns]
+            if len(pcols) == len(classes):
+                targets = np.full((len(rows), len(classes)), np.nan)
+                for k, lab in enumerate(labels):
+                    if lab is not None and lab in cidx:
+                        targets[k] = 0.0
+                        targets[k, cidx[lab]] = 1.0
+                out.iloc[rows, [out.columns.get_loc(c) for c in pcols]] = targets
+    out.insert(out.columns.get_loc(col["action"]) + 1, CLEANED["decided_by"], by)
+    return out
+
+
+def summary(decisions: Decisions | None) -> dict:
+    """What the provenance records about a decisions file."""
+    if decisions is None:
+        return {}
+    counts = decisions.table["action"].value_counts()
+    return {
+        "file": decisions.file,
+        "applied": int(len(decisions.table)),
+        "actions": {a: int(counts.get(a, 0)) for a in ("keep", "relabel", "drop")},
+        "skipped": len(decisions.problems),
+        "problems": [str(p) for p in decisions.problems[:100]],
+    }

@@ -1,0 +1,53 @@
+"""The audit columns the report reads, in one place.
+
+Each key lists the names the column has had, newest first: the report reads whichever the audit
+table carries, so a rename in ``fercure.audit`` needs one line here and nothing else.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+AUDIT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "id": ("sample_id",),
+    "path": ("source_path",),
+    "given": ("given_label",),
+    "suggested": ("suggested_label",),  # not predicted_label: that is the argmax, even for a clean label
+    "confidence": ("suggested_label_confidence",),
+    "score": ("label_score", "label_quality"),
+    "is_issue": ("is_label_issue",),
+    "is_ambiguous": ("is_ambiguous_issue", "is_ambiguous"),
+    "margin": ("ambiguous_score", "top2_margin"),  # top-2 gap: low = ambiguous
+    "trained": ("trained",),
+    "reason": ("reason",),
+    "face_status": ("face_status",),
+    "store_index": ("store_index",),
+    "duplicate_of": ("duplicate_of",),
+    "is_duplicate": ("is_duplicate_issue",),
+    "is_blur": ("is_blur_issue",),
+    "is_no_face": ("is_no_face_issue",),
+    "is_unreadable": ("is_unreadable_issue",),
+}
+
+# measured by prepare, read from the manifest (0..255 grey mean and standard deviation)
+MANIFEST_COLUMNS: dict[str, tuple[str, ...]] = {
+    "id": ("sample_id",),
+    "brightness": ("brightness",),
+    "contrast": ("contrast",),
+}
+
+
+def name(df: pd.DataFrame, key: str, table: dict[str, tuple[str, ...]] = AUDIT_COLUMNS) -> str | None:
+    """The name ``key`` has in ``df`` (None when the table has none of its names)."""
+    return next((c for c in table[key] if c in df.columns), None)
+
+
+def column(df: pd.DataFrame, key: str, default=None, table: dict[str, tuple[str, ...]] = AUDIT_COLUMNS) -> pd.Series:
+    """``df``'s column for ``key``, or a column of ``default`` when it has none."""
+    found = name(df, key, table)
+    return df[found] if found is not None else pd.Series([default] * len(df), index=df.index, dtype=object)
+
+
+def flag(df: pd.DataFrame, key: str) -> "pd.Series":
+    """A boolean column (missing or null → False)."""
+    return column(df, key, False).fillna(False).astype(bool)

@@ -1,0 +1,237 @@
+"""What the review page shows, as plain data: the rows to review, their flags, bands and
+thumbnails, duplicate groups, calibration bins (pure functions; the page renders the result)."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from fercure.report import columns as C
+from fercure.report.thumbs import THUMB_BUDGET, THUMB_SIZE, thumbnails
+
+# Flags of a listed row, one bit each (the page filters on them).
+FLAGS = ("label_issue", "ambiguous", "duplicate", "face", "blur", "dark", "bright", "low_contrast")
+BIT = {f: 1 << i for i, f in enumerate(FLAGS)}
+QUALITY_FLAGS = ("blur", "dark", "bright", "low_contrast")
+
+# Exposure cuts on prepare's brightness (grey mean) and contrast (grey std), 0..255: a crop this
+# dark, bright or flat shows too little of the face to read an expression.
+TOO_DARK, TOO_BRIGHT, LOW_CONTRAST = 40.0, 215.0, 15.0
+
+BANDS = ("guess", "lead", "likely")
+
+
+def confidence_band(confidence: float | None, n_classes: int, verdict: str | None = None) -> str:
+    """How far a suggestion's confidence stands above chance (1/K), in words.
+
+    ``guess``: less than a quarter of the way from chance to certainty (0.17 with 7 classes, where
+    chance is 0.14); ``likely``: a majority of the probability and at least 40% of the way;
+    ``lead`` in between. A weak model's suggestions are at most leads, a too-weak model's guesses.
+    """
+    if confidence is None or not math.isfinite(confidence) or n_classes < 2:
+        return "guess"
+    chance = 1.0 / n_classes
+    lift = (confidence - chance) / (1.0 - chance)
+    band = "guess" if lift < 0.25 else "likely" if confidence >= 0.5 and lift >= 0.4 else "lead"
+    if verdict == "too_weak":
+        return "guess"
+    if verdict == "weak" and band == "likely":
+        return "lead"
+    return band
+
+
+def exposure_issues(brightness: np.ndarray, contrast: np.ndarray) -> dict[str, np.ndarray]:
+    """too dark / too bright / low contrast per crop (NaN measurements → no issue)."""
+    b = np.asarray(brightness, dtype=float)
+    c = np.asarray(contrast, dtype=float)
+    with np.errstate(invalid="ignore"):
+        return {"dark": b < TOO_DARK, "bright": b > TOO_BRIGHT, "low_contrast": c < LOW_CONTRAST}
+
+
+def reliability_bins(probs: np.ndarray, given: np.ndarray, n_bins: int = 10) -> tuple[list[dict], float | None]:
+    """Calibration against the given labels: per bin of top-class probability, the mean
+    probability and the share of samples whose top class is the given label; and the expected
+    calibration error (bin-size weighted mean gap). Rows with NaN probabilities are left out."""
+    p = np.asarray(probs, dtype=float)
+    g = np.asarray(given, dtype=int)
+    ok = np.isfinite(p).all(axis=1) & (g >= 0) if p.size else np.zeros(len(g), bool)
+    p, g = p[ok], g[ok]
+    conf = p.max(axis=1) if len(p) else np.zeros(0)
+    hit = (p.argmax(axis=1) == g) if len(p) else np.zeros(0, bool)
+    edges = np.linspace(0, 1, n_bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1]), 0, n_bins - 1)
+    bins, gap = [], 0.0
+    for b in range(n_bins):
+        m = which == b
+        n = int(m.sum())
+        acc = float(hit[m].mean()) if n else None
+        mc = float(conf[m].mean()) if n else None
+        if n:
+            gap += n * abs(acc - mc)
+        bins.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "n": n, "accuracy": acc, "confidence": mc})
+    return bins, (gap / len(conf) if len(conf) else None)
+
+
+def duplicate_groups(ids: Sequence[str], duplicate_of: Sequence[str], labels: Sequence[str]) -> list[list[int]]:
+    """Row positions of each near-duplicate group whose members carry more than one label
+    (the original first, then its copies in table order)."""
+    pos = {str(s): i for i, s in enumerate(ids)}
+    groups: dict[int, list[int]] = {}
+    for i, orig in enumerate(duplicate_of):
+        if isinstance(orig, str) and orig and orig in pos:
+            groups.setdefault(pos[orig], [pos[orig]]).append(i)
+    return [g for g in groups.values() if len({str(labels[i]) for i in g}) > 1]
+
+
+IMBALANCE_RATIO = 10.0  # largest / smallest class: past this the small class's flags rest on few samples
+
+
+def balance_note(counts: dict[str, int]) -> str | None:
+    """A warning for classes without samples or far smaller than the largest (None when balanced)."""
+    if not counts:
+        return None
+    empty = [c for c, n in counts.items() if n == 0]
+    nonzero = {c: n for c, n in counts.items() if n > 0}
+    parts = []
+    if empty:
+        parts.append(f"no samples in {', '.join(empty)}")
+    if nonzero:
+        big = max(nonzero, key=nonzero.get)
+        small = [c for c, n in nonzero.items() if nonzero[big] / n >= IMBALANCE_RATIO]
+        if small:
+            parts.append(", ".join(f"{c} has {nonzero[c]}" for c in small)
+                         + f" against {nonzero[big]} in {big} (at least {IMBALANCE_RATIO:g}× fewer): the model "
+                           "sees little of it, and its flags and suggestions rest on few samples")
+    return "; ".join(parts) + "." if parts else None
+
+
+def _num(series: pd.Series) -> np.ndarray:
+    return pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
+
+
+def _round(x: float, digits: int) -> float | None:
+    return None if x is None or not math.isfinite(x) else round(float(x), digits)
+
+
+def review_rows(audit: pd.DataFrame, manifest: pd.DataFrame | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(flags per audit row as FLAGS bits, positions of the rows the page lists): every label issue,
+    ambiguous sample, duplicate or conflicting-duplicate original, face-stage problem and image
+    quality issue."""
+    n = len(audit)
+    bits = np.zeros(n, np.int64)
+    status = C.column(audit, "face_status", "ok").astype(str).to_numpy()
+    for key, flag_name in (("is_issue", "label_issue"), ("is_ambiguous", "ambiguous"),
+                           ("is_duplicate", "duplicate"), ("is_blur", "blur")):
+        bits |= np.where(C.flag(audit, key).to_numpy(), BIT[flag_name], 0)
+    bits |= np.where((status != "ok") & (status != "duplicate"), BIT["face"], 0)
+    if manifest is not None and C.name(manifest, "brightness", C.MANIFEST_COLUMNS):
+        m = manifest.set_index(C.column(manifest, "id", table=C.MANIFEST_COLUMNS).astype(str))
+        ids = C.column(audit, "id").astype(str)
+        b = _num(m[C.name(manifest, "brightness", C.MANIFEST_COLUMNS)].reindex(ids))
+        c = _num(m[C.name(manifest, "contrast", C.MANIFEST_COLUMNS)].reindex(ids)) \
+            if C.name(manifest, "contrast", C.MANIFEST_COLUMNS) else np.full(n, np.nan)
+        for key, hit in exposure_issues(b, c).items():
+            bits |= np.where(hit, BIT[key], 0)
+    groups = duplicate_groups(C.column(audit, "id").astype(str).tolist(),
+                              C.column(audit, "duplicate_of", "").fillna("").astype(str).tolist(),
+                              C.column(audit, "given", "").astype(str).tolist())
+    for g in groups:  # the original of a conflicting group is listed beside its copies
+        bits[g[0]] |= BIT["duplicate"]
+    return bits, np.flatnonzero(bits)
+
+
+def review_order(audit: pd.DataFrame, listed: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """Listed rows in the order a person should see them (and thumbnails are spent): label issues
+    by score (worst first), then ambiguous by top-2 margin, then duplicates, face and quality."""
+    score = _num(C.column(audit, "score", np.nan))[listed]
+    margin = _num(C.column(audit, "margin", np.nan))[listed]
+    b = bits[listed]
+    tier = np.select([b & BIT["label_issue"] > 0, b & BIT["ambiguous"] > 0, b & BIT["duplicate"] > 0,
+                      b & BIT["face"] > 0], [0, 1, 2, 3], default=4)
+    key2 = np.where(tier == 0, score, np.where(tier == 1, margin, 0.0))
+    return listed[np.lexsort((listed, np.nan_to_num(key2, nan=2.0), tier))]
+
+
+def build_payload(
+    audit: pd.DataFrame,
+    stats: dict,
+    classes: Sequence[str],
+    *,
+    crops: np.ndarray | None = None,
+    manifest: pd.DataFrame | None = None,
+    actions: Sequence[str] | None = None,
+    thumb_budget: int = THUMB_BUDGET,
+    thumb_size: int = THUMB_SIZE,
+) -> dict:
+    """The page's JSON blob: the listed rows (columnar), thumbnails, duplicate groups, counts.
+
+    ``actions``: what fercure's default export would do with each audit row (shown on the cards).
+    """
+    classes = [str(c) for c in classes]
+    verdict = str((stats.get("model_strength") or {}).get("verdict", "unknown"))
+    bits, listed = review_rows(audit, manifest)
+    order = review_order(audit, listed, bits)
+    store = np.nan_to_num(_num(C.column(audit, "store_index", -1)), nan=-1).astype(np.int64)
+    thumbs = thumbnails(crops, store, order, budget=thumb_budget, size=thumb_size)
+
+    given = C.column(audit, "given", "").astype(str).to_numpy()
+    labels = classes + sorted(set(given[order]) - set(classes))  # labels outside the run's classes last
+    lidx = {c: i for i, c in enumerate(labels)}
+    sugg = C.column(audit, "suggested", None).to_numpy(dtype=object)
+    conf = _num(C.column(audit, "confidence", np.nan))
+    score = _num(C.column(audit, "score", np.nan))
+    status = C.column(audit, "face_status", "ok").astype(str).to_numpy()
+    statuses = sorted(set(status[order]))
+    sidx = {s: i for i, s in enumerate(statuses)}
+    reason = C.column(audit, "reason", "").fillna("").astype(str).to_numpy()
+    ids = C.column(audit, "id").astype(str).to_numpy()
+    paths = C.column(audit, "path", "").astype(str).to_numpy()
+
+    rows: dict[str, list] = {k: [] for k in ("id", "path", "given", "sugg", "conf", "band", "score", "flags",
+                                             "status", "reason", "action", "thumb")}
+    for r in order:
+        s = sugg[r]
+        s_i = lidx.get(str(s), -1) if s is not None and not (isinstance(s, float) and math.isnan(s)) else -1
+        rows["id"].append(ids[r])
+        rows["path"].append(paths[r])
+        rows["given"].append(lidx[given[r]])
+        rows["sugg"].append(s_i)
+        rows["conf"].append(_round(conf[r], 3))
+        rows["band"].append(BANDS.index(confidence_band(conf[r], len(classes), verdict)))
+        rows["score"].append(_round(score[r], 4))
+        rows["flags"].append(int(bits[r]))
+        rows["status"].append(sidx[status[r]])
+        rows["reason"].append(reason[r])
+        rows["action"].append(str(actions[r]) if actions is not None else "")
+        rows["thumb"].append(thumbs.get(int(r), ""))
+
+    pos = {int(r): i for i, r in enumerate(order)}
+    groups = duplicate_groups(ids.tolist(), C.column(audit, "duplicate_of", "").fillna("").astype(str).tolist(),
+                              given.tolist())
+    with_thumb = sum(1 for t in rows["thumb"] if t)
+    with_crop = int(sum(1 for r in order if store[r] >= 0 and (crops is None or store[r] < len(crops))))
+    return {
+        "classes": classes,
+        "labels": labels,
+        "statuses": statuses,
+        "flags": list(FLAGS),
+        "bands": list(BANDS),
+        "verdict": verdict,
+        "chance": 1.0 / len(classes) if classes else None,
+        "rows": rows,
+        "dup_groups": [[pos[i] for i in g if i in pos] for g in groups],
+        "counts": flag_counts(bits),
+        "thumbs": {"n": with_thumb, "n_with_crop": with_crop if crops is not None else 0, "size": thumb_size,
+                   "budget_bytes": thumb_budget},
+    }
+
+
+def flag_counts(bits: np.ndarray) -> dict[str, int]:
+    """Rows with each flag, and (``quality``) with any image-quality flag."""
+    bits = np.asarray(bits)
+    counts = {f: int((bits & BIT[f] > 0).sum()) for f in FLAGS}
+    counts["quality"] = int((bits & sum(BIT[f] for f in QUALITY_FLAGS) > 0).sum())
+    return counts

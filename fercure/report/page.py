@@ -1,0 +1,346 @@
+"""The review report: one self-contained HTML file.
+
+The summary parts (verdict, per-class charts, transition matrix, calibration, face stage) are
+rendered here as HTML and inline SVG; the review list is one JSON blob that the inline script
+(report.js) filters, sorts and pages, so every listed sample is in the page without a fixed cap.
+No external assets, scripts or fonts: the file can be mailed, archived or opened offline. Strings
+from the dataset (file names, class names, reasons) are escaped here, escaped for the JSON blob, and
+set as text by the script: file names in scraped datasets are untrusted input.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from importlib import resources
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from fercure import __version__
+from fercure.report import columns as C
+from fercure.report.data import (LOW_CONTRAST, QUALITY_FLAGS, TOO_BRIGHT, TOO_DARK, balance_note,
+                                 build_payload, reliability_bins)
+from fercure.report.svg import histogram_svg, reliability_svg
+from fercure.report.thumbs import THUMB_BUDGET, THUMB_SIZE
+
+FLAG_TEXT = {"blur": "blurry", "dark": "too dark", "bright": "too bright", "low_contrast": "low contrast"}
+
+
+def _e(x) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _fmt(x, digits: int = 2) -> str:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return _e(x)
+    return "–" if not math.isfinite(v) else f"{v:.{digits}f}"
+
+
+def _asset(name: str) -> str:
+    return resources.files("fercure.report").joinpath(name).read_text(encoding="utf-8")
+
+
+def json_for_script(obj) -> str:
+    """JSON that is safe inside <script type="application/json">: no "<", ">" or "&" that could close
+    the element or start a comment, and no line separators older parsers choke on."""
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    for ch, esc in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        text = text.replace(ch, esc)
+    return text
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
+    """An HTML table; cells must already be escaped/formatted, the first ``left`` columns left-aligned."""
+    th = "".join(f'<th class="l">{h}</th>' if i < left else f"<th>{h}</th>" for i, h in enumerate(header))
+    body = "".join(
+        "<tr>" + "".join(f'<td class="l">{c}</td>' if i < left else f"<td>{c}</td>" for i, c in enumerate(r)) + "</tr>"
+        for r in rows
+    )
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _transition_table(tm: np.ndarray, classes: Sequence[str]) -> str:
+    """given × suggested counts; every cell is a link to its samples in the review list."""
+    top = max(int(tm.max()) if tm.size else 0, 1)
+    head = "<th class='l'>given ↓ / suggested →</th>" + "".join(f"<th>{_e(c)}</th>" for c in classes)
+    rows = []
+    for i, c in enumerate(classes):
+        cells = []
+        for j in range(len(classes)):
+            n = int(tm[i, j])
+            # off-diagonal cells are the suggested corrections: shade them red, the diagonal grey
+            alpha = 0 if n == 0 else 0.12 + 0.6 * math.sqrt(n / top)
+            rgb = "120,120,120" if i == j else "217,83,79"
+            cells.append(f'<td class="cell" data-g="{i}" data-s="{j}" title="show {_e(c)} → {_e(classes[j])}" '
+                         f'style="background:rgba({rgb},{alpha:.2f})">{n}</td>')
+        rows.append(f"<tr><th class='l'>{_e(c)}</th>{''.join(cells)}</tr>")
+    return f"<table id='matrix'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _strength(stats: dict) -> str:
+    ms = stats.get("model_strength") or {}
+    sc = stats.get("self_check") or {}
+    verdict = str(ms.get("verdict", "unknown"))
+    bits = []
+    if sc.get("n_planted"):
+        bits.append(f"{int(sc['n_planted'])} labels were flipped on purpose inside the run (never written anywhere)")
+        if sc.get("auroc_mean_p") is not None:
+            bits.append(f"the score ranked them at AUROC {_fmt(sc['auroc_mean_p'])}")
+        if sc.get("recall_at_estimated_share") is not None:
+            bits.append(f"{_fmt(100 * sc['recall_at_estimated_share'], 0)}% of them fall in the estimated "
+                        f"share of wrong labels ({_fmt(100 * (sc.get('estimated_error_share') or 0), 0)}%)")
+    hint = {"ok": "", "weak": " Its suggestions are shown as leads at most (amber), never as likely.",
+            "too_weak": " Its suggestions are shown as guesses (grey): do not relabel on its word."}.get(verdict, "")
+    return (f'<div class="verdict v-{_e(verdict)}" id="verdict">Model strength: <b>{_e(verdict)}</b> — '
+            f'{_e(ms.get("message", "not measured"))}{_e(hint)}'
+            + (f'<br><span class="muted">Self-check: {_e("; ".join(bits))}.</span>' if bits else "")
+            + "</div>")
+
+
+def _threshold_line(stats: dict) -> str:
+    used = stats.get("threshold_method_used", stats.get("threshold_method"))
+    mix_t = (stats.get("mixture") or {}).get("threshold")
+    return (f"mixture on the label score, cut at {_fmt(mix_t, 3)}" if used == "mixture"
+            else "per class, the confident joint's count of wrong labels, lowest score first" if used == "noise_rate"
+            else "per class, lowest score first, as many as the planted flips say are wrong" if used == "planted"
+            else "a second model trained without the most suspect share scores that share held out" if used == "retrain"
+            else "confident joint (per-class thresholds on p(given))")
+
+
+def _score_cut(stats: dict, cls: str) -> float | None:
+    """The label-score cut drawn under class ``cls``'s histogram (None: the rule has no score cut)."""
+    used = stats.get("threshold_method_used", stats.get("threshold_method"))
+    if used == "mixture":
+        return (stats.get("mixture") or {}).get("threshold")
+    if used in ("noise_rate", "planted", "retrain"):
+        return ((stats.get("per_class") or {}).get(cls) or {}).get("threshold")
+    return None
+
+
+def _per_class_charts(audit: pd.DataFrame, stats: dict, classes: Sequence[str]) -> str:
+    score = pd.to_numeric(C.column(audit, "score", np.nan), errors="coerce").to_numpy(dtype=float)
+    given = C.column(audit, "given", "").astype(str).to_numpy()
+    issue = C.flag(audit, "is_issue").to_numpy()
+    figs = []
+    for c in classes:
+        m = given == c
+        cut = _score_cut(stats, c)
+        svg = histogram_svg(score[m], issue[m], bins=20, threshold=cut, width=250, height=110,
+                            title=f"label score of {c}")
+        cut_txt = f"cut {_fmt(cut, 3)}" if cut is not None else "no score cut"
+        figs.append(f"<figure>{svg}<figcaption><b>{_e(c)}</b> · {int(m.sum())} samples · "
+                    f"{int((issue & m).sum())} flagged · {_e(cut_txt)}</figcaption></figure>")
+    return f'<div class="small-multiples">{"".join(figs)}</div>'
+
+
+def _calibration(audit: pd.DataFrame, classes: Sequence[str]) -> str:
+    cols = [f"p_{c}" for c in classes]
+    if not classes or not all(c in audit.columns for c in cols):
+        return '<p class="muted">No class probabilities in the audit.</p>'
+    probs = audit[cols].to_numpy(dtype=float)
+    cidx = {c: i for i, c in enumerate(classes)}
+    given = np.array([cidx.get(g, -1) for g in C.column(audit, "given", "").astype(str)], dtype=int)
+    bins, ece = reliability_bins(probs, given)
+    n = sum(b["n"] for b in bins)
+    return (f'<div class="row2" id="calibration">{reliability_svg(bins)}<p class="muted" style="max-width:520px">'
+            f"For {n} trained samples, binned by the probability of their top class (the audit's "
+            "distribution): the bar is the share whose top class is the given label, the dot the mean "
+            "probability; on the diagonal the probabilities are calibrated. The given labels are "
+            "themselves noisy, so bars sit below the diagonal by about the share of wrong labels even "
+            f"for a calibrated model. Expected calibration error against the given labels: "
+            f"<b>{_fmt(ece, 3)}</b>.</p></div>")
+
+
+def _face_stage(audit: pd.DataFrame, rejects: pd.DataFrame | None) -> str:
+    status = C.column(audit, "face_status", "ok").astype(str)
+    counts = status.value_counts()
+    rows = []
+    for k, v in counts.items():
+        link = "" if k == "ok" else f' <button type="button" class="link" data-show-status="{_e(k)}">show</button>'
+        rows.append([f"{_e(k)}{link}", str(int(v))])
+    out = _table(["face_status", "samples"], rows)
+    if rejects is not None and len(rejects):
+        prob = rejects["problem"].astype(str) if "problem" in rejects.columns else pd.Series(["?"] * len(rejects))
+        hint = rejects["hint"].astype(str) if "hint" in rejects.columns else pd.Series([""] * len(rejects))
+        first_hint = hint.groupby(prob.to_numpy()).first()
+        rrows = [[_e(k), str(int(v)), _e(first_hint.get(k, ""))] for k, v in prob.value_counts().items()]
+        out += ("<p class='muted'>Rows of the input that never became samples (WS/rejects.parquet), by problem:</p>"
+                + _table(["problem", "rows", "what to do"], rrows, left=1))
+    return out
+
+
+def _quality(counts: dict[str, int], stats: dict) -> str:
+    rows = []
+    for f in QUALITY_FLAGS:
+        link = f' <button type="button" class="link" data-show-flag="{f}">show</button>' if counts[f] else ""
+        rows.append([f"{_e(FLAG_TEXT[f])}{link}", str(counts[f])])
+    blur_t = stats.get("blur_threshold")
+    return (_table(["issue", "samples"], rows)
+            + f"<p class='muted'>Measured by prepare on the aligned crop: blurry = sharpness (variance of "
+              f"the Laplacian) below {_fmt(blur_t, 1)}, about 3 robust standard deviations under this "
+              f"dataset's typical crop; too dark = mean grey level below {TOO_DARK:g}, too bright = above "
+              f"{TOO_BRIGHT:g}, low contrast = grey standard deviation below {LOW_CONTRAST:g} (0–255).</p>")
+
+
+_CONTROLS = """
+<div class="controls" id="controls">
+<label>show <select id="f-cat">
+ <option value="review">label issues + ambiguous</option><option value="label_issue">label issues</option>
+ <option value="ambiguous">ambiguous</option><option value="duplicate">duplicates</option>
+ <option value="face">face problems</option><option value="quality">image quality issues</option>
+ <option value="all">everything listed</option></select></label>
+<label>given <select id="f-given"><option value="">any</option></select></label>
+<label>suggested <select id="f-sugg"><option value="">any</option></select></label>
+<label>face status <select id="f-status"><option value="">any</option></select></label>
+<label>score from <input id="f-smin" type="number" min="0" max="1" step="0.05"></label>
+<label>to <input id="f-smax" type="number" min="0" max="1" step="0.05"></label>
+<label>file <input id="f-text" type="search" placeholder="path or id"></label>
+<label>decided <select id="f-decided"><option value="any">any</option><option value="no">not yet</option>
+ <option value="yes">yes</option></select></label>
+<label>sort <select id="f-sort"><option value="order">review order</option>
+ <option value="score_asc">score, lowest first</option><option value="score_desc">score, highest first</option>
+ <option value="conf_desc">suggestion confidence, highest first</option>
+ <option value="conf_asc">suggestion confidence, lowest first</option>
+ <option value="given">given class</option><option value="path">file</option></select></label>
+<label>per page <select id="f-size"><option>25</option><option selected>50</option><option>100</option>
+ <option>200</option></select></label>
+</div>
+<div id="chips"></div>
+<div class="pager"><button type="button" id="prev">← previous</button><span id="page"></span>
+<button type="button" id="next">next →</button><span id="count" class="muted"></span></div>
+<div class="cards" id="list"></div>
+"""
+
+_BAR = """
+<div id="bar"><span id="ndec">0 decisions</span>
+<button type="button" id="dl-csv">Save decisions (CSV)</button>
+<button type="button" id="dl-json">Save as JSON</button>
+<button type="button" id="clear">Clear</button>
+<span>then: <code>fercure export-cleaned -w WS -o cleaned.parquet --decisions decisions.csv</code></span></div>
+"""
+
+
+def render_report(
+    audit: pd.DataFrame,
+    stats: dict,
+    classes: Sequence[str],
+    *,
+    crops: np.ndarray | None = None,
+    run_id: str | None = None,
+    manifest: pd.DataFrame | None = None,
+    rejects: pd.DataFrame | None = None,
+    actions: Sequence[str] | None = None,
+    thumb_size: int = THUMB_SIZE,
+    thumb_budget: int = THUMB_BUDGET,
+) -> str:
+    """The review report as one HTML string.
+
+    Parameters
+    ----------
+    audit : DataFrame
+        ``fercure.audit.build_audit``'s table (store_index locates each crop).
+    stats : dict
+        ``build_audit``'s statistics (thresholds, per-class counts, transition matrix, model strength).
+    classes : sequence of str
+    crops : ndarray (N, S, S, 3) uint8, optional
+        The crop store (memory-mapped is fine: only listed rows' crops are read).
+    run_id : str, optional
+    manifest : DataFrame, optional
+        WS/manifest.parquet, for prepare's brightness and contrast.
+    rejects : DataFrame, optional
+        WS/rejects.parquet: input rows that never became samples.
+    actions : sequence of str, optional
+        What fercure's default export does with each audit row (shown on every card).
+    thumb_size, thumb_budget : int
+        Thumbnail edge in pixels; bytes of thumbnails at most (the rest of the review order goes without).
+    """
+    classes = [str(c) for c in classes]
+    payload = build_payload(audit, stats, classes, crops=crops, manifest=manifest, actions=actions,
+                            thumb_budget=thumb_budget, thumb_size=thumb_size)
+    payload["run_id"] = run_id
+    payload["key"] = f"{run_id or ''}:{len(audit)}"
+    n_rows = len(payload["rows"]["id"])
+    th = payload["thumbs"]
+    left_out = th["n_with_crop"] - th["n"]
+    th["note"] = (f"Thumbnails: {th['size']} px JPEGs for the {th['n']} listed samples earliest in review order"
+                  + (f"; {left_out} later ones are listed without one (the report keeps thumbnails under "
+                     f"{th['budget_bytes'] // 2**20} MB)" if left_out > 0 else "")
+                  + ". Samples that are not listed have no thumbnail.")
+
+    counts = payload["counts"]
+    trained = C.flag(audit, "trained").to_numpy() if C.name(audit, "trained") else \
+        pd.to_numeric(C.column(audit, "score", np.nan), errors="coerce").notna().to_numpy()
+    kpis = [("samples", len(audit)), ("trained", int(trained.sum())), ("label issues", counts["label_issue"]),
+            ("ambiguous", counts["ambiguous"]), ("duplicates", counts["duplicate"]),
+            ("face problems", counts["face"]),
+            ("image quality", counts["quality"]),
+            ("listed for review", n_rows)]
+    kpi_html = "".join(f'<span class="kpi"><b>{v}</b>{_e(k)}</span>' for k, v in kpis)
+
+    used = stats.get("threshold_method_used", stats.get("threshold_method"))
+    per_class = stats.get("per_class", {})
+    pc_rows = [[_e(c), str(d.get("n", 0)), str(d.get("n_label_issues", 0)), str(d.get("n_ambiguous", 0)),
+                _fmt(d.get("mean_label_score", d.get("mean_label_quality"))), _fmt(d.get("threshold"), 3)]
+               for c, d in per_class.items()]
+    pc_html = _table(["class", "samples", "label issues", "ambiguous", "mean label score",
+                      "confident-joint threshold" if used == "confident_joint" else "label score cut"], pc_rows)
+    given_counts = C.column(audit, "given", "").astype(str).value_counts()
+    balance = balance_note({c: int(given_counts.get(c, 0)) for c in classes})
+    if balance:
+        pc_html += f'<p class="verdict v-weak" id="balance">Class balance: {_e(balance)}</p>'
+    tm = np.asarray(stats.get("transition_matrix", np.zeros((len(classes), len(classes)))), dtype=np.int64)
+    score = pd.to_numeric(C.column(audit, "score", np.nan), errors="coerce").to_numpy(dtype=float)
+    mix_t = (stats.get("mixture") or {}).get("threshold")
+    method = stats.get("method", "confidence")
+    method_txt = method if isinstance(method, str) else ", ".join(f"{k}×{v}" for k, v in method.items())
+    chance = 1 / len(classes) if classes else float("nan")
+
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>fercure review{_e(' — run ' + run_id) if run_id else ''}</title>
+<style>{_asset("report.css")}</style></head><body>
+<h1>fercure label review</h1>
+<p class="muted">run {_e(run_id or '?')} · fercure {_e(__version__)} · score: {_e(method_txt)} ·
+is_label_issue: {_e(_threshold_line(stats))} · ambiguous: top-2 gap &lt; {_fmt(stats.get('ambiguity_margin'))}
+and top-1 &lt; {_fmt(stats.get('ambiguity_max_confidence'))}</p>
+{_strength(stats)}
+<div>{kpi_html}</div>
+<nav class="muted">Jump to: <a href="#review">the review list</a> · <a href="#per-class">per class</a> ·
+<a href="#matrix">transition matrix</a> · <a href="#calibration">calibration</a> · <a href="#face-stage">face stage</a> ·
+<a href="#quality">image quality</a> · <a href="#groups">conflicting duplicates</a></nav>
+<p class="muted">How sure a suggestion is, in colour and words: <span class="b-likely">likely</span> (a majority of
+the probability, well above chance), <span class="b-lead">a lead</span> (above chance, not evidence),
+<span class="b-guess">a guess</span> (near chance: with {len(classes)} classes chance is {_fmt(chance)}).</p>
+<h2 id="per-class">Per class</h2>{pc_html}
+<p class="muted">Label score per class (0 = the given label is likely wrong, 1 = likely right); red = flagged,
+dashed line = the cut that decided the flags.</p>
+{_per_class_charts(audit, stats, classes)}
+<h2>Noise transition (given → suggested)</h2>
+<p class="muted">Counts over trained samples; off-diagonal cells are the suggested corrections. Click a cell
+to list its samples below (on the diagonal only the listed ones: ambiguous, duplicates, face or quality issues).</p>
+{_transition_table(tm, classes) if classes else ''}
+<h2>Label score, all classes</h2>
+{histogram_svg(score, C.flag(audit, "is_issue").to_numpy(), threshold=mix_t if used == "mixture" else None)}
+<h2>Calibration</h2>{_calibration(audit, classes)}
+<h2 id="face-stage">Face stage</h2>{_face_stage(audit, rejects)}
+<h2 id="quality">Image quality</h2>{_quality(counts, stats)}
+<h2>Duplicate groups with conflicting labels</h2>
+<p class="muted">Near-identical crops that carry different labels: at most one label can be right.</p>
+<div class="groups" id="groups"></div>
+<h2 id="review">Review</h2>
+<p class="muted">Every listed sample: label issues, ambiguous samples, duplicates, face and image-quality
+problems. Record a decision per card (accept the suggestion, another class, keep, drop); decisions stay in
+this browser until you save them as a file for <code>fercure export-cleaned --decisions</code>.
+{_e(th['note'])}</p>
+{_CONTROLS}
+{_BAR}
+<script type="application/json" id="fercure-data">{json_for_script(payload)}</script>
+<script>{_asset("report.js")}</script>
+</body></html>
+"""

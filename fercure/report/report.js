@@ -1,0 +1,279 @@
+// The review list: filter, sort and page the listed samples, record a decision per card, save the
+// decisions as a file. Everything comes from the JSON blob in #fercure-data; dataset strings are
+// only ever set as textContent or attribute values, never parsed as HTML.
+(function () {
+  'use strict';
+  var D = JSON.parse(document.getElementById('fercure-data').textContent);
+  var R = D.rows, L = D.labels, K = D.classes.length;
+  var BIT = {};
+  D.flags.forEach(function (f, i) { BIT[f] = 1 << i; });
+  var QUALITY = BIT.blur | BIT.dark | BIT.bright | BIT.low_contrast;
+  var FLAG_TEXT = {label_issue: 'label issue', ambiguous: 'ambiguous', duplicate: 'duplicate', face: 'face problem',
+                   blur: 'blurry', dark: 'too dark', bright: 'too bright', low_contrast: 'low contrast'};
+  var ACTION_TEXT = {keep: 'keep', relabel: 'relabel', drop: 'drop', review: 'leave for review'};
+
+  var rows = R.id.map(function (id, i) {
+    return {i: i, id: id, path: R.path[i], given: R.given[i], sugg: R.sugg[i], conf: R.conf[i], band: D.bands[R.band[i]],
+            score: R.score[i], flags: R.flags[i], status: R.status[i], reason: R.reason[i], action: R.action[i],
+            thumb: R.thumb[i]};
+  });
+  var byId = {};
+  rows.forEach(function (r) { byId[r.id] = r; });
+
+  var state = {cat: 'review', given: -1, sugg: -1, cell: null, status: -1, smin: null, smax: null, text: '',
+               decided: 'any', sort: 'order', page: 0, size: 50};
+
+  // --- decisions, kept in localStorage so a reload does not lose them
+  var KEY = 'fercure-decisions:' + D.key;
+  var decisions = {};
+  try { decisions = JSON.parse(localStorage.getItem(KEY) || '{}') || {}; } catch (e) { decisions = {}; }
+  Object.keys(decisions).forEach(function (id) { if (!byId[id]) { delete decisions[id]; } });
+  function saveLocal() { try { localStorage.setItem(KEY, JSON.stringify(decisions)); } catch (e) { /* private mode */ } }
+
+  function decide(r, action, label) {
+    var d = decisions[r.id];
+    if (d && d.action === action && (d.label || '') === (label || '')) { delete decisions[r.id]; }
+    else { decisions[r.id] = {action: action, label: label || '', given: L[r.given]}; }
+    saveLocal();
+    render();
+  }
+
+  function $(id) { return document.getElementById(id); }
+  function el(tag, attrs, text) {
+    var e = document.createElement(tag);
+    if (attrs) { Object.keys(attrs).forEach(function (k) { e.setAttribute(k, attrs[k]); }); }
+    if (text !== undefined && text !== null) { e.textContent = text; }
+    return e;
+  }
+  function fmt(x, d) { return x === null || x === undefined ? '–' : x.toFixed(d === undefined ? 2 : d); }
+
+  // --- filtering and sorting
+  function inCategory(r) {
+    switch (state.cat) {
+      case 'review': return (r.flags & (BIT.label_issue | BIT.ambiguous)) !== 0;
+      case 'quality': return (r.flags & QUALITY) !== 0;
+      case 'all': return true;
+      default: return (r.flags & BIT[state.cat]) !== 0;
+    }
+  }
+  function matches(r) {
+    if (!inCategory(r)) { return false; }
+    if (state.given >= 0 && r.given !== state.given) { return false; }
+    if (state.sugg >= 0 && r.sugg !== state.sugg) { return false; }
+    if (state.cell) {
+      // the matrix counts a sample under given → suggested; an unflagged sample's suggestion is its own label
+      var s = r.sugg >= 0 ? r.sugg : r.given;
+      if (r.score === null || r.given !== state.cell[0] || s !== state.cell[1]) { return false; }
+    }
+    if (state.status >= 0 && r.status !== state.status) { return false; }
+    if (state.smin !== null && (r.score === null || r.score < state.smin)) { return false; }
+    if (state.smax !== null && (r.score === null || r.score > state.smax)) { return false; }
+    if (state.text && r.path.toLowerCase().indexOf(state.text) < 0 && r.id.indexOf(state.text) < 0) { return false; }
+    if (state.decided === 'yes' && !decisions[r.id]) { return false; }
+    if (state.decided === 'no' && decisions[r.id]) { return false; }
+    return true;
+  }
+  function num(x, missing) { return x === null || x === undefined ? missing : x; }
+  var SORTS = {
+    order: function (a, b) { return a.i - b.i; },
+    score_asc: function (a, b) { return num(a.score, 2) - num(b.score, 2) || a.i - b.i; },
+    score_desc: function (a, b) { return num(b.score, -1) - num(a.score, -1) || a.i - b.i; },
+    conf_desc: function (a, b) { return num(b.conf, -1) - num(a.conf, -1) || a.i - b.i; },
+    conf_asc: function (a, b) { return num(a.conf, 2) - num(b.conf, 2) || a.i - b.i; },
+    given: function (a, b) { return a.given - b.given || a.i - b.i; },
+    path: function (a, b) { return a.path < b.path ? -1 : a.path > b.path ? 1 : a.i - b.i; }
+  };
+
+  // --- one card
+  function bandText(r) {
+    var chance = D.chance === null ? '' : ' (chance 1/' + K + ' = ' + fmt(D.chance) + ')';
+    if (r.band === 'guess') { return fmt(r.conf) + ': near chance' + chance + ', a guess'; }
+    if (r.band === 'lead') { return fmt(r.conf) + ': a lead, not evidence'; }
+    return fmt(r.conf) + ': likely';
+  }
+  function card(r) {
+    var c = el('div', {'class': 'card', 'data-id': r.id, 'data-given': L[r.given],
+                       'data-sugg': r.sugg >= 0 ? L[r.sugg] : '', 'data-score': r.score === null ? '' : String(r.score)});
+    var d = decisions[r.id];
+    if (d) { c.classList.add('decided'); }
+    if (r.thumb) { c.appendChild(el('img', {alt: L[r.given] + ' sample', src: r.thumb})); }
+    else { c.appendChild(el('div', {'class': 'noimg', title: D.thumbs.note}, 'no thumbnail')); }
+    var lab = el('div');
+    lab.appendChild(el('span', {'class': 'lab given'}, L[r.given]));
+    var differs = r.sugg >= 0 && r.sugg !== r.given;
+    if (differs) {
+      lab.appendChild(document.createTextNode(' → '));
+      lab.appendChild(el('span', {'class': 'lab b-' + r.band}, L[r.sugg]));
+      c.appendChild(lab);
+      c.appendChild(el('div', {'class': 'conf b-' + r.band}, bandText(r)));
+    } else {
+      c.appendChild(lab);
+      if (r.conf !== null) { c.appendChild(el('div', {'class': 'conf b-guess'}, 'no other label suggested')); }
+    }
+    c.appendChild(el('div', null, 'label score ' + fmt(r.score, 3)));
+    var fl = el('div', {'class': 'flags'});
+    D.flags.forEach(function (f) {
+      if (r.flags & BIT[f]) { fl.appendChild(el('span', {'class': 'chip'}, f === 'face' ? D.statuses[r.status] : FLAG_TEXT[f])); }
+    });
+    c.appendChild(fl);
+    if (r.action) { c.appendChild(el('div', {'class': 'act'}, 'fercure (default policy): ' + ACTION_TEXT[r.action])); }
+    c.appendChild(el('div', {'class': 'path', title: r.path}, r.path));
+    if (r.reason) { c.appendChild(el('div', {'class': 'reason', title: r.reason}, r.reason)); }
+    c.appendChild(controls(r, d, differs));
+    return c;
+  }
+  function controls(r, d, differs) {
+    var box = el('div', {'class': 'decide'});
+    function btn(cls, text, action, label, on) {
+      var b = el('button', {type: 'button', 'class': cls + (on ? ' on' : '')}, text);
+      b.addEventListener('click', function () { decide(r, action, label); });
+      box.appendChild(b);
+    }
+    if (differs) {
+      btn('accept', 'accept → ' + L[r.sugg], 'relabel', L[r.sugg], d && d.action === 'relabel' && d.label === L[r.sugg]);
+    }
+    btn('keep', 'keep', 'keep', '', d && d.action === 'keep');
+    btn('drop', 'drop', 'drop', '', d && d.action === 'drop');
+    var sel = el('select', {'class': 'other', 'aria-label': 'relabel to another class'});
+    sel.appendChild(el('option', {value: ''}, 'other class…'));
+    D.classes.forEach(function (name) {
+      if (name === L[r.given]) { return; }
+      var o = el('option', {value: name}, name);
+      if (d && d.action === 'relabel' && d.label === name) { o.selected = true; }
+      sel.appendChild(o);
+    });
+    sel.addEventListener('change', function () { if (sel.value) { decide(r, 'relabel', sel.value); } });
+    box.appendChild(sel);
+    return box;
+  }
+
+  // --- the list, the pager, the chips and the decision bar
+  function render() {
+    var shown = rows.filter(matches).sort(SORTS[state.sort]);
+    var pages = Math.max(1, Math.ceil(shown.length / state.size));
+    state.page = Math.min(state.page, pages - 1);
+    var lo = state.page * state.size, hi = Math.min(shown.length, lo + state.size);
+    var list = $('list');
+    list.textContent = '';
+    var frag = document.createDocumentFragment();
+    for (var i = lo; i < hi; i++) { frag.appendChild(card(shown[i])); }
+    list.appendChild(frag);
+    if (!shown.length) { list.appendChild(el('p', {'class': 'muted'}, 'No listed sample matches these filters.')); }
+    $('count').textContent = shown.length ? 'Showing ' + (lo + 1) + '–' + hi + ' of ' + shown.length +
+      ' (' + rows.length + ' listed)' : 'Showing 0 of 0 (' + rows.length + ' listed)';
+    $('page').textContent = 'page ' + (state.page + 1) + ' of ' + pages;
+    $('prev').disabled = state.page === 0;
+    $('next').disabled = state.page >= pages - 1;
+    var chips = $('chips');
+    chips.textContent = '';
+    if (state.cell) { chip('cell: ' + L[state.cell[0]] + ' → ' + L[state.cell[1]], function () { state.cell = null; }); }
+    if (state.status >= 0) { chip('face status: ' + D.statuses[state.status], function () { state.status = -1; }); }
+    Array.prototype.forEach.call(document.querySelectorAll('td.cell'), function (td) {
+      td.classList.toggle('sel', !!state.cell && +td.dataset.g === state.cell[0] && +td.dataset.s === state.cell[1]);
+    });
+    var n = Object.keys(decisions).length;
+    $('ndec').textContent = n + (n === 1 ? ' decision' : ' decisions');
+    $('dl-csv').disabled = $('dl-json').disabled = $('clear').disabled = n === 0;
+    renderGroups();
+  }
+  function chip(text, clear) {
+    var c = el('span', {'class': 'chip'}, text + ' ');
+    var x = el('button', {type: 'button', 'class': 'link', 'aria-label': 'clear ' + text}, '×');
+    x.addEventListener('click', function () { clear(); state.page = 0; render(); });
+    c.appendChild(x);
+    $('chips').appendChild(c);
+  }
+  function renderGroups() {
+    var box = $('groups');
+    box.textContent = '';
+    if (!D.dup_groups.length) { box.appendChild(el('p', {'class': 'muted'}, 'None.')); return; }
+    D.dup_groups.forEach(function (g) {
+      var div = el('div', {'class': 'group'});
+      g.forEach(function (i) { div.appendChild(card(rows[i])); });
+      box.appendChild(div);
+    });
+  }
+
+  // --- saving decisions: a download made in the page, no server
+  function csvCell(s) { s = String(s); return /[",\r\n]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s; }
+  function decisionList() {
+    return Object.keys(decisions).sort().map(function (id) {
+      var d = decisions[id];
+      return {sample_id: id, action: d.action, label: d.label, given_label: d.given};
+    });
+  }
+  function download(name, type, text) {
+    var a = el('a', {download: name});
+    a.href = URL.createObjectURL(new Blob([text], {type: type}));
+    document.body.appendChild(a);
+    a.click();
+    setTimeout(function () { URL.revokeObjectURL(a.href); a.remove(); }, 2000);
+  }
+  var stem = 'decisions-' + (D.run_id || 'report').replace(/[^A-Za-z0-9._-]/g, '_');
+  $('dl-csv').addEventListener('click', function () {
+    var lines = ['sample_id,action,label,given_label'];
+    decisionList().forEach(function (d) {
+      lines.push([d.sample_id, d.action, d.label, d.given_label].map(csvCell).join(','));
+    });
+    download(stem + '.csv', 'text/csv', lines.join('\n') + '\n');
+  });
+  $('dl-json').addEventListener('click', function () {
+    download(stem + '.json', 'application/json', JSON.stringify({run_id: D.run_id, decisions: decisionList()}, null, 1));
+  });
+  $('clear').addEventListener('click', function () {
+    if (window.confirm('Forget all ' + Object.keys(decisions).length + ' decisions recorded in this browser?')) {
+      decisions = {}; saveLocal(); render();
+    }
+  });
+
+  // --- controls
+  function fillSelect(sel, names) {
+    names.forEach(function (name, i) { sel.appendChild(el('option', {value: String(i)}, name)); });
+  }
+  fillSelect($('f-given'), L);
+  fillSelect($('f-sugg'), L);
+  fillSelect($('f-status'), D.statuses);
+  function bind(id, key, parse) {
+    $(id).addEventListener(id.indexOf('text') >= 0 ? 'input' : 'change', function (ev) {
+      state[key] = parse(ev.target.value);
+      state.page = 0;
+      render();
+    });
+  }
+  function intOr(v) { return v === '' ? -1 : parseInt(v, 10); }
+  function floatOr(v) { return v === '' || isNaN(parseFloat(v)) ? null : parseFloat(v); }
+  bind('f-cat', 'cat', String);
+  bind('f-given', 'given', intOr);
+  bind('f-sugg', 'sugg', intOr);
+  bind('f-status', 'status', intOr);
+  bind('f-smin', 'smin', floatOr);
+  bind('f-smax', 'smax', floatOr);
+  bind('f-text', 'text', function (v) { return v.trim().toLowerCase(); });
+  bind('f-decided', 'decided', String);
+  bind('f-sort', 'sort', String);
+  bind('f-size', 'size', function (v) { return parseInt(v, 10); });
+  $('prev').addEventListener('click', function () { state.page -= 1; render(); });
+  $('next').addEventListener('click', function () { state.page += 1; render(); });
+
+  // Links elsewhere in the page narrow the list: a matrix cell, a face status, an issue kind.
+  function show(patch) {
+    ['given', 'sugg', 'status'].forEach(function (k) { state[k] = -1; $('f-' + k).value = ''; });
+    state.cell = null;
+    Object.keys(patch).forEach(function (k) { state[k] = patch[k]; });
+    $('f-cat').value = state.cat;
+    $('f-status').value = state.status >= 0 ? String(state.status) : '';
+    state.page = 0;
+    render();
+    $('review').scrollIntoView();
+  }
+  Array.prototype.forEach.call(document.querySelectorAll('td.cell'), function (td) {
+    td.addEventListener('click', function () { show({cat: 'all', cell: [+td.dataset.g, +td.dataset.s]}); });
+  });
+  Array.prototype.forEach.call(document.querySelectorAll('[data-show-status]'), function (b) {
+    b.addEventListener('click', function () { show({cat: 'all', status: D.statuses.indexOf(b.dataset.showStatus)}); });
+  });
+  Array.prototype.forEach.call(document.querySelectorAll('[data-show-flag]'), function (b) {
+    b.addEventListener('click', function () { show({cat: b.dataset.showFlag}); });
+  });
+  render();
+})();

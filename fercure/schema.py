@@ -1,0 +1,403 @@
+"""The table contracts: every Parquet table fercure writes, its columns, their types and meaning.
+
+Declared once, here. ``fercure.workspace.write_table`` conforms a DataFrame to its contract before
+writing (casting to the declared types, refusing a missing or undeclared column) and records the
+contract's name in the file's metadata; ``read_table`` checks the file against that contract again.
+docs/SCHEMA.md is rendered from these declarations (``python -m fercure.schema > docs/SCHEMA.md``;
+a test keeps the two equal).
+
+Per-class columns (``p_<class>`` …) are declared once as a family and expanded with the table's
+class list (its ``classes`` metadata).
+
+Score convention (as in cleanlab): every ``<issue>_score`` lies in 0..1 and LOW = worse (more
+likely an issue), and ``is_<issue>_issue`` is the decision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+# Bump when a table's columns change meaning; readers refuse other versions with a clear message.
+SCHEMA_VERSION = 2
+
+FACE_STATUSES = ("ok", "no_face", "multiple_faces", "low_confidence", "too_small", "unreadable", "duplicate")
+ACTIONS = ("keep", "relabel", "drop", "review")
+DECIDED_BY = ("fercure", "reviewer")
+
+STRING, INT64, INT32, FLOAT64, FLOAT32, BOOL = pa.string(), pa.int64(), pa.int32(), pa.float64(), pa.float32(), pa.bool_()
+FLOAT_LIST = pa.list_(pa.float64())
+
+
+class ContractError(ValueError):
+    """A table does not meet its contract (the message names the column and, where it can, the row)."""
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: pa.DataType
+    doc: str
+    required: bool = True
+    nullable: bool = True
+    per_class: bool = False  # ``name`` is a prefix: one column ``<name>_<class>`` per class
+    bounds: tuple[float, float] | None = None  # finite values must lie in [lo, hi] (NaN allowed)
+    values: tuple[str, ...] | None = None  # the only values allowed (null allowed when nullable)
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    file: str
+    doc: str
+    columns: tuple[Column, ...]
+    metadata: str = ""
+
+    def column_names(self, classes: Sequence[str] = ()) -> list[str]:
+        return [n for n, _ in self._expanded(classes)]
+
+    def _expanded(self, classes: Sequence[str]) -> list[tuple[str, Column]]:
+        out = []
+        for col in self.columns:
+            if col.per_class:
+                out.extend((f"{col.name}_{c}", col) for c in classes)
+            else:
+                out.append((col.name, col))
+        return out
+
+    def arrow_schema(self, classes: Sequence[str] = ()) -> pa.Schema:
+        """The full pyarrow schema for a table with these classes (every declared column)."""
+        return pa.schema([pa.field(n, c.type, nullable=c.nullable) for n, c in self._expanded(classes)])
+
+    def columns_for(self, names: Iterable[str], classes: Sequence[str] = ()) -> dict[str, Column]:
+        """Declared column of each name; ContractError for a name the contract does not declare."""
+        declared = dict(self._expanded(classes))
+        unknown = [n for n in names if n not in declared]
+        if unknown:
+            raise ContractError(
+                f"column(s) {', '.join(map(repr, unknown[:5]))} are not part of the {self.name} table's contract"
+                + (" (classes: " + ", ".join(classes) + ")" if classes else "")
+                + "; declare new columns in fercure/schema.py (and regenerate docs/SCHEMA.md)")
+        return {n: declared[n] for n in names}
+
+
+def _c(name, type_, doc, **kw) -> Column:
+    return Column(name, type_, doc, **kw)
+
+
+SCORE = (0.0, 1.0)
+
+MANIFEST = Table(
+    "manifest", "WS/manifest.parquet",
+    "One row per input sample that had a usable path (written by prepare).",
+    (
+        _c("sample_id", STRING, "stable id: a hash of source_path", nullable=False),
+        _c("source_path", STRING, "posix path relative to the input root (metadata `input_root`)", nullable=False),
+        _c("label", STRING, "the label as given"),
+        _c("split", STRING, "train / val / test … as given (default train)"),
+        _c("face_status", STRING, "what the face stage made of the image", values=FACE_STATUSES, nullable=False),
+        _c("reason", STRING, "why the status is not ok ('' when ok)"),
+        _c("face_count", INT64, "faces found"),
+        _c("face_score", FLOAT64, "detector confidence of the kept face (NaN if none)"),
+        _c("bbox", FLOAT_LIST, "x1, y1, x2, y2 of the kept face in the source image (null if none)"),
+        _c("landmarks", FLOAT_LIST, "5 × (x, y) landmarks (null if none)"),
+        _c("face_size", FLOAT64, "shorter side of the face box, pixels"),
+        _c("sharpness", FLOAT64, "variance of the crop's Laplacian: higher = sharper (scale depends on crop size)"),
+        _c("brightness", FLOAT64, "mean grey level of the crop, 0..255"),
+        _c("contrast", FLOAT64, "standard deviation of the crop's grey levels"),
+        _c("phash", STRING, "perceptual hash of the crop, 16 hex digits ('' without a crop)"),
+        _c("duplicate_of", STRING, "sample_id of the first near-duplicate ('' if none)"),
+        _c("store_index", INT64, "row of WS/faces/crops.npy holding the aligned crop (-1: none)", nullable=False),
+        _c("width", INT64, "source image width, pixels"),
+        _c("height", INT64, "source image height, pixels"),
+        _c("file_size", INT64, "bytes of the source file"),
+        _c("file_mtime_ns", INT64, "modification time of the source file"),
+        _c("content_hash", STRING, "blake2b of the file's bytes: a re-run reuses a row only when unchanged"),
+        _c("detection_status", STRING, "face_status before duplicates were marked", values=FACE_STATUSES),
+        _c("detection_reason", STRING, "reason before duplicates were marked"),
+    ),
+    metadata="classes (the class list, in training-index order), input_root and labels_file (absolute), "
+             "settings, settings_fingerprint",
+)
+
+REJECTS = Table(
+    "rejects", "WS/rejects.parquet",
+    "Label-file rows and files that could not become samples (written by prepare).",
+    (
+        _c("file", STRING, "the label file (or folder) the problem is in"),
+        _c("row", INT64, "1-based data row of the label file (null for a file found on disk)"),
+        _c("source_path", STRING, "the path the row named"),
+        _c("problem", STRING, "what is wrong"),
+        _c("hint", STRING, "what to do about it"),
+    ),
+    metadata="input_root",
+)
+
+_PRED_FAMILIES = (
+    ("p", "final eval-mode probabilities, mirror-averaged (ensemble mean when M > 1)"),
+    ("mean_p", "mean over epochs of the training-time (augmented) probabilities (probe: held out)"),
+    ("rel_p", "ARBEx-corrected distribution"),
+    ("knn_p", "the k nearest neighbours' label vote in the embedding"),
+    ("retrain_p", "the second model's probabilities"),
+)
+
+PREDICTIONS = Table(
+    "predictions", "WS/runs/<run_id>/predictions.parquet",
+    "One row per trained sample (the probe included), written by train; its presence marks the run "
+    "finished. Every score is about the *given* label. Planted and probe samples have NaN for the "
+    "statistics that need their own training dynamics.",
+    (
+        _c("sample_id", STRING, "the manifest's sample_id", nullable=False),
+        _c("given_label", STRING, "the label the run trained it with", nullable=False),
+        _c("given_index", INT64, "its index in the class list", nullable=False),
+        *(_c(prefix, FLOAT32, doc, per_class=True, bounds=SCORE) for prefix, doc in _PRED_FAMILIES[:2]),
+        _c("mean_p_given", FLOAT32, "mean over epochs of p(given): cartography confidence", bounds=SCORE),
+        _c("var_p_given", FLOAT32, "variance over epochs of p(given): cartography variability²"),
+        _c("aum", FLOAT32, "area under the margin: mean over epochs of p(given) − max other p", bounds=(-1.0, 1.0)),
+        _c("last_p_given", FLOAT32, "p(given) at the last epoch", bounds=SCORE),
+        _c("importance_weight", FLOAT32, "SCN importance α at the last epoch (1 without SCN)"),
+        _c("relabel_count", INT64, "epochs in which SCN relabelled the sample"),
+        _c("scn_label", STRING, "the label after SCN's relabelling (the given label without SCN)"),
+        _c("reliability", FLOAT32, "ARBEx reliability (the top probability without it)", bounds=SCORE),
+        _c("rel_p", FLOAT32, _PRED_FAMILIES[2][1], per_class=True, bounds=SCORE),
+        _c("uncertainty_entropy", FLOAT32, "entropy of the ensemble's mean distribution (nats)"),
+        _c("uncertainty_mutual_info", FLOAT32, "mutual information across ensemble members (0 with one model)"),
+        _c("oof_p_given", FLOAT32, "out-of-fold p(given), temperature-scaled (NaN unless --folds)", bounds=SCORE),
+        _c("forgetting", FLOAT32, "forgetting events over epochs"),
+        _c("knn_agreement", FLOAT32, "share of the k nearest neighbours in the embedding with the same label", bounds=SCORE),
+        _c("fusion_quality", FLOAT32, "logistic fusion of the signals, fitted on the planted flips", bounds=SCORE),
+        _c("retrain_p_given", FLOAT32, "the second model's p(given): held out for the share it dropped", bounds=SCORE),
+        _c("mean_p_given_eval", FLOAT32, "mean eval-mode p(given) over epochs (only with epoch_eval)", bounds=SCORE),
+        _c("knn_p", FLOAT32, _PRED_FAMILIES[3][1], per_class=True, bounds=SCORE),
+        _c("retrain_p", FLOAT32, _PRED_FAMILIES[4][1], per_class=True, bounds=SCORE),
+        _c("retrain_held_out", BOOL, "the second model did not train on it"),
+        _c("planted", BOOL, "its label was flipped on purpose in the first model (the self-check)"),
+        _c("probe", BOOL, "held out of the first model to measure its strength"),
+    ),
+    metadata="run_id, classes, config, temperature, self_check (planted flips: count, AUROC, estimated "
+             "error share, recall at it, the fusion's weights), model_strength (probe accuracy, chance, "
+             "standard error, planted AUROC, verdict ok | weak | too_weak, message)",
+)
+
+DYNAMICS = Table(
+    "dynamics", "WS/runs/<run_id>/dynamics.parquet",
+    "One row per sample per epoch per ensemble member (written by train). Planted-flip and probe "
+    "samples are left out: they were not trained with their given label.",
+    (
+        _c("sample_id", STRING, "the manifest's sample_id", nullable=False),
+        _c("member", INT32, "ensemble member"),
+        _c("epoch", INT32, "epoch, from 0"),
+        _c("given_index", INT32, "class index of the given label"),
+        _c("current_index", INT32, "class index of the label after this epoch's relabelling"),
+        _c("p_given", FLOAT32, "p(given) in the training forward pass (augmented)", bounds=SCORE),
+        _c("margin", FLOAT32, "p(given) − max other p", bounds=(-1.0, 1.0)),
+        _c("importance_weight", FLOAT32, "SCN importance α (1 without SCN)"),
+        _c("predicted", INT32, "argmax class index"),
+        _c("relabeled", BOOL, "SCN relabelled it in this epoch"),
+    ),
+    metadata="as predictions.parquet",
+)
+
+AUDIT = Table(
+    "audit", "WS/audit.parquet",
+    "One row per manifest sample, in manifest order (written by audit-labels).",
+    (
+        _c("sample_id", STRING, "the manifest's sample_id", nullable=False),
+        _c("source_path", STRING, "posix path relative to the input root", nullable=False),
+        _c("split", STRING, "as in the manifest"),
+        _c("given_label", STRING, "the label as given"),
+        _c("trained", BOOL, "the run trained (and so scored) this sample"),
+        _c("predicted_label", STRING, "the most probable class (cleanlab's predicted_label; null when not trained)"),
+        _c("suggested_label", STRING, "the replacement for a flagged label: the most probable other class; "
+           "the given label when not flagged (null when not trained)"),
+        _c("suggested_label_confidence", FLOAT64, "the suggestion distribution's probability of suggested_label",
+           bounds=SCORE),
+        _c("label_score", FLOAT64, "low = the given label is likely wrong (the --score signal)", bounds=SCORE),
+        _c("is_label_issue", BOOL, "the given label is likely wrong (the --threshold-method rule)"),
+        _c("ambiguous_score", FLOAT64, "p(top) − p(second) of the suggestion distribution: low = ambiguous",
+           bounds=SCORE),
+        _c("is_ambiguous_issue", BOOL, "the top two classes are too close to tell"),
+        _c("reliability", FLOAT64, "from predictions"),
+        _c("uncertainty_entropy", FLOAT64, "from predictions (the audit's own when missing)"),
+        _c("uncertainty_mutual_info", FLOAT64, "from predictions"),
+        _c("importance_weight", FLOAT64, "from predictions"),
+        _c("relabel_count", FLOAT64, "from predictions (NaN when not trained)"),
+        _c("scn_label", STRING, "from predictions"),
+        _c("aum", FLOAT64, "from predictions"),
+        _c("oof_p_given", FLOAT64, "from predictions"),
+        _c("p", FLOAT64, "the audit distribution (NaN when not trained)", per_class=True, bounds=SCORE),
+        _c("face_status", STRING, "from the manifest", values=FACE_STATUSES),
+        _c("face_score", FLOAT64, "from the manifest"),
+        _c("sharpness", FLOAT64, "from the manifest (variance of the Laplacian; higher = sharper)"),
+        _c("duplicate_of", STRING, "from the manifest"),
+        _c("store_index", INT64, "row of WS/faces/crops.npy (-1: no crop)", nullable=False),
+        _c("is_duplicate_issue", BOOL, "a near-duplicate of another sample"),
+        _c("duplicate_score", FLOAT64, "0 for a duplicate, 1 otherwise", bounds=SCORE),
+        _c("is_no_face_issue", BOOL, "no face was found"),
+        _c("no_face_score", FLOAT64, "detector confidence (0 without a face)", bounds=SCORE),
+        _c("blur_score", FLOAT64, "share of the dataset's crops that are blurrier (0 = the blurriest; NaN: no crop)",
+           bounds=SCORE),
+        _c("is_blur_issue", BOOL, "sharpness below the cut in the metadata (stats.blur_threshold)"),
+        _c("unreadable_score", FLOAT64, "0 when the file could not be decoded, 1 otherwise", bounds=SCORE),
+        _c("is_unreadable_issue", BOOL, "the file could not be decoded"),
+        _c("reason", STRING, "why, in words, with the numbers behind each flag"),
+    ),
+    metadata="run_id, classes, thresholds, stats (per class, transition matrix, model strength, "
+             "self-check), predictions (path)",
+)
+
+CLEANED = Table(
+    "cleaned", "export-cleaned --output FILE",
+    "One row per manifest sample (written by export-cleaned): what changed and why; nothing is lost.",
+    (
+        _c("sample_id", STRING, "the manifest's sample_id", nullable=False),
+        _c("source_path", STRING, "posix path relative to the input root (provenance `input_root`)", nullable=False),
+        _c("split", STRING, "as in the manifest"),
+        _c("given_label", STRING, "the label as given"),
+        _c("clean_label", STRING, "the label to train on (null for a dropped row)"),
+        _c("action", STRING, "what the policy did, or the reviewer (see decided_by)", values=ACTIONS, nullable=False),
+        _c("decided_by", STRING, "whose action it is: fercure (the policy) or reviewer (a --decisions file)",
+           values=DECIDED_BY, nullable=False),
+        _c("reason", STRING, "why, with the numbers"),
+        _c("label_score", FLOAT64, "from the audit: low = the given label is likely wrong", bounds=SCORE),
+        _c("is_label_issue", BOOL, "from the audit"),
+        _c("predicted_label", STRING, "from the audit"),
+        _c("suggested_label", STRING, "from the audit"),
+        _c("suggested_label_confidence", FLOAT64, "from the audit", bounds=SCORE),
+        _c("ambiguous_score", FLOAT64, "from the audit: low = ambiguous", bounds=SCORE),
+        _c("is_ambiguous_issue", BOOL, "from the audit"),
+        _c("reliability", FLOAT64, "from the audit"),
+        _c("uncertainty_entropy", FLOAT64, "from the audit"),
+        _c("face_status", STRING, "from the audit", values=FACE_STATUSES),
+        _c("store_index", INT64, "row of the workspace's faces/crops.npy holding the aligned crop (-1: none)",
+           nullable=False),
+        _c("p", FLOAT64, "the audit's distribution, or soft training targets under --policy soft",
+           per_class=True, bounds=SCORE),
+    ),
+    metadata="the provenance: run_id, policy, min_confidence, model_strength, classes, thresholds, "
+             "actions, audit (path), audit_fercure_version, decided_by (rows per decider), decisions (file, "
+             "applied, skipped rows and why)",
+)
+
+TABLES: dict[str, Table] = {t.name: t for t in (MANIFEST, REJECTS, PREDICTIONS, DYNAMICS, AUDIT, CLEANED)}
+
+# Arrow types that hold the same values as the declared one (a file from another writer may use them).
+_SAME = {pa.string(): (pa.large_string(),), pa.float64(): (), pa.float32(): (), pa.bool_(): ()}
+
+
+def _type_matches(actual: pa.DataType, declared: pa.DataType) -> bool:
+    return actual == declared or actual in _SAME.get(declared, ()) or pa.types.is_null(actual)
+
+
+def conform(df: pd.DataFrame, table: Table, classes: Sequence[str] = ()) -> pa.Table:
+    """``df`` as an Arrow table of the contract: each column cast to its declared type, then
+    ``validate``d. Columns keep ``df``'s order. Raises ContractError naming the column (and row)."""
+    names = [str(c) for c in df.columns]
+    declared = table.columns_for(names, classes)
+    arrays, fields = [], []
+    df = df.reset_index(drop=True)
+    for name, col in declared.items():
+        series = df[name]
+        try:
+            arr = pa.array(series, type=col.type, from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as e:
+            raise ContractError(f"column {name!r} of the {table.name} table must be {col.type} "
+                                f"({col.doc}); its values are {series.dtype}: {e}") from None
+        arrays.append(arr)
+        fields.append(pa.field(name, col.type, nullable=col.nullable))
+    out = pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+    validate(out, table, classes)
+    return out
+
+
+def validate(data: pa.Table, table: Table, classes: Sequence[str] = ()) -> None:
+    """Check an Arrow table against the contract: every required column present, no undeclared
+    column, declared types, no null where none is allowed, scores within bounds, enum values."""
+    names = data.schema.names
+    declared = table.columns_for(names, classes)
+    expanded = dict(table._expanded(classes))
+    missing = [n for n, c in expanded.items() if c.required and n not in declared]
+    if missing:
+        raise ContractError(f"the {table.name} table lacks column(s) {', '.join(map(repr, missing[:5]))}"
+                            + (f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""))
+    for name, col in declared.items():
+        arr = data.column(name)
+        if not _type_matches(arr.type, col.type):
+            raise ContractError(f"column {name!r} of the {table.name} table is {arr.type}, not {col.type} ({col.doc})")
+        if pa.types.is_null(arr.type):
+            continue
+        if not col.nullable and arr.null_count:
+            raise ContractError(f"column {name!r} of the {table.name} table is empty (null) in row "
+                                f"{_first(pc.is_null(arr))}; it must always hold a value ({col.doc})")
+        if col.bounds is not None and len(arr):
+            lo, hi = col.bounds
+            # float32 rounding may step a probability just past 1; NaN compares false: allowed
+            bad = pc.or_(pc.less(arr, lo - 1e-6), pc.greater(arr, hi + 1e-6))
+            if pc.any(bad).as_py():
+                row = _first(bad)
+                raise ContractError(f"column {name!r} of the {table.name} table holds "
+                                    f"{data.column(name)[row].as_py()!r} in row {row}, outside {lo:g}..{hi:g} ({col.doc})")
+        if col.values is not None and len(arr):
+            bad = pc.invert(pc.fill_null(pc.is_in(arr, value_set=pa.array(col.values, type=arr.type)), True))
+            if pc.any(bad).as_py():
+                row = _first(bad)
+                raise ContractError(f"column {name!r} of the {table.name} table holds "
+                                    f"{data.column(name)[row].as_py()!r} in row {row}; allowed: {', '.join(col.values)}")
+
+
+def _first(mask) -> int:
+    return int(np.flatnonzero(np.asarray(pc.fill_null(mask, False).to_numpy(zero_copy_only=False)))[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# docs/SCHEMA.md
+
+
+def _type_name(t: pa.DataType) -> str:
+    if pa.types.is_list(t):
+        return f"list of {_type_name(t.value_type)}"
+    return {"string": "string", "int64": "int64", "int32": "int32", "double": "float64", "float": "float32",
+            "bool": "bool"}.get(str(t), str(t).replace("double", "float64"))
+
+
+def render_markdown() -> str:
+    """docs/SCHEMA.md: every contract as a table of columns."""
+    lines = [
+        "# fercure table contracts",
+        "",
+        "Generated from `fercure/schema.py` by `python -m fercure.schema > docs/SCHEMA.md`; do not edit by hand",
+        "(tests/test_schema.py fails when the two differ). Every table is checked against its contract on",
+        f"each write and read. Table schema version: {SCHEMA_VERSION} (stored in each file's `fercure` metadata).",
+        "",
+        "Conventions: every `<issue>_score` lies in 0..1 and low = worse (more likely an issue); `is_<issue>_issue`",
+        "is the decision. `<prefix>_<class>` stands for one column per class, in the order of the `classes`",
+        "metadata. Columns marked *not null* always hold a value.",
+    ]
+    for table in TABLES.values():
+        lines += ["", f"## {table.name} — `{table.file}`", "", table.doc, "",
+                  "| column | type | meaning |", "|---|---|---|"]
+        for col in table.columns:
+            name = f"{col.name}_<class>" if col.per_class else col.name
+            notes = []
+            if not col.nullable:
+                notes.append("not null")
+            if col.bounds is not None:
+                notes.append(f"{col.bounds[0]:g}..{col.bounds[1]:g}")
+            if col.values is not None:
+                notes.append(" \\| ".join(col.values))
+            if not col.required:
+                notes.append("optional")
+            extra = f" ({'; '.join(notes)})" if notes else ""
+            lines.append(f"| `{name}` | {_type_name(col.type)} | {col.doc.replace('|', chr(92) + '|')}{extra} |")
+        if table.metadata:
+            lines += ["", f"Metadata: {table.metadata}."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # python -m fercure.schema > docs/SCHEMA.md
+    print(render_markdown(), end="")

@@ -1,0 +1,158 @@
+"""The review report in a real browser (headless Chromium through Selenium and the system chromedriver):
+thumbnails decode, filters, paging and the matrix change what is shown, a decision downloads and
+`export-cleaned --decisions` applies it, and the page logs no console error."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import SAMPLE_DATA
+from fercure.stages.audit import run_audit
+from fercure.stages.export import run_export
+from fercure.workspace import read_table
+
+from test_report import make_workspace, small_audit
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')")
+if not (CHROMIUM and CHROMEDRIVER):
+    pytest.skip("Chromium and chromedriver are not installed (Debian: apt-get install chromium chromium-driver; "
+                ".ci/run installs them)", allow_module_level=True)
+
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+
+N = 200
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """200 samples (20% planted wrong) over real sample_data crops, audited with its report."""
+    root = tmp_path_factory.mktemp("browser")
+    man, preds, _ = small_audit(n=N, seed=5)
+    ws = make_workspace(root / "ws", man, preds)
+    files = sorted((SAMPLE_DATA / "images").glob("*/*.png"))[:: 1800 // N][:N]
+    crops = np.stack([np.asarray(Image.open(f).convert("RGB").resize((48, 48))) for f in files])
+    np.save(ws.store, crops)
+    run_audit(ws)
+    return ws
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    downloads = tmp_path_factory.mktemp("downloads")
+    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium Manager fetch a driver or browser
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1280,1000", "--disable-extensions", "--no-first-run"):
+        options.add_argument(arg)
+    options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
+                                              "download.prompt_for_download": False})
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=CHROMEDRIVER), options=options)
+    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    driver.downloads = downloads
+    yield driver
+    driver.quit()
+
+
+def cards(driver) -> list[dict]:
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll('#list .card')).map(c => ({id: c.dataset.id, "
+        "given: c.dataset.given, sugg: c.dataset.sugg, score: c.dataset.score === '' ? null : +c.dataset.score, "
+        "decided: c.classList.contains('decided')}))")
+
+
+def click(driver, css: str) -> None:
+    """Click like a person: scrolled to the middle of the window, clear of the fixed decisions bar."""
+    element = driver.find_element(By.CSS_SELECTOR, css)
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
+    element.click()
+
+
+def wait_for_file(folder: Path, pattern: str, timeout: float = 15) -> Path:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        done = [p for p in folder.glob(pattern) if not p.name.endswith(".crdownload")]
+        if done:
+            return done[0]
+        time.sleep(0.1)
+    raise AssertionError(f"no {pattern} downloaded into {folder}: {list(folder.iterdir())}")
+
+
+def test_review_report_in_chromium(workspace, browser, tmp_path):
+    audit = read_table(workspace.audit)
+    listed = audit["is_label_issue"] | audit["is_ambiguous_issue"]
+    browser.get(workspace.report.resolve().as_uri())
+    WebDriverWait(browser, 10).until(lambda d: d.find_element(By.ID, "count").text.startswith("Showing"))
+
+    # every listed sample is reachable, 25 a page; thumbnails decode
+    assert len(cards(browser)) == min(50, int(listed.sum())) and int(listed.sum()) > 25
+    Select(browser.find_element(By.ID, "f-size")).select_by_visible_text("25")
+    first = cards(browser)
+    assert len(first) == 25 and f"of {int(listed.sum())} " in browser.find_element(By.ID, "count").text
+    widths = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#list img')).map(i => i.complete ? i.naturalWidth : -1)")
+    assert len(widths) == 25 and min(widths) > 0
+
+    # paging
+    click(browser, "#next")
+    second = cards(browser)
+    assert second and not {c["id"] for c in second} & {c["id"] for c in first}
+    assert browser.find_element(By.ID, "count").text.startswith("Showing 26–")
+
+    # filters: a class, then a score range
+    Select(browser.find_element(By.ID, "f-given")).select_by_visible_text("sad")
+    shown = cards(browser)
+    assert shown and {c["given"] for c in shown} == {"sad"}
+    n_sad = int((listed & (audit["given_label"] == "sad")).sum())
+    assert f"of {n_sad} " in browser.find_element(By.ID, "count").text
+    Select(browser.find_element(By.ID, "f-given")).select_by_visible_text("any")
+    browser.find_element(By.ID, "f-smin").send_keys("0.3\n")
+    shown = cards(browser)
+    assert shown and all(c["score"] >= 0.3 for c in shown)
+    assert len(shown) == int((listed & (audit["label_score"] >= 0.3)).sum())
+    browser.find_element(By.ID, "f-smin").clear()
+    browser.find_element(By.ID, "f-smin").send_keys("\n")
+
+    # a click on a matrix cell lists that cell's samples: given happy, suggested sad
+    click(browser, "td.cell[data-g='0'][data-s='1']")
+    shown = cards(browser)
+    cell = audit["is_label_issue"] & (audit["given_label"] == "happy") & (audit["suggested_label"] == "sad")
+    assert int(cell.sum()) > 0 and sorted(c["id"] for c in shown) == sorted(audit.loc[cell, "sample_id"])
+    assert "happy → sad" in browser.find_element(By.ID, "chips").text
+
+    # decisions: accept the first card's suggestion, drop the second, then save them as CSV
+    accept_id, drop_id = shown[0]["id"], shown[1]["id"]
+    click(browser, f".card[data-id='{accept_id}'] button.accept")
+    click(browser, f".card[data-id='{drop_id}'] button.drop")
+    assert {c["id"] for c in cards(browser) if c["decided"]} == {accept_id, drop_id}
+    assert browser.find_element(By.ID, "ndec").text == "2 decisions"
+    click(browser, "#dl-csv")
+    saved = wait_for_file(browser.downloads, "decisions-*.csv")
+    rows = pd.read_csv(saved, keep_default_na=False)
+    assert rows.set_index("sample_id")["action"].to_dict() == {accept_id: "relabel", drop_id: "drop"}
+
+    out = tmp_path / "cleaned.parquet"
+    run_export(workspace, out, decisions=saved)
+    cleaned = read_table(out).set_index("sample_id")
+    assert cleaned.at[accept_id, "action"] == "relabel" and cleaned.at[accept_id, "clean_label"] == "sad"
+    assert cleaned.at[drop_id, "action"] == "drop" and pd.isna(cleaned.at[drop_id, "clean_label"])
+    assert cleaned["decided_by"].value_counts().to_dict() == {"fercure": N - 2, "reviewer": 2}
+
+    # decisions survive a reload (kept in the browser until saved)
+    browser.refresh()
+    WebDriverWait(browser, 10).until(lambda d: d.find_element(By.ID, "ndec").text == "2 decisions")
+
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == []
