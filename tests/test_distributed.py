@@ -25,6 +25,8 @@ from fercure.train.config import TrainConfig
 from fercure.workspace import Workspace, sample_id, write_table
 
 REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                                reason="this torch build has no gloo backend")
 CLASSES = ["happy", "neutral", "sad"]
 ARGS = ["--backbone", "test_resnet", "--image-size", "24", "--epochs", "6", "--batch-size", "16",
         "--device", "cpu"]
@@ -203,3 +205,44 @@ def test_nproc_refuses_inside_a_launcher(tmp_path):
     res = subprocess.run([sys.executable, "-m", "fercure", "train", "-w", str(tmp_path), "--nproc", "2"],
                          env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "leave it out" in res.stderr
+
+
+def _merge_worker(rank: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    world = dd.World(rank, 2)
+    rows = torch.tensor([4, 7, 1, 2, 9, 6])
+    own = dd.owned_mask(rows, world)
+    # what an epoch leaves: each rank wrote only its own samples (stale values elsewhere)
+    labels = torch.where(own, rows * 10 + rank, torch.full_like(rows, -1))
+    relabeled = own & (rows > 3)
+    targets = torch.where(own.view(-1, 1), rows.view(-1, 1).float() + torch.tensor([[0.25, 0.5]]),
+                          torch.full((6, 2), float("nan")))  # NaN elsewhere must not leak
+    mine = {"p": (rows[own].float() / 10).view(-1, 1)}
+    res = {"labels": dd.merge_owned(labels, own, world), "relabeled": dd.merge_owned(relabeled, own, world),
+           "targets": dd.merge_owned(targets, own, world), "p": dd.gather_rows(mine, own, world)["p"],
+           "sum": dd.all_sum(torch.tensor(rank + 1.0), world)}
+    torch.save(res, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_merge_across_two_gloo_ranks(tmp_path):
+    """The per-epoch merge with real gloo collectives: every rank ends with each sample's value
+    from the rank that owns it (labels, flags, 2-D per-sample state such as ELR targets)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_merge_worker, args=(port, str(tmp_path / "res")), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"res.{r}", weights_only=True) for r in (0, 1))
+    rows = torch.tensor([4, 7, 1, 2, 9, 6])
+    for r in (r0, r1):
+        assert r["labels"].tolist() == (rows * 10 + rows % 2).tolist()
+        assert r["relabeled"].dtype == torch.bool and r["relabeled"].tolist() == (rows > 3).tolist()
+        assert torch.equal(r["targets"], rows.view(-1, 1).float() + torch.tensor([[0.25, 0.5]]))
+        assert torch.allclose(r["p"].squeeze(1), rows.float() / 10)
+        assert float(r["sum"]) == 3.0
