@@ -25,8 +25,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import common  # noqa: E402
-
-VIT = dict(backbone="vit_tiny_patch16_224", backbone_args={"patch_size": 8, "depth": 6})
+from bench_label_noise import VIT  # noqa: E402  (the label-noise benchmark's small ViT)
 CONFIGS = {  # name → (TrainConfig overrides, the row it is compared with)
     "plain": ({}, "plain"),
     "jigsaw": ({"jigsaw": True}, "plain"),

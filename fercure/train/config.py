@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+POOLS = ("avg", "app", "atp")  # the backbone's own | APViT patch pooling (CNNs) | token pooling (ViTs)
+
+
 @dataclass
 class TrainConfig:
     # --- model and optimisation -------------------------------------------------------------
@@ -127,8 +130,8 @@ class TrainConfig:
             v = float(getattr(self, name))
             if not 0.0 <= v <= hi:
                 raise ValueError(f"{name} must be in [0, {hi}], not {v}")
-        if self.pool not in ("avg", "app", "atp"):
-            raise ValueError(f"pool must be avg, app or atp, not {self.pool!r}")
+        if self.pool not in POOLS:
+            raise ValueError(f"pool must be one of {', '.join(POOLS)}, not {self.pool!r}")
         if not 0.0 < float(self.pool_keep) <= 1.0:
             raise ValueError(f"pool_keep must be in (0, 1], not {self.pool_keep}")
         if not 0.0 < float(self.aux_share) <= 1.0:

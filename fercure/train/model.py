@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from fercure.train import pooling
+from fercure.train.config import POOLS
 from fercure.workspace import WorkspaceError
 
 
@@ -76,8 +77,6 @@ class FerNet(nn.Module):
                     out.update(head(emb))
         return out
 
-
-POOLS = ("avg", "app", "atp")
 
 
 def create_backbone(name: str, image_size: int | None, args: dict[str, Any] | None = None) -> nn.Module:
