@@ -32,7 +32,10 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(HERE))   # `common` beside this script
 sys.path.insert(0, str(REPO))   # fercure without installing
+
+import common  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -115,7 +118,8 @@ def main(argv=None) -> dict:
     t_padded = time.perf_counter() - t
 
     out = {"n_images": len(images), "image_size": args.image_size, "min_score": args.min_score,
-           "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"), "modes": {}}
+           "threads": torch.get_num_threads(), "device_name": common.device_name("cpu"), "date": common.today(),
+           **common.git_commit(), "command": [sys.executable, *sys.argv], "modes": {}}
     for mode, dets, secs in (("before", plain, t_plain), ("align", padded, t_padded), ("auto", padded, t_padded)):
         crops, fill, modes = crops_for(mode, images, dets, args.image_size)
         out["modes"][mode] = {**found(dets, args.min_score), **crop_figures(crops, fill),
