@@ -8,7 +8,7 @@ On FER2013 train crops (48×48 grey, as the dataset ships them), in one run on t
           misses looked at again with a border (``detect_with_padding``)
 * auto    ``--crop auto`` (the default): as ``align``, but a face that already fills its frame, or
           whose alignment would take more than MAX_OUTSIDE of the crop from outside the image,
-          is kept as given (centre square, resized)
+          is kept as given (a square around the face, resized)
 
 Figures per mode: share of crop pixels filled from outside the image (black before), share of
 crop pixels that are black (max channel 0, measured on the crops: includes black in the photos),
@@ -81,7 +81,8 @@ def crops_for(mode: str, images, dets, size: int) -> tuple[np.ndarray, np.ndarra
             "auto", outside, align.box_coverage(det.boxes[k], im.shape))
         modes[chosen] += 1
         if chosen == "as-given":
-            crops.append(align.resize_whole(im, size))
+            b = det.boxes[k]
+            crops.append(align.resize_whole(im, size, centre=((b[0] + b[2]) / 2, (b[1] + b[3]) / 2)))
             fill.append(0.0)
         else:
             crops.append(align.align_face(im, det.landmarks[k], size, fill="black" if mode == "before" else "edge"))

@@ -305,7 +305,7 @@ def prepare(
     multi_face: MultiFace = typer.Option(MultiFace.largest, help="Several faces: keep the largest, the most central, or drop the image."),
     min_face_size: float = typer.Option(20.0, min=1, help="Faces smaller than this (pixels, shorter box side) get status too_small."),
     min_score: float = typer.Option(0.9, min=0, max=1, help="Detector confidence below this gets status low_confidence."),
-    crop: Crop = typer.Option(Crop.auto, help="How to cut the crop: align to the 5-point template, keep the image as given (centre square, resized), or auto: as given where the face already fills the frame (a pre-cropped dataset), aligned elsewhere. The manifest's crop_mode says which."),
+    crop: Crop = typer.Option(Crop.auto, help="How to cut the crop: align to the 5-point template, keep the image as given (a square of its shorter side around the face, resized), or auto: as given where the face already fills the frame (a pre-cropped dataset), aligned elsewhere. The manifest's crop_mode says which."),
     chunk_size: int = typer.Option(512, min=1, help="Images per resumable chunk: an interrupted run resumes at the first unfinished chunk."),
     shard: Optional[str] = typer.Option(None, help="I/N: process only shard I (0..N-1) of N, split by sample_id hash, into the workspace's shard files; the shard that finds all N done merges them. Shards run side by side, also on machines sharing the workspace."),
     merge: bool = typer.Option(False, "--merge", help="Combine a complete set of shards into the manifest and store (no INPUT needed)."),

@@ -121,8 +121,8 @@ MANIFEST = Table(
         _c("content_hash", STRING, "blake2b of the file's bytes: a re-run reuses a row only when unchanged"),
         _c("detection_status", STRING, "face_status before duplicates were marked", values=FACE_STATUSES),
         _c("detection_reason", STRING, "reason before duplicates were marked"),
-        _c("crop_mode", STRING, "how the crop was cut: 'align' (5-point alignment) or 'as-given' (the image "
-           "centre-cropped to a square and resized: a pre-cropped face, or no face); '' without a crop",
+        _c("crop_mode", STRING, "how the crop was cut: 'align' (5-point alignment) or 'as-given' (a square of the "
+           "image's shorter side around the face, resized: a pre-cropped face, or no face); '' without a crop",
            values=CROP_MODES, required=False),
         _c("crop_fill", FLOAT64, "share of the crop's pixels taken from beyond the image border (replicated "
            "border pixels, never black; 0 for as-given; NaN without a crop)", bounds=(0.0, 1.0), required=False),

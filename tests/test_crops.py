@@ -59,6 +59,19 @@ def test_align_fills_past_the_border_from_the_image_never_black():
     assert np.abs(filled[inside].astype(int) - black[inside].astype(int)).max() <= 1
 
 
+def test_as_given_square_follows_the_face_in_a_wide_frame():
+    image = np.zeros((40, 100, 3), np.uint8)
+    image[:, :10] = 200                                   # the "face" at the left edge
+    assert align.resize_whole(image, 40).max() == 0       # centred: the face is cut off
+    left = align.resize_whole(image, 40, centre=(5.0, 20.0))
+    assert (left[:, :10] == 200).all() and (left[:, 10:] == 0).all()
+    right = align.resize_whole(image, 40, centre=(99.0, 20.0))  # clamped inside the image
+    assert np.array_equal(right, image[:, 60:])
+    # a square image is the same whatever the centre
+    sq = np.arange(48 * 48 * 3, dtype=np.uint8).reshape(48, 48, 3)
+    assert np.array_equal(align.resize_whole(sq, 48, centre=(3.0, 40.0)), sq)
+
+
 def test_choose_crop_rules():
     assert align.choose_crop("auto", 0.0, 0.1) == "align"
     assert align.choose_crop("auto", align.MAX_OUTSIDE + 0.01, 0.1) == "as-given"

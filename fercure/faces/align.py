@@ -170,12 +170,14 @@ def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = 112, fill: 
     return np.asarray(out, dtype=np.uint8)
 
 
-def resize_whole(image: np.ndarray, size: int = 112) -> np.ndarray:
-    """Whole image → (size,size,3) uint8: centre-crop to a square, then resize.
+def resize_whole(image: np.ndarray, size: int = 112, centre: tuple[float, float] | None = None) -> np.ndarray:
+    """Whole image → (size,size,3) uint8: crop to a square of the shorter side, then resize.
 
-    Used when no face is kept (e.g. FER-style tight crops MTCNN misses): such images are already
-    face-centred, and cropping keeps the subject as large as it was instead of shrinking it with
-    padding. PIL's resize antialiases when shrinking.
+    The "as given" crop: a pre-cropped face, or an image without a face kept whole (FER-style tight
+    crops are already face-centred, and cropping keeps the subject as large as it was instead of
+    shrinking it with padding). The square is centred on the image, or as near ``centre`` (x, y,
+    e.g. the face box's centre) as the image allows, so a face off-centre in a wide frame stays in.
+    PIL's resize antialiases when shrinking.
     """
     image = _to_rgb(image)
     h, w = image.shape[:2]
@@ -183,6 +185,10 @@ def resize_whole(image: np.ndarray, size: int = 112) -> np.ndarray:
         raise ValueError("empty image")
     side = min(h, w)
     y0, x0 = (h - side) // 2, (w - side) // 2
+    if centre is not None:
+        cx, cy = (float(v) for v in centre)
+        x0 = int(np.clip(round(cx - side / 2), 0, w - side))
+        y0 = int(np.clip(round(cy - side / 2), 0, h - side))
     square = image[y0:y0 + side, x0:x0 + side]
     if side == size:
         return np.ascontiguousarray(square)

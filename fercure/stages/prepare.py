@@ -205,7 +205,8 @@ def _face_record(d, det: Detection, settings: PrepareSettings) -> tuple[dict, np
         rec["crop_mode"] = mode
         if mode == "as-given":
             rec["crop_fill"] = 0.0
-            return rec, align.resize_whole(d.image, size)
+            b = det.boxes[k]
+            return rec, align.resize_whole(d.image, size, centre=((b[0] + b[2]) / 2, (b[1] + b[3]) / 2))
         rec["crop_fill"] = outside
         return rec, align.align_face(d.image, det.landmarks[k], size)
     status, reason = quality.face_status(
