@@ -47,6 +47,12 @@ class NoFace(str, Enum):
     drop = "drop"
 
 
+class Crop(str, Enum):
+    auto = "auto"
+    align = "align"
+    as_given = "as-given"
+
+
 class MultiFace(str, Enum):
     largest = "largest"
     most_central = "most-central"
@@ -299,6 +305,7 @@ def prepare(
     multi_face: MultiFace = typer.Option(MultiFace.largest, help="Several faces: keep the largest, the most central, or drop the image."),
     min_face_size: float = typer.Option(20.0, min=1, help="Faces smaller than this (pixels, shorter box side) get status too_small."),
     min_score: float = typer.Option(0.9, min=0, max=1, help="Detector confidence below this gets status low_confidence."),
+    crop: Crop = typer.Option(Crop.auto, help="How to cut the crop: align to the 5-point template, keep the image as given (a square of its shorter side around the face, resized), or auto: as given where the face already fills the frame (a pre-cropped dataset), aligned elsewhere. The manifest's crop_mode says which."),
     chunk_size: int = typer.Option(512, min=1, help="Images per resumable chunk: an interrupted run resumes at the first unfinished chunk."),
     shard: Optional[str] = typer.Option(None, help="I/N: process only shard I (0..N-1) of N, split by sample_id hash, into the workspace's shard files; the shard that finds all N done merges them. Shards run side by side, also on machines sharing the workspace."),
     merge: bool = typer.Option(False, "--merge", help="Combine a complete set of shards into the manifest and store (no INPUT needed)."),
@@ -331,7 +338,7 @@ def prepare(
     kwargs = dict(input_root=input_root, workspace=workspace, labels_file=labels,
                   classes=class_list, device=device.value, batch_size=batch_size, workers=workers,
                   image_size=image_size, on_no_face=on_no_face.value, multi_face=multi_face.value,
-                  min_face_size=min_face_size, min_score=min_score, chunk_size=chunk_size)
+                  min_face_size=min_face_size, min_score=min_score, crop=crop.value, chunk_size=chunk_size)
     if shard_of is not None:
         # A shard writes only its own files: no lock while it works (shards must not wait for each
         # other), the workspace lock for the merge only, waiting for whoever holds it.

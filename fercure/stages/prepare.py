@@ -30,7 +30,7 @@ import pandas as pd
 from fercure import __version__, schema
 from fercure.device import resolve_device
 from fercure.faces import align, quality
-from fercure.faces.detect import Detection, FaceDetector
+from fercure.faces.detect import Detection, FaceDetector, detect_with_padding
 from fercure.images import load_rgb
 from fercure.ingest import REJECT_COLUMNS, check_classes, clean_label, discover
 from fercure.progress import NULL, Reporter
@@ -60,6 +60,7 @@ class PrepareSettings:
     min_face_size: float = 20.0
     min_score: float = 0.9
     duplicate_distance: int = 4
+    crop: str = "auto"
 
     def fingerprint(self) -> str:
         blob = json.dumps({**asdict(self), "fercure": __version__}, sort_keys=True)
@@ -176,10 +177,11 @@ def _in_file_pixels(det: Detection, d) -> Detection:
 
 
 def _face_record(d, det: Detection, settings: PrepareSettings) -> tuple[dict, np.ndarray | None]:
-    """Manifest fields and crop of one decoded image with its detections."""
+    """Manifest fields and crop of one decoded image with its detections (in detection-image
+    pixels). The crop is the aligned face, or the image as given (``align.choose_crop``)."""
     size = settings.image_size
     n = len(det.scores)
-    rec: dict = {"face_count": n}
+    rec: dict = {"face_count": n, "crop_mode": "", "crop_fill": np.nan}
     if n:
         full = _in_file_pixels(det, d)
         k = quality.pick_face(full, (d.height, d.width), settings.multi_face)
@@ -197,6 +199,15 @@ def _face_record(d, det: Detection, settings: PrepareSettings) -> tuple[dict, np
         # 1600 px side at 112 (a background face, not a FER sample); and the affine warp does not
         # antialias, so a 2000 px face warped straight from the file to 112 px would alias, while
         # the detection image was shrunk with an antialiasing filter.
+        shape = d.image.shape
+        outside = align.outside_fraction(det.landmarks[k], shape, size)
+        mode = align.choose_crop(settings.crop, outside, align.box_coverage(det.boxes[k], shape))
+        rec["crop_mode"] = mode
+        if mode == "as-given":
+            rec["crop_fill"] = 0.0
+            b = det.boxes[k]
+            return rec, align.resize_whole(d.image, size, centre=((b[0] + b[2]) / 2, (b[1] + b[3]) / 2))
+        rec["crop_fill"] = outside
         return rec, align.align_face(d.image, det.landmarks[k], size)
     status, reason = quality.face_status(
         0, float("nan"), 0.0, min_score=settings.min_score,
@@ -208,6 +219,7 @@ def _face_record(d, det: Detection, settings: PrepareSettings) -> tuple[dict, np
     # Pre-cropped datasets (FER2013's 48×48 crops) often defeat the detector:
     # keep the whole image so the sample still trains, flagged as no_face.
     rec["reason"] = (reason + "; " if reason else "") + "kept the whole image (--on-no-face keep)"
+    rec.update(crop_mode="as-given", crop_fill=0.0)
     return rec, align.resize_whole(d.image, size)
 
 
@@ -226,7 +238,8 @@ def _process_chunk(
         t1 = time.perf_counter()
         timings["decode"] += t1 - t0
         usable = [d for d in window if d.status == "ok"]
-        detections = detector.detect([d.image for d in usable]) if usable else []
+        # A miss gets a second look with a border around the image (a face filling its frame).
+        detections = detect_with_padding(detector, [d.image for d in usable], settings.min_score)[0] if usable else []
         det_of = {id(d): det for d, det in zip(usable, detections)}
         t2 = time.perf_counter()
         timings["detect"] += t2 - t1
@@ -234,7 +247,7 @@ def _process_chunk(
             rec = {
                 "face_status": d.status, "reason": d.reason, "face_count": 0, "face_score": np.nan,
                 "bbox": None, "landmarks": None, "face_size": np.nan, "width": d.width, "height": d.height,
-                "crop_pos": -1,
+                "crop_pos": -1, "crop_mode": "", "crop_fill": np.nan,
             }
             det = det_of.get(id(d))
             if det is not None:
@@ -359,6 +372,7 @@ def run_prepare(
     multi_face: str = "largest",
     min_face_size: float = 20.0,
     min_score: float = 0.9,
+    crop: str = "auto",
     chunk_size: int = CHUNK_SIZE,
     shard: tuple[int, int] | None = None,
     merge: bool = True,
@@ -381,10 +395,12 @@ def run_prepare(
         raise WorkspaceError(f"--on-no-face must be keep or drop, not {on_no_face!r}.")
     if multi_face not in ("largest", "most-central", "drop"):
         raise WorkspaceError(f"--multi-face must be largest, most-central or drop, not {multi_face!r}.")
+    if crop not in align.CROP_MODES:
+        raise WorkspaceError(f"--crop must be {', '.join(align.CROP_MODES)}, not {crop!r}.")
     if shard is not None:
         check_shard(*shard)
     check_workspace(ws, input_root, labels_file)
-    settings = PrepareSettings(image_size, on_no_face, multi_face, float(min_face_size), float(min_score))
+    settings = PrepareSettings(image_size, on_no_face, multi_face, float(min_face_size), float(min_score), crop=crop)
 
     samples, rejects = discover(input_root, Path(labels_file) if labels_file else None, classes)
     if classes:
@@ -569,7 +585,7 @@ def _finish(ws: Workspace, rows_df: pd.DataFrame, crops: _Concat, rejects: pd.Da
         "sample_id", "source_path", "label", "split", "face_status", "reason", "face_count", "face_score",
         "bbox", "landmarks", "face_size", "sharpness", "brightness", "contrast", "phash", "duplicate_of",
         "store_index", "width", "height", "file_size", "file_mtime_ns", "content_hash", "detection_status",
-        "detection_reason",
+        "detection_reason", "crop_mode", "crop_fill",
     ]
     table_meta = {"classes": class_list, **{k: meta[k] for k in ("input_root", "labels_file", "settings",
                                                                  "settings_fingerprint")}}
