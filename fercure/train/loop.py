@@ -506,9 +506,9 @@ def predict(model: FerNet, images: Any, config: TrainConfig, *, index: np.ndarra
 
 
 def _eval_outputs(model: FerNet, crops: torch.Tensor, config: TrainConfig, parts: list[Part] | None,
-                  flip: bool) -> dict[str, torch.Tensor]:
+                  flip: bool, channels_last: bool | None = None) -> dict[str, torch.Tensor]:
     x = augment.eval_batch(crops, config.image_size)
-    if x.device.type == "cuda":
+    if crops.device.type == "cuda" if channels_last is None else channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     out = model(x)
     if flip:
