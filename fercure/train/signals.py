@@ -88,15 +88,18 @@ def _canonical(val: torch.Tensor, idx: torch.Tensor, k: int) -> tuple[torch.Tens
 
 def _block_topk(sim: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(Q,K) similarities → the k best per row with the tie rule of ``_canonical``. topk picks
-    arbitrarily among values equal to the k-th; only rows where such a tie crosses the cut are
-    sorted whole (rare with real embeddings, so the cost stays one topk)."""
-    val, idx = sim.topk(k, dim=1)
-    kth = val[:, -1:]
-    tied = (sim == kth).sum(dim=1) != (val == kth).sum(dim=1)
-    if bool(tied.any()):
-        rows = tied.nonzero().squeeze(1)
-        order = sim[rows].sort(dim=1, descending=True, stable=True).indices[:, :k]
-        val[rows], idx[rows] = sim[rows].gather(1, order), order
+    arbitrarily among values equal to the k-th; a tie crosses the cut only where the (k+1)-th
+    value equals the k-th, and only those rows are sorted whole (rare with real embeddings, so
+    the cost stays one topk and no extra pass over the block)."""
+    kk = min(k + 1, sim.shape[1])
+    val, idx = sim.topk(kk, dim=1)
+    if kk > k:
+        tied = val[:, k] == val[:, k - 1]
+        val, idx = val[:, :k], idx[:, :k]
+        if bool(tied.any()):
+            rows = tied.nonzero().squeeze(1)
+            order = sim[rows].sort(dim=1, descending=True, stable=True).indices[:, :k]
+            val[rows], idx[rows] = sim[rows].gather(1, order), order
     return _canonical(val, idx, k)
 
 
