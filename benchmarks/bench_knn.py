@@ -3,8 +3,8 @@
 version it replaced (one chunk × N similarity block per chunk) where that fits.
 
 Each (N, method) runs in its own process, so its peak resident memory (CPU) or peak allocated
-device memory (CUDA) is its own; "search" is the peak minus what the process held before the
-search began (the embeddings, torch itself). Exact search costs N² dot products whatever the blocking; at
+device memory (CUDA) is its own; "search" is the peak during the search minus what the process
+held when it began (the embeddings, torch itself), sampled from /proc on the CPU. Exact search costs N² dot products whatever the blocking; at
 large N the time is measured on the first ``--queries`` query rows against all N keys and scaled
 by N / queries (every query row costs the same), and the result says so. The memory is measured
 on that run: the embeddings, one similarity block and the running top-k; the votes and the
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -45,6 +44,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "knn.json")
     p.add_argument("--one", nargs=2, metavar=("N", "METHOD"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
+
+
+class RssSampler:
+    """Peak resident memory of this process while it runs (read from /proc every 5 ms on a
+    thread; torch's matrix products release the GIL). ru_maxrss would also count the peak of
+    making the data, before the search."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.before = self.peak = self.rss()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self.page
+
+    def _run(self) -> None:
+        while not self.done.wait(0.005):
+            self.peak = max(self.peak, self.rss())
+
+    def stop(self) -> int:
+        self.done.set()
+        self.thread.join()
+        return max(self.peak, self.rss())
 
 
 def old_knn(e, y, num_classes, k, chunk, queries):
@@ -78,13 +105,15 @@ def run_one(args: argparse.Namespace, n: int, method: str) -> dict:
     e = F.normalize(e, dim=1)
     q = n if args.queries <= 0 else min(n, args.queries)
     queries = torch.arange(q, device=dev)
+    del centres
     if dev.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated(dev)
     else:
         float(e.sum())
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        sampler = RssSampler()
+        before = sampler.before
     t0 = time.perf_counter()
     if method == "blocked":
         val, nb = sg.knn_neighbours(e, args.k, queries, chunk=args.chunk, key_block=args.key_block)
@@ -93,8 +122,7 @@ def run_one(args: argparse.Namespace, n: int, method: str) -> dict:
         votes = old_knn(e, y, args.classes, args.k, args.chunk, queries)
     float(votes.sum())  # waits for the device
     secs = time.perf_counter() - t0
-    peak = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else sampler.stop()
     return {"n": n, "method": method, "device": args.device, "dim": args.dim, "k": args.k,
             "chunk": args.chunk, "key_block": args.key_block if method == "blocked" else None,
             "queries_timed": q, "seconds_measured": round(secs, 3),
@@ -102,7 +130,7 @@ def run_one(args: argparse.Namespace, n: int, method: str) -> dict:
             "peak_bytes": int(peak), "before_search_bytes": int(before),
             "search_bytes": int(peak - before), "embedding_bytes": n * args.dim * 4,
             "output_bytes_full_n": n * (args.k * 12 + args.classes * 4),
-            "block_bytes": args.chunk * (min(args.key_block, n) if method == "blocked" else n) * 4,
+            "block_bytes": min(args.chunk, q) * (min(args.key_block, n) if method == "blocked" else n) * 4,
             "threads": torch.get_num_threads()}
 
 

@@ -123,6 +123,7 @@ def knn_neighbours(e: torch.Tensor, k: int, queries: torch.Tensor, chunk: int = 
             mine = (q >= b) & (q < b + kb)  # a query is not its own neighbour
             sim[mine.nonzero().squeeze(1), q[mine] - b] = -2.0
             v, i = _block_topk(sim, min(k, kb))
+            del sim  # before the next block is made: one block alive at a time
             i = i + b
             if best_v is None:
                 best_v, best_i = v, i
