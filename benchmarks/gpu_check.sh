@@ -8,20 +8,23 @@
 #
 # Here, once:   bash benchmarks/gpu_carry.sh     (.whl/ with facenet-pytorch, .bench/fer.tgz)
 # There:        bash benchmarks/gpu_check.sh     (device tool: carry [".whl", ".bench"])
+#               STEPS="knn train" bash benchmarks/gpu_check.sh   (only those steps, e.g. a rerun)
 #
 # The machine has torch, torchvision, timm, pandas, pyarrow, rich, typer and pytest, and no
 # network: facenet-pytorch comes from .whl/ and the FER2013+FER+ data from .bench/fer.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then sed -n 2,14p "$0"; exit 0; fi
+if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then sed -n 2,15p "$0"; exit 0; fi
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 LOG="$OUT/check.log"
 export PYTHONUNBUFFERED=1 OMP_WAIT_POLICY=PASSIVE
 say() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$LOG"; }
+STEPS=" ${STEPS:-tests prepare train train_compile knn label_noise} "  # e.g. STEPS="knn train" to rerun two
 step() {  # step NAME SECONDS CMD...: run with a time limit, keep going whatever it returns
     local name=$1 limit=$2; shift 2
+    case "$STEPS" in *" $name "*) ;; *) say "skip $name (not in STEPS)"; return 0 ;; esac
     say "start $name (limit ${limit}s): $*"
     local t0=$SECONDS
     timeout --kill-after=5 "$limit" "$@" >>"$LOG" 2>&1
@@ -46,8 +49,8 @@ else
     say "no .bench/fer.tgz: the benchmarks that read FER2013 will fail (run benchmarks/gpu_carry.sh here first)"
 fi
 
-# 1. the CUDA-marked tests (and the CPU tests of issue 19, which also run the compiled fit)
-FERCURE_SLOW_TESTS=1 step tests 110 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py tests/test_gpu_ready.py
+# 1. the CUDA-marked tests, and the compiled fit against an eager one (slow on a 2-core CPU)
+FERCURE_SLOW_TESTS=1 step tests 110 "$PY" -m pytest -q -rs -p no:cacheprovider -m "cuda or slow" tests/test_cuda.py tests/test_gpu_ready.py
 # 2. detection throughput (fercure's batched MTCNN vs facenet-pytorch's)
 step prepare 60 "$PY" benchmarks/bench_prepare.py --device cuda --n 512 --n-single 32 --n-wide 32 --data "$DATA" --out "$OUT/prepare.json"
 # 3. training throughput and a short full-data run (eager), then the same with --compile
