@@ -134,11 +134,16 @@ def knn_neighbours(e: torch.Tensor, k: int, queries: torch.Tensor, chunk: int = 
 
 
 def knn_device(device: str | torch.device | None = None) -> torch.device:
-    """Where the kNN runs: the given device, else the rank's GPU when there is one."""
+    """Where the kNN runs: the given device, else the rank's GPU when there is one (and the
+    process group, if any, is NCCL's: a gloo group of CPU ranks gathers CPU tensors)."""
     if device is not None:
         return torch.device(device)
+    import torch.distributed as dist
+
     from fercure.train import distributed as dd
-    return dd.rank_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"), dd.current())
+    world = dd.current()
+    gpu = torch.cuda.is_available() and (not world.distributed or dist.get_backend() == "nccl")
+    return dd.rank_device(torch.device("cuda" if gpu else "cpu"), world)
 
 
 @torch.no_grad()
