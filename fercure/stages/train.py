@@ -2,7 +2,9 @@
 
 Files of a run:
   config.json        TrainConfig + classes + run facts (written first)
-  checkpoint.pt      after every epoch: finished fits' results + the running fit's full state
+  checkpoint.pt      after every epoch: the running fit's full state + which fits are finished
+  fits/<key>.pt      a finished fit's results (predictions, embeddings, dynamics), written once
+                     when it finishes (checkpoint.pt and fits/ go when the run finishes)
   model.pt           state_dict of the (first) final model, loadable with weights_only=True
   members/<key>.pt   state_dicts of further final-generation ensemble members
   dynamics.parquet   per sample × epoch × member (docs/ARCHITECTURE.md)
