@@ -399,6 +399,7 @@ def train(
     retrain: bool = typer.Option(True, "--retrain/--no-retrain", help="Train a second model without the most suspect share and score that share held out."),
     knn: int = typer.Option(10, min=0, help="Neighbours for the embedding label-agreement signal (0: off)."),
     amp: str = typer.Option("auto", help="bf16 autocast: auto (CUDA only), bf16 (also on CPU), off."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the model's training steps (one graph: a short last batch is filled with the epoch's first samples). Slower start; off until a GPU measurement shows it pays."),
     thorough: bool = typer.Option(False, help="Slower, steadier scores: a 3-model ensemble for the first stage."),
     ensemble: int = typer.Option(1, min=1, help="Deep-ensemble members (uncertainty: entropy, mutual information)."),
     distill_generations: int = typer.Option(0, min=0, help="Self-distillation generations from the ensemble's soft labels."),
@@ -442,7 +443,7 @@ def train(
             pool=pool.value, pool_keep=pool_keep, backbone_args=backbone_args, label_smoothing=label_smoothing,
             holdout=holdout, plant_rate=plant_rate, retrain=retrain, knn=knn, amp=amp,
             ensemble=max(ensemble, 3) if thorough else ensemble,
-            distill_generations=distill_generations, folds=folds, store=store.value,
+            distill_generations=distill_generations, folds=folds, store=store.value, compile=compile,
         )
         _run(run_train, "train", as_json=json_out, quiet=rank != 0, workspace=workspace, config=config,
              resume=resume)

@@ -190,7 +190,8 @@ class Workspace:
         Only safe under the workspace lock: another command's temp file would look stale too."""
         runs = sorted(d for d in self.runs_dir.iterdir() if d.is_dir()) if self.runs_dir.is_dir() else []
         n = 0
-        for folder in (self.root, self.faces_dir, self.runs_dir, *runs, *(d / "members" for d in runs)):
+        subs = [d / sub for d in runs for sub in ("members", "fits")]
+        for folder in (self.root, self.faces_dir, self.runs_dir, *runs, *subs):
             if folder.is_dir():
                 for tmp in folder.glob(".*.tmp"):
                     tmp.unlink(missing_ok=True)

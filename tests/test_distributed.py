@@ -221,7 +221,7 @@ def _merge_worker(rank: int, port: int, out: str) -> None:
                           torch.full((6, 2), float("nan")))  # NaN elsewhere must not leak
     mine = {"p": (rows[own].float() / 10).view(-1, 1)}
     res = {"labels": dd.merge_owned(labels, own, world), "relabeled": dd.merge_owned(relabeled, own, world),
-           "targets": dd.merge_owned(targets, own, world), "p": dd.gather_rows(mine, own, world)["p"],
+           "targets": dd.merge_owned(targets, own, world), "p": dd.gather_rows(mine, dd.owner_of(rows, world), world)["p"],
            "sum": dd.all_sum(torch.tensor(rank + 1.0), world)}
     torch.save(res, f"{out}.{rank}")
     dist.destroy_process_group()

@@ -2,7 +2,9 @@
 
 Files of a run:
   config.json        TrainConfig + classes + run facts (written first)
-  checkpoint.pt      after every epoch: finished fits' results + the running fit's full state
+  checkpoint.pt      after every epoch: the running fit's full state + which fits are finished
+  fits/<key>.pt      a finished fit's results (predictions, embeddings, dynamics), written once
+                     when it finishes (checkpoint.pt and fits/ go when the run finishes)
   model.pt           state_dict of the (first) final model, loadable with weights_only=True
   members/<key>.pt   state_dicts of further final-generation ensemble members
   dynamics.parquet   per sample × epoch × member (docs/ARCHITECTURE.md)
@@ -208,6 +210,30 @@ class _NoWriter:
         pass
 
 
+FIT_FILE = "fits/"  # checkpoint["done"][key]: the finished fit's record is in runs/<id>/fits/<key>.pt
+
+
+def _fit_file(run_dir: Path, key: str) -> Path:
+    return run_dir / "fits" / f"{key}.pt"
+
+
+def _done_record(run_dir: Path, key: str, value: Any, jobs: list[ens.Job]) -> dict[str, Any]:
+    """A finished fit's record from a checkpoint: in its own file (written once when the fit
+    finished), or inline (checkpoints written before fits had their own files). The file's name
+    comes from the run's own job list, never from the checkpoint's text."""
+    if value != FIT_FILE:
+        return value
+    if key not in {j.key for j in jobs}:
+        raise WorkspaceError(f"{run_dir / 'checkpoint.pt'} names a finished fit {key!r} this run does not "
+                             "have; start a new run without --resume.")
+    path = _fit_file(run_dir, key)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WorkspaceError(f"{path} (finished fit {key} of this run) cannot be read ({exc}); "
+                             "start a new run without --resume.") from exc
+
+
 def _to_tensors(d: dict[str, Any]) -> dict[str, Any]:
     """numpy → torch so checkpoints load with weights_only=True."""
     out: dict[str, Any] = {}
@@ -345,7 +371,8 @@ def _run_train(ws: Workspace, config: TrainConfig, resume: bool, reporter: Repor
     final_gen = config.distill_generations
     first_final = f"g{final_gen}m0"
     folds = ens.stratified_folds(data.given, config.folds, config.seed) if config.folds else None
-    done: dict[str, dict[str, Any]] = {k: _to_numpy(v) for k, v in ckpt["done"].items()}
+    done: dict[str, dict[str, Any]] = {k: _to_numpy(_done_record(run_dir, k, v, jobs))
+                                       for k, v in ckpt["done"].items()}
     fit_pos = np.flatnonzero(~plan.holdout)  # the first models never see the probe
 
     writer = _CheckpointWriter(run_dir / "checkpoint.pt") if world.main else _NoWriter()
@@ -401,7 +428,10 @@ def _run_train(ws: Workspace, config: TrainConfig, resume: bool, reporter: Repor
             else:
                 record.update(probs=pr["probs"], mean_probs=res.mean_probs, dynamics=res.dynamics)
             done[job.key] = record
-            ckpt["done"][job.key] = _to_tensors(record)
+            if world.main:  # written once; the checkpoint names it instead of re-pickling it every epoch
+                with atomic_path(_fit_file(run_dir, job.key)) as tmp:
+                    torch.save(_to_tensors(record), tmp)
+            ckpt["done"][job.key] = FIT_FILE
             ckpt["current"] = None
             writer.submit(ckpt)
             del res
@@ -467,6 +497,10 @@ def _run_train(ws: Workspace, config: TrainConfig, resume: bool, reporter: Repor
         # The checkpoint (model + optimiser state, ~135 MB for ResNet-18) only serves --resume of an
         # unfinished run; a finished run keeps model.pt and its tables.
         (run_dir / "checkpoint.pt").unlink(missing_ok=True)
+        for j in jobs:
+            _fit_file(run_dir, j.key).unlink(missing_ok=True)
+        if (run_dir / "fits").is_dir() and not any((run_dir / "fits").iterdir()):
+            (run_dir / "fits").rmdir()
     dd.barrier(world)  # no rank reports the run before its files are there
     final_acc = float(np.mean([m["history"][-1]["train_accuracy"] for m in finals]))
     return TrainSummary(
