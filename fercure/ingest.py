@@ -294,6 +294,7 @@ def _discover_folder(root: Path, wanted: set[str] | None,
                                            f"expected one of: {', '.join(sorted(wanted))}" + _did_you_mean(label, wanted)))
                 else:
                     samples.append((rel, label, split))
+    samples = _one_sample_per_file(root_s, real_root, samples, rejects)
     taken_for = lookalike_labels([s[1] for s in samples])
     if taken_for:
         odd = [s for s in samples if s[1] in taken_for]
@@ -304,6 +305,27 @@ def _discover_folder(root: Path, wanted: set[str] | None,
     samples.sort(key=lambda s: s[0])
     rejects.sort(key=lambda r: r.source_path)
     return samples, rejects
+
+
+def _one_sample_per_file(root_s: str, real_root: str, samples: list[tuple[str, str, str]],
+                         rejects: list[_Reject]) -> list[tuple[str, str, str]]:
+    """A file reached twice (a symbolic link to another image of the tree) is one sample: the one at
+    the file's real place (no link on its path) is kept, else the first; the others are rejected."""
+    by_real: dict[str, list[int]] = {}
+    for i, (rel, _, _) in enumerate(samples):
+        by_real.setdefault(os.path.realpath(os.path.join(root_s, rel)), []).append(i)
+    drop: set[int] = set()
+    for real, idx in by_real.items():
+        if len(idx) < 2:
+            continue
+        keep = next((i for i in idx if os.path.join(real_root, samples[i][0]) == real), idx[0])
+        for i in idx:
+            if i != keep:
+                drop.add(i)
+                rejects.append(_Reject("", -1, samples[i][0], "same file as another sample",
+                                       f"a symbolic link to {samples[keep][0]}, which is read once (as "
+                                       f"{samples[keep][1]!r}); remove the link"))
+    return [s for i, s in enumerate(samples) if i not in drop]
 
 
 def _did_you_mean(label: str, wanted: set[str]) -> str:
@@ -371,6 +393,13 @@ def _walk_class_dir(root_s: str, real_root: str, rel_dir: str, found: list[str],
             continue
         rel = f"{rel_dir}/{entry.name}"
         if _safe_is_dir(entry):
+            if entry.is_symlink() and _within(os.path.realpath(entry.path), real_root):
+                # data/angry/loop -> .. would read every class again as 'angry': a folder inside the
+                # tree is read where it lies, never again through a link.
+                rejects.append(_Reject("", -1, rel, "symbolic link back into the input tree",
+                                       "not followed: the folder it points to is read where it lies; "
+                                       "remove the link (or copy the images in)"))
+                continue
             _walk_class_dir(root_s, real_root, rel, found, rejects, seen)
             continue
         if not _is_image_name(entry.name):
