@@ -184,6 +184,7 @@ def discover(
         SAMPLE_COLUMNS,
     )
     counts = dict(Counter(r[1] for r in rows))
+    check_reserved(counts, labels_file or root)
     warnings = class_names.near_duplicate_classes(counts) + class_names.balance_warnings(
         counts, [clean_label(str(c)) for c in classes] if classes is not None else None)
     notes.extend(f"warning: {w}" for w in warnings)
@@ -199,6 +200,27 @@ def discover(
         REJECT_COLUMNS,
     )
     return samples, rej
+
+
+def reserved_class_names() -> set[str]:
+    """Class names that would give a per-class column (``mean_p_<class>``) the name of a fixed one
+    (``mean_p_given``) in one of fercure's tables: e.g. ``given``."""
+    from fercure import schema
+
+    fixed = {c.name for t in schema.TABLES.values() for c in t.columns if not c.per_class}
+    prefixes = {c.name for t in schema.TABLES.values() for c in t.columns if c.per_class}
+    return {name[len(p) + 1:] for p in prefixes for name in fixed if name.startswith(p + "_") and len(name) > len(p) + 1}
+
+
+def check_reserved(counts: dict[str, int], where: Path) -> None:
+    """Refuse a class whose name fercure's tables use for something else (the run would mix the two)."""
+    clash = sorted(set(counts) & reserved_class_names())
+    if clash:
+        name = clash[0]
+        raise WorkspaceError(
+            f"Class {name!r} ({counts[name]} images, in {where}) has a name fercure's tables reserve (a column "
+            f"p_{name} / mean_p_{name} would clash with another column). Rename the class in the label file or "
+            f"folder (e.g. {name}_class) and run prepare again.")
 
 
 def _frame(data: dict[str, list[Any]], columns: list[str]) -> pd.DataFrame:
