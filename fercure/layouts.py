@@ -13,6 +13,11 @@ given label until a person decides; ``index.csv``/``action`` say which, and ``de
 reviewer's ``--decisions`` file set the action). Dropped rows (by the policy or a reviewer) are left out.
 The images are the aligned crops of WS/faces/crops.npy (written as PNG) or the original files
 (symlinked or copied; never modified).
+
+A workspace is data: every sample id (the file name) and source path read from its tables is
+checked before use (``check_sample_id``, ``original_path``); a row that would write outside the
+output or read outside the input root it names is skipped and named. Class names become folder
+names through ``folder_name`` (safe for every loader; the mapping goes to classes.json).
 """
 
 from __future__ import annotations

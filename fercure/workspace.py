@@ -163,7 +163,7 @@ class Workspace:
         was killed before its first checkpoint, which can be neither resumed nor audited. Finished
         (predictions.parquet) and resumable (checkpoint.pt) runs hold more and are never touched.
         Only in a workspace fercure made (``is_fercure``) and only when config.json is one train wrote
-        (it names a fercure_version). Only safe under the workspace lock: a run starting beside us
+        (it names the run or a fercure version). Only safe under the workspace lock: a run starting beside us
         holds only config.json too."""
         if not self.runs_dir.is_dir() or not self.is_fercure():
             return 0
@@ -172,7 +172,7 @@ class Workspace:
             if run.is_symlink() or not run.is_dir():
                 continue
             names = {p.name for p in run.iterdir()}
-            if names and names <= {"config.json", "FAILED"} and _fercure_config(run / "config.json"):
+            if names and names <= {"config.json", "FAILED"} and (names == {"FAILED"} or _fercure_config(run)):
                 for name in names:
                     (run / name).unlink(missing_ok=True)
                 run.rmdir()
@@ -291,12 +291,13 @@ class Workspace:
 # The workspace lock: one writing command at a time
 
 
-def _fercure_config(path: Path) -> bool:
+def _fercure_config(run: Path) -> bool:
+    """run/config.json is one train wrote: it names this run (run_id) or a fercure version."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads((run / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return isinstance(data, dict) and "fercure_version" in data
+    return isinstance(data, dict) and (data.get("run_id") == run.name or "fercure_version" in data)
 
 
 def claim(root: Path | str) -> bool:
