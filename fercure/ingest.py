@@ -905,5 +905,18 @@ def _discover_label_file(root: Path, labels_file: Path, wanted: set[str] | None,
         samples.append((rel, label, split))
         hint = f"row {first_row} already lists this path with the same label; remove this row"
         rejects.extend(_Reject(file_s, g[0], g[4], "duplicate row", hint) for g in group[1:])
+    # Two paths to one file (a symbolic link listed beside its target) are one sample: the first row.
+    first_row_of = {g[1]: g[0] for g in reversed(good)}
+    by_real: dict[str, str] = {}
+    kept = []
+    for rel, label, split in samples:
+        real = os.path.realpath(os.path.join(locator.root_s, rel))
+        if real in by_real:
+            other = by_real[real]
+            rejects.append(_Reject(file_s, first_row_of[rel], rel, "same file as another sample",
+                                   f"row {first_row_of[other]} lists the same file as {other}; keep one row"))
+            continue
+        by_real[real] = rel
+        kept.append((rel, label, split))
     rejects.sort(key=lambda r: r.row)
-    return samples, rejects
+    return kept, rejects

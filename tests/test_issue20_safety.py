@@ -290,6 +290,18 @@ def test_report_js_neutralises_formula_cells():
 # Clear errors
 
 
+def test_a_file_listed_twice_through_a_link_is_one_sample(tmp_path):
+    data = tmp_path / "d"
+    (data / "happy").mkdir(parents=True)
+    (data / "happy" / "a.png").write_bytes(b"x")
+    (data / "alias.png").symlink_to(data / "happy" / "a.png")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\nhappy/a.png,happy\nalias.png,sad\n")
+    samples, rejects = discover(data, labels)
+    assert samples["source_path"].tolist() == ["happy/a.png"]
+    assert rejects[["row", "problem"]].values.tolist() == [[3, "same file as another sample"]]
+
+
 def test_a_class_name_fercure_reserves_is_refused_at_prepare(tmp_path):
     for rel in ("given/a.png", "happy/b.png"):
         (tmp_path / "d" / rel).parent.mkdir(parents=True, exist_ok=True)
