@@ -53,15 +53,6 @@ def exported_rows(cleaned: pd.DataFrame) -> pd.DataFrame:
     return cleaned[cleaned["clean_label"].notna() & (cleaned["action"] != "drop")].reset_index(drop=True)
 
 
-def check_path_part(value: str, what: str) -> str:
-    """A class or split name used as a folder name must be one plain path component."""
-    text = str(value)
-    if text in ("", ".", "..") or "/" in text or "\\" in text or "\0" in text:
-        raise ValueError(f"{what} {text!r} cannot be a folder name (it is empty, '.' or '..', or holds a "
-                         f"path separator); rename it in the label file and run prepare again")
-    return text
-
-
 # Longest folder name written as it is (bytes): file systems allow 255; a longer one is shortened.
 MAX_NAME_BYTES = 120
 
@@ -183,9 +174,9 @@ def write_imagefolder(rows: pd.DataFrame, dest: Path, *, images: str, link: str,
     folders = folder_names([*classes, *rows["clean_label"].astype(str)])
     for split in sorted({str(s or "train") for s in rows["split"]}):
         for c in classes:
-            (dest / folder_name(check_path_part(split, "split")) / folders[str(c)]).mkdir(parents=True, exist_ok=True)
+            (dest / folder_name(split) / folders[str(c)]).mkdir(parents=True, exist_ok=True)
     for row in rows.itertuples(index=False):
-        split = folder_name(check_path_part(row.split or "train", "split"))
+        split = folder_name(row.split or "train")
         label = folders[str(row.clean_label)]
         try:
             rel = Path(split) / label / file_name(row.sample_id, row.source_path, images)

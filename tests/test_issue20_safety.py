@@ -334,7 +334,7 @@ def test_a_long_class_name_is_exported_under_a_safe_folder_name(tmp_path):
     from torchvision.datasets import ImageFolder
 
     long = "x" * 300
-    classes = [".hidden", "__pycache__", long]
+    classes = [".hidden", "__pycache__", long, "happy/sad"]
     ws = make_ws(tmp_path / "ws", classes=classes)
     out = tmp_path / "out"
     s = run_export(ws, out, fmt="imagefolder")

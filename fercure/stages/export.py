@@ -226,7 +226,7 @@ def run_export(
                 _check_some_images(result, rows, output)
                 write_table(frame, output, provenance, table=schema.HF_EXPORT,
                             arrow_metadata={b"huggingface": layouts.hf_features(classes)})
-        except ValueError as e:  # a class or split that cannot be a folder name
+        except ValueError as e:  # a value a layout cannot write
             raise ExportError(f"Cannot export {output}: {e}.") from None
         n_images, skipped = result.n_images, result.skipped
         empty = [c for c in classes if c not in set(rows["clean_label"].astype(str))]
