@@ -140,6 +140,19 @@ def test_force_never_empties_a_folder_holding_the_users_files(tmp_path):
     assert snapshot(project) == before[0]
 
 
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "hf"])
+def test_force_replaces_only_a_file_fercure_wrote(tmp_path, fmt):
+    ws = make_ws(tmp_path / "ws")
+    mine = tmp_path / "notes.txt"
+    mine.write_text("mine")
+    with pytest.raises(ExportError, match="not written by fercure"):
+        run_export(ws, mine, fmt=fmt, force=True)
+    assert mine.read_text() == "mine"
+    out = tmp_path / f"cleaned.{fmt}"
+    run_export(ws, out, fmt=fmt)
+    run_export(ws, out, fmt=fmt, force=True, policy="drop")  # its own earlier output: replaced
+
+
 def test_cleanup_touches_only_what_fercure_named_in_a_folder_it_made(tmp_path):
     user = tmp_path / "mine"
     (user / "runs" / "exp1").mkdir(parents=True)

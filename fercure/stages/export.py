@@ -151,6 +151,10 @@ def run_export(
         if decisions is not None and target.resolve() == decisions.resolve():
             raise ExportError(f"--output {target} is the --decisions file; fercure never overwrites its inputs. "
                               "Choose another path.")
+        if force and target.exists() and not written_by_fercure(target):
+            raise ExportError(f"{target} exists and was not written by fercure (it carries no fercure provenance); "
+                              "--force replaces only fercure's own outputs. Choose another path, or move the file "
+                              "away yourself.")
 
     audit_meta = read_metadata(ws.audit)
     if audit_meta.get("table") != schema.AUDIT.name or not audit_meta.get("classes"):
@@ -267,6 +271,25 @@ def check_audit_matches(manifest, audit, ws: Workspace) -> None:
                 f"{ws.manifest} changed since {ws.audit} was written: {int(differ.sum())} sample(s) have another "
                 f"{what} now (e.g. {m.index[i]}: {a[acol].iat[i]!r} in the audit, {m[mcol].iat[i]!r} in the "
                 f"manifest); exporting would write the old ones. {rerun}")
+
+
+def written_by_fercure(path: Path) -> bool:
+    """An existing output file fercure wrote: a Parquet with fercure's metadata, a provenance JSON,
+    or a CSV with its provenance sidecar beside it. What --force may replace."""
+    try:
+        if "fercure_version" in read_metadata(path):
+            return True
+    except (WorkspaceError, OSError):
+        pass
+    for candidate in (path, provenance_path_for(path)):
+        try:
+            if candidate.is_file() and candidate.stat().st_size < 2**24:
+                data = json.loads(candidate.read_text(encoding="utf-8"))
+                if isinstance(data, dict) and "fercure_version" in data:
+                    return True
+        except (OSError, ValueError):
+            continue
+    return False
 
 
 def _ignored_options(fmt: str, images: str, link: str) -> list[str]:
