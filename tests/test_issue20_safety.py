@@ -230,6 +230,34 @@ def test_shards_of_edited_labels_are_another_set_and_the_shard_count_is_bounded(
         run_prepare(data, tmp_path / "ws", shard=(0, 20_000_000), device="cpu")
 
 
+def test_a_label_file_edited_between_shards_never_mixes_in_the_merge(tmp_path, sample_data):
+    import shutil
+
+    from fercure.stages.prepare import run_prepare
+
+    data = tmp_path / "data"
+    data.mkdir()
+    images = sorted((sample_data / "images" / "happy").glob("*.png"))[:3] + \
+        sorted((sample_data / "images" / "sad").glob("*.png"))[:3]
+    rows = []
+    for i, img in enumerate(images):
+        shutil.copyfile(img, data / f"{i}.png")
+        rows.append((f"{i}.png", img.parent.name))
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\n" + "".join(f"{p},{c}\n" for p, c in rows))
+    ws = Workspace(tmp_path / "ws")
+    kw = dict(labels_file=labels, device="cpu", image_size=32)
+    run_prepare(data, ws, shard=(0, 2), **kw)
+    fixed = [(p, "sad" if c == "happy" else "happy") for p, c in rows]
+    labels.write_text("path,label\n" + "".join(f"{p},{c}\n" for p, c in fixed))
+    s = run_prepare(data, ws, shard=(1, 2), **kw)
+    assert not ws.manifest.exists()  # shard 0 holds the old labels: nothing merged
+    assert any("prepared from other inputs" in n for n in s.notes)
+    run_prepare(data, ws, shard=(0, 2), **kw)  # shard 0 again, on the fixed labels: merged
+    man = read_table(ws.manifest)
+    assert sorted(zip(man["source_path"], man["label"])) == sorted(fixed)
+
+
 # ---------------------------------------------------------------------------------------------
 # A workspace is data
 
