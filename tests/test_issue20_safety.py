@@ -213,6 +213,11 @@ def test_export_refuses_labels_changed_since_the_audit(tmp_path):
         with pytest.raises(ExportError, match="changed since .*audit-labels"):
             run_export(ws, out, fmt=fmt)
         assert not out.exists()
+    man = read_table(make_ws(tmp_path / "ws2").manifest)
+    man["store_index"] = man["store_index"].to_numpy()[::-1]  # prepare re-run: crops in another order
+    write_table(man, Workspace(tmp_path / "ws2").manifest, {"classes": ["happy", "sad", "surprise"]})
+    with pytest.raises(ExportError, match="another crop now"):
+        run_export(tmp_path / "ws2", tmp_path / "img2", fmt="imagefolder")
 
 
 def test_shards_of_edited_labels_are_another_set_and_the_shard_count_is_bounded(tmp_path):

@@ -249,8 +249,8 @@ def run_export(
 
 def check_audit_matches(manifest, audit, ws: Workspace) -> None:
     """The audit must describe the manifest as it is now: the same samples with the same given
-    labels, splits and paths. Labels fixed and prepare re-run since the audit would otherwise be
-    exported with the old labels."""
+    labels, splits, paths, crops and face verdicts. Labels fixed (or images replaced) and prepare
+    re-run since the audit would otherwise be exported with the old labels (or another sample's crop)."""
     m = manifest.set_index(manifest["sample_id"].astype(str))
     a = audit.set_index(audit["sample_id"].astype(str))
     rerun = f"Re-run `fercure train -w {ws.root}` and `fercure audit-labels -w {ws.root}`, then export."
@@ -261,7 +261,8 @@ def check_audit_matches(manifest, audit, ws: Workspace) -> None:
             f"{len(a)} audit rows for {len(m)} samples): the manifest changed after the audit. {rerun}")
     a = a.loc[m.index]
     for mcol, acol, what in (("label", "given_label", "label"), ("split", "split", "split"),
-                             ("source_path", "source_path", "path")):
+                             ("source_path", "source_path", "path"), ("store_index", "store_index", "crop"),
+                             ("face_status", "face_status", "face status")):
         if mcol not in m.columns or acol not in a.columns:
             continue
         differ = m[mcol].astype(str).to_numpy() != a[acol].astype(str).to_numpy()
