@@ -50,7 +50,7 @@ def _cleaned_name(df: pd.DataFrame, key: str) -> str:
 # A decisions file holds at most one short row per audited sample; anything far larger is not one, and
 # reading it whole (JSON objects, CSV dicts) would cost tens of times its size in memory.
 MIN_MAX_BYTES = 1 << 20
-BYTES_PER_SAMPLE = 1024
+BYTES_PER_SAMPLE = 512
 # What the report's CSV writer and fercure's CSV export put before a cell a spreadsheet would run.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
