@@ -499,8 +499,10 @@ def export_cleaned(
     format: Format = typer.Option(Format.parquet, "--format", help="parquet (the cleaned table), csv (with a provenance JSON beside it), imagefolder (OUT/<split>/<class>/ image files for torchvision's ImageFolder and datasets' imagefolder) or hf (Parquet with an Image column and ClassLabel names for datasets.load_dataset('parquet'))."),
     images: Images = typer.Option(Images.crops, "--images", help="imagefolder / hf: the aligned face crops (PNG) or the original files."),
     link: Link = typer.Option(Link.symlink, "--link", help="imagefolder with --images originals: symlink the originals or copy them."),
-    force: bool = typer.Option(False, help="Overwrite an existing output file."),
-    decisions: Optional[Path] = typer.Option(None, "--decisions", help="A reviewer's decisions (CSV or JSON saved from the review report): each overrides fercure's action for its sample; invalid rows are listed and skipped."),
+    force: bool = typer.Option(False, help="Overwrite an existing output file, or an earlier imagefolder export (never a folder fercure did not write)."),
+    decisions: Optional[Path] = typer.Option(None, "--decisions", help="A reviewer's decisions (CSV or JSON saved from the review report): each overrides fercure's action for its sample; invalid rows are listed and skipped (the export fails when none applies)."),
+    strict: bool = typer.Option(False, "--strict", help="Fail, writing nothing, when any --decisions row cannot be applied."),
+    allow_weak_drop: bool = typer.Option(False, "--allow-weak-drop", help="With --policy drop on a model the audit judged weak: drop its flagged rows anyway (refused without it)."),
     wait: bool = WaitOpt,
     json_out: bool = JsonOpt,
 ) -> None:
@@ -513,7 +515,8 @@ def export_cleaned(
     with lock:
         try:
             summary = run_export(workspace, output, policy=policy.value, fmt=format.value, force=force,
-                                 decisions=decisions, images=images.value, link=link.value)
+                                 decisions=decisions, images=images.value, link=link.value, strict=strict,
+                                 allow_weak_drop=allow_weak_drop)
         except WorkspaceError as e:
             _fail(str(e))
     _emit(summary, "export-cleaned", workspace, json_out)
@@ -595,8 +598,19 @@ def demo(
     data = data or find_sample_data()
     if data is None or not (data / "labels.csv").exists():
         _fail("sample_data/ not found: pass --data PATH (a folder with images/ and labels.csv).")
+    _check_demo_workspace(workspace, data)  # before the lock writes anything there
     with _locked(workspace, wait, create=True):  # one lock over all four stages
         _demo_stages(data, workspace, limit, epochs, image_size, batch_size, device, force, json_out)
+
+
+def _check_demo_workspace(workspace: Path, data: Path) -> None:
+    """The demo's workspace may not lie in its input folder: refuse before anything (the lock,
+    demo-labels.csv) is written there."""
+    from fercure.workspace import is_inside
+
+    if is_inside(workspace, data):
+        _fail(f"--workspace {workspace} lies inside the sample data {data}; fercure never writes into its input. "
+              "Choose a workspace outside it, e.g. -w demo-ws.")
 
 
 def _demo_stages(data: Path, workspace: Path, limit: int | None, epochs: int, image_size: int,

@@ -70,8 +70,10 @@ def next_step(stage: str, summary: Any, workspace: Path | str | None) -> dict[st
 
 def _load_hint(fmt: str, output: Path) -> str:
     return {
-        "parquet": f"train on it: pandas.read_parquet('{output}') (clean_label; action != 'drop')",
-        "csv": f"train on it: pandas.read_csv('{output}', keep_default_na=False) (clean_label; action != 'drop')",
+        "parquet": f"train on it: pandas.read_parquet('{output}') (clean_label where action is keep or relabel; "
+                   "review rows wait for a person: --decisions)",
+        "csv": f"train on it: pandas.read_csv('{output}', keep_default_na=False) (clean_label where action is keep or "
+               "relabel; review rows wait for a person: --decisions)",
         "imagefolder": f"train on it: torchvision.datasets.ImageFolder('{Path(output) / 'train'}') "
                        f"or datasets.load_dataset('imagefolder', data_dir='{output}')",
         "hf": f"train on it: datasets.load_dataset('parquet', data_files='{output}', split='train')",

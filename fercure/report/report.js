@@ -195,7 +195,8 @@
   }
 
   // --- saving decisions: a download made in the page, no server
-  function csvCell(s) { s = String(s); return /[",\r\n]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s; }
+  // A leading = + - @ tab or CR would run as a spreadsheet formula: prefix ' (read back by fercure.decisions).
+  function csvCell(s) { s = String(s); if (/^[=+\-@\t\r]/.test(s)) s = "'" + s; return /[",\r\n]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s; }
   function decisionList() {
     return Object.keys(decisions).sort().map(function (id) {
       var d = decisions[id];

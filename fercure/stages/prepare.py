@@ -41,6 +41,7 @@ from fercure.workspace import (
     WorkspaceError,
     atomic_path,
     check_output_path,
+    claim,
     read_metadata,
     read_table,
     write_table,
@@ -414,7 +415,9 @@ def run_prepare(
             + (f" with labels from {labels_file}" if labels_file else " (expected class subfolders: INPUT/<class>/<image>)")
             + f"; {len(rejects)} rows were rejected (see the summary)."
         )
-    ws.root.mkdir(parents=True, exist_ok=True)
+    if shard is not None:
+        check_shard_count(shard, len(samples), input_root)
+    claim(ws.root)  # creates the folder; marks it fercure's when it was new or empty
     # The manifest's row order is discovery order, whichever shard processed a row.
     samples = samples.assign(_order=np.arange(len(samples)))
     shard_dir = None
@@ -422,6 +425,7 @@ def run_prepare(
         ws.remove_stale_temps()  # under the caller's lock; a shard holds none while it works
     else:
         shard_dir = ws.faces_dir / "shards" / _shard_set_key(samples, settings, shard[1])
+        notes.extend(_other_input_sets(ws, shard_dir, shard[1]))
         samples = samples[shard_of(samples["sample_id"], shard[1]) == shard[0]]
         _remove_own_temps(shard_dir, shard[0])
     paths = [input_root / p for p in samples["source_path"]]
@@ -653,9 +657,31 @@ def shard_of(sample_ids: pd.Series, n: int) -> np.ndarray:
 
 def _shard_set_key(samples: pd.DataFrame, settings: PrepareSettings, n: int) -> str:
     """Names the set of shards one input, one set of settings and one N make: shards of another
-    input or settings never mix with these."""
-    ids = hashlib.sha1("\n".join(samples["sample_id"]).encode()).hexdigest()[:12]
-    return f"{settings.fingerprint()}-{ids}-of-{n}"
+    input or settings never mix with these. The input is every sample's id, label and split, so a
+    label file edited between two shards' runs makes a new set instead of a mixed manifest."""
+    h = hashlib.sha1()
+    for sid, label, split in zip(samples["sample_id"], samples["label"], samples["split"]):
+        h.update(f"{sid}\t{label}\t{split}\n".encode("utf-8", "surrogateescape"))
+    return f"{settings.fingerprint()}-{h.hexdigest()[:12]}-of-{n}"
+
+
+def check_shard_count(shard: tuple[int, int], n_samples: int, input_root: Path) -> None:
+    """More shards than samples leaves shards with nothing to do, and N itself costs work (the
+    merge looks for N files): refuse, so the work stays bounded by the number of samples."""
+    if shard[1] > n_samples:
+        raise WorkspaceError(f"--shard {shard[0]}/{shard[1]}: {shard[1]:,} shards for {n_samples:,} samples under "
+                             f"{input_root}; use at most {n_samples:,} shards (e.g. one per machine or GPU).")
+
+
+def _other_input_sets(ws: Workspace, shard_dir: Path, n: int) -> list[str]:
+    """A note for each unmerged shard set of the same N and settings made from other inputs (the
+    label file or the folder changed between shard runs): those shards are never merged with these."""
+    prefix = shard_dir.name.split("-", 1)[0]
+    others = [d for d in _shard_sets(ws) if d != shard_dir and d.name.startswith(prefix + "-")
+              and d.name.endswith(f"-of-{n}")]
+    return [f"warning: the shards in {d} were prepared from other inputs (the label file or the images changed "
+            f"since); they are not merged with this run's. Run every shard 0..{n - 1} again with the current "
+            f"inputs, and delete {d}." for d in others]
 
 
 def _shard_name(i: int, n: int) -> str:
