@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -93,8 +94,11 @@ class Link(str, Enum):
 
 def _fail(message: str, code: int = 1) -> None:
     from fercure.console import err_console, text
+    from fercure import launch
 
-    err_console.print(f"[bold red]error:[/] {text(message)}", highlight=False, soft_wrap=True)
+    launch.record_error(message)  # a rank of `--nproc N`: the launcher prints it once
+    if int(os.environ.get("RANK", "0")) == 0 or not launch.launched_rank():
+        err_console.print(f"[bold red]error:[/] {text(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -228,12 +232,12 @@ def _run(fn, title: str, as_json: bool | None = False, quiet: bool = False, **kw
     return summary
 
 
-def _launch_ranks(nproc: int) -> None:
-    """`fercure train --nproc N`: the same command under torchrun with N processes on this machine
-    (torchrun's own launcher; fercure adds no transport). Exits with torchrun's status."""
-    import os
-    import subprocess
+def _launch_ranks(nproc: int, workspace: Path, wait: bool) -> None:
+    """`fercure train --nproc N`: the same command as N rank processes on this machine
+    (fercure.train.launch), which die with this command; it holds the workspace lock for them."""
     import sys
+
+    from fercure import launch
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         _fail("--nproc starts the ranks itself; under torchrun (or another launcher) leave it out.", 2)
@@ -245,12 +249,11 @@ def _launch_ranks(nproc: int) -> None:
             skip = True
         elif not a.startswith("--nproc="):
             args.append(a)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "fercure", "train", *args]
-    try:
-        code = subprocess.call(cmd)
-    except KeyboardInterrupt:
-        code = 130
+    from fercure.console import err_console, text
+
+    with _locked(workspace, wait):
+        code = launch.run_ranks(args, nproc, log=lambda line: err_console.print(
+            f"[bold red]error:[/] {text(line)}", highlight=False, soft_wrap=True))
     raise typer.Exit(code)
 
 
@@ -410,15 +413,18 @@ def train(
 
     from fercure.workspace import Workspace
 
+    from fercure import launch
+
     if nproc > 1:
-        _launch_ranks(nproc)
+        _launch_ranks(nproc, workspace, wait)
     try:
         rank = env_world().rank
     except DistributedError as e:
         _fail(str(e))
-    # Under torchrun rank 0 holds the lock for the whole data-parallel run; the other ranks are
-    # part of the same command.
-    lock = _locked(workspace, wait) if rank == 0 else contextlib.nullcontext()
+    launch.watch_launcher()
+    # Under torchrun rank 0 holds the lock for the whole data-parallel run (under `--nproc N` the
+    # launcher does); the other ranks are part of the same command.
+    lock = _locked(workspace, wait) if rank == 0 and not launch.launched_rank() else contextlib.nullcontext()
     with lock:  # prepare must not replace the store and manifest mid-run
         try:
             if pretrained is not None:
@@ -437,8 +443,16 @@ def train(
             ensemble=max(ensemble, 3) if thorough else ensemble,
             distill_generations=distill_generations, folds=folds, store=store.value,
         )
-        _run(run_train, "train", as_json=json_out, quiet=rank != 0, workspace=workspace, config=config,
-             resume=resume)
+        try:
+            _run(run_train, "train", as_json=json_out, quiet=rank != 0, workspace=workspace, config=config,
+                 resume=resume)
+        except typer.Exit:
+            raise
+        except Exception:
+            # A collective whose peer stopped with a clear message: that message is the one to show.
+            if launch.launched_rank() and launch.peer_failed():
+                raise typer.Exit(1) from None
+            raise
 
 
 @app.command(
