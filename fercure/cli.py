@@ -23,7 +23,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode=None,  # plain click help: wraps every line at the terminal width, cuts nothing
 )
 
 WorkspaceOpt = typer.Option(..., "--workspace", "-w", help="Workspace folder shared by all stages.")
@@ -90,6 +90,14 @@ class Images(str, Enum):
 class Link(str, Enum):
     symlink = "symlink"
     copy = "copy"
+
+
+def _examples(text: str) -> str:
+    """An epilog of example commands, each on one line as typed: click rewraps a help paragraph
+    to the terminal width unless it starts with \\b, and a wrapped command cannot be pasted."""
+    head, _, body = text.partition("\n\n")
+    lines = [line[2:] if line.startswith("  ") else line for line in body.split("\n\n") if line.strip()]
+    return head + "\n\n\b\n" + "\n".join(lines)
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -282,12 +290,12 @@ def main(
 
 
 @app.command(
-    epilog="Examples:\n\n"
-    "  fercure prepare data/images -w ws                       # data/images/<class>/*.jpg\n\n"
-    "  fercure prepare data -l data/labels.csv -w ws           # labels.csv: path,label[,split]\n\n"
+    epilog=_examples("Examples:\n\n"
+    "  # data/images/<class>/*.jpg\n\n  fercure prepare data/images -w ws\n\n"
+    "  # labels.csv: path,label[,split]\n\n  fercure prepare data -l data/labels.csv -w ws\n\n"
     "  fercure prepare fer -l labels.csv -w ws --on-no-face keep --device cuda\n\n"
-    "  fercure prepare data -w ws --shard 0/4   # ... --shard 3/4, on any machines sharing ws\n\n"
-    "  fercure prepare --merge -w ws            # combine the shards (the last one does it itself)"
+    "  # ... up to --shard 3/4, on any machines sharing ws\n\n  fercure prepare data -w ws --shard 0/4\n\n"
+    "  # combine the shards (the last one does it itself)\n\n  fercure prepare --merge -w ws")
 )
 def prepare(
     input_root: Optional[Path] = typer.Argument(None, help="Folder of class subfolders, or the root that the label file's paths are relative to."),
@@ -364,11 +372,12 @@ def parse_backbone_args(items: list[str]) -> dict[str, object]:
 
 
 @app.command(
-    epilog="Examples:\n\n"
-    "  fercure train -w ws                                   # resnet18 from scratch, 20 epochs\n\n"
+    epilog=_examples("Examples:\n\n"
+    "  fercure train -w ws                      # resnet18 from scratch, 20 epochs\n\n"
     "  fercure train -w ws --epochs 30 --thorough --device cuda\n\n"
-    "  fercure train -w ws --selfcure --reliability          # the SCN + ARBEx methods\n\n"
-    "  fercure train -w ws --pretrained resnet18.pth         # a local state dict"
+    "  fercure train -w ws --selfcure --reliability     # the SCN + ARBEx methods\n\n"
+    "  fercure train -w ws --pretrained resnet18.pth    # a local state dict\n\n"
+    "  fercure train -w ws --nproc 2                    # data-parallel, 2 processes")
 )
 def train(
     workspace: Path = WorkspaceOpt,
@@ -401,7 +410,7 @@ def train(
     folds: int = typer.Option(0, min=0, help="Cross-fitting folds for out-of-sample probabilities (0: off)."),
     resume: bool = typer.Option(False, help="Continue the latest unfinished run from its last epoch checkpoint."),
     store: StoreMode = typer.Option(StoreMode.auto, help="Crops resident on the device, or streamed from the memory-mapped store per batch (auto: stream when they would take over half the free memory)."),
-    nproc: int = typer.Option(1, min=1, help="Train data-parallel with this many processes on this machine (starts torchrun; one per GPU, or CPU processes over gloo). For several machines run torchrun yourself (README, Scaling out)."),
+    nproc: int = typer.Option(1, min=1, help="Train data-parallel with this many processes on this machine (fercure starts them and they stop with it; one per GPU, or CPU processes over gloo). For several machines run torchrun yourself (README, Scaling out)."),
     wait: bool = WaitOpt,
     json_out: bool = JsonOpt,
 ) -> None:
@@ -457,7 +466,9 @@ def train(
 
 @app.command(
     "audit-labels",
-    epilog="Examples:\n\n  fercure audit-labels -w ws\n\n  fercure audit-labels -w ws --report audit.html --run 20261122-1200-resnet18-ab12",
+    epilog=_examples("Examples:\n\n  fercure audit-labels -w ws\n\n"
+                     "  fercure audit-labels -w ws --report audit.html \\\n\n"
+                     "      --run 20261122-1200-resnet18-ab12"),
 )
 def audit_labels(
     workspace: Path = WorkspaceOpt,
@@ -491,12 +502,16 @@ def audit_labels(
 
 @app.command(
     "export-cleaned",
-    epilog="Examples:\n\n  fercure export-cleaned -w ws -o cleaned.parquet\n\n"
+    epilog=_examples("Examples:\n\n  fercure export-cleaned -w ws -o cleaned.parquet\n\n"
     "  fercure export-cleaned -w ws -o cleaned.csv --format csv --policy drop --force\n\n"
-    "  fercure export-cleaned -w ws -o cleaned.parquet --decisions decisions.csv   # saved from WS/report.html\n\n"
-    "  fercure export-cleaned -w ws -o cleaned-images --format imagefolder      # OUT/<split>/<class>/*.png\n\n"
-    "  fercure export-cleaned -w ws -o cleaned-images --format imagefolder --images originals --link copy\n\n"
-    "  fercure export-cleaned -w ws -o cleaned-hf.parquet --format hf          # datasets.load_dataset(\"parquet\", ...)",
+    "  # decisions saved from WS/report.html (the file name ends with the run id)\n\n"
+    "  fercure export-cleaned -w ws -o cleaned.parquet --decisions decisions-RUN.csv\n\n"
+    "  # OUT/<split>/<class>/*.png\n\n"
+    "  fercure export-cleaned -w ws -o cleaned-images --format imagefolder\n\n"
+    "  fercure export-cleaned -w ws -o cleaned-images --format imagefolder \\\n\n"
+    "      --images originals --link copy\n\n"
+    "  # for datasets.load_dataset(\"parquet\", ...)\n\n"
+    "  fercure export-cleaned -w ws -o cleaned-hf.parquet --format hf"),
 )
 def export_cleaned(
     workspace: Path = WorkspaceOpt,
@@ -583,7 +598,8 @@ def _demo_scorecard(data: Path, workspace: Path, quiet: bool = False) -> dict | 
     return card
 
 
-@app.command(epilog="Examples:\n\n  fercure demo -w demo-ws\n\n  fercure demo -w demo-ws --limit 12 --epochs 5   # 12 images per class, under a minute")
+@app.command(epilog=_examples("Examples:\n\n  fercure demo -w demo-ws\n\n"
+                              "  # 12 images per class, under a minute\n\n  fercure demo -w demo-ws --limit 12 --epochs 5"))
 def demo(
     workspace: Path = typer.Option(Path("demo-ws"), "--workspace", "-w"),
     data: Optional[Path] = typer.Option(None, help="Sample data folder: images/, labels.csv and, for the scorecard, ferplus_reference.csv (default: the repo's sample_data/)."),
@@ -653,6 +669,11 @@ def _demo_stages(data: Path, workspace: Path, limit: int | None, epochs: int, im
         console.print(f"Review report: {report} (open it in a browser, record decisions, save them, then "
                       f"`fercure export-cleaned -w {workspace} -o cleaned.parquet --force --decisions "
                       "decisions.csv`).", soft_wrap=True, highlight=False)
+
+
+# The command list shows each command's first sentence in full (click would cut it to fit one line).
+for _command in app.registered_commands:
+    _command.short_help = _command.short_help or " ".join((_command.callback.__doc__ or "").split("\n\n")[0].split())
 
 
 if __name__ == "__main__":  # pragma: no cover
