@@ -666,9 +666,12 @@ def _demo_stages(data: Path, workspace: Path, limit: int | None, epochs: int, im
         typer.echo(json.dumps({"stages": [summary_json(s, t, workspace) for t, s in summaries],
                                "scorecard": card, "report": str(report)}, ensure_ascii=False, default=str))
     else:
-        console.print(f"Review report: {report} (open it in a browser, record decisions, save them, then "
-                      f"`fercure export-cleaned -w {workspace} -o cleaned.parquet --force --decisions "
-                      "decisions.csv`).", soft_wrap=True, highlight=False)
+        from fercure.report.page import export_command
+
+        run_id = summaries[1][1].run_id
+        console.print(f"Review report: {report} (open it in a browser, record decisions, save them, then, "
+                      f"in the folder the browser saved them to: `{export_command(str(workspace), run_id)}`).",
+                      soft_wrap=True, highlight=False)
 
 
 # The command list shows each command's first sentence in full (click would cut it to fit one line).
