@@ -161,18 +161,22 @@ def _render(summary: object, title: str) -> None:
         label = f.name.replace("_", " ")
         if isinstance(value, dict):
             if value and all(isinstance(v, int) and not isinstance(v, bool) for v in value.values()):
-                extras.append(counts_table(label, value, key=label.split()[0]))
+                extras.append(counts_table(label, value, key=label.split()[0], limit=TABLE_MAX_ROWS))
             elif value:
                 flat = {str(k): _fmt(v) for k, v in value.items() if not isinstance(v, (dict, list))}
                 if flat:
                     extras.append(kv_table(label, flat))
         elif isinstance(value, pd.DataFrame):
             if not value.empty:
-                t = Table(title=label, title_justify="left")
+                shown = value.iloc[:TABLE_MAX_ROWS, :TABLE_MAX_COLS]
+                cut = [f"{n} more {what}" for n, what in ((len(value) - len(shown), "rows"),
+                                                         (value.shape[1] - shown.shape[1], "columns")) if n > 0]
+                t = Table(title=label, title_justify="left",
+                          caption=f"({', '.join(cut)}: see --json or the workspace's files)" if cut else None)
                 t.add_column("")
-                for c in value.columns:
+                for c in shown.columns:
                     t.add_column(text(c), justify="right")
-                for idx, row in value.iterrows():
+                for idx, row in shown.iterrows():
                     cells = [text(_fmt(v.item() if hasattr(v, "item") else v)) for v in row.tolist()]
                     t.add_row(text(idx), *cells)
                 extras.append(t)
@@ -195,6 +199,30 @@ def _render(summary: object, title: str) -> None:
         console.print(Panel(text(warning), title="warning", border_style="bold red"))
 
 
+# --json and the terminal tables stay bounded whatever the class count (a 900-class transition
+# matrix printed in full was 170 MB): the full tables are in the workspace's files.
+JSON_MAX_LIST = 1000  # items of any one list in --json
+JSON_MAX_MAP = 100  # entries of any one mapping (a table is a mapping of mappings: 100 × 100)
+TABLE_MAX_ROWS, TABLE_MAX_COLS = 50, 12  # a summary table in the terminal
+
+
+def bound_json(value, left_out: dict[str, int] | None = None, field: str = ""):
+    """``value`` with every list cut to JSON_MAX_LIST items and every mapping to JSON_MAX_MAP
+    entries; ``left_out`` counts what was cut, per top-level field. Pure."""
+    left_out = {} if left_out is None else left_out
+    if isinstance(value, dict):
+        items = list(value.items())
+        limit = JSON_MAX_MAP if field else len(items)  # the summary's own fields all stay
+        if len(items) > limit:
+            left_out[field] = left_out.get(field, 0) + len(items) - limit
+        return {k: bound_json(v, left_out, field or str(k)) for k, v in items[:limit]}
+    if isinstance(value, list):
+        if len(value) > JSON_MAX_LIST:
+            left_out[field] = left_out.get(field, 0) + len(value) - JSON_MAX_LIST
+        return [bound_json(v, left_out, field) for v in value[:JSON_MAX_LIST]]
+    return value
+
+
 def _emit(summary: object, title: str, workspace: object, as_json: bool) -> None:
     """The summary: JSON on stdout (``--json``), or tables, then where the outputs are and what
     to run next."""
@@ -204,6 +232,11 @@ def _emit(summary: object, title: str, workspace: object, as_json: bool) -> None
     if as_json:
         import json
 
+        left: dict[str, int] = {}
+        data = bound_json(data, left)
+        if left:
+            data["left_out"] = {k: f"{n} entries not listed here (the workspace's files hold them all)"
+                                for k, n in left.items()}
         typer.echo(json.dumps(data, ensure_ascii=False))
         return
     from fercure.console import console, text
