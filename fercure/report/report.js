@@ -210,7 +210,11 @@
   }
   // The fixed decisions bar must never cover the end of the page (a chip's ×, the last cards),
   // however many lines it wraps to.
-  function pad() { document.body.style.paddingBottom = ($('bar').offsetHeight + 16) + 'px'; }
+  function pad() {
+    var h = $('bar').offsetHeight + 16;
+    document.body.style.paddingBottom = h + 'px';
+    document.documentElement.style.scrollPaddingBottom = h + 'px';  // scrolling into view stops above it
+  }
   window.addEventListener('resize', pad);
   function chip(text, clear) {
     var c = el('span', {'class': 'chip'}, text + ' ');
