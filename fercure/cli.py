@@ -9,6 +9,12 @@ from enum import Enum
 from pathlib import Path
 from typing import Optional
 
+# OpenMP threads that wait spin on their core by default; beside other work (another training job,
+# a browser) that spinning took the cores the work needed: on the shared 2-core machine `train` took
+# about half the CPU time and 30-40 % less wall time with a passive wait (benchmarks/bench_contention.py,
+# RESULTS.md). Set before anything imports torch (this module does not); a value the user set stays.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import typer
 
 from fercure import __version__

@@ -75,3 +75,20 @@ def test_examples_are_one_command_per_line():
         for line in lines:
             s = line.strip()
             assert not s or s.startswith(("fercure ", "#", "--")), (name, line)
+
+
+def test_cli_waits_passively_unless_told_otherwise():
+    """The CLI sets OMP_WAIT_POLICY=PASSIVE before torch (and its OpenMP runtime) loads, and keeps
+    the user's own setting (benchmarks/bench_contention.py measured why)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, sys; import fercure.cli; assert 'torch' not in sys.modules; import torch; "
+            "print(os.environ.get('OMP_WAIT_POLICY'))")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "PASSIVE", out.stderr
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                         capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "ACTIVE", out.stderr
