@@ -111,7 +111,7 @@ def _fail(message: str, code: int = 1) -> None:
     from fercure import launch
 
     launch.record_error(message)  # a rank of `--nproc N`: the launcher prints it once
-    if int(os.environ.get("RANK", "0")) == 0 or not launch.launched_rank():
+    if not launch.launched_rank() or os.environ.get("RANK", "0").strip() in ("", "0"):
         err_console.print(f"[bold red]error:[/] {text(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
