@@ -11,7 +11,7 @@ from typing import Optional
 
 # OpenMP threads that wait spin on their core by default; beside other work (another training job,
 # a browser) that spinning took the cores the work needed: on the shared 2-core machine `train` took
-# about half the CPU time and 30-40 % less wall time with a passive wait (benchmarks/bench_contention.py,
+# about half the CPU time and 23-53 % less wall time with a passive wait (benchmarks/bench_contention.py,
 # RESULTS.md). Set before anything imports torch (this module does not); a value the user set stays.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -281,7 +281,7 @@ def _run(fn, title: str, as_json: bool | None = False, quiet: bool = False, **kw
 
 def _launch_ranks(nproc: int, workspace: Path, wait: bool) -> None:
     """`fercure train --nproc N`: the same command as N rank processes on this machine
-    (fercure.train.launch), which die with this command; it holds the workspace lock for them."""
+    (fercure.launch), which die with this command; it holds the workspace lock for them."""
     import sys
 
     from fercure import launch
@@ -702,8 +702,10 @@ def _demo_stages(data: Path, workspace: Path, limit: int | None, epochs: int, im
     if as_json:
         import json
 
-        typer.echo(json.dumps({"stages": [summary_json(s, t, workspace) for t, s in summaries],
-                               "scorecard": card, "report": str(report)}, ensure_ascii=False, default=str))
+        left: dict[str, int] = {}
+        stages = [bound_json(summary_json(s, t, workspace), left) for t, s in summaries]
+        typer.echo(json.dumps({"stages": stages, "scorecard": card, "report": str(report),
+                               **({"left_out": left} if left else {})}, ensure_ascii=False, default=str))
     else:
         from fercure.report.page import export_command
 
