@@ -59,7 +59,9 @@ def next_step(stage: str, summary: Any, workspace: Path | str | None) -> dict[st
     if stage == "audit-labels":
         outputs = [str(summary.audit_path)] + ([str(summary.report_path)] if summary.report_path else [])
         return {"outputs": outputs,
+                # --force when an earlier export (the demo's) is there: the hint must run as printed
                 "next": f"fercure export-cleaned -w {ws} -o {ws / 'cleaned.parquet'}"
+                        + (" --force" if (ws / "cleaned.parquet").exists() else "")
                         + (f"  (review {summary.report_path} first; add --decisions FILE with the "
                            "decisions saved from it)" if summary.report_path else "")}
     if stage == "export-cleaned":

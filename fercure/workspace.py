@@ -282,8 +282,12 @@ class Workspace:
 
     def require(self, path: Path, stage: str) -> Path:
         if not path.exists():
+            # prepare needs its input folder, which an unprepared workspace cannot name
+            what = ("prepare INPUT_FOLDER" if stage == "prepare" else stage)
+            where = (" (INPUT_FOLDER: your images, one subfolder per class, or add -l LABELS_FILE)"
+                     if stage == "prepare" else "")
             raise WorkspaceError(
-                f"{path} does not exist. Run `fercure {stage} -w {self.root}` first."
+                f"{path} does not exist. Run `fercure {what} -w {self.root}` first{where}."
             )
         return path
 

@@ -147,6 +147,19 @@ def _new_run_id(config: TrainConfig) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-{secrets.token_hex(2)}"
 
 
+def check_resume_world(saved: dict[str, Any], size: int, run_id: str, root: Path) -> None:
+    """A run resumes only with the number of processes it started with: each rank's sample share
+    and random streams are in the checkpoint, so another count would continue neither run."""
+    started = int(saved.get("world_size", 1) or 1)
+    if started != size:
+        how = "with `--nproc {0}`" if started > 1 else "in one process (without --nproc)"
+        raise WorkspaceError(
+            f"Run {run_id} was started {how.format(started)} and cannot be resumed with {size} "
+            f"process{'es' if size != 1 else ''}: its checkpoint holds {started} rank(s)' state, so the result "
+            f"would match neither run. Resume it with `fercure train -w {root} --resume"
+            f"{f' --nproc {started}' if started > 1 else ''}`, or start a new run without --resume.")
+
+
 def _unfinished_run(ws: Workspace) -> str | None:
     if not ws.runs_dir.exists():
         return None
@@ -312,6 +325,7 @@ def _run_train(ws: Workspace, config: TrainConfig, resume: bool, reporter: Repor
         run_dir = ws.run_dir(run_id)
         started.append(run_id)
         saved = json.loads((run_dir / "config.json").read_text())
+        check_resume_world(saved, world.size, run_id, ws.root)
         saved_cfg = TrainConfig.from_dict(saved)
         if saved_cfg.to_dict() != config.to_dict():
             reporter.log(f"train: resuming {run_id} with its saved configuration.")

@@ -1,9 +1,10 @@
 """Data-parallel training over torch.distributed: who owns which sample, how a rank's epoch is cut
 into steps, and the few collectives that keep every rank's per-sample tables whole.
 
-fercure adds no launcher or transport of its own: torchrun (or any launcher that sets RANK,
-WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT) starts one process per GPU (or CPU slot), and
-``setup`` joins them into one process group, NCCL on CUDA and gloo on CPU.
+fercure adds no transport of its own: torchrun, ``fercure train --nproc N`` (``fercure.launch``,
+which starts the ranks as children that die with it), or any launcher that sets RANK, WORLD_SIZE,
+LOCAL_RANK, MASTER_ADDR and MASTER_PORT starts one process per GPU (or CPU slot), and ``setup``
+joins them into one process group, NCCL on CUDA and gloo on CPU.
 
 Ownership is by store row: rank r owns the crops whose store row is ≡ r (mod world). It is the same
 for every fit of a run (members, folds, the retrain), so a rank uploads (or streams) only its share
