@@ -99,6 +99,20 @@ def lowest_share_per_group(score: np.ndarray, group: np.ndarray, share: float) -
     return out
 
 
+def matched_cut(score: np.ndarray, confirmed: np.ndarray, rate: float) -> float:
+    """The score cut c for which the share of rows with score ≤ c that are also ``confirmed``
+    comes closest to ``rate`` (the lower cut on a tie; −inf when the rate is 0 or there are no
+    rows): it lets a one-view rule flag a group as often as a two-view rule flags a like group."""
+    score = np.asarray(score, float)
+    ok = np.isfinite(score)
+    score, confirmed = score[ok], np.asarray(confirmed, bool)[ok]
+    if len(score) == 0 or rate <= 0:
+        return -np.inf
+    order = np.argsort(score, kind="stable")
+    got = np.cumsum(confirmed[order]) / len(score)  # flag share with the cut at each sorted score
+    return float(score[order][int(np.argmin(np.abs(got - rate)))])
+
+
 def suspects(score: np.ndarray, plan: RunPlan, share: float) -> np.ndarray:
     """The trained (not probe, not planted) samples in the lowest ``share`` of them by the first-stage score."""
     trained = estimator_group(plan) == 0
@@ -214,7 +228,17 @@ def aggregate(plan: RunPlan, members: Sequence[dict[str, Any]], retrain: dict[st
         cols["retrain_p_given"] = s2
         cols["retrain_held_out"] = dropped
         cols["retrain_probs"] = rp
-    cols["retrain_suspect"] = lowest_share_per_group(suspect_score, group, config.retrain_drop)
+    suspect = lowest_share_per_group(suspect_score, group, config.retrain_drop)
+    if retrain is not None and ho.any() and pl.any():
+        # A planted row has one flip-free view (the second model's), where a probe row has two
+        # independent ones; picking its suspects by that same view and confirming with it would
+        # over-flag the planted. The probe, held out of both models and drawn the same way, says
+        # how often the two-step rule flags a random row: the planted suspects are the rows under
+        # the second model's p(given) cut that flags the probe at that rate by the second model alone.
+        disagree = np.argmax(np.nan_to_num(rp, nan=-1.0), axis=1) != given
+        cut = matched_cut(rp[ho, given[ho]], disagree[ho], float((suspect & disagree)[ho].mean()))
+        suspect[pl] = rp[pl, given[pl]] <= cut
+    cols["retrain_suspect"] = suspect
 
     # ---- self-check: how the first score ranks the planted flips among the trained samples
     self_check: dict[str, Any] = {"n_planted": int(pl.sum()), "plant_rate": float(config.plant_rate)}
