@@ -84,7 +84,7 @@ import pandas as pd
 
 # Signals that can make up label_score, each mapped to 0..1 with low = likely wrong.
 SIGNALS = ("confidence", "confidence_variability", "aum", "last", "self_confidence", "oof", "reliability",
-           "importance", "retrain", "fusion", "knn", "eval")
+           "importance", "retrain", "fusion", "knn", "eval", "logit_adjusted")
 # max of μ + σ for a variable in [0, 1]: σ² ≤ μ(1 − μ) (Bhatia–Davis), so μ + σ ≤ (1 + √2) / 2.
 _MAX_MEAN_PLUS_STD = (1.0 + np.sqrt(2.0)) / 2.0
 THRESHOLD_METHODS = ("retrain", "noise_rate", "planted", "mixture", "confident_joint")
@@ -148,60 +148,87 @@ def class_distribution(predictions: pd.DataFrame, classes: Sequence[str],
     return probs.reshape(-1, k)
 
 
+@dataclass(frozen=True)
+class SignalInputs:
+    """What a signal function reads: the predictions table, the audit distribution, the given
+    labels, and the two quantities most signals share (mean p(given) and its spread over epochs)."""
+
+    predictions: pd.DataFrame
+    probs: np.ndarray  # (n, K)
+    given: np.ndarray  # (n,)
+    conf: np.ndarray  # mean p(given) over epochs (the distribution's p(given) where absent)
+    std: np.ndarray  # its spread over epochs (the typical spread where a row has none)
+
+    def col(self, name: str) -> np.ndarray:
+        if name in self.predictions.columns:
+            return self.predictions[name].to_numpy(dtype=float)
+        return np.full(len(self.predictions), np.nan)
+
+
+def _logit_adjusted(x: SignalInputs) -> np.ndarray:
+    """p(given) after dividing every class's probability by its share of the given labels and
+    renormalising (post-hoc logit adjustment, Menon et al. 2021): a sample is compared with what
+    its class's size alone would make the model say, so a rare class's members stop sinking
+    together, and within a class a sample whose mass sits on a rare class scores lower."""
+    k = x.probs.shape[1]
+    prior = np.bincount(x.given, minlength=k).astype(float) if len(x.given) else np.ones(k)
+    prior = np.maximum(prior / max(prior.sum(), 1.0), 1e-6)
+    adj = x.probs / prior
+    with np.errstate(invalid="ignore", divide="ignore"):
+        adj = adj / adj.sum(axis=1, keepdims=True)
+    return adj[np.arange(len(x.given)), x.given] if len(x.given) else np.zeros(0)
+
+
+# The label-quality signals, by name: each a function of ``SignalInputs`` → (n,) in 0..1, low =
+# the given label is likely wrong. A new signal is one function and one entry.
+SIGNAL_FUNCS = {
+    "confidence": lambda x: x.conf,
+    # dataset cartography's confidence and variability together: a wrong label stays low *and*
+    # steady, a hard but right one swings
+    "confidence_variability": lambda x: np.clip((x.conf + x.std) / _MAX_MEAN_PLUS_STD, 0.0, 1.0),
+    "aum": lambda x: (x.col("aum") + 1.0) / 2.0,
+    "last": lambda x: x.col("last_p_given"),
+    "self_confidence": lambda x: x.probs[np.arange(len(x.given)), x.given] if len(x.given) else np.zeros(0),
+    "oof": lambda x: x.col("oof_p_given"),
+    "reliability": lambda x: x.col("reliability"),
+    "importance": lambda x: x.col("importance_weight"),
+    # the retrain's second opinion averaged with the first: held out for the suspects it dropped
+    "retrain": lambda x: np.where(np.isfinite(x.col("retrain_p_given")), (x.conf + x.col("retrain_p_given")) / 2.0,
+                                  x.conf),
+    "fusion": lambda x: x.col("fusion_quality"),
+    "knn": lambda x: x.col("knn_agreement"),
+    "eval": lambda x: x.col("mean_p_given_eval"),
+    "logit_adjusted": _logit_adjusted,
+}
+assert tuple(SIGNAL_FUNCS) == SIGNALS
+
+
 def signals_from_predictions(predictions: pd.DataFrame, probs: np.ndarray,
                              given: np.ndarray) -> dict[str, np.ndarray]:
-    """Every label-quality signal the predictions table offers, each mapped to 0..1 (low = wrong).
+    """Every label-quality signal of ``SIGNAL_FUNCS`` the predictions table offers, each in 0..1
+    (low = wrong); absent columns give all-NaN arrays.
 
-    Parameters
-    ----------
-    predictions : DataFrame
-        A run's predictions table (rows aligned with ``probs``).
-    probs : ndarray (n, K)
-        The audit distribution (``class_distribution``), used when ``mean_p_given`` is absent.
-    given : ndarray (n,) of int
-        Given-label indices.
-
-    Returns
-    -------
-    dict of str → ndarray (n,)
-        ``confidence`` mean_p_given; ``confidence_variability`` (mean + std of p_given over epochs)
-        / 1.207, i.e. dataset cartography's confidence and variability together: a wrong label stays
-        low *and* steady, a hard but right one swings; ``aum`` (aum + 1) / 2 (aum is in [-1, 1]); ``last``
-        last_p_given; ``self_confidence`` p_given from final ``p_<class>`` (if given via
-        probs fallback, the audit distribution); ``oof`` oof_p_given; ``reliability``;
-        ``importance`` SCN's α. Absent columns give all-NaN arrays.
+    ``confidence`` mean_p_given; ``confidence_variability`` (mean + std of p_given over epochs) /
+    1.207; ``aum`` (aum + 1) / 2 (aum is in [-1, 1]); ``last`` last_p_given; ``self_confidence``
+    p(given) of the audit distribution; ``oof`` oof_p_given; ``reliability``; ``importance`` SCN's
+    α; ``retrain`` first and second model averaged; ``fusion``; ``knn`` neighbour agreement;
+    ``eval`` mean eval-mode p(given); ``logit_adjusted`` p(given) with the class sizes divided out.
     """
     n = len(predictions)
-    rows = np.arange(n)
+    given = np.asarray(given, dtype=int)
+    p_given = probs[np.arange(n), given] if n else np.zeros(0)
 
     def col(name: str) -> np.ndarray:
-        if name in predictions.columns:
-            return predictions[name].to_numpy(dtype=float)
-        return np.full(n, np.nan)
+        return predictions[name].to_numpy(dtype=float) if name in predictions.columns else np.full(n, np.nan)
 
-    p_given = probs[rows, given] if n else np.zeros(0)
     conf = col("mean_p_given")
     conf = np.where(np.isfinite(conf), conf, p_given)
     std = np.sqrt(np.clip(col("var_p_given"), 0.0, None))
     # Probe and planted samples have no spread of their own (not trained with their given label);
     # they get the typical spread, so their score is their confidence shifted like everyone's.
     std = np.where(np.isfinite(std), std, np.nanmedian(std) if np.isfinite(std).any() else 0.0)
-    out = {
-        "confidence": conf,
-        "confidence_variability": np.clip((conf + std) / _MAX_MEAN_PLUS_STD, 0.0, 1.0),
-        "aum": (col("aum") + 1.0) / 2.0,
-        "last": col("last_p_given"),
-        "self_confidence": p_given,
-        "oof": col("oof_p_given"),
-        "reliability": col("reliability"),
-        "importance": col("importance_weight"),
-        # the retrain's second opinion averaged with the first: held out for the suspects it dropped
-        "retrain": np.where(np.isfinite(col("retrain_p_given")), (conf + col("retrain_p_given")) / 2.0, conf),
-        "fusion": col("fusion_quality"),
-        "knn": col("knn_agreement"),
-        "eval": col("mean_p_given_eval"),
-    }
-    return {k: np.clip(v, 0.0, 1.0) for k, v in out.items()}
+    x = SignalInputs(predictions, probs, given, conf, std)
+    return {k: np.clip(np.asarray(f(x), dtype=float), 0.0, 1.0) for k, f in SIGNAL_FUNCS.items()}
 
 
 def label_quality(signals: Mapping[str, np.ndarray], method: str | Mapping[str, float] = "confidence") -> np.ndarray:
