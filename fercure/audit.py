@@ -4,6 +4,11 @@ The functional core of the audit stage, in the style of cleanlab's ``rank.py`` /
 functions over numpy arrays with no file I/O. ``build_audit`` composes them over the manifest and a
 run's predictions table; ``fercure.stages.audit`` does the reading and writing.
 
+The audit is a pipeline of named steps: ``align_predictions`` → ``score_step`` (a signal or blend of
+``SIGNAL_FUNCS``, then every estimator group put on the trained rows' scale by ``align_groups``) →
+a threshold rule of ``THRESHOLD_RULES`` → ``suggest_step`` (suggestion; confidence bands calibrated
+on the probe) → ``ambiguity`` → ``verdict_table``. A new signal or rule is one function and one entry.
+
 Scores
 ------
 The audit's ``label_score`` column (computed by ``label_quality``) is in 0..1, low = the given label
