@@ -99,11 +99,7 @@ SIGNAL_DIRECTIONS = {
 AUDIT_SCORES: dict[str, Any] = {"confidence": "confidence", "confidence_variability": "confidence_variability",
                                 "aum": "aum", "retrain": "retrain", "fusion": "fusion", "knn": "knn",
                                 "eval": "eval", "confidence+knn": {"confidence": 1.0, "knn": 1.0},
-                                "retrain+knn": {"retrain": 2.0, "knn": 1.0},
-                                # issue 17: within-class ranking candidates
-                                "logit_adjusted": "logit_adjusted",
-                                "confidence_variability+logit_adjusted": {"confidence_variability": 1.0,
-                                                                          "logit_adjusted": 1.0}}
+                                "retrain+knn": {"retrain": 2.0, "knn": 1.0}}
 AUDIT_THRESHOLDS = ("retrain", "noise_rate", "planted")
 
 

@@ -89,7 +89,7 @@ import pandas as pd
 
 # Signals that can make up label_score, each mapped to 0..1 with low = likely wrong.
 SIGNALS = ("confidence", "confidence_variability", "aum", "last", "self_confidence", "oof", "reliability",
-           "importance", "retrain", "fusion", "knn", "eval", "logit_adjusted")
+           "importance", "retrain", "fusion", "knn", "eval")
 # max of μ + σ for a variable in [0, 1]: σ² ≤ μ(1 − μ) (Bhatia–Davis), so μ + σ ≤ (1 + √2) / 2.
 _MAX_MEAN_PLUS_STD = (1.0 + np.sqrt(2.0)) / 2.0
 THRESHOLD_METHODS = ("retrain", "noise_rate", "planted", "mixture", "confident_joint")
@@ -170,20 +170,6 @@ class SignalInputs:
         return np.full(len(self.predictions), np.nan)
 
 
-def _logit_adjusted(x: SignalInputs) -> np.ndarray:
-    """p(given) after dividing every class's probability by its share of the given labels and
-    renormalising (post-hoc logit adjustment, Menon et al. 2021): a sample is compared with what
-    its class's size alone would make the model say, so a rare class's members stop sinking
-    together, and within a class a sample whose mass sits on a rare class scores lower."""
-    k = x.probs.shape[1]
-    prior = np.bincount(x.given, minlength=k).astype(float) if len(x.given) else np.ones(k)
-    prior = np.maximum(prior / max(prior.sum(), 1.0), 1e-6)
-    adj = x.probs / prior
-    with np.errstate(invalid="ignore", divide="ignore"):
-        adj = adj / adj.sum(axis=1, keepdims=True)
-    return adj[np.arange(len(x.given)), x.given] if len(x.given) else np.zeros(0)
-
-
 # The label-quality signals, by name: each a function of ``SignalInputs`` → (n,) in 0..1, low =
 # the given label is likely wrong. A new signal is one function and one entry.
 SIGNAL_FUNCS = {
@@ -203,7 +189,6 @@ SIGNAL_FUNCS = {
     "fusion": lambda x: x.col("fusion_quality"),
     "knn": lambda x: x.col("knn_agreement"),
     "eval": lambda x: x.col("mean_p_given_eval"),
-    "logit_adjusted": _logit_adjusted,
 }
 assert tuple(SIGNAL_FUNCS) == SIGNALS
 
@@ -217,7 +202,7 @@ def signals_from_predictions(predictions: pd.DataFrame, probs: np.ndarray,
     1.207; ``aum`` (aum + 1) / 2 (aum is in [-1, 1]); ``last`` last_p_given; ``self_confidence``
     p(given) of the audit distribution; ``oof`` oof_p_given; ``reliability``; ``importance`` SCN's
     α; ``retrain`` first and second model averaged; ``fusion``; ``knn`` neighbour agreement;
-    ``eval`` mean eval-mode p(given); ``logit_adjusted`` p(given) with the class sizes divided out.
+    ``eval`` mean eval-mode p(given).
     """
     n = len(predictions)
     given = np.asarray(given, dtype=int)

@@ -449,7 +449,7 @@ def audit_labels(
     workspace: Path = WorkspaceOpt,
     run: Optional[str] = typer.Option(None, help="Run id under WS/runs (default: the latest)."),
     report: Optional[Path] = typer.Option(None, help="Where to write the HTML report (default WS/report.html)."),
-    score: str = typer.Option(DEFAULT_SCORE, help="label_score signal: retrain (first and second model averaged), confidence (mean p(given) over epochs), confidence_variability (mean + std), aum, knn (neighbour label agreement), fusion (fitted on planted flips), eval, last, self_confidence, oof, reliability, importance, logit_adjusted (p(given) with the class sizes divided out)."),
+    score: str = typer.Option(DEFAULT_SCORE, help="label_score signal: retrain (first and second model averaged), confidence (mean p(given) over epochs), confidence_variability (mean + std), aum, knn (neighbour label agreement), fusion (fitted on planted flips), eval, last, self_confidence, oof, reliability, importance."),
     threshold_method: ThresholdMethod = typer.Option(ThresholdMethod(DEFAULT_THRESHOLD), help="How is_label_issue is decided without ground truth (docs/METHODS.md)."),
     force: bool = typer.Option(False, help="Overwrite an existing --report file (the default WS/report.html is always rewritten)."),
     wait: bool = WaitOpt,

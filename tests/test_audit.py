@@ -499,15 +499,5 @@ def test_build_audit_calibrates_the_bands_on_probe_rows_only():
     assert not stats["confidence_bands"]["calibrated"]
 
 
-def test_logit_adjusted_reorders_within_a_class_by_where_the_rest_of_the_mass_sits():
-    # three classes, class 2 rare; two samples labelled 0 with the same p(given) = 0.5: the one whose
-    # other mass sits on the rare class is the likelier error once class sizes are divided out
-    given = np.array([0] * 10 + [1] * 8 + [2] * 2 + [0, 0])
-    probs = np.full((len(given), 3), 1 / 3)
-    probs[-2] = [0.5, 0.45, 0.05]
-    probs[-1] = [0.5, 0.05, 0.45]
-    preds = pd.DataFrame({"mean_p_given": probs[np.arange(len(given)), given]})
-    sig = audit.signals_from_predictions(preds, probs, given)
-    assert sig["confidence"][-2] == sig["confidence"][-1]
-    assert sig["logit_adjusted"][-1] < sig["logit_adjusted"][-2]
-    assert set(audit.SIGNAL_FUNCS) == set(audit.SIGNALS)
+def test_every_signal_has_one_function_in_the_table():
+    assert tuple(audit.SIGNAL_FUNCS) == audit.SIGNALS
