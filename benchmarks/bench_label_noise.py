@@ -263,6 +263,59 @@ def signal_metrics(truth: pd.DataFrame, pred: pd.DataFrame, classes: list[str]) 
     return out
 
 
+def curator_metrics(truth: pd.DataFrame, table: pd.DataFrame, stats: dict, classes: list[str],
+                    manifest: pd.DataFrame | None = None, pred: pd.DataFrame | None = None) -> dict[str, Any]:
+    """What a curator experiences of one audit (issue 17): the ranking inside each given class,
+    the precision of the review queue in the report's own order, the suggestion's accuracy per
+    confidence band, and the flag rates of the run's own rows (trained, probe, planted).
+
+    ``table``: the audit in manifest order (as build_audit returns it); ``pred``: the run's
+    predictions aligned with ``truth`` (for the probe/planted columns)."""
+    from fercure.report.data import BANDS, confidence_band, review_order, review_rows
+
+    sid = truth["sample_id"]
+    a = aligned(table, sid)
+    ev = (truth["positive"] | truth["negative"]).to_numpy()
+    pos = truth["positive"].to_numpy()
+    score = 1.0 - a["label_score"].to_numpy(dtype=np.float64)
+    ok = ev & np.isfinite(score)
+    per, macro = common.within_class_auroc(pos[ok], score[ok], truth["label"].to_numpy(dtype=object)[ok])
+    # the review queue: the report's listed rows in its order; cards without a FER+ verdict skipped
+    bits, listed = review_rows(table, manifest)
+    order = review_order(table, listed, bits)
+    verdict = pd.Series(np.where(pos, 1, np.where(truth["negative"].to_numpy(), 0, -1)), index=sid.to_numpy())
+    shown = verdict.reindex(table["sample_id"].to_numpy()[order]).to_numpy()
+    shown = shown[np.isfinite(shown) & (shown >= 0)]
+    out: dict[str, Any] = {"within_class_auroc": per, "within_class_auroc_macro": macro,
+                           "queue_precision": common.precision_at(shown == 1),
+                           "queue_cards_with_verdict": int(len(shown))}
+    # confidence bands: suggestion = FER+ majority over flagged rows with a majority label
+    flagged = a["is_label_issue"].fillna(False).to_numpy(bool)
+    maj = truth["majority"].to_numpy(dtype=object)
+    m = flagged & pd.notna(maj) & a["suggested_label"].notna().to_numpy()
+    bands = stats.get("confidence_bands") or {}
+    vrd = (stats.get("model_strength") or {}).get("verdict")
+    conf = a["suggested_label_confidence"].to_numpy(dtype=float)
+    # (an audit from before issue 17 has no calibrated bands: the lift rule of that code decides)
+    band = np.array([BANDS.index(confidence_band(c, len(classes), None, bands) if bands else
+                                 confidence_band(c, len(classes), None)) for c in conf[m]], dtype=int)
+    acc, n, rising = common.accuracy_by_band(band, a["suggested_label"].to_numpy(dtype=object)[m] == maj[m], len(BANDS))
+    out["bands"] = {"names": list(BANDS), "calibrated": bool(bands.get("calibrated")), "cuts": bands.get("cuts"),
+                    "probe_accuracy": bands.get("accuracy"), "ferplus_accuracy": acc, "n": n,
+                    "rising": rising, "model_verdict": vrd}
+    if pred is not None and {"planted", "probe"} <= set(pred.columns):
+        grp = np.where(pred["probe"].fillna(False).to_numpy(bool), "probe",
+                       np.where(pred["planted"].fillna(False).to_numpy(bool), "planted", "trained"))
+        rates = {}
+        for g in ("trained", "probe", "planted"):
+            gm = (grp == g) & ev
+            rates[g] = {"n_clear_errors": int((gm & pos).sum()), "n_clean": int((gm & ~pos).sum()),
+                        "flagged_clear_errors": float(flagged[gm & pos].mean()) if (gm & pos).any() else None,
+                        "flagged_clean": float(flagged[gm & ~pos].mean()) if (gm & ~pos).any() else None}
+        out["groups"] = rates
+    return out
+
+
 def suggestion_accuracy(truth: pd.DataFrame, suggestion: np.ndarray) -> float:
     """Over every positive (clear error) with a suggestion and a class majority: how often the
     suggestion is the FER+ majority. Independent of any method's flags, so distributions compare."""
@@ -380,6 +433,9 @@ def run_chain(b: Bench, ws: Path, name: str, config: Any, truth_ws: pd.DataFrame
     m["model_strength"] = meta.get("model_strength")
     m["self_check"] = meta.get("self_check")
     m["flagged_vs_clear_errors"] = float(m["flagged_all"] / max(int(truth_ws["positive"].sum()), 1))
+    audit_meta = read_metadata(au.audit_path)
+    m.update(curator_metrics(truth_ws, audit, {**audit_meta.get("stats", {}), **audit_meta.get("thresholds", {})},
+                             ts.classes, read_table(ws / "manifest.parquet"), pred_a))
     m["review_share"] = float(ex.actions.get("review", 0) / max(len(cleaned), 1))
     m["audit_variants"] = audit_variants(b, ws, ts.run_id, truth_ws)
     m.update(seconds=t.seconds + (ts.seconds if earlier is not None else 0.0), reused=earlier is not None,
@@ -437,6 +493,9 @@ def audit_variants(b: Bench, ws: Path, run_id: str, truth_ws: pd.DataFrame) -> d
                      ambiguous_share=float(amb.mean()),
                      ambiguous_precision=float(disagree[amb].mean()) if amb.any() else None,
                      ambiguous_recall=float(amb[disagree].mean()) if disagree.any() else None)
+            cm = curator_metrics(truth_ws, table, stats, classes, manifest)
+            m.update(within_class_auroc_macro=cm["within_class_auroc_macro"], queue_precision=cm["queue_precision"],
+                     bands_rising=cm["bands"]["rising"], band_accuracy=cm["bands"]["ferplus_accuracy"])
             out[f"{name}|{rule}"] = m
     return out
 
@@ -881,6 +940,15 @@ def print_tables(r: dict[str, Any]) -> None:
     rows = [[m] + [_f(r[m].get(c), 1 if c == "seconds" else 3) for c in cols] for m in METHODS if m in r]
     emit(f"Label-error detection ({r.get('scale')}, n_train={r.get('n_train')}, {r.get('device_name')})",
          ["method", "AUROC", "AP", "flagged", "precision", "recall", "F1", "sugg. acc", "s"], rows)
+    cur = [[m, _f(r[m].get("within_class_auroc_macro"))] + [_f((r[m].get("queue_precision") or {}).get(k))
+                                                            for k in ("50", "100", "200")]
+           + [", ".join(_f(x) for x in (r[m].get("bands") or {}).get("ferplus_accuracy") or []),
+              str((r[m].get("bands") or {}).get("rising"))]
+           for m in METHODS if m in r and "within_class_auroc_macro" in r[m]]
+    if cur:
+        emit("What a curator sees: within-class AUROC (macro), review-queue precision, suggestion accuracy "
+             "per band (guess, lead, likely)", ["method", "within AUROC", "P@50", "P@100", "P@200",
+                                                "band acc.", "rising"], cur)
     sig_rows = []
     for run_name, sig in r.get("signals", {}).items():
         for s, v in sig.items():

@@ -251,3 +251,38 @@ def expected_calibration_error(probs: Any, labels: Any, n_bins: int = 15) -> flo
         if m.any():
             ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
     return float(ece)
+
+
+def within_class_auroc(y_true: Any, score: Any, groups: Any, min_each: int = 5) -> tuple[dict[str, float], float]:
+    """AUROC inside each group (the given class): how well ``score`` ranks a class's wrong labels
+    above its right ones, whatever the order between classes. A group with fewer than
+    ``min_each`` positives or negatives gets NaN and stays out of the macro mean.
+
+    Returns (per group, macro mean over the groups with a value)."""
+    y, s = _binary(y_true, score)
+    g = np.asarray(groups, dtype=object).ravel()
+    per: dict[str, float] = {}
+    for k in sorted(set(g.tolist()), key=str):
+        m = g == k
+        n_pos, n_neg = int(y[m].sum()), int((~y[m]).sum())
+        per[str(k)] = auroc(y[m], s[m]) if min(n_pos, n_neg) >= min_each else float("nan")
+    vals = [v for v in per.values() if np.isfinite(v)]
+    return per, float(np.mean(vals)) if vals else float("nan")
+
+
+def precision_at(y_in_order: Any, ks: tuple[int, ...] = (50, 100, 200)) -> dict[str, float | None]:
+    """Share of positives among the first k items of a list already in its shown order (None
+    where the list is shorter than k)."""
+    y = np.asarray(y_in_order).astype(bool).ravel()
+    return {str(k): (float(y[:k].mean()) if len(y) >= k else None) for k in ks}
+
+
+def accuracy_by_band(band: Any, correct: Any, n_bands: int) -> tuple[list[float | None], list[int], bool]:
+    """Per band index 0..n_bands−1: the share of ``correct`` and the count; and whether the
+    accuracy rises (non-strictly) from band to band over the bands that hold any row."""
+    b = np.asarray(band).astype(int).ravel()
+    c = np.asarray(correct).astype(bool).ravel()
+    acc = [float(c[b == i].mean()) if (b == i).any() else None for i in range(n_bands)]
+    n = [int((b == i).sum()) for i in range(n_bands)]
+    seen = [a for a in acc if a is not None]
+    return acc, n, bool(all(x <= y for x, y in zip(seen, seen[1:])))

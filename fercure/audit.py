@@ -4,6 +4,11 @@ The functional core of the audit stage, in the style of cleanlab's ``rank.py`` /
 functions over numpy arrays with no file I/O. ``build_audit`` composes them over the manifest and a
 run's predictions table; ``fercure.stages.audit`` does the reading and writing.
 
+The audit is a pipeline of named steps: ``align_predictions`` → ``score_step`` (a signal or blend of
+``SIGNAL_FUNCS``, then every estimator group put on the trained rows' scale by ``align_groups``) →
+a threshold rule of ``THRESHOLD_RULES`` → ``suggest_step`` (suggestion; confidence bands calibrated
+on the probe) → ``ambiguity`` → ``verdict_table``. A new signal or rule is one function and one entry.
+
 Scores
 ------
 The audit's ``label_score`` column (computed by ``label_quality``) is in 0..1, low = the given label
@@ -148,60 +153,72 @@ def class_distribution(predictions: pd.DataFrame, classes: Sequence[str],
     return probs.reshape(-1, k)
 
 
+@dataclass(frozen=True)
+class SignalInputs:
+    """What a signal function reads: the predictions table, the audit distribution, the given
+    labels, and the two quantities most signals share (mean p(given) and its spread over epochs)."""
+
+    predictions: pd.DataFrame
+    probs: np.ndarray  # (n, K)
+    given: np.ndarray  # (n,)
+    conf: np.ndarray  # mean p(given) over epochs (the distribution's p(given) where absent)
+    std: np.ndarray  # its spread over epochs (the typical spread where a row has none)
+
+    def col(self, name: str) -> np.ndarray:
+        if name in self.predictions.columns:
+            return self.predictions[name].to_numpy(dtype=float)
+        return np.full(len(self.predictions), np.nan)
+
+
+# The label-quality signals, by name: each a function of ``SignalInputs`` → (n,) in 0..1, low =
+# the given label is likely wrong. A new signal is one function and one entry.
+SIGNAL_FUNCS = {
+    "confidence": lambda x: x.conf,
+    # dataset cartography's confidence and variability together: a wrong label stays low *and*
+    # steady, a hard but right one swings
+    "confidence_variability": lambda x: np.clip((x.conf + x.std) / _MAX_MEAN_PLUS_STD, 0.0, 1.0),
+    "aum": lambda x: (x.col("aum") + 1.0) / 2.0,
+    "last": lambda x: x.col("last_p_given"),
+    "self_confidence": lambda x: x.probs[np.arange(len(x.given)), x.given] if len(x.given) else np.zeros(0),
+    "oof": lambda x: x.col("oof_p_given"),
+    "reliability": lambda x: x.col("reliability"),
+    "importance": lambda x: x.col("importance_weight"),
+    # the retrain's second opinion averaged with the first: held out for the suspects it dropped
+    "retrain": lambda x: np.where(np.isfinite(x.col("retrain_p_given")), (x.conf + x.col("retrain_p_given")) / 2.0,
+                                  x.conf),
+    "fusion": lambda x: x.col("fusion_quality"),
+    "knn": lambda x: x.col("knn_agreement"),
+    "eval": lambda x: x.col("mean_p_given_eval"),
+}
+assert tuple(SIGNAL_FUNCS) == SIGNALS
+
+
 def signals_from_predictions(predictions: pd.DataFrame, probs: np.ndarray,
                              given: np.ndarray) -> dict[str, np.ndarray]:
-    """Every label-quality signal the predictions table offers, each mapped to 0..1 (low = wrong).
+    """Every label-quality signal of ``SIGNAL_FUNCS`` the predictions table offers, each in 0..1
+    (low = wrong); absent columns give all-NaN arrays.
 
-    Parameters
-    ----------
-    predictions : DataFrame
-        A run's predictions table (rows aligned with ``probs``).
-    probs : ndarray (n, K)
-        The audit distribution (``class_distribution``), used when ``mean_p_given`` is absent.
-    given : ndarray (n,) of int
-        Given-label indices.
-
-    Returns
-    -------
-    dict of str → ndarray (n,)
-        ``confidence`` mean_p_given; ``confidence_variability`` (mean + std of p_given over epochs)
-        / 1.207, i.e. dataset cartography's confidence and variability together: a wrong label stays
-        low *and* steady, a hard but right one swings; ``aum`` (aum + 1) / 2 (aum is in [-1, 1]); ``last``
-        last_p_given; ``self_confidence`` p_given from final ``p_<class>`` (if given via
-        probs fallback, the audit distribution); ``oof`` oof_p_given; ``reliability``;
-        ``importance`` SCN's α. Absent columns give all-NaN arrays.
+    ``confidence`` mean_p_given; ``confidence_variability`` (mean + std of p_given over epochs) /
+    1.207; ``aum`` (aum + 1) / 2 (aum is in [-1, 1]); ``last`` last_p_given; ``self_confidence``
+    p(given) of the audit distribution; ``oof`` oof_p_given; ``reliability``; ``importance`` SCN's
+    α; ``retrain`` first and second model averaged; ``fusion``; ``knn`` neighbour agreement;
+    ``eval`` mean eval-mode p(given).
     """
     n = len(predictions)
-    rows = np.arange(n)
+    given = np.asarray(given, dtype=int)
+    p_given = probs[np.arange(n), given] if n else np.zeros(0)
 
     def col(name: str) -> np.ndarray:
-        if name in predictions.columns:
-            return predictions[name].to_numpy(dtype=float)
-        return np.full(n, np.nan)
+        return predictions[name].to_numpy(dtype=float) if name in predictions.columns else np.full(n, np.nan)
 
-    p_given = probs[rows, given] if n else np.zeros(0)
     conf = col("mean_p_given")
     conf = np.where(np.isfinite(conf), conf, p_given)
     std = np.sqrt(np.clip(col("var_p_given"), 0.0, None))
     # Probe and planted samples have no spread of their own (not trained with their given label);
     # they get the typical spread, so their score is their confidence shifted like everyone's.
     std = np.where(np.isfinite(std), std, np.nanmedian(std) if np.isfinite(std).any() else 0.0)
-    out = {
-        "confidence": conf,
-        "confidence_variability": np.clip((conf + std) / _MAX_MEAN_PLUS_STD, 0.0, 1.0),
-        "aum": (col("aum") + 1.0) / 2.0,
-        "last": col("last_p_given"),
-        "self_confidence": p_given,
-        "oof": col("oof_p_given"),
-        "reliability": col("reliability"),
-        "importance": col("importance_weight"),
-        # the retrain's second opinion averaged with the first: held out for the suspects it dropped
-        "retrain": np.where(np.isfinite(col("retrain_p_given")), (conf + col("retrain_p_given")) / 2.0, conf),
-        "fusion": col("fusion_quality"),
-        "knn": col("knn_agreement"),
-        "eval": col("mean_p_given_eval"),
-    }
-    return {k: np.clip(v, 0.0, 1.0) for k, v in out.items()}
+    x = SignalInputs(predictions, probs, given, conf, std)
+    return {k: np.clip(np.asarray(f(x), dtype=float), 0.0, 1.0) for k, f in SIGNAL_FUNCS.items()}
 
 
 def label_quality(signals: Mapping[str, np.ndarray], method: str | Mapping[str, float] = "confidence") -> np.ndarray:
@@ -488,9 +505,11 @@ def fit_two_component_mixture(scores: np.ndarray, *, max_iter: int = 200, tol: f
 
 
 def find_label_issues_retrain(predictions: pd.DataFrame, classes: Sequence[str], given: np.ndarray) -> np.ndarray | None:
-    """The retrain rule: a sample is a label issue when the first model put it in its most suspect
-    share (so the second model never trained on it) and the second model, judging it held out,
-    predicts another class. None when the run has no retrain (the caller falls back).
+    """The retrain rule: a sample is a label issue when it is a suspect (the lowest ``retrain_drop``
+    share of its estimator group by that group's own score: ``fercure.train.detection``), the
+    second model never trained on it, and that model, judging it held out, predicts another class.
+    Trained, probe and planted rows go through the same two steps, so each group is flagged at
+    the rate its errors warrant. None when the run has no retrain (the caller falls back).
 
     Two models must agree, and the second one never saw the sample's label, so a label the first
     model merely found hard, or memorised, does not decide; the count is not set in advance but
@@ -499,10 +518,13 @@ def find_label_issues_retrain(predictions: pd.DataFrame, classes: Sequence[str],
     if "retrain_held_out" not in predictions.columns or not all(c in predictions.columns for c in cols):
         return None
     held = predictions["retrain_held_out"].fillna(False).to_numpy(dtype=bool)
+    # runs before retrain_suspect: the suspects were exactly the held-out rows
+    suspect = predictions["retrain_suspect"].fillna(False).to_numpy(dtype=bool) \
+        if "retrain_suspect" in predictions.columns else held
     rp = predictions[cols].to_numpy(dtype=float)
     if not held.any() or not np.isfinite(rp[held]).all():
         return None
-    return held & (np.argmax(np.nan_to_num(rp, nan=-1.0), axis=1) != np.asarray(given))
+    return suspect & held & (np.argmax(np.nan_to_num(rp, nan=-1.0), axis=1) != np.asarray(given))
 
 
 def planted_counts(share: float, n_scored: int, noise_counts: np.ndarray, class_sizes: np.ndarray) -> np.ndarray:
@@ -657,6 +679,253 @@ def _json_float(x: float) -> float | None:
     return None if x is None or not np.isfinite(x) else float(x)
 
 
+# ---------------------------------------------------------------------------------------------
+# One scale for every row
+
+
+# Which estimator scored a row's given label (``fercure.train.detection.GROUPS``): the trained rows'
+# in-sample dynamics, the probe's held-out view, the planted rows' second-model held-out view.
+GROUPS = ("trained", "probe", "planted")
+
+
+def estimator_groups(predictions: pd.DataFrame) -> np.ndarray:
+    """(n,) index into ``GROUPS`` from the predictions' ``probe`` and ``planted`` columns (all
+    ``trained`` when the run has neither)."""
+    n = len(predictions)
+
+    def flag(name: str) -> np.ndarray:
+        return predictions[name].fillna(False).to_numpy(dtype=bool) if name in predictions.columns else np.zeros(n, bool)
+
+    return np.where(flag("probe"), 1, np.where(flag("planted"), 2, 0)).astype(np.int64)
+
+
+def align_groups(score: np.ndarray, group: np.ndarray, reference: int = 0) -> np.ndarray:
+    """Put every group's scores on the reference group's scale by rank.
+
+    A row of another group gets the reference group's score at the row's quantile within its own
+    group (mid-rank (i + 0.5) / m). The probe and the planted rows are drawn at random (the probe
+    stratified by class), so each group holds about the same share of wrong labels as the rest;
+    their estimators are harsher (held out) than the trained rows' in-sample one, so their raw
+    scores would crowd the bottom of the list. The order within each group is unchanged; the
+    reference group's scores are returned as they are. NaN stays NaN; a group is left as it is
+    when the reference has no finite score.
+    """
+    score = np.asarray(score, dtype=float)
+    group = np.asarray(group)
+    out = score.copy()
+    ref = np.sort(score[(group == reference) & np.isfinite(score)])
+    if len(ref) == 0:
+        return out
+    for g in np.unique(group):
+        if g == reference:
+            continue
+        idx = np.flatnonzero((group == g) & np.isfinite(score))
+        if len(idx) == 0:
+            continue
+        ranks = pd.Series(score[idx]).rank(method="average").to_numpy() - 0.5
+        out[idx] = np.quantile(ref, ranks / len(idx))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Suggestion confidence, calibrated on the probe
+
+# The bands by the measured share of held-out predictions that matched their (given) label:
+# "likely" when right more often than wrong, "lead" from one in three, "guess" below.
+BAND_NAMES = ("guess", "lead", "likely")
+BAND_ACCURACY = (0.0, 1.0 / 3.0, 0.5)
+MIN_CALIBRATION_ROWS = 30  # below this the probe says too little; the bands fall back to the lift rule
+
+
+def isotonic_fit(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Non-decreasing least-squares fit of y on x (pool adjacent violators).
+
+    Returns the sorted x and the fitted value at each; ``np.interp`` over them reads the fit."""
+    order = np.argsort(x, kind="stable")
+    xs, ys = np.asarray(x, float)[order], np.asarray(y, float)[order]
+    vals, wts, sizes = [], [], []
+    for v in ys:
+        vals.append(v), wts.append(1.0), sizes.append(1)
+        while len(vals) > 1 and vals[-2] > vals[-1]:
+            w = wts[-2] + wts[-1]
+            v2 = (vals[-2] * wts[-2] + vals[-1] * wts[-1]) / w
+            n2 = sizes[-2] + sizes[-1]
+            del vals[-1], wts[-1], sizes[-1]
+            vals[-1], wts[-1], sizes[-1] = v2, w, n2
+    return xs, np.repeat(vals, sizes)
+
+
+def confidence_bands(confidence: np.ndarray, correct: np.ndarray,
+                     accuracy_cuts: Sequence[float] = BAND_ACCURACY) -> dict:
+    """Band cuts on the suggestion confidence, set where the measured accuracy crosses each cut.
+
+    Parameters
+    ----------
+    confidence : ndarray (m,)
+        The top-class probability of held-out predictions (the probe).
+    correct : ndarray (m,) of bool
+        Whether that top class is the given label.
+    accuracy_cuts : the least measured accuracy of each band, ascending from 0.
+
+    Returns
+    -------
+    dict
+        ``calibrated`` False (and no cuts) with fewer than ``MIN_CALIBRATION_ROWS`` rows;
+        otherwise ``cuts`` (the least confidence of each band, the first 0), and per band ``n`` and
+        ``accuracy`` on the probe (None where no probe row falls in it).
+    """
+    conf = np.asarray(confidence, float)
+    ok = np.isfinite(conf)
+    conf, correct = conf[ok], np.asarray(correct, bool)[ok]
+    out: dict = {"names": list(BAND_NAMES), "accuracy_cuts": [float(a) for a in accuracy_cuts],
+                 "n_calibration": int(len(conf))}
+    if len(conf) < MIN_CALIBRATION_ROWS:
+        return {**out, "calibrated": False}
+    xs, fit = isotonic_fit(conf, correct.astype(float))
+    cuts = [0.0]
+    for a in accuracy_cuts[1:]:
+        reach = np.flatnonzero(fit >= a)
+        cuts.append(float(xs[reach[0]]) if len(reach) else math.inf)
+    band = band_of(conf, cuts)
+    out.update(calibrated=True, cuts=[_json_float(c) for c in cuts],
+               n=[int((band == i).sum()) for i in range(len(cuts))],
+               accuracy=[_json_float(correct[band == i].mean()) if (band == i).any() else None
+                         for i in range(len(cuts))])
+    return out
+
+
+def band_of(confidence: np.ndarray, cuts: Sequence[float | None]) -> np.ndarray:
+    """Band index of each confidence: the last band whose cut it reaches (NaN → 0)."""
+    c = np.asarray([math.inf if v is None else v for v in cuts], float)
+    conf = np.nan_to_num(np.asarray(confidence, float), nan=-1.0)
+    return np.clip(np.searchsorted(c, conf, side="right") - 1, 0, len(c) - 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The audit as steps: score → threshold → suggest → ambiguity → verdict
+
+
+@dataclass
+class Scored:
+    """What the threshold rules read: the rows' scores on one scale and the distributions."""
+
+    quality: np.ndarray  # label_score (n,), one scale (``align_groups``)
+    probs: np.ndarray  # the audit distribution (n, K)
+    given: np.ndarray  # (n,) class index
+    group: np.ndarray  # (n,) estimator group
+    predictions: pd.DataFrame
+    classes: list[str]
+    tiebreak: np.ndarray  # manifest position
+    run_meta: Mapping
+
+
+@dataclass
+class Flags:
+    """A threshold rule's decision."""
+
+    is_issue: np.ndarray  # (n,) bool
+    rule: str  # the rule that decided (a rule may hand over to another)
+    counts: np.ndarray  # (K,) flagged per class
+    cut: np.ndarray | None  # (K,) per-class score cut, or None when the rule is not a cut on the score
+    global_cut: float | None = None  # one cut for every class (mixture)
+    detail: dict | None = None
+
+
+def score_step(preds: pd.DataFrame, classes: list[str], given: np.ndarray, method, distribution) -> tuple:
+    """signals → label_score on one scale. Returns (probs, quality, group)."""
+    probs = class_distribution(preds, classes, tuple(distribution))
+    signals = signals_from_predictions(preds, probs, given)
+    group = estimator_groups(preds)
+    return probs, align_groups(label_quality(signals, method), group), group
+
+
+def _reference_rows(s: Scored) -> np.ndarray:
+    """Rows the confident joint is counted on: the trained rows (one estimator); all rows when none."""
+    ref = s.group == 0
+    return ref if ref.any() else np.ones(len(s.group), bool)
+
+
+def _cj_parts(s: Scored) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Class thresholds, confident joint (on the trained rows) and the calibrated per-class counts."""
+    k = len(s.classes)
+    ref = _reference_rows(s)
+    t = per_class_thresholds(s.probs[ref], s.given[ref], k)
+    joint = confident_joint(s.probs[ref], s.given[ref], t, k)
+    sizes = np.bincount(s.given[np.isfinite(s.probs).all(axis=1)], minlength=k)
+    return t, joint, noise_rate_counts(joint, sizes)
+
+
+def rule_noise_rate(s: Scored) -> Flags:
+    _, joint, counts = _cj_parts(s)
+    issue, cut = find_label_issues_noise_rate(s.quality, s.given, counts, tiebreak=s.tiebreak)
+    return Flags(issue, "noise_rate", counts, cut, detail={"confident_joint": joint.tolist()})
+
+
+def rule_planted(s: Scored) -> Flags:
+    share = float(dict(s.run_meta.get("self_check") or {}).get("estimated_error_share") or np.nan)
+    if not np.isfinite(share):
+        return rule_noise_rate(s)  # a run without planted flips: the confident joint counts
+    _, joint, nr = _cj_parts(s)
+    k = len(s.classes)
+    sizes = np.bincount(s.given[np.isfinite(s.probs).all(axis=1)], minlength=k)
+    counts = planted_counts(share, int(np.isfinite(s.quality).sum()), nr, sizes)
+    issue, cut = find_label_issues_noise_rate(s.quality, s.given, counts, tiebreak=s.tiebreak)
+    return Flags(issue, "planted", counts, cut, detail={"confident_joint": joint.tolist()})
+
+
+def rule_retrain(s: Scored) -> Flags:
+    issue = find_label_issues_retrain(s.predictions, s.classes, s.given)
+    if issue is None:
+        return rule_noise_rate(s)  # a run without the retrain: the confident joint counts
+    return Flags(issue, "retrain", np.bincount(s.given[issue], minlength=len(s.classes)), None)
+
+
+def rule_mixture(s: Scored) -> Flags:
+    mix = fit_two_component_mixture(s.quality)
+    if not (mix.threshold > 0 and mix.weights[0] <= 0.5):
+        return rule_confident_joint(s)  # degenerate, or the "low" component is the bulk of the data
+    issue = np.isfinite(s.quality) & (s.quality < mix.threshold)
+    return Flags(issue, "mixture", np.bincount(s.given[issue], minlength=len(s.classes)), None,
+                 global_cut=mix.threshold)
+
+
+def rule_confident_joint(s: Scored) -> Flags:
+    t, _, _ = _cj_parts(s)
+    issue, _ = find_label_issues_confident_joint(s.probs, s.given, t)
+    return Flags(issue, "confident_joint", np.bincount(s.given[issue], minlength=len(s.classes)), None)
+
+
+# The threshold rules, by name: a new rule is one function of ``Scored`` → ``Flags`` and one entry.
+THRESHOLD_RULES = {"retrain": rule_retrain, "noise_rate": rule_noise_rate, "planted": rule_planted,
+                   "mixture": rule_mixture, "confident_joint": rule_confident_joint}
+assert tuple(THRESHOLD_RULES) == THRESHOLD_METHODS
+
+
+def suggest_step(preds: pd.DataFrame, classes: list[str], given: np.ndarray, is_issue: np.ndarray,
+                 suggest_from: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Suggested label and its confidence; the confidence bands calibrated on the probe.
+
+    Returns (suggestion distribution, suggested, confidence, bands)."""
+    sugg_probs = class_distribution(preds, classes, tuple(suggest_from))
+    suggested, conf = suggest_labels(sugg_probs, given, is_issue)
+    probe = estimator_groups(preds) == 1
+    finite = np.isfinite(sugg_probs[probe]).all(axis=1)
+    top = np.argmax(np.nan_to_num(sugg_probs[probe][finite], nan=-1.0), axis=1) if finite.any() else np.zeros(0, int)
+    bands = confidence_bands(sugg_probs[probe][finite].max(axis=1) if finite.any() else np.zeros(0),
+                             top == given[probe][finite])
+    return sugg_probs, suggested, conf, bands
+
+
+def _per_class_cut(flags: Flags, t: np.ndarray) -> np.ndarray:
+    """The threshold the per-class table shows: the rule's score cut; the confident-joint class
+    threshold under that rule; none for a rule that is not a per-class cut on the score."""
+    if flags.cut is not None:
+        return flags.cut
+    if flags.rule == "confident_joint":
+        return t
+    return np.full(len(t), np.nan)
+
+
 def build_audit(
     manifest: pd.DataFrame,
     predictions: pd.DataFrame,
@@ -673,6 +942,10 @@ def build_audit(
 ) -> tuple[pd.DataFrame, dict]:
     """One audit row per manifest row, and the thresholds/statistics behind the flags.
 
+    The steps: ``align_predictions`` (rows, given labels) → ``score_step`` (label_score on one
+    scale) → the threshold rule (``THRESHOLD_RULES``) → ``suggest_step`` (suggestion, calibrated
+    bands) → ``ambiguity`` → ``verdict_table`` (the table, the reasons, the stats).
+
     Parameters
     ----------
     manifest : DataFrame
@@ -682,13 +955,11 @@ def build_audit(
         A run's predictions.parquet (one row per trained sample).
     classes : list of str
         The run's classes, in training-index order.
-    method : str or mapping, default "confidence"
+    method : str or mapping
         Label-quality signal or blend; see ``label_quality``.
-    threshold_method : {"noise_rate", "mixture", "confident_joint"}, default "noise_rate"
-        How ``is_label_issue`` is decided; see the module docstring. ``"noise_rate"``: per class,
-        the confident joint's (calibrated) count of wrong labels, taken lowest ``label_score``
-        first; ``"mixture"`` falls back to the confident joint when its fit is degenerate or its
-        low component is the majority.
+    threshold_method : one of ``THRESHOLD_METHODS``
+        How ``is_label_issue`` is decided; see the module docstring. ``stats["threshold_method_used"]``
+        says which rule decided (a rule without its inputs hands over to another).
     distribution : sequence of str, default ("mean_p",)
         Column families averaged into the audit distribution; see ``class_distribution``.
     ambiguity_margin, ambiguity_max_confidence : float
@@ -702,10 +973,10 @@ def build_audit(
         Manifest order. Samples the run did not train get NaN scores, ``is_label_issue`` False,
         ``trained`` False and a ``reason`` saying why.
     stats : dict
-        JSON-ready: options, class thresholds, the noise-rate counts and per-class score cuts
-        (``noise_rate``), mixture fit, counts, transition matrix. ``per_class[c]["threshold"]`` is
-        the threshold that decided class c's flags: the noise-rate score cut (None where the class
-        has no flag) under ``"noise_rate"``, the confident-joint threshold t_c otherwise.
+        JSON-ready: options, class thresholds, the rule's counts and per-class score cuts, mixture
+        fit, the confidence bands, counts, transition matrix. ``per_class[c]["threshold"]`` is the
+        threshold that decided class c's flags, None when the rule is not a cut on the score
+        (``retrain``, ``mixture``: its one cut is ``stats["mixture"]["threshold"]``).
 
     Raises
     ------
@@ -714,24 +985,45 @@ def build_audit(
         prediction whose given label disagrees with the manifest (the manifest changed after
         training).
     """
-    if threshold_method not in THRESHOLD_METHODS:
+    if threshold_method not in THRESHOLD_RULES:
         raise ValueError(f"threshold_method must be one of {list(THRESHOLD_METHODS)}, not {threshold_method!r}")
     classes = [str(c) for c in classes]
-    k = len(classes)
-    cidx = {c: i for i, c in enumerate(classes)}
-    n_all = len(manifest)
+    preds, rows, given, given_str, n_unmatched = align_predictions(manifest, predictions, classes)
+    probs, quality, group = score_step(preds, classes, given, method, distribution)
+    scored = Scored(quality, probs, given, group, preds, classes, rows, run_meta or {})
+    flags = THRESHOLD_RULES[threshold_method](scored)
+    sugg_probs, suggested, sugg_conf, bands = suggest_step(preds, classes, given, flags.is_issue, suggest_from)
+    is_amb, gap = ambiguity(sugg_probs, margin=ambiguity_margin, max_confidence=ambiguity_max_confidence)
+    audit, stats = verdict_table(manifest, scored, flags, sugg_probs, suggested, sugg_conf, bands, is_amb, gap,
+                                 given_str, blur_threshold)
+    stats.update({
+        "method": method if isinstance(method, str) else dict(method),
+        "threshold_method": threshold_method if threshold_method not in ("planted", "retrain") or
+        flags.rule == threshold_method else "noise_rate",
+        "distribution": list(distribution),
+        "suggest_from": list(suggest_from),
+        "ambiguity_margin": float(ambiguity_margin),
+        "ambiguity_max_confidence": float(ambiguity_max_confidence),
+        "n_predictions_not_in_manifest": int(n_unmatched),
+    })
+    return audit, stats
 
+
+def align_predictions(manifest: pd.DataFrame, predictions: pd.DataFrame, classes: list[str]) -> tuple:
+    """The predictions of manifest rows, their manifest positions and given-label indices.
+
+    Returns (preds, rows, given, given_str (every manifest row), n_unmatched)."""
+    cidx = {c: i for i, c in enumerate(classes)}
     if manifest["sample_id"].duplicated().any():
         dup = manifest.loc[manifest["sample_id"].duplicated(), "sample_id"].iloc[0]
         raise ValueError(f"the manifest lists sample {dup!r} more than once")
     if predictions["sample_id"].duplicated().any():
         dup = predictions.loc[predictions["sample_id"].duplicated(), "sample_id"].iloc[0]
         raise ValueError(f"predictions lists sample {dup!r} more than once")
-    pos_of = pd.Series(np.arange(n_all), index=manifest["sample_id"].to_numpy())
+    pos_of = pd.Series(np.arange(len(manifest)), index=manifest["sample_id"].to_numpy())
     in_manifest = predictions["sample_id"].isin(pos_of.index).to_numpy()
     preds = predictions.loc[in_manifest].reset_index(drop=True)
     rows = pos_of.loc[preds["sample_id"].to_numpy()].to_numpy()  # manifest position of each prediction
-
     given_str = _col(manifest, "label", "")
     if "given_label" in preds.columns:
         mism = preds["given_label"].astype(str).to_numpy() != given_str[rows]
@@ -745,51 +1037,25 @@ def build_audit(
     if unknown:
         raise ValueError(f"trained samples carry labels {unknown[:5]} that are not among the run's classes {classes}")
     given = np.array([cidx[g] for g in given_str[rows]], dtype=int)
+    return preds, rows, given, given_str, int((~in_manifest).sum())
 
-    probs = class_distribution(preds, classes, tuple(distribution))
-    signals = signals_from_predictions(preds, probs, given)
-    quality = label_quality(signals, method)
 
-    t = per_class_thresholds(probs, given, k)
+def verdict_table(manifest: pd.DataFrame, s: Scored, flags: Flags, sugg_probs: np.ndarray, suggested: np.ndarray,
+                  sugg_conf: np.ndarray, bands: dict, is_amb: np.ndarray, gap: np.ndarray,
+                  given_str: np.ndarray, blur_threshold: float | None) -> tuple[pd.DataFrame, dict]:
+    """The audit table in manifest order (label columns, face-stage columns, reasons) and its stats."""
+    classes, preds, rows, given, probs, quality = s.classes, s.predictions, s.tiebreak, s.given, s.probs, s.quality
+    k, n_all = len(classes), len(manifest)
+    is_issue = flags.is_issue
+    t, joint, nr_counts = _cj_parts(s)
     cj_issue, cj_class = find_label_issues_confident_joint(probs, given, t)
     mix = fit_two_component_mixture(quality)
     mix_issue = np.isfinite(quality) & (quality < mix.threshold)
-    joint = confident_joint(probs, given, t, k)
-    finite_rows = np.isfinite(probs).all(axis=1)
-    sizes = np.bincount(given[finite_rows], minlength=k)
-    nr_counts = noise_rate_counts(joint, sizes)
-    self_check = dict((run_meta or {}).get("self_check") or {})
-    pl_share = float(self_check.get("estimated_error_share") or np.nan)
-    pl_counts = planted_counts(pl_share, int(np.isfinite(quality).sum()), nr_counts, sizes)
-    if threshold_method == "planted" and not np.isfinite(pl_share):
-        threshold_method = "noise_rate"  # a run without planted flips: the confident joint counts
-    if threshold_method == "planted":
-        nr_counts = pl_counts
-    rt_issue = find_label_issues_retrain(preds, classes, given) if threshold_method == "retrain" else None
-    if threshold_method == "retrain" and rt_issue is None:
-        threshold_method = "noise_rate"  # a run without the retrain: the confident joint counts
-    if rt_issue is not None:  # the rule's per-class counts, for the cuts and the reasons
-        nr_counts = np.bincount(given[rt_issue], minlength=k)
-    nr_issue, nr_cut = find_label_issues_noise_rate(quality, given, nr_counts, tiebreak=rows)
-    if rt_issue is not None:
-        nr_issue = rt_issue
-        nr_cut = np.array([np.max(quality[rt_issue & (given == j)]) if (rt_issue & (given == j)).any() else np.nan
-                           for j in range(k)])
-    mixture_usable = mix.threshold > 0 and mix.weights[0] <= 0.5
-    if threshold_method in ("noise_rate", "planted", "retrain"):
-        used = threshold_method
-    else:
-        used = "mixture" if threshold_method == "mixture" and mixture_usable else "confident_joint"
-    is_issue = {"noise_rate": nr_issue, "planted": nr_issue, "retrain": nr_issue, "mixture": mix_issue,
-                "confident_joint": cj_issue}[used]
-
-    sugg_probs = class_distribution(preds, classes, tuple(suggest_from))
-    suggested, sugg_conf = suggest_labels(sugg_probs, given, is_issue)
-    is_amb, gap = ambiguity(sugg_probs, margin=ambiguity_margin, max_confidence=ambiguity_max_confidence)
-    ent = preds["uncertainty_entropy"].to_numpy(dtype=float) if "uncertainty_entropy" in preds.columns else np.full(len(preds), np.nan)
+    cut = _per_class_cut(flags, t)
+    ent = preds["uncertainty_entropy"].to_numpy(dtype=float) if "uncertainty_entropy" in preds.columns \
+        else np.full(len(preds), np.nan)
     ent = np.where(np.isfinite(ent), ent, entropy(probs))  # the run's (ensemble) entropy, else ours
 
-    # --- assemble in manifest order
     def full(values: np.ndarray, fill, dtype=None) -> np.ndarray:
         out = np.full(n_all, fill, dtype=dtype if dtype is not None else np.asarray(values).dtype)
         out[rows] = values
@@ -799,17 +1065,18 @@ def build_audit(
         v = preds[name].to_numpy(dtype=float) if name in preds.columns else np.full(len(preds), np.nan)
         return full(v, np.nan, float)
 
-    trained = full(np.ones(len(preds), bool), False, bool)
     sugg_str = np.array([classes[i] for i in suggested], dtype=object)
     # cleanlab's predicted_label: the argmax of the suggestion distribution, flagged or not
     finite = np.where(np.isfinite(sugg_probs), sugg_probs, -np.inf)
     pred_str = np.array([classes[i] for i in np.argmax(finite, axis=1)] if len(finite) else [], dtype=object)
+    scored_rows = np.isfinite(sugg_probs).all(axis=1)
+    pred_str = np.where(scored_rows, pred_str, None)
     audit = pd.DataFrame({
         "sample_id": manifest["sample_id"].astype(str).to_numpy(),
         "source_path": manifest["source_path"].astype(str).to_numpy(),
         "split": _col(manifest, "split", ""),
         "given_label": given_str,
-        "trained": trained,
+        "trained": full(np.ones(len(preds), bool), False, bool),
         "predicted_label": full(pred_str, None, object),
         "suggested_label": full(sugg_str, None, object),
         "suggested_label_confidence": full(sugg_conf, np.nan, float),
@@ -850,8 +1117,8 @@ def build_audit(
     audit["is_unreadable_issue"] = face_status == "unreadable"
 
     # --- why, in words
-    audit["reason"] = _reasons(audit, classes, t, full(cj_class, -1, int), mix.threshold, nr_counts, nr_cut,
-                               used, blur_t, _col(manifest, "reason", ""))
+    audit["reason"] = _reasons(audit, classes, t, full(cj_class, -1, int), mix.threshold, flags.counts, cut,
+                               flags.rule, blur_t, _col(manifest, "reason", ""))
 
     tm = noise_transition_matrix(given, suggested, k)
     per_class = {
@@ -860,15 +1127,13 @@ def build_audit(
             "n_label_issues": int((is_issue & (given == j)).sum()),
             "n_ambiguous": int((is_amb & (given == j)).sum()),
             "mean_label_score": _nanmean(quality[given == j]),
-            "threshold": _json_float(nr_cut[j] if used in ("noise_rate", "planted", "retrain") else t[j]),
+            "threshold": _json_float(cut[j]),
         }
         for j, c in enumerate(classes)
     }
+    used = flags.rule
     stats = {
-        "method": method if isinstance(method, str) else dict(method),
-        "threshold_method": threshold_method,
         "threshold_method_used": used,
-        "distribution": list(distribution),
         "classes": classes,
         "class_thresholds": {c: _json_float(t[j]) for j, c in enumerate(classes)},
         "mixture": {"threshold": _json_float(mix.threshold), "converged": bool(mix.converged),
@@ -877,19 +1142,23 @@ def build_audit(
                     "weights": [_json_float(w) for w in mix.weights],
                     "n_flagged": int(mix_issue.sum())},
         "confident_joint_n_flagged": int(cj_issue.sum()),
-        "model_strength": dict((run_meta or {}).get("model_strength") or {}),
-        "self_check": self_check,
-        "suggest_from": list(suggest_from),
-        "noise_rate": {"n_issues": {c: int(nr_counts[j]) for j, c in enumerate(classes)},
-                       "score_cut": {c: _json_float(nr_cut[j]) for j, c in enumerate(classes)},
+        "model_strength": dict(s.run_meta.get("model_strength") or {}),
+        "self_check": dict(s.run_meta.get("self_check") or {}),
+        "noise_rate": {"n_issues": {c: int(flags.counts[j] if used in ("noise_rate", "planted") else nr_counts[j])
+                                    for j, c in enumerate(classes)},
+                       "score_cut": {c: _json_float(cut[j]) if flags.cut is not None else None
+                                     for j, c in enumerate(classes)},
                        "confident_joint": joint.tolist(),
-                       "n_flagged": int(nr_issue.sum())},
-        "ambiguity_margin": float(ambiguity_margin),
-        "ambiguity_max_confidence": float(ambiguity_max_confidence),
+                       "n_flagged": int(is_issue.sum()) if used in ("noise_rate", "planted") else None},
+        "rule": {"name": used, "n_issues": {c: int(flags.counts[j]) for j, c in enumerate(classes)},
+                 "score_cut": None if flags.cut is None else {c: _json_float(flags.cut[j]) for j, c in enumerate(classes)},
+                 "global_cut": _json_float(flags.global_cut) if flags.global_cut is not None else None},
+        "score_scale": {"reference": GROUPS[0], "aligned_by_rank": [GROUPS[g] for g in sorted(set(s.group.tolist())) if g != 0],
+                        "n_by_group": {GROUPS[g]: int((s.group == g).sum()) for g in range(len(GROUPS))}},
+        "confidence_bands": bands,
         "blur_threshold": _json_float(blur_t),
         "n_samples": int(n_all),
         "n_trained": int(len(preds)),
-        "n_predictions_not_in_manifest": int((~in_manifest).sum()),
         "n_label_issues": int(is_issue.sum()),
         "n_ambiguous": int(is_amb.sum()),
         "n_duplicate_issues": int(is_dup.sum()),
@@ -954,8 +1223,8 @@ def _reasons(audit: pd.DataFrame, classes: list[str], t: np.ndarray, cj_class: n
             elif issue and threshold_method == "retrain":
                 alt = (f"suggested {sugg} ({conf:.2f})" if sugg != given
                        else f"p({given}) is still the largest, so no other label is suggested")
-                parts.append(f"label issue: among the first model's most suspect samples (label_score {q:.2f}), "
-                             f"and the second model, which never trained on it, predicts another class; {alt}")
+                parts.append(f"label issue: among the most suspect of its group (label_score {q:.2f}), "
+                             f"and a second model that never trained on it predicts another class; {alt}")
             elif issue and threshold_method in ("noise_rate", "planted"):
                 alt = (f"suggested {sugg} ({conf:.2f})" if sugg != given
                        else f"p({given}) is still the largest, so no other label is suggested")

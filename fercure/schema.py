@@ -181,7 +181,9 @@ PREDICTIONS = Table(
         _c("mean_p_given_eval", FLOAT32, "mean eval-mode p(given) over epochs (only with epoch_eval)", bounds=SCORE),
         _c("knn_p", FLOAT32, _PRED_FAMILIES[3][1], per_class=True, bounds=SCORE),
         _c("retrain_p", FLOAT32, _PRED_FAMILIES[4][1], per_class=True, bounds=SCORE),
-        _c("retrain_held_out", BOOL, "the second model did not train on it"),
+        _c("retrain_held_out", BOOL, "the second model did not train on it (its suspects, the probe, the planted)"),
+        _c("retrain_suspect", BOOL, "in the lowest retrain_drop share of its estimator group (trained, probe, "
+                                    "planted) by that group's own score: what the retrain rule asks the second model about"),
         _c("planted", BOOL, "its label was flipped on purpose in the first model (the self-check)"),
         _c("probe", BOOL, "held out of the first model to measure its strength"),
     ),

@@ -466,3 +466,38 @@ def test_every_issue_has_a_score_in_0_1_with_low_worse_and_a_decision():
     tr = out["trained"].to_numpy()
     assert (out["predicted_label"][tr] == np.array(CLASSES)[probs[tr].argmax(1)]).all()
     assert "label_quality" not in out.columns and "is_ambiguous" not in out.columns
+
+
+def test_isotonic_fit_is_monotone_and_pools_violators():
+    xs, fit = audit.isotonic_fit(np.array([0.1, 0.2, 0.3, 0.4]), np.array([1.0, 0.0, 1.0, 1.0]))
+    assert np.allclose(fit, [0.5, 0.5, 1.0, 1.0]) and np.all(np.diff(fit) >= 0)
+
+
+def test_confidence_bands_are_set_by_measured_accuracy_and_rise():
+    rng = np.random.default_rng(0)
+    conf = rng.uniform(0.2, 1.0, 3000)
+    correct = rng.random(3000) < conf * 0.8  # a model that is right 80 % as often as it says
+    b = audit.confidence_bands(conf, correct)
+    assert b["calibrated"] and b["names"] == ["guess", "lead", "likely"]
+    # cuts where 0.8·conf reaches 1/3 and 1/2: about 0.42 and 0.62
+    assert abs(b["cuts"][1] - 0.42) < 0.1 and abs(b["cuts"][2] - 0.62) < 0.1  # PAV steps are coarse
+    assert b["accuracy"][0] < 1 / 3 <= b["accuracy"][1] < 0.5 <= b["accuracy"][2]
+    assert not audit.confidence_bands(conf[:10], correct[:10])["calibrated"]  # too few probe rows
+
+
+def test_build_audit_calibrates_the_bands_on_probe_rows_only():
+    p, given, _, _ = synthetic(n=900, noise=0.2, seed=3)
+    ids = [f"s{i}" for i in range(len(given))]
+    labels = [CLASSES[g] for g in given]
+    preds = predictions_table(p, given, ids)
+    preds["probe"] = np.arange(len(given)) % 10 == 0
+    _, stats = audit.build_audit(manifest_table(ids, labels), preds, CLASSES, threshold_method="noise_rate")
+    assert stats["confidence_bands"]["n_calibration"] == 90 and stats["confidence_bands"]["calibrated"]
+    assert stats["score_scale"]["n_by_group"]["probe"] == 90
+    preds["probe"] = False
+    _, stats = audit.build_audit(manifest_table(ids, labels), preds, CLASSES, threshold_method="noise_rate")
+    assert not stats["confidence_bands"]["calibrated"]
+
+
+def test_every_signal_has_one_function_in_the_table():
+    assert tuple(audit.SIGNAL_FUNCS) == audit.SIGNALS

@@ -121,3 +121,24 @@ def test_merge_results_keeps_other_device(tmp_path):
     assert doc == {"cuda": {"a": 1}, "cpu": {"a": 2.5, "b": None, "c": [0, 1]}}
     common.merge_results(out, "cpu", {"a": 3})
     assert json.loads(out.read_text()) == {"cuda": {"a": 1}, "cpu": {"a": 3}}
+
+
+# ---- within-class ranking, the review queue, the confidence bands ------------------------------
+
+def test_within_class_auroc_ignores_the_order_between_classes():
+    # class a: errors score high inside it (AUROC 1); class b: inverted (0); all of b scores above a,
+    # so the global AUROC is high while the macro within-class mean is 0.5
+    y = [1] * 5 + [0] * 5 + [1] * 5 + [0] * 5
+    s = [0.4] * 5 + [0.1] * 5 + [0.6] * 5 + [0.9] * 5
+    g = ["a"] * 10 + ["b"] * 10
+    per, macro = common.within_class_auroc(y, s, g)
+    assert per == {"a": 1.0, "b": 0.0} and macro == 0.5
+    per, macro = common.within_class_auroc([1, 0, 0, 0], [0.9, 0.1, 0.2, 0.3], ["a"] * 4)
+    assert math.isnan(per["a"]) and math.isnan(macro)  # fewer than 5 of each
+
+
+def test_precision_at_k_and_accuracy_by_band():
+    assert common.precision_at([1, 0, 1, 1], ks=(2, 4, 5)) == {"2": 0.5, "4": 0.75, "5": None}
+    acc, n, rising = common.accuracy_by_band([0, 0, 1, 2, 2], [0, 1, 0, 1, 1], 3)
+    assert acc == [0.5, 0.0, 1.0] and n == [2, 1, 2] and not rising
+    assert common.accuracy_by_band([0, 1, 1], [0, 1, 1], 3)[2]  # an empty band does not break the rise

@@ -227,3 +227,25 @@ def test_run_audit_errors_say_what_to_do(tmp_path):
     write_table(bad, ws.run_dir("r1") / "predictions.parquet")
     with pytest.raises(WorkspaceError, match="manifest changed"):
         run_audit(ws)
+
+
+def test_histogram_names_the_rule_and_draws_no_cut_for_the_retrain_rule():
+    from fercure.report.svg import histogram_svg
+    v, f = np.linspace(0, 1, 50), np.linspace(0, 1, 50) < 0.2
+    svg = histogram_svg(v, f, threshold=0.2, rule="retrain")
+    assert "stroke-dasharray" not in svg and "not a cut on this score" in svg
+    svg = histogram_svg(v, f, threshold=0.2, rule="mixture")
+    assert "stroke-dasharray" in svg and "one cut on the score" in svg
+
+
+def test_confidence_band_follows_the_probe_calibration():
+    from fercure.report.data import confidence_band
+    bands = {"calibrated": True, "cuts": [0.0, 0.45, 0.7], "accuracy": [0.2, 0.4, 0.8]}
+    assert confidence_band(0.44, 7, "ok", bands) == "guess"
+    assert confidence_band(0.5, 7, "ok", bands) == "lead"
+    assert confidence_band(0.71, 7, "ok", bands) == "likely"
+    assert confidence_band(0.71, 7, "weak", bands) == "lead"
+    # the card no longer calls 2.4× chance "near chance"
+    from pathlib import Path
+    js = (Path(core.__file__).parent / "report" / "report.js").read_text(encoding="utf-8")
+    assert "near chance" not in js and "band_accuracy" in js

@@ -69,7 +69,7 @@ def test_run_train_writes_the_run(tmp_path):
                 + ["uncertainty_entropy", "uncertainty_mutual_info", "oof_p_given", "forgetting",
                    "knn_agreement", "fusion_quality", "retrain_p_given", "mean_p_given_eval"]
                 + [f"knn_p_{c}" for c in CLASSES] + [f"retrain_p_{c}" for c in CLASSES]
-                + ["retrain_held_out", "planted", "probe"])
+                + ["retrain_held_out", "retrain_suspect", "planted", "probe"])
     assert list(pred.columns) == expected
     assert len(pred) == 37 and pred["sample_id"].is_unique
     assert pred["oof_p_given"].isna().all() and (pred["uncertainty_mutual_info"] == 0).all()
@@ -78,7 +78,11 @@ def test_run_train_writes_the_run(tmp_path):
 
     # every score is about the given label, and the retrain scored the share it dropped held out
     assert pred["mean_p_given"].between(0, 1).all() and pred["retrain_p_given"].between(0, 1).all()
-    assert pred["retrain_held_out"].sum() == round(0.3 * 37)
+    special = pred["planted"] | pred["probe"]
+    suspects = pred["retrain_held_out"] & ~special
+    assert suspects.sum() == round(0.3 * (~special).sum())
+    assert pred.loc[special, "retrain_held_out"].all()  # the second model never sees the probe or the planted
+    assert pred["retrain_suspect"].sum() >= suspects.sum()
     assert pred["probe"].sum() == 3  # round(5% of 12-13 per class) → at least 1 per class
     dyn = pd.read_parquet(s.run_dir / "dynamics.parquet")
     assert list(dyn.columns) == DYNAMICS_COLUMNS

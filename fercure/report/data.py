@@ -24,18 +24,27 @@ TOO_DARK, TOO_BRIGHT, LOW_CONTRAST = 40.0, 215.0, 15.0
 BANDS = ("guess", "lead", "likely")
 
 
-def confidence_band(confidence: float | None, n_classes: int, verdict: str | None = None) -> str:
-    """How far a suggestion's confidence stands above chance (1/K), in words.
+def confidence_band(confidence: float | None, n_classes: int, verdict: str | None = None,
+                    bands: dict | None = None) -> str:
+    """A suggestion's confidence in words: ``guess``, ``lead`` or ``likely``.
 
-    ``guess``: less than a quarter of the way from chance to certainty (0.17 with 7 classes, where
-    chance is 0.14); ``likely``: a majority of the probability and at least 40% of the way;
-    ``lead`` in between. A weak model's suggestions are at most leads, a too-weak model's guesses.
+    With ``bands`` (the audit's ``stats["confidence_bands"]``, calibrated on the probe) the band is
+    the one whose measured accuracy the confidence reaches: ``likely`` where held-out predictions
+    that sure matched their label at least half the time, ``lead`` from one in three
+    (``fercure.audit.BAND_ACCURACY``). Without a calibration (an old audit, a probe too small),
+    the lift over chance (1/K) decides: ``guess`` under a quarter of the way from chance to
+    certainty, ``likely`` a majority and at least 40% of the way, ``lead`` between. A weak
+    model's suggestions are at most leads, a too-weak model's guesses.
     """
     if confidence is None or not math.isfinite(confidence) or n_classes < 2:
         return "guess"
-    chance = 1.0 / n_classes
-    lift = (confidence - chance) / (1.0 - chance)
-    band = "guess" if lift < 0.25 else "likely" if confidence >= 0.5 and lift >= 0.4 else "lead"
+    if bands and bands.get("calibrated") and bands.get("cuts"):
+        cuts = [math.inf if c is None else c for c in bands["cuts"]]
+        band = BANDS[max(i for i, c in enumerate(cuts) if confidence >= c or i == 0)]
+    else:
+        chance = 1.0 / n_classes
+        lift = (confidence - chance) / (1.0 - chance)
+        band = "guess" if lift < 0.25 else "likely" if confidence >= 0.5 and lift >= 0.4 else "lead"
     if verdict == "too_weak":
         return "guess"
     if verdict == "weak" and band == "likely":
@@ -172,6 +181,7 @@ def build_payload(
     """
     classes = [str(c) for c in classes]
     verdict = str((stats.get("model_strength") or {}).get("verdict", "unknown"))
+    bands = stats.get("confidence_bands") or {}
     bits, listed = review_rows(audit, manifest)
     order = review_order(audit, listed, bits)
     store = np.nan_to_num(_num(C.column(audit, "store_index", -1)), nan=-1).astype(np.int64)
@@ -200,7 +210,7 @@ def build_payload(
         rows["given"].append(lidx[given[r]])
         rows["sugg"].append(s_i)
         rows["conf"].append(_round(conf[r], 3))
-        rows["band"].append(BANDS.index(confidence_band(conf[r], len(classes), verdict)))
+        rows["band"].append(BANDS.index(confidence_band(conf[r], len(classes), verdict, bands)))
         rows["score"].append(_round(score[r], 4))
         rows["flags"].append(int(bits[r]))
         rows["status"].append(sidx[status[r]])
@@ -221,6 +231,8 @@ def build_payload(
         "bands": list(BANDS),
         "verdict": verdict,
         "chance": 1.0 / len(classes) if classes else None,
+        # per band, the share of the probe's held-out predictions in it that matched their label
+        "band_accuracy": list(bands.get("accuracy") or []) if bands.get("calibrated") else [],
         "rows": rows,
         "dup_groups": [[pos[i] for i in g if i in pos] for g in groups],
         "counts": flag_counts(bits),

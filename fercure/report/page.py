@@ -179,6 +179,28 @@ def _per_class_charts(audit: pd.DataFrame, stats: dict, classes: Sequence[str],
     return f'<div class="small-multiples">{"".join(figs)}</div>' + _capped_note(len(keep), len(classes), "charts")
 
 
+def _bands_line(stats: dict, n_classes: int, chance: float) -> str:
+    """What each confidence band means: its measured accuracy on the probe when calibrated."""
+    b = stats.get("confidence_bands") or {}
+    if b.get("calibrated"):
+        acc, n, cuts = b.get("accuracy") or [], b.get("n") or [], b.get("cuts") or []
+        words = {"likely": '<span class="b-likely">likely</span>', "lead": '<span class="b-lead">a lead</span>',
+                 "guess": '<span class="b-guess">a guess</span>'}
+        parts = []
+        for i, name in reversed(list(enumerate(b.get("names") or []))):
+            if i >= len(cuts) or cuts[i] is None:
+                continue
+            right = f"{100 * acc[i]:.0f} % right" if i < len(acc) and acc[i] is not None else "no probe row"
+            parts.append(f"{words.get(name, _e(name))} (confidence ≥ {_fmt(cuts[i])}: {right} of "
+                         f"{n[i] if i < len(n) else 0} held-out probe predictions)")
+        return (", ".join(parts) + f". Measured against the given labels, which are themselves noisy, so "
+                f"these are lower bounds; chance with {n_classes} classes is {_fmt(chance)}.")
+    return ('<span class="b-likely">likely</span> (a majority of the probability, well above chance), '
+            '<span class="b-lead">a lead</span> (above chance, not evidence), <span class="b-guess">a guess</span> '
+            f"(less than a quarter of the way from chance, {_fmt(chance)} with {n_classes} classes, to certainty; "
+            "not calibrated: the probe was too small).")
+
+
 def _calibration(audit: pd.DataFrame, classes: Sequence[str]) -> str:
     cols = [f"p_{c}" for c in classes]
     if not classes or not all(c in audit.columns for c in cols):
@@ -191,9 +213,11 @@ def _calibration(audit: pd.DataFrame, classes: Sequence[str]) -> str:
     return (f'<div class="row2" id="calibration">{reliability_svg(bins)}<p class="muted" style="max-width:520px">'
             f"For {n} trained samples, binned by the probability of their top class (the audit's "
             "distribution): the bar is the share whose top class is the given label, the dot the mean "
-            "probability; on the diagonal the probabilities are calibrated. The given labels are "
-            "themselves noisy, so bars sit below the diagonal by about the share of wrong labels even "
-            f"for a calibrated model. Expected calibration error against the given labels: "
+            "probability; on the diagonal the probabilities are calibrated. Wrong given labels pull "
+            "the bars down by about their share; bars above the diagonal mean the distribution is "
+            "underconfident (it averages the training epochs, early ones included). The bands on the "
+            "cards are calibrated on the probe's held-out predictions instead. "
+            f"Expected calibration error against the given labels: "
             f"<b>{_fmt(ece, 3)}</b>.</p></div>")
 
 
@@ -396,9 +420,7 @@ and top-1 &lt; {_fmt(stats.get('ambiguity_max_confidence'))}</p>
 <nav class="muted">Jump to: <a href="#review">the review list</a> · <a href="#per-class">per class</a> ·
 <a href="#matrix">transition matrix</a> · <a href="#calibration">calibration</a> · <a href="#face-stage">face stage</a> ·
 <a href="#quality">image quality</a> · <a href="#groups">conflicting duplicates</a></nav>
-<p class="muted">How sure a suggestion is, in colour and words: <span class="b-likely">likely</span> (a majority of
-the probability, well above chance), <span class="b-lead">a lead</span> (above chance, not evidence),
-<span class="b-guess">a guess</span> (near chance: with {len(classes)} classes chance is {_fmt(chance)}).</p>
+<p class="muted">How sure a suggestion is, in colour and words: {_bands_line(stats, len(classes), chance)}</p>
 <h2 id="per-class">Per class</h2>{pc_html}
 <p class="muted">Label score per class (0 = the given label is likely wrong, 1 = likely right); red = flagged,
 dashed line = the cut that decided the flags.</p>
@@ -408,7 +430,7 @@ dashed line = the cut that decided the flags.</p>
 to list its samples below (on the diagonal only the listed ones: ambiguous, duplicates, face or quality issues).</p>
 {_transition_table(tm, classes) if classes else ''}
 <h2>Label score, all classes</h2>
-{histogram_svg(score, C.flag(audit, "is_issue").to_numpy(), threshold=mix_t if used == "mixture" else None)}
+{histogram_svg(score, C.flag(audit, "is_issue").to_numpy(), threshold=mix_t if used == "mixture" else None, rule=used)}
 <h2>Calibration</h2>{_calibration(audit, classes)}
 <h2 id="face-stage">Face stage</h2>{_face_stage(audit, rejects)}
 <h2 id="quality">Image quality</h2>{_quality(counts, stats)}

@@ -93,10 +93,12 @@
 
   // --- one card
   function bandText(r) {
-    var chance = D.chance === null ? '' : ' (chance 1/' + K + ' = ' + fmt(D.chance) + ')';
-    if (r.band === 'guess') { return fmt(r.conf) + ': near chance' + chance + ', a guess'; }
-    if (r.band === 'lead') { return fmt(r.conf) + ': a lead, not evidence'; }
-    return fmt(r.conf) + ': likely';
+    // the band's measured accuracy on held-out rows (the probe), when the audit calibrated it
+    var b = D.bands.indexOf(r.band), acc = D.band_accuracy && D.band_accuracy[b];
+    var seen = (acc === null || acc === undefined) ? '' : ' (held-out ones this sure: ' + Math.round(100 * acc) + ' % right)';
+    if (r.band === 'guess') { return fmt(r.conf) + ': a guess' + seen; }
+    if (r.band === 'lead') { return fmt(r.conf) + ': a lead, not evidence' + seen; }
+    return fmt(r.conf) + ': likely' + seen;
   }
   function card(r) {
     var c = el('div', {'class': 'card', 'data-id': r.id, 'data-given': L[r.given],

@@ -406,9 +406,9 @@ def _run_train(ws: Workspace, config: TrainConfig, resume: bool, reporter: Repor
             elif job.kind == "fold":
                 train_pos = np.flatnonzero(folds != job.fold)
                 labels = given_full
-            else:  # retrain: the given labels, without the first models' most suspect share
+            else:  # retrain: the given labels, without the first models' most suspect share, the probe and the planted
                 first = det.first_stage_scores(plan, [done[f"g0m{i}"] for i in range(config.ensemble)], c)
-                train_pos = np.flatnonzero(~det.suspects(first, plan, config.retrain_drop))
+                train_pos = np.flatnonzero(~det.retrain_excluded(first, plan, config.retrain_drop))
                 labels = given_full
 
             def save(state: dict[str, Any], key: str = job.key) -> None:
@@ -482,6 +482,7 @@ def _run_train(ws: Workspace, config: TrainConfig, resume: bool, reporter: Repor
         reliability=np.mean([m["reliability"] for m in finals], axis=0),
         rel_probs=np.mean([m["rel_probs"] for m in finals], axis=0),
         entropy=unc["entropy"], mutual_info=unc["mutual_info"], oof_p_given=oof)
+    pred_df = det.hide_flips(pred_df, plan, data.classes, cols.get("retrain_probs"))  # no trace of a flip leaves the run
     # Planted and probe samples were not trained with their given label: their dynamics rows
     # would describe a label that is not theirs (or nothing), so dynamics.parquet leaves them out.
     real = ~(plan.planted | plan.holdout)

@@ -10,9 +10,18 @@ flipped on purpose (``plant_rate``). Scores are always about the *given* label:
   given label is scored from the mean over epochs of the training-time distribution instead;
 - a probe sample: the first model's held-out, mirror-averaged p(given).
 
-The retrain (optional) drops the most suspect share by that first score, trains a second model on
-the given labels of the rest, and scores the dropped share by the second model's held-out
-prediction and the rest by its dynamics; ``retrain_p_given`` holds that second opinion.
+The retrain (optional) drops the most suspect share by that first score, and always the probe
+and the planted samples, trains a second model on the given labels of the rest, and scores what it
+dropped by the second model's held-out prediction and the rest by its dynamics;
+``retrain_p_given`` holds that second opinion.
+
+Every row is judged the same way, within its estimator group (``GROUPS``): a row is a *suspect*
+when its group's own score puts it in the lowest ``retrain_drop`` share of that group, and the
+retrain rule flags a suspect the held-out second model contradicts. The groups' scores: trained
+rows, the first models' mean p(given); probe rows, the first models' held-out p(given); planted
+rows, the second model's held-out p(given). A planted row's flipped label never leaves the
+training run: every column about it comes from the second model, which never saw the flip (and
+without a retrain the planted rows are left unscored), and the kNN vote counts given labels.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
+import pandas as pd
 
 from fercure.metrics import auroc
 from fercure.train import signals as sg
@@ -65,17 +75,62 @@ def _mean_probs_full(members: Sequence[dict[str, Any]], n: int, num_classes: int
     return out
 
 
-def suspects(score: np.ndarray, plan: RunPlan, share: float) -> np.ndarray:
-    """The ``share`` of samples with the lowest first-stage score (probe samples excluded: the
-    second model may train on them)."""
+# Estimator groups: which model's view scores a row's given label (see the module docstring).
+GROUPS = ("trained", "probe", "planted")
+
+
+def estimator_group(plan: RunPlan) -> np.ndarray:
+    """(N,) index into ``GROUPS`` of every sample."""
+    return np.where(plan.holdout, 1, np.where(plan.planted, 2, 0)).astype(np.int64)
+
+
+def lowest_share_per_group(score: np.ndarray, group: np.ndarray, share: float) -> np.ndarray:
+    """The ``share`` of each group with the lowest score (round(share × group size) per group,
+    ties by position; NaN scores are never picked): every group is judged against itself, so a
+    group scored by a harsher or kinder estimator is not over- or under-picked."""
+    score, group = np.asarray(score, float), np.asarray(group)
     out = np.zeros(len(score), dtype=bool)
-    cand = np.flatnonzero(~plan.holdout & np.isfinite(score))
-    k = int(round(share * len(score)))
-    if k <= 0 or len(cand) == 0:
-        return out
-    order = cand[np.argsort(score[cand], kind="stable")]
-    out[order[:k]] = True
+    for g in np.unique(group):
+        members = np.flatnonzero(group == g)
+        cand = members[np.isfinite(score[members])]
+        k = min(int(round(share * len(members))), len(cand))
+        if k > 0:
+            out[cand[np.argsort(score[cand], kind="stable")[:k]]] = True
     return out
+
+
+def matched_cut(score: np.ndarray, confirmed: np.ndarray, rate: float) -> float:
+    """The score cut c for which the share of rows with score ≤ c that are also ``confirmed``
+    comes closest to ``rate`` (the lower cut on a tie; −inf when the rate is 0 or there are no
+    rows): it lets a one-view rule flag a group as often as a two-view rule flags a like group."""
+    score = np.asarray(score, float)
+    ok = np.isfinite(score)
+    score, confirmed = score[ok], np.asarray(confirmed, bool)[ok]
+    if len(score) == 0 or rate <= 0:
+        return -np.inf
+    order = np.argsort(score, kind="stable")
+    got = np.cumsum(confirmed[order]) / len(score)  # flag share with the cut at each sorted score
+    return float(score[order][int(np.argmin(np.abs(got - rate)))])
+
+
+def suspects(score: np.ndarray, plan: RunPlan, share: float) -> np.ndarray:
+    """The trained (not probe, not planted) samples in the lowest ``share`` of them by the first-stage score."""
+    trained = estimator_group(plan) == 0
+    return lowest_share_per_group(np.where(trained, score, np.nan), trained.astype(int), share) & trained
+
+
+def retrain_excluded(score: np.ndarray, plan: RunPlan, share: float) -> np.ndarray:
+    """What the second model does not train on: the trained samples' suspects, the probe (held
+    out of both models, so it has two independent held-out views) and the planted samples (so a
+    model that never trained on their flipped label can speak about them)."""
+    return suspects(score, plan, share) | plan.holdout | plan.planted
+
+
+def _margin(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """p(label) − the largest other p, per row (NaN rows stay NaN)."""
+    c = probs.shape[1]
+    own = probs[np.arange(len(labels)), labels]
+    return own - np.where(np.eye(c, dtype=bool)[labels], -np.inf, probs).max(axis=1)
 
 
 def aggregate(plan: RunPlan, members: Sequence[dict[str, Any]], retrain: dict[str, Any] | None,
@@ -86,6 +141,7 @@ def aggregate(plan: RunPlan, members: Sequence[dict[str, Any]], retrain: dict[st
     trained = members[0]["trained"]  # positions the first models trained on
     summ = summarize([m["dynamics"] for m in members])  # about the *training* labels of `trained`
     tl = plan.train_labels
+    pl, ho = plan.planted, plan.holdout
 
     def at_trained(values: np.ndarray) -> np.ndarray:
         out = np.full(n, np.nan)
@@ -95,34 +151,38 @@ def aggregate(plan: RunPlan, members: Sequence[dict[str, Any]], retrain: dict[st
     mean_p_train = at_trained(summ["mean_p_given"])
     std_train = at_trained(np.sqrt(summ["var_p_given"]))
     std_p = std_train.copy()  # about the given label: planted and probe samples have none
+    std_p[pl] = np.nan
     aum_train = at_trained(summ["aum"])
     predicted = members[0]["dynamics"]["predicted"]
     forget_given = at_trained(sg.forgetting_events(predicted, given[trained]))
     forget_train = at_trained(sg.forgetting_events(predicted, tl[trained]))
     eval_probs = np.mean([m["probs"] for m in members], axis=0)
+    # The second model never trained on a planted sample (``retrain_excluded``): its held-out view
+    # is the only one free of the flip. Without a retrain a planted sample is left unscored.
+    rp = retrain["probs"] if retrain is not None else np.full((n, c), np.nan)
     # the first member's embedding: members are trained apart, so their feature spaces differ and
-    # an average of embeddings would mean nothing
-    knn = sg.knn_label_distribution(members[0]["embedding"], tl, c, k=config.knn) if config.knn \
-        else np.full((n, c), np.nan)
+    # an average of embeddings would mean nothing. Neighbours vote with their *given* labels (no
+    # flip is counted); a planted sample's own place in that space was learnt with its flip.
+    emb = members[0]["embedding"]
+    knn = sg.knn_label_distribution(emb, given, c, k=config.knn) if config.knn else np.full((n, c), np.nan)
+    knn[pl] = np.nan
 
-    # about the given label: planted samples from mean_probs, probe samples held out
+    # about the given label: probe samples held out, planted samples by the second model
     mean_p = first_stage_scores(plan, members, c)
+    mean_p[pl] = rp[pl, given[pl]]
     aum = aum_train.copy()
-    mp_full = _mean_probs_full(members, n, c)
-    pl, ho = plan.planted, plan.holdout
-    aum[pl] = mp_full[pl, given[pl]] - np.where(np.eye(c, dtype=bool)[given[pl]], -1.0, mp_full[pl]).max(axis=1)
-    std_p[pl] = np.nan
-    aum[ho] = eval_probs[ho, given[ho]] - np.where(np.eye(c, dtype=bool)[given[ho]], -1.0, eval_probs[ho]).max(axis=1)
+    aum[pl] = _margin(rp[pl], given[pl])
+    aum[ho] = _margin(eval_probs[ho], given[ho])
     knn_agree = knn[np.arange(n), given]
+    nan_planted = lambda v: np.where(pl, np.nan, v)  # noqa: E731
 
     cols: dict[str, np.ndarray] = {
         "mean_p_given": mean_p, "var_p_given": std_p ** 2, "aum": aum,
-        "last_p_given": at_trained(np.mean([m["dynamics"]["p_given"][-1] for m in members], axis=0)),
-        "importance_weight": at_trained(summ["importance_weight"]),
-        "forgetting": forget_given, "knn_agreement": knn_agree, "knn_probs": knn,
+        "last_p_given": nan_planted(at_trained(np.mean([m["dynamics"]["p_given"][-1] for m in members], axis=0))),
+        "importance_weight": nan_planted(at_trained(summ["importance_weight"])),
+        "forgetting": nan_planted(forget_given), "knn_agreement": knn_agree, "knn_probs": knn,
         "planted": pl.copy(), "probe": ho.copy(),
     }
-    cols["last_p_given"][pl] = np.nan
     if "p_given_eval" in members[0]["dynamics"]:
         pe = at_trained(np.mean([m["dynamics"]["p_given_eval"].mean(axis=0) for m in members], axis=0))
         pe[pl] = np.nan
@@ -130,47 +190,62 @@ def aggregate(plan: RunPlan, members: Sequence[dict[str, Any]], retrain: dict[st
         cols["mean_p_given_eval"] = pe
 
     # ---- fusion, fitted on planted flips (features about the training label) vs the rest
-    knn_train = knn[np.arange(n), tl]
-    feats_train = {"mean_p_given": mean_p_train, "std_p_given": std_train,
-                   "aum": aum_train, "knn_agreement": knn_train,
-                   "class_adjusted": sg.class_adjusted(mean_p_train, tl, c), "forgetting": -forget_train}
-    feats_given = {"mean_p_given": mean_p, "std_p_given": np.where(np.isfinite(std_p), std_p, np.nanmean(std_p)),
-                   "aum": aum, "knn_agreement": knn_agree,
-                   "class_adjusted": sg.class_adjusted(mean_p, given, c),
-                   "forgetting": -np.where(np.isfinite(forget_given), forget_given, np.nanmean(forget_given))}
-    xf = sg.fusion_features(feats_train)
+    xf, knn_train = None, None
     fit_rows = np.zeros(n, dtype=bool)
     fit_rows[trained] = True
-    fit_rows &= np.isfinite(xf).all(axis=1)
     fusion = {"features": list(sg.FUSION_FEATURES), "fitted": False}
-    if pl[fit_rows].sum() >= 10 and config.knn:
+    cols["fusion_quality"] = np.full(n, np.nan)
+    if config.knn and pl.sum() >= 10:
+        # the fit needs the vote on the labels the first model trained on; it stays inside this function
+        knn_train = sg.knn_label_distribution(emb, tl, c, k=config.knn)[np.arange(n), tl]
+        feats_train = {"mean_p_given": mean_p_train, "std_p_given": std_train,
+                       "aum": aum_train, "knn_agreement": knn_train,
+                       "class_adjusted": sg.class_adjusted(mean_p_train, tl, c), "forgetting": -forget_train}
+        xf = sg.fusion_features(feats_train)
+        fit_rows &= np.isfinite(xf).all(axis=1)
+    if xf is not None and pl[fit_rows].sum() >= 10:
+        feats_given = {"mean_p_given": mean_p, "std_p_given": np.where(np.isfinite(std_p), std_p, np.nanmean(std_p)),
+                       "aum": aum, "knn_agreement": knn_agree,
+                       "class_adjusted": sg.class_adjusted(mean_p, given, c),
+                       "forgetting": -np.where(np.isfinite(forget_given), forget_given, np.nanmean(forget_given))}
         w, b, mu, sd = sg.fit_logistic(xf[fit_rows], pl[fit_rows].astype(float))
         xg = sg.fusion_features(feats_given)
         prior = float(pl[fit_rows].mean())
         logit = sg.predict_logit(np.nan_to_num(xg, nan=0.0), w, b, mu, sd) - np.log(prior / (1 - prior))
-        cols["fusion_quality"] = 1.0 / (1.0 + np.exp(np.clip(logit, -30, 30)))
+        cols["fusion_quality"] = nan_planted(1.0 / (1.0 + np.exp(np.clip(logit, -30, 30))))
         fusion.update(fitted=True, weights=[float(v) for v in w], bias=b, n_planted=int(pl[fit_rows].sum()))
-    else:
-        cols["fusion_quality"] = np.full(n, np.nan)
 
     # ---- the retrain's second opinion
+    group = estimator_group(plan)
+    suspect_score = mean_p.copy()  # trained: in-sample; probe: first model held out; planted: second model held out
     if retrain is not None:
         kept = retrain["trained"]
         dropped = np.ones(n, dtype=bool)
         dropped[kept] = False
         s2 = np.full(n, np.nan)
         s2[kept] = summarize([retrain["dynamics"]])["mean_p_given"]
-        s2[dropped] = retrain["probs"][dropped, given[dropped]]
+        s2[dropped] = rp[dropped, given[dropped]]
         cols["retrain_p_given"] = s2
         cols["retrain_held_out"] = dropped
-        cols["retrain_probs"] = retrain["probs"]
+        cols["retrain_probs"] = rp
+    suspect = lowest_share_per_group(suspect_score, group, config.retrain_drop)
+    if retrain is not None and ho.any() and pl.any():
+        # A planted row has one flip-free view (the second model's), where a probe row has two
+        # independent ones; picking its suspects by that same view and confirming with it would
+        # over-flag the planted. The probe, held out of both models and drawn the same way, says
+        # how often the two-step rule flags a random row: the planted suspects are the rows under
+        # the second model's p(given) cut that flags the probe at that rate by the second model alone.
+        disagree = np.argmax(np.nan_to_num(rp, nan=-1.0), axis=1) != given
+        cut = matched_cut(rp[ho, given[ho]], disagree[ho], float((suspect & disagree)[ho].mean()))
+        suspect[pl] = rp[pl, given[pl]] <= cut
+    cols["retrain_suspect"] = suspect
 
     # ---- self-check: how the first score ranks the planted flips among the trained samples
     self_check: dict[str, Any] = {"n_planted": int(pl.sum()), "plant_rate": float(config.plant_rate)}
     if pl.any():
         rows = fit_rows
         self_check["auroc_mean_p"] = auroc(pl[rows], -mean_p_train[rows])
-        self_check["auroc_knn"] = auroc(pl[rows], -knn_train[rows]) if config.knn else None
+        self_check["auroc_knn"] = auroc(pl[rows], -knn_train[rows]) if knn_train is not None else None
         share = sg.estimate_error_share(mean_p_train[rows], pl[rows])
         self_check["estimated_error_share"] = share
         if np.isfinite(share):
@@ -183,6 +258,36 @@ def aggregate(plan: RunPlan, members: Sequence[dict[str, Any]], retrain: dict[st
     strength["planted_auroc"] = self_check.get("auroc_mean_p")
     strength.update(verdict_of(strength))
     return cols, self_check, strength
+
+
+def hide_flips(predictions: pd.DataFrame, plan: RunPlan, classes: Sequence[str],
+               retrain_probs: np.ndarray | None) -> pd.DataFrame:
+    """The predictions table with every planted row's class distributions (``p``, ``mean_p``,
+    ``rel_p``) and the statistics derived from them replaced by the second model's held-out view
+    (NaN without a retrain): the first models trained on the flipped label, so their view of a
+    planted row would carry the flip into the audit, the report and the exports."""
+    out = predictions.copy()
+    pl = np.asarray(plan.planted, bool)
+    if not pl.any():
+        return out
+    c = len(classes)
+    rp = np.full((int(pl.sum()), c), np.nan) if retrain_probs is None else np.asarray(retrain_probs, float)[pl]
+    for prefix in ("p", "mean_p", "rel_p"):
+        for j, name in enumerate(classes):
+            col = f"{prefix}_{name}"
+            if col in out.columns:
+                out.loc[pl, col] = rp[:, j].astype(out[col].dtype)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ent = np.where(np.isfinite(rp).all(axis=1), -(np.where(rp > 0, rp * np.log(rp), 0.0)).sum(axis=1), np.nan)
+    fill = {"reliability": rp.max(axis=1), "uncertainty_entropy": ent,
+            "uncertainty_mutual_info": np.zeros(len(rp)), "relabel_count": np.zeros(len(rp))}
+    for col, v in fill.items():
+        if col in out.columns:
+            out.loc[pl, col] = np.asarray(v).astype(out[col].dtype, copy=False) if out[col].dtype.kind == "f" \
+                else np.nan_to_num(np.asarray(v)).astype(out[col].dtype)
+    if "scn_label" in out.columns:
+        out.loc[pl, "scn_label"] = out.loc[pl, "given_label"]
+    return out
 
 
 def model_strength(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, Any]:

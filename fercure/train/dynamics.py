@@ -111,7 +111,7 @@ def predictions_frame(sample_ids: Sequence[str], classes: Sequence[str], given_i
         for j, name in enumerate(classes):
             cols[f"{prefix}_{name}"] = (np.full(n, np.nan, np.float32) if dist is None
                                         else dist[:, j].astype(np.float32))
-    for name in ("retrain_held_out", "planted", "probe"):
+    for name in ("retrain_held_out", "retrain_suspect", "planted", "probe"):
         v = signals.get(name)
         cols[name] = np.zeros(n, bool) if v is None else np.asarray(v, dtype=bool)
     return pd.DataFrame(cols)
