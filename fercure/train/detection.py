@@ -164,7 +164,9 @@ def aggregate(plan: RunPlan, members: Sequence[dict[str, Any]], retrain: dict[st
     # an average of embeddings would mean nothing. Neighbours vote with their *given* labels (no
     # flip is counted); a planted sample's own place in that space was learnt with its flip.
     emb = members[0]["embedding"]
-    knn = sg.knn_label_distribution(emb, given, c, k=config.knn) if config.knn else np.full((n, c), np.nan)
+    # the kNN goes where training went: `--device cpu` must not wake a GPU (None: the rank's GPU if any)
+    knn_dev = "cpu" if config.device == "cpu" else None
+    knn = sg.knn_label_distribution(emb, given, c, k=config.knn, device=knn_dev) if config.knn else np.full((n, c), np.nan)
     knn[pl] = np.nan
 
     # about the given label: probe samples held out, planted samples by the second model
@@ -197,7 +199,7 @@ def aggregate(plan: RunPlan, members: Sequence[dict[str, Any]], retrain: dict[st
     cols["fusion_quality"] = np.full(n, np.nan)
     if config.knn and pl.sum() >= 10:
         # the fit needs the vote on the labels the first model trained on; it stays inside this function
-        knn_train = sg.knn_label_distribution(emb, tl, c, k=config.knn)[np.arange(n), tl]
+        knn_train = sg.knn_label_distribution(emb, tl, c, k=config.knn, device=knn_dev)[np.arange(n), tl]
         feats_train = {"mean_p_given": mean_p_train, "std_p_given": std_train,
                        "aum": aum_train, "knn_agreement": knn_train,
                        "class_adjusted": sg.class_adjusted(mean_p_train, tl, c), "forgetting": -forget_train}
