@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_WS ?= demo-ws
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean gpu-carry
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,3 +22,8 @@ test: install
 
 clean:
 	rm -rf $(VENV) $(DEMO_WS) .pytest_cache
+
+# What benchmarks/gpu_check.sh needs on a GPU machine without network: .whl/ (facenet-pytorch) and
+# .bench/fer.tgz (the FER2013+FER+ benchmark from ../shared).
+gpu-carry:
+	PYTHON=$(PYTHON) bash benchmarks/gpu_carry.sh

@@ -14,6 +14,11 @@ Side by side, in one process, on the same images, device, resolution and epochs:
 * fercure_plus      fercure's default run plus the parts named by --plus.
 * plain_dynamics    one plain run (the core alone: no probe, no planted flips, no retrain) scored by
                     mean p(given) over epochs; its flags and suggestions come from fercure's audit.
+* plain_original    the anchor a user compares against: the same plain run on the ORIGINAL images
+                    (no prepare crops: each file resized to the run's image size, put in a copy of
+                    the workspace as its crop store, same rows), scored the same way.
+
+``--crop auto|align|as-given`` chooses how the shared workspace is prepared (prepare's --crop).
 
 Every chain's predictions are also audited under every score × threshold rule (audit_variants:
 cheap, no training), so the candidates compare on the same fits.
@@ -58,7 +63,7 @@ CLASS_TO_FERPLUS = {"angry": "anger", "disgust": "disgust", "fear": "fear", "hap
 FERPLUS_TO_CLASS = {v: k for k, v in CLASS_TO_FERPLUS.items()}
 VOTE_COLUMNS = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt",
                 "unknown", "NF"]
-METHODS = ("fercure", "fercure_thorough", "seeds", "elr", "plain_dynamics", "cleanlab_oof",
+METHODS = ("fercure", "fercure_thorough", "seeds", "elr", "plain_dynamics", "plain_original", "cleanlab_oof",
            "jigsaw", "inpaint", "app", "vit", "vit_atp", "fercure_plus")
 # Single-run chains (no probe, planted flips, kNN or retrain) whose headline score is mean p(given).
 PLAIN = dict(holdout=0.0, plant_rate=0.0, retrain=False, knn=0)
@@ -558,6 +563,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", default=",".join(STEPS),
                     help=f"comma-separated subset of {','.join(STEPS)}")
     ap.add_argument("--backbone", default="resnet18", help="timm backbone for every model")
+    ap.add_argument("--crop", choices=("auto", "align", "as-given"), default="auto",
+                    help="prepare's --crop for the shared workspace (default auto, fercure's default)")
     ap.add_argument("--seed", type=int, default=0, help="seed of every detection fit (a second seed measures "
                                                         "run-to-run variation)")
     ap.add_argument("--plus", default="jigsaw", help=f"fercure_plus: comma-separated parts added to the default run "
@@ -643,6 +650,41 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def original_workspace(b: Bench, ws: Path, input_root: Path) -> Path:
+    """A copy of the prepared workspace whose crop store holds the ORIGINAL images instead of
+    prepare's crops: each row's file, centre-squared and resized to the run's image size (a FER
+    crop is its own 48×48 file). Same manifest, so the same rows train and are scored."""
+    from PIL import Image
+
+    from fercure.faces.align import resize_whole
+    from fercure.store import write_store
+    from fercure.workspace import Workspace, read_table
+
+    src, dst = Workspace(ws), Workspace(b.scratch / "ws_original")
+    if dst.store.exists() and dst.manifest.exists() and dst.manifest.read_bytes() == src.manifest.read_bytes():
+        return dst.root   # built from this very manifest by an earlier run (its runs/ serve --reuse)
+    shutil.rmtree(dst.root, ignore_errors=True)
+    dst.faces_dir.mkdir(parents=True)
+    for f in (src.manifest, src.rejects):
+        shutil.copyfile(f, dst.root / f.name)
+    manifest = read_table(src.manifest)
+    rows = manifest[manifest["store_index"] >= 0].sort_values("store_index")
+    assert (rows["store_index"].to_numpy() == np.arange(len(rows))).all()
+    size = b.cfg["image_size"]
+
+    def original(path: Path) -> np.ndarray:
+        with Image.open(path) as im:
+            return resize_whole(np.asarray(im.convert("RGB"), dtype=np.uint8), size)
+
+    def chunks():
+        for lo in range(0, len(rows), 1024):
+            yield np.stack([original(input_root / p) for p in rows["source_path"].iloc[lo : lo + 1024]])
+
+    write_store(dst.store, chunks(), len(rows), size)
+    b.reporter.log(f"plain_original: {len(rows)} original images as the crop store of {dst.root}")
+    return dst.root
+
+
 def run(b: Bench, data: Path, steps: list[str]) -> dict[str, Any]:
     from fercure.stages.prepare import run_prepare
     from fercure.workspace import read_table
@@ -663,8 +705,9 @@ def run(b: Bench, data: Path, steps: list[str]) -> dict[str, Any]:
     t = Timer()
     with t:
         ps = run_prepare(data / "train", ws, labels_file=labels_file, device=b.device,
-                         image_size=cfg["image_size"], reporter=rep)
-    out["prepare"] = {"seconds": t.seconds, "status_counts": ps.status_counts, "n_with_crop": ps.n_with_crop}
+                         image_size=cfg["image_size"], crop=b.args.crop, reporter=rep)
+    out["prepare"] = {"seconds": t.seconds, "status_counts": ps.status_counts, "n_with_crop": ps.n_with_crop,
+                      "crop": b.args.crop}
     rep.log(f"prepare: {ps.status_counts} in {t.seconds:.0f}s")
     manifest = read_table(ws / "manifest.parquet")
     # truth aligned with the workspace's sample ids (source_path = labels.csv path)
@@ -690,10 +733,13 @@ def run(b: Bench, data: Path, steps: list[str]) -> dict[str, Any]:
         chains["elr"] = run_chain(b, ws, "elr", b.train_config(elr=True, epoch_eval=True, retrain=False),
                                   truth_ws)
     single = {"plain_dynamics": {}, **PART_SWITCHES, "vit": VIT, "vit_atp": dict(VIT, pool="atp")}
+    if "plain_original" in steps:
+        single["plain_original"] = {}
     for name, switch in single.items():
         if name not in steps:
             continue
-        chains[name] = run_chain(b, ws, name, b.train_config(**PLAIN, **switch), truth_ws)
+        run_ws = original_workspace(b, ws, data / "train") if name == "plain_original" else ws
+        chains[name] = run_chain(b, run_ws, name, b.train_config(**PLAIN, **switch), truth_ws)
         # The protocol's score is mean p(given) itself (also the audit's default label_score).
         pm = chains[name]
         score = 1.0 - pm["pred"]["mean_p_given"].to_numpy(dtype=np.float64)

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from enum import Enum
 from pathlib import Path
 from typing import Optional
+
+# OpenMP threads that wait spin on their core by default; beside other work (another training job,
+# a browser) that spinning took the cores the work needed: on the shared 2-core machine `train` took
+# about half the CPU time and 23-53 % less wall time with a passive wait (benchmarks/bench_contention.py,
+# RESULTS.md). Set before anything imports torch (this module does not); a value the user set stays.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import typer
 
@@ -22,7 +29,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode=None,  # plain click help: wraps every line at the terminal width, cuts nothing
 )
 
 WorkspaceOpt = typer.Option(..., "--workspace", "-w", help="Workspace folder shared by all stages.")
@@ -45,6 +52,12 @@ class Pool(str, Enum):
 class NoFace(str, Enum):
     keep = "keep"
     drop = "drop"
+
+
+class Crop(str, Enum):
+    auto = "auto"
+    align = "align"
+    as_given = "as-given"
 
 
 class MultiFace(str, Enum):
@@ -91,10 +104,21 @@ class Link(str, Enum):
     copy = "copy"
 
 
+def _examples(text: str) -> str:
+    """An epilog of example commands, each on one line as typed: click rewraps a help paragraph
+    to the terminal width unless it starts with \\b, and a wrapped command cannot be pasted."""
+    head, _, body = text.partition("\n\n")
+    lines = [line[2:] if line.startswith("  ") else line for line in body.split("\n\n") if line.strip()]
+    return head + "\n\n\b\n" + "\n".join(lines)
+
+
 def _fail(message: str, code: int = 1) -> None:
     from fercure.console import err_console, text
+    from fercure import launch
 
-    err_console.print(f"[bold red]error:[/] {text(message)}", highlight=False, soft_wrap=True)
+    launch.record_error(message)  # a rank of `--nproc N`: the launcher prints it once
+    if not launch.launched_rank() or os.environ.get("RANK", "0").strip() in ("", "0"):
+        err_console.print(f"[bold red]error:[/] {text(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -149,18 +173,22 @@ def _render(summary: object, title: str) -> None:
         label = f.name.replace("_", " ")
         if isinstance(value, dict):
             if value and all(isinstance(v, int) and not isinstance(v, bool) for v in value.values()):
-                extras.append(counts_table(label, value, key=label.split()[0]))
+                extras.append(counts_table(label, value, key=label.split()[0], limit=TABLE_MAX_ROWS))
             elif value:
                 flat = {str(k): _fmt(v) for k, v in value.items() if not isinstance(v, (dict, list))}
                 if flat:
                     extras.append(kv_table(label, flat))
         elif isinstance(value, pd.DataFrame):
             if not value.empty:
-                t = Table(title=label, title_justify="left")
+                shown = value.iloc[:TABLE_MAX_ROWS, :TABLE_MAX_COLS]
+                cut = [f"{n} more {what}" for n, what in ((len(value) - len(shown), "rows"),
+                                                         (value.shape[1] - shown.shape[1], "columns")) if n > 0]
+                t = Table(title=label, title_justify="left",
+                          caption=f"({', '.join(cut)}: see --json or the workspace's files)" if cut else None)
                 t.add_column("")
-                for c in value.columns:
+                for c in shown.columns:
                     t.add_column(text(c), justify="right")
-                for idx, row in value.iterrows():
+                for idx, row in shown.iterrows():
                     cells = [text(_fmt(v.item() if hasattr(v, "item") else v)) for v in row.tolist()]
                     t.add_row(text(idx), *cells)
                 extras.append(t)
@@ -183,6 +211,30 @@ def _render(summary: object, title: str) -> None:
         console.print(Panel(text(warning), title="warning", border_style="bold red"))
 
 
+# --json and the terminal tables stay bounded whatever the class count (a 900-class transition
+# matrix printed in full was 170 MB): the full tables are in the workspace's files.
+JSON_MAX_LIST = 1000  # items of any one list in --json
+JSON_MAX_MAP = 100  # entries of any one mapping (a table is a mapping of mappings: 100 × 100)
+TABLE_MAX_ROWS, TABLE_MAX_COLS = 50, 12  # a summary table in the terminal
+
+
+def bound_json(value, left_out: dict[str, int] | None = None, field: str = ""):
+    """``value`` with every list cut to JSON_MAX_LIST items and every mapping to JSON_MAX_MAP
+    entries; ``left_out`` counts what was cut, per top-level field. Pure."""
+    left_out = {} if left_out is None else left_out
+    if isinstance(value, dict):
+        items = list(value.items())
+        limit = JSON_MAX_MAP if field else len(items)  # the summary's own fields all stay
+        if len(items) > limit:
+            left_out[field] = left_out.get(field, 0) + len(items) - limit
+        return {k: bound_json(v, left_out, field or str(k)) for k, v in items[:limit]}
+    if isinstance(value, list):
+        if len(value) > JSON_MAX_LIST:
+            left_out[field] = left_out.get(field, 0) + len(value) - JSON_MAX_LIST
+        return [bound_json(v, left_out, field) for v in value[:JSON_MAX_LIST]]
+    return value
+
+
 def _emit(summary: object, title: str, workspace: object, as_json: bool) -> None:
     """The summary: JSON on stdout (``--json``), or tables, then where the outputs are and what
     to run next."""
@@ -192,6 +244,11 @@ def _emit(summary: object, title: str, workspace: object, as_json: bool) -> None
     if as_json:
         import json
 
+        left: dict[str, int] = {}
+        data = bound_json(data, left)
+        if left:
+            data["left_out"] = {k: f"{n} entries not listed here (the workspace's files hold them all)"
+                                for k, n in left.items()}
         typer.echo(json.dumps(data, ensure_ascii=False))
         return
     from fercure.console import console, text
@@ -228,12 +285,12 @@ def _run(fn, title: str, as_json: bool | None = False, quiet: bool = False, **kw
     return summary
 
 
-def _launch_ranks(nproc: int) -> None:
-    """`fercure train --nproc N`: the same command under torchrun with N processes on this machine
-    (torchrun's own launcher; fercure adds no transport). Exits with torchrun's status."""
-    import os
-    import subprocess
+def _launch_ranks(nproc: int, workspace: Path, wait: bool) -> None:
+    """`fercure train --nproc N`: the same command as N rank processes on this machine
+    (fercure.launch), which die with this command; it holds the workspace lock for them."""
     import sys
+
+    from fercure import launch
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         _fail("--nproc starts the ranks itself; under torchrun (or another launcher) leave it out.", 2)
@@ -245,12 +302,11 @@ def _launch_ranks(nproc: int) -> None:
             skip = True
         elif not a.startswith("--nproc="):
             args.append(a)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "fercure", "train", *args]
-    try:
-        code = subprocess.call(cmd)
-    except KeyboardInterrupt:
-        code = 130
+    from fercure.console import err_console, text
+
+    with _locked(workspace, wait):
+        code = launch.run_ranks(args, nproc, log=lambda line: err_console.print(
+            f"[bold red]error:[/] {text(line)}", highlight=False, soft_wrap=True))
     raise typer.Exit(code)
 
 
@@ -279,12 +335,12 @@ def main(
 
 
 @app.command(
-    epilog="Examples:\n\n"
-    "  fercure prepare data/images -w ws                       # data/images/<class>/*.jpg\n\n"
-    "  fercure prepare data -l data/labels.csv -w ws           # labels.csv: path,label[,split]\n\n"
+    epilog=_examples("Examples:\n\n"
+    "  # data/images/<class>/*.jpg\n\n  fercure prepare data/images -w ws\n\n"
+    "  # labels.csv: path,label[,split]\n\n  fercure prepare data -l data/labels.csv -w ws\n\n"
     "  fercure prepare fer -l labels.csv -w ws --on-no-face keep --device cuda\n\n"
-    "  fercure prepare data -w ws --shard 0/4   # ... --shard 3/4, on any machines sharing ws\n\n"
-    "  fercure prepare --merge -w ws            # combine the shards (the last one does it itself)"
+    "  # ... up to --shard 3/4, on any machines sharing ws\n\n  fercure prepare data -w ws --shard 0/4\n\n"
+    "  # combine the shards (the last one does it itself)\n\n  fercure prepare --merge -w ws")
 )
 def prepare(
     input_root: Optional[Path] = typer.Argument(None, help="Folder of class subfolders, or the root that the label file's paths are relative to."),
@@ -299,6 +355,7 @@ def prepare(
     multi_face: MultiFace = typer.Option(MultiFace.largest, help="Several faces: keep the largest, the most central, or drop the image."),
     min_face_size: float = typer.Option(20.0, min=1, help="Faces smaller than this (pixels, shorter box side) get status too_small."),
     min_score: float = typer.Option(0.9, min=0, max=1, help="Detector confidence below this gets status low_confidence."),
+    crop: Crop = typer.Option(Crop.auto, help="How to cut the crop: align to the 5-point template, keep the image as given (a square of its shorter side around the face, resized), or auto: as given where the face already fills the frame (a pre-cropped dataset), aligned elsewhere. The manifest's crop_mode says which."),
     chunk_size: int = typer.Option(512, min=1, help="Images per resumable chunk: an interrupted run resumes at the first unfinished chunk."),
     shard: Optional[str] = typer.Option(None, help="I/N: process only shard I (0..N-1) of N, split by sample_id hash, into the workspace's shard files; the shard that finds all N done merges them. Shards run side by side, also on machines sharing the workspace."),
     merge: bool = typer.Option(False, "--merge", help="Combine a complete set of shards into the manifest and store (no INPUT needed)."),
@@ -331,7 +388,7 @@ def prepare(
     kwargs = dict(input_root=input_root, workspace=workspace, labels_file=labels,
                   classes=class_list, device=device.value, batch_size=batch_size, workers=workers,
                   image_size=image_size, on_no_face=on_no_face.value, multi_face=multi_face.value,
-                  min_face_size=min_face_size, min_score=min_score, chunk_size=chunk_size)
+                  min_face_size=min_face_size, min_score=min_score, crop=crop.value, chunk_size=chunk_size)
     if shard_of is not None:
         # A shard writes only its own files: no lock while it works (shards must not wait for each
         # other), the workspace lock for the merge only, waiting for whoever holds it.
@@ -361,11 +418,12 @@ def parse_backbone_args(items: list[str]) -> dict[str, object]:
 
 
 @app.command(
-    epilog="Examples:\n\n"
-    "  fercure train -w ws                                   # resnet18 from scratch, 20 epochs\n\n"
+    epilog=_examples("Examples:\n\n"
+    "  fercure train -w ws                      # resnet18 from scratch, 20 epochs\n\n"
     "  fercure train -w ws --epochs 30 --thorough --device cuda\n\n"
-    "  fercure train -w ws --selfcure --reliability          # the SCN + ARBEx methods\n\n"
-    "  fercure train -w ws --pretrained resnet18.pth         # a local state dict"
+    "  fercure train -w ws --selfcure --reliability     # the SCN + ARBEx methods\n\n"
+    "  fercure train -w ws --pretrained resnet18.pth    # a local state dict\n\n"
+    "  fercure train -w ws --nproc 2                    # data-parallel, 2 processes")
 )
 def train(
     workspace: Path = WorkspaceOpt,
@@ -392,13 +450,14 @@ def train(
     retrain: bool = typer.Option(True, "--retrain/--no-retrain", help="Train a second model without the most suspect share and score that share held out."),
     knn: int = typer.Option(10, min=0, help="Neighbours for the embedding label-agreement signal (0: off)."),
     amp: str = typer.Option("auto", help="bf16 autocast: auto (CUDA only), bf16 (also on CPU), off."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the model's training steps (one graph: a short last batch is filled with the epoch's first samples). Slower start; off until a GPU measurement shows it pays."),
     thorough: bool = typer.Option(False, help="Slower, steadier scores: a 3-model ensemble for the first stage."),
     ensemble: int = typer.Option(1, min=1, help="Deep-ensemble members (uncertainty: entropy, mutual information)."),
     distill_generations: int = typer.Option(0, min=0, help="Self-distillation generations from the ensemble's soft labels."),
     folds: int = typer.Option(0, min=0, help="Cross-fitting folds for out-of-sample probabilities (0: off)."),
     resume: bool = typer.Option(False, help="Continue the latest unfinished run from its last epoch checkpoint."),
     store: StoreMode = typer.Option(StoreMode.auto, help="Crops resident on the device, or streamed from the memory-mapped store per batch (auto: stream when they would take over half the free memory)."),
-    nproc: int = typer.Option(1, min=1, help="Train data-parallel with this many processes on this machine (starts torchrun; one per GPU, or CPU processes over gloo). For several machines run torchrun yourself (README, Scaling out)."),
+    nproc: int = typer.Option(1, min=1, help="Train data-parallel with this many processes on this machine (fercure starts them and they stop with it; one per GPU, or CPU processes over gloo). For several machines run torchrun yourself (README, Scaling out)."),
     wait: bool = WaitOpt,
     json_out: bool = JsonOpt,
 ) -> None:
@@ -410,15 +469,18 @@ def train(
 
     from fercure.workspace import Workspace
 
+    from fercure import launch
+
     if nproc > 1:
-        _launch_ranks(nproc)
+        _launch_ranks(nproc, workspace, wait)
     try:
         rank = env_world().rank
     except DistributedError as e:
         _fail(str(e))
-    # Under torchrun rank 0 holds the lock for the whole data-parallel run; the other ranks are
-    # part of the same command.
-    lock = _locked(workspace, wait) if rank == 0 else contextlib.nullcontext()
+    launch.watch_launcher()
+    # Under torchrun rank 0 holds the lock for the whole data-parallel run (under `--nproc N` the
+    # launcher does); the other ranks are part of the same command.
+    lock = _locked(workspace, wait) if rank == 0 and not launch.launched_rank() else contextlib.nullcontext()
     with lock:  # prepare must not replace the store and manifest mid-run
         try:
             if pretrained is not None:
@@ -435,15 +497,25 @@ def train(
             pool=pool.value, pool_keep=pool_keep, backbone_args=backbone_args, label_smoothing=label_smoothing,
             holdout=holdout, plant_rate=plant_rate, retrain=retrain, knn=knn, amp=amp,
             ensemble=max(ensemble, 3) if thorough else ensemble,
-            distill_generations=distill_generations, folds=folds, store=store.value,
+            distill_generations=distill_generations, folds=folds, store=store.value, compile=compile,
         )
-        _run(run_train, "train", as_json=json_out, quiet=rank != 0, workspace=workspace, config=config,
-             resume=resume)
+        try:
+            _run(run_train, "train", as_json=json_out, quiet=rank != 0, workspace=workspace, config=config,
+                 resume=resume)
+        except typer.Exit:
+            raise
+        except Exception:
+            # A collective whose peer stopped with a clear message: that message is the one to show.
+            if launch.launched_rank() and launch.peer_failed():
+                raise typer.Exit(1) from None
+            raise
 
 
 @app.command(
     "audit-labels",
-    epilog="Examples:\n\n  fercure audit-labels -w ws\n\n  fercure audit-labels -w ws --report audit.html --run 20261122-1200-resnet18-ab12",
+    epilog=_examples("Examples:\n\n  fercure audit-labels -w ws\n\n"
+                     "  fercure audit-labels -w ws --report audit.html \\\n\n"
+                     "      --run 20261122-1200-resnet18-ab12"),
 )
 def audit_labels(
     workspace: Path = WorkspaceOpt,
@@ -477,12 +549,16 @@ def audit_labels(
 
 @app.command(
     "export-cleaned",
-    epilog="Examples:\n\n  fercure export-cleaned -w ws -o cleaned.parquet\n\n"
+    epilog=_examples("Examples:\n\n  fercure export-cleaned -w ws -o cleaned.parquet\n\n"
     "  fercure export-cleaned -w ws -o cleaned.csv --format csv --policy drop --force\n\n"
-    "  fercure export-cleaned -w ws -o cleaned.parquet --decisions decisions.csv   # saved from WS/report.html\n\n"
-    "  fercure export-cleaned -w ws -o cleaned-images --format imagefolder      # OUT/<split>/<class>/*.png\n\n"
-    "  fercure export-cleaned -w ws -o cleaned-images --format imagefolder --images originals --link copy\n\n"
-    "  fercure export-cleaned -w ws -o cleaned-hf.parquet --format hf          # datasets.load_dataset(\"parquet\", ...)",
+    "  # decisions saved from WS/report.html (the file name ends with the run id)\n\n"
+    "  fercure export-cleaned -w ws -o cleaned.parquet --decisions decisions-RUN.csv\n\n"
+    "  # OUT/<split>/<class>/*.png\n\n"
+    "  fercure export-cleaned -w ws -o cleaned-images --format imagefolder\n\n"
+    "  fercure export-cleaned -w ws -o cleaned-images --format imagefolder \\\n\n"
+    "      --images originals --link copy\n\n"
+    "  # for datasets.load_dataset(\"parquet\", ...)\n\n"
+    "  fercure export-cleaned -w ws -o cleaned-hf.parquet --format hf"),
 )
 def export_cleaned(
     workspace: Path = WorkspaceOpt,
@@ -491,8 +567,10 @@ def export_cleaned(
     format: Format = typer.Option(Format.parquet, "--format", help="parquet (the cleaned table), csv (with a provenance JSON beside it), imagefolder (OUT/<split>/<class>/ image files for torchvision's ImageFolder and datasets' imagefolder) or hf (Parquet with an Image column and ClassLabel names for datasets.load_dataset('parquet'))."),
     images: Images = typer.Option(Images.crops, "--images", help="imagefolder / hf: the aligned face crops (PNG) or the original files."),
     link: Link = typer.Option(Link.symlink, "--link", help="imagefolder with --images originals: symlink the originals or copy them."),
-    force: bool = typer.Option(False, help="Overwrite an existing output file."),
-    decisions: Optional[Path] = typer.Option(None, "--decisions", help="A reviewer's decisions (CSV or JSON saved from the review report): each overrides fercure's action for its sample; invalid rows are listed and skipped."),
+    force: bool = typer.Option(False, help="Overwrite an existing output file, or an earlier imagefolder export (never a folder fercure did not write)."),
+    decisions: Optional[Path] = typer.Option(None, "--decisions", help="A reviewer's decisions (CSV or JSON saved from the review report): each overrides fercure's action for its sample; invalid rows are listed and skipped (the export fails when none applies)."),
+    strict: bool = typer.Option(False, "--strict", help="Fail, writing nothing, when any --decisions row cannot be applied."),
+    allow_weak_drop: bool = typer.Option(False, "--allow-weak-drop", help="With --policy drop on a model the audit judged weak: drop its flagged rows anyway (refused without it)."),
     wait: bool = WaitOpt,
     json_out: bool = JsonOpt,
 ) -> None:
@@ -505,7 +583,8 @@ def export_cleaned(
     with lock:
         try:
             summary = run_export(workspace, output, policy=policy.value, fmt=format.value, force=force,
-                                 decisions=decisions, images=images.value, link=link.value)
+                                 decisions=decisions, images=images.value, link=link.value, strict=strict,
+                                 allow_weak_drop=allow_weak_drop)
         except WorkspaceError as e:
             _fail(str(e))
     _emit(summary, "export-cleaned", workspace, json_out)
@@ -569,7 +648,8 @@ def _demo_scorecard(data: Path, workspace: Path, quiet: bool = False) -> dict | 
     return card
 
 
-@app.command(epilog="Examples:\n\n  fercure demo -w demo-ws\n\n  fercure demo -w demo-ws --limit 12 --epochs 5   # 12 images per class, under a minute")
+@app.command(epilog=_examples("Examples:\n\n  fercure demo -w demo-ws\n\n"
+                              "  # 12 images per class, under a minute\n\n  fercure demo -w demo-ws --limit 12 --epochs 5"))
 def demo(
     workspace: Path = typer.Option(Path("demo-ws"), "--workspace", "-w"),
     data: Optional[Path] = typer.Option(None, help="Sample data folder: images/, labels.csv and, for the scorecard, ferplus_reference.csv (default: the repo's sample_data/)."),
@@ -587,8 +667,19 @@ def demo(
     data = data or find_sample_data()
     if data is None or not (data / "labels.csv").exists():
         _fail("sample_data/ not found: pass --data PATH (a folder with images/ and labels.csv).")
+    _check_demo_workspace(workspace, data)  # before the lock writes anything there
     with _locked(workspace, wait, create=True):  # one lock over all four stages
         _demo_stages(data, workspace, limit, epochs, image_size, batch_size, device, force, json_out)
+
+
+def _check_demo_workspace(workspace: Path, data: Path) -> None:
+    """The demo's workspace may not lie in its input folder: refuse before anything (the lock,
+    demo-labels.csv) is written there."""
+    from fercure.workspace import is_inside
+
+    if is_inside(workspace, data):
+        _fail(f"--workspace {workspace} lies inside the sample data {data}; fercure never writes into its input. "
+              "Choose a workspace outside it, e.g. -w demo-ws.")
 
 
 def _demo_stages(data: Path, workspace: Path, limit: int | None, epochs: int, image_size: int,
@@ -633,12 +724,22 @@ def _demo_stages(data: Path, workspace: Path, limit: int | None, epochs: int, im
     if as_json:
         import json
 
-        typer.echo(json.dumps({"stages": [summary_json(s, t, workspace) for t, s in summaries],
-                               "scorecard": card, "report": str(report)}, ensure_ascii=False, default=str))
+        left: dict[str, int] = {}
+        stages = [bound_json(summary_json(s, t, workspace), left) for t, s in summaries]
+        typer.echo(json.dumps({"stages": stages, "scorecard": card, "report": str(report),
+                               **({"left_out": left} if left else {})}, ensure_ascii=False, default=str))
     else:
-        console.print(f"Review report: {report} (open it in a browser, record decisions, save them, then "
-                      f"`fercure export-cleaned -w {workspace} -o cleaned.parquet --force --decisions "
-                      "decisions.csv`).", soft_wrap=True, highlight=False)
+        from fercure.report.page import export_command
+
+        run_id = summaries[1][1].run_id
+        console.print(f"Review report: {report} (open it in a browser, record decisions, save them, then, "
+                      f"in the folder the browser saved them to: `{export_command(str(workspace), run_id)}`).",
+                      soft_wrap=True, highlight=False)
+
+
+# The command list shows each command's first sentence in full (click would cut it to fit one line).
+for _command in app.registered_commands:
+    _command.short_help = _command.short_help or " ".join((_command.callback.__doc__ or "").split("\n\n")[0].split())
 
 
 if __name__ == "__main__":  # pragma: no cover

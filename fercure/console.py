@@ -75,12 +75,17 @@ class RichReporter:
         self._progress.console.print(text(message))
 
 
-def counts_table(title: str, counts: Mapping[str, int], key: str = "value", total: bool = True) -> Table:
+def counts_table(title: str, counts: Mapping[str, int], key: str = "value", total: bool = True,
+                 limit: int | None = None) -> Table:
+    """One row per key (the first ``limit``, then a row saying how many more), and the total."""
     table = Table(title=title, title_justify="left")
     table.add_column(key)
     table.add_column("count", justify="right")
-    for k, v in counts.items():
+    items = list(counts.items())
+    for k, v in items[:limit]:
         table.add_row(text(k), f"{v:,}")
+    if limit is not None and len(items) > limit:
+        table.add_row(f"... {len(items) - limit} more", f"{sum(v for _, v in items[limit:]):,}")
     if total and counts:
         table.add_row("[bold]total", f"[bold]{sum(counts.values()):,}")
     return table

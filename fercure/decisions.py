@@ -47,6 +47,30 @@ def _cleaned_name(df: pd.DataFrame, key: str) -> str:
     return CLEANED[key]
 
 
+# A decisions file holds at most one short row per audited sample; anything far larger is not one, and
+# reading it whole (JSON objects, CSV dicts) would cost tens of times its size in memory.
+MIN_MAX_BYTES = 1 << 20
+BYTES_PER_SAMPLE = 512
+# What the report's CSV writer and fercure's CSV export put before a cell a spreadsheet would run.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def max_bytes(n_samples: int) -> int:
+    """The largest decisions file read for an audit of ``n_samples``."""
+    return MIN_MAX_BYTES + BYTES_PER_SAMPLE * max(0, int(n_samples))
+
+
+def cell_text(value) -> str:
+    """A decision's cell as text: None → "", 0 → "0" (a JSON number is a value, not a missing one),
+    and a cell neutralised for spreadsheets (``'=x``) back to what it stands for (``=x``)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    text = str(value).strip()
+    if text.startswith("'") and text[1:2] and text[1:].startswith(_FORMULA_START):
+        return text[1:]
+    return text
+
+
 class DecisionsFileError(ValueError):
     """The file cannot be read as decisions at all (message names the file and what to do)."""
 
@@ -72,10 +96,16 @@ class Decisions:
     file: str = ""
 
 
-def read_decisions(path: Path | str) -> list[tuple[str, dict]]:
+def read_decisions(path: Path | str, limit: int | None = None) -> list[tuple[str, dict]]:
     """(row label, record) for each decision in a CSV or JSON file; DecisionsFileError when the file
-    is not a decisions file (wrong format, no sample_id/action column)."""
+    is not a decisions file (wrong format, no sample_id/action column, larger than ``limit`` bytes,
+    nested too deeply, a CSV cell over the csv module's limit)."""
     path = Path(path)
+    size = path.stat().st_size
+    if limit is not None and size > limit:
+        raise DecisionsFileError(f"{path} is {size / 2**20:,.1f} MB, more than a decisions file for this audit can be "
+                                 f"({limit / 2**20:,.1f} MB: one short row per sample); it is not read. Pass the file "
+                                 "saved from this workspace's report.")
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
@@ -88,6 +118,9 @@ def read_decisions(path: Path | str) -> list[tuple[str, dict]]:
         except json.JSONDecodeError as e:
             raise DecisionsFileError(f"{path} is not valid JSON ({e}); save the decisions again from the "
                                      "report.") from e
+        except RecursionError:
+            raise DecisionsFileError(f"{path} nests JSON too deeply to be a decisions file (a list of flat objects); "
+                                     "save the decisions again from the report.") from None
         items = data.get("decisions") if isinstance(data, dict) else data
         if not isinstance(items, list):
             raise DecisionsFileError(f"{path}: expected a list of decisions or {{\"decisions\": [...]}}.")
@@ -104,7 +137,14 @@ def read_decisions(path: Path | str) -> list[tuple[str, dict]]:
             "A decisions file is CSV with the header sample_id,action,label (as the report saves it).")
     reader.fieldnames = header
     # DictReader's line_num is the last physical line read: a row's own line number
-    return [(f"row {reader.line_num}", {k: v for k, v in row.items() if k is not None}) for row in reader]
+    out = []
+    try:
+        for row in reader:
+            out.append((f"row {reader.line_num}", {k: v for k, v in row.items() if k is not None}))
+    except csv.Error as e:  # a cell over the csv module's field limit (128 KB), a NUL byte
+        raise DecisionsFileError(f"{path} row {reader.line_num + 1}: {e}; a decisions row holds an id, an action and "
+                                 "a class name. Save the decisions again from the report.") from None
+    return out
 
 
 def parse(records: Sequence[tuple[str, dict]], *, file: str, sample_ids: Sequence[str], given: Sequence[str],
@@ -128,9 +168,9 @@ def parse(records: Sequence[tuple[str, dict]], *, file: str, sample_ids: Sequenc
         if "_bad" in rec:
             bad(row, f"{rec['_bad']!r} is not an object with sample_id and action; skipped.")
             continue
-        sid = str(rec.get("sample_id") or "").strip()
-        action = str(rec.get("action") or "").strip().lower()
-        label = str(rec.get("label") or "").strip()
+        sid = cell_text(rec.get("sample_id"))
+        action = cell_text(rec.get("action")).lower()
+        label = cell_text(rec.get("label"))
         if not sid:
             bad(row, "no sample_id; skipped. Copy the sample_id from the report's card.")
             continue
@@ -139,7 +179,7 @@ def parse(records: Sequence[tuple[str, dict]], *, file: str, sample_ids: Sequenc
                      "file saved from another workspace's report?")
             continue
         i = where[sid]
-        recorded_given = str(rec.get("given_label") or "").strip()
+        recorded_given = cell_text(rec.get("given_label"))
         if recorded_given and recorded_given != str(given[i]):
             bad(row, f"sample {sid} was decided as labelled {recorded_given!r}, but the audit says "
                      f"{given[i]!r}; skipped. The labels changed since the report: review it again.")

@@ -184,6 +184,7 @@ def discover(
         SAMPLE_COLUMNS,
     )
     counts = dict(Counter(r[1] for r in rows))
+    check_reserved(counts, labels_file or root)
     warnings = class_names.near_duplicate_classes(counts) + class_names.balance_warnings(
         counts, [clean_label(str(c)) for c in classes] if classes is not None else None)
     notes.extend(f"warning: {w}" for w in warnings)
@@ -199,6 +200,27 @@ def discover(
         REJECT_COLUMNS,
     )
     return samples, rej
+
+
+def reserved_class_names() -> set[str]:
+    """Class names that would give a per-class column (``mean_p_<class>``) the name of a fixed one
+    (``mean_p_given``) in one of fercure's tables: e.g. ``given``."""
+    from fercure import schema
+
+    fixed = {c.name for t in schema.TABLES.values() for c in t.columns if not c.per_class}
+    prefixes = {c.name for t in schema.TABLES.values() for c in t.columns if c.per_class}
+    return {name[len(p) + 1:] for p in prefixes for name in fixed if name.startswith(p + "_") and len(name) > len(p) + 1}
+
+
+def check_reserved(counts: dict[str, int], where: Path) -> None:
+    """Refuse a class whose name fercure's tables use for something else (the run would mix the two)."""
+    clash = sorted(set(counts) & reserved_class_names())
+    if clash:
+        name = clash[0]
+        raise WorkspaceError(
+            f"Class {name!r} ({counts[name]} images, in {where}) has a name fercure's tables reserve (a column "
+            f"p_{name} / mean_p_{name} would clash with another column). Rename the class in the label file or "
+            f"folder (e.g. {name}_class) and run prepare again.")
 
 
 def _frame(data: dict[str, list[Any]], columns: list[str]) -> pd.DataFrame:
@@ -294,6 +316,7 @@ def _discover_folder(root: Path, wanted: set[str] | None,
                                            f"expected one of: {', '.join(sorted(wanted))}" + _did_you_mean(label, wanted)))
                 else:
                     samples.append((rel, label, split))
+    samples = _one_sample_per_file(root_s, real_root, samples, rejects)
     taken_for = lookalike_labels([s[1] for s in samples])
     if taken_for:
         odd = [s for s in samples if s[1] in taken_for]
@@ -304,6 +327,27 @@ def _discover_folder(root: Path, wanted: set[str] | None,
     samples.sort(key=lambda s: s[0])
     rejects.sort(key=lambda r: r.source_path)
     return samples, rejects
+
+
+def _one_sample_per_file(root_s: str, real_root: str, samples: list[tuple[str, str, str]],
+                         rejects: list[_Reject]) -> list[tuple[str, str, str]]:
+    """A file reached twice (a symbolic link to another image of the tree) is one sample: the one at
+    the file's real place (no link on its path) is kept, else the first; the others are rejected."""
+    by_real: dict[str, list[int]] = {}
+    for i, (rel, _, _) in enumerate(samples):
+        by_real.setdefault(os.path.realpath(os.path.join(root_s, rel)), []).append(i)
+    drop: set[int] = set()
+    for real, idx in by_real.items():
+        if len(idx) < 2:
+            continue
+        keep = next((i for i in idx if os.path.join(real_root, samples[i][0]) == real), idx[0])
+        for i in idx:
+            if i != keep:
+                drop.add(i)
+                rejects.append(_Reject("", -1, samples[i][0], "same file as another sample",
+                                       f"a symbolic link to {samples[keep][0]}, which is read once (as "
+                                       f"{samples[keep][1]!r}); remove the link"))
+    return [s for i, s in enumerate(samples) if i not in drop]
 
 
 def _did_you_mean(label: str, wanted: set[str]) -> str:
@@ -371,6 +415,13 @@ def _walk_class_dir(root_s: str, real_root: str, rel_dir: str, found: list[str],
             continue
         rel = f"{rel_dir}/{entry.name}"
         if _safe_is_dir(entry):
+            if entry.is_symlink() and _within(os.path.realpath(entry.path), real_root):
+                # data/angry/loop -> .. would read every class again as 'angry': a folder inside the
+                # tree is read where it lies, never again through a link.
+                rejects.append(_Reject("", -1, rel, "symbolic link back into the input tree",
+                                       "not followed: the folder it points to is read where it lies; "
+                                       "remove the link (or copy the images in)"))
+                continue
             _walk_class_dir(root_s, real_root, rel, found, rejects, seen)
             continue
         if not _is_image_name(entry.name):
@@ -854,5 +905,18 @@ def _discover_label_file(root: Path, labels_file: Path, wanted: set[str] | None,
         samples.append((rel, label, split))
         hint = f"row {first_row} already lists this path with the same label; remove this row"
         rejects.extend(_Reject(file_s, g[0], g[4], "duplicate row", hint) for g in group[1:])
+    # Two paths to one file (a symbolic link listed beside its target) are one sample: the first row.
+    first_row_of = {g[1]: g[0] for g in reversed(good)}
+    by_real: dict[str, str] = {}
+    kept = []
+    for rel, label, split in samples:
+        real = os.path.realpath(os.path.join(locator.root_s, rel))
+        if real in by_real:
+            other = by_real[real]
+            rejects.append(_Reject(file_s, first_row_of[rel], rel, "same file as another sample",
+                                   f"row {first_row_of[other]} lists the same file as {other}; keep one row"))
+            continue
+        by_real[real] = rel
+        kept.append((rel, label, split))
     rejects.sort(key=lambda r: r.row)
-    return samples, rejects
+    return kept, rejects

@@ -13,13 +13,20 @@ given label until a person decides; ``index.csv``/``action`` say which, and ``de
 reviewer's ``--decisions`` file set the action). Dropped rows (by the policy or a reviewer) are left out.
 The images are the aligned crops of WS/faces/crops.npy (written as PNG) or the original files
 (symlinked or copied; never modified).
+
+A workspace is data: every sample id (the file name) and source path read from its tables is
+checked before use (``check_sample_id``, ``original_path``); a row that would write outside the
+output or read outside the input root it names is skipped and named. Class names become folder
+names through ``folder_name`` (safe for every loader; the mapping goes to classes.json).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,21 +53,74 @@ def exported_rows(cleaned: pd.DataFrame) -> pd.DataFrame:
     return cleaned[cleaned["clean_label"].notna() & (cleaned["action"] != "drop")].reset_index(drop=True)
 
 
-def check_path_part(value: str, what: str) -> str:
-    """A class or split name used as a folder name must be one plain path component."""
-    text = str(value)
-    if text in ("", ".", "..") or "/" in text or "\\" in text or "\0" in text:
-        raise ValueError(f"{what} {text!r} cannot be a folder name (it is empty, '.' or '..', or holds a "
-                         f"path separator); rename it in the label file and run prepare again")
+# Longest folder name written as it is (bytes): file systems allow 255; a longer one is shortened.
+MAX_NAME_BYTES = 120
+
+
+def folder_name(name: str) -> str:
+    """The folder a class (or split) is written to: the name itself when every loader reads it back
+    as it is, else a safe form with a short hash that keeps it unique. Loaders skip names that start
+    with '.' or '_' (``datasets``' imagefolder drops ``.hidden`` and ``__pycache__``), file systems
+    refuse names over 255 bytes, and a separator or control character cannot be in a folder name."""
+    text = str(name)
+    safe = (text not in ("", ".", "..") and not text.startswith((".", "_"))
+            and len(text.encode("utf-8", "surrogateescape")) <= MAX_NAME_BYTES
+            and not any(c in text for c in "/\\") and text.isprintable())
+    if safe:
+        return text
+    tag = hashlib.sha1(text.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    body = "".join(c if c.isprintable() and c not in "/\\" else "-" for c in text).lstrip("._-")
+    body = body.encode("utf-8", "ignore")[: MAX_NAME_BYTES - 20].decode("utf-8", "ignore").rstrip()
+    return f"{body}-{tag}" if body else f"class-{tag}"
+
+
+def folder_names(names: Sequence[str]) -> dict[str, str]:
+    """``folder_name`` of each name: name → folder."""
+    return {str(n): folder_name(str(n)) for n in names}
+
+
+# A sample id names the exported file: fercure writes 16 hex digits; a crafted table may not.
+_SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class UnsafeRow(ValueError):
+    """A workspace row whose paths cannot be trusted (the message says which and why)."""
+
+
+def check_sample_id(sample_id) -> str:
+    text = str(sample_id)
+    if not _SAFE_ID.fullmatch(text):
+        raise UnsafeRow(f"sample_id {text[:80]!r} is not a fercure id (letters, digits, - and _ only): "
+                        "the workspace table was altered")
     return text
+
+
+def original_path(input_root: Path, source_path) -> Path:
+    """The original file of ``source_path``, checked against the input root it claims: a relative
+    path without '..' and with an image extension, whose real location (links followed) stays
+    inside the root. UnsafeRow otherwise: a workspace is data, not a list of paths to trust."""
+    from fercure.images import IMAGE_EXTENSIONS
+
+    text = str(source_path)
+    rel = Path(text)
+    if not text or "\0" in text or rel.is_absolute() or ".." in rel.parts:
+        raise UnsafeRow(f"source_path {text[:200]!r} is not a path inside the input root")
+    if rel.suffix.lower() not in IMAGE_EXTENSIONS:
+        raise UnsafeRow(f"source_path {text[:200]!r} has no image extension")
+    root = Path(os.path.realpath(input_root))
+    real = Path(os.path.realpath(Path(input_root) / rel))
+    if root not in real.parents:
+        raise UnsafeRow(f"source_path {text[:200]!r} leads outside the input root {input_root}")
+    return Path(input_root) / rel
 
 
 def file_name(sample_id: str, source_path: str, images: str) -> str:
     """``<sample_id>.png`` for a crop; ``<sample_id><original suffix>`` for an original file. The id
     keeps names unique (two inputs may share a base name) and free of untrusted text."""
+    sid = check_sample_id(sample_id)
     if images == "crops":
-        return f"{sample_id}.png"
-    return f"{sample_id}{Path(str(source_path)).suffix.lower()}"
+        return f"{sid}.png"
+    return f"{sid}{Path(str(source_path)).suffix.lower()}"
 
 
 def png_bytes(crop: np.ndarray) -> bytes:
@@ -71,39 +131,89 @@ def png_bytes(crop: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _original(input_root: Path, source_path: str) -> Path:
-    return Path(input_root) / source_path
+def crop(store: np.ndarray | None, store_index) -> np.ndarray:
+    """The aligned crop at ``store_index``; UnsafeRow when the store does not hold it."""
+    i = int(store_index)
+    if store is None or not 0 <= i < len(store):
+        raise UnsafeRow(f"store_index {i} is outside the crop store ({0 if store is None else len(store)} crops)")
+    return store[i]
+
+
+def _source(row, images: str, store, input_root: Path | None):
+    """(crop array or original path, None), or (None, a line for ``skipped``)."""
+    if images == "crops":
+        if store is None or row.store_index < 0:
+            return None, f"{row.source_path}: no aligned crop (face_status {row.face_status})"
+        try:
+            return crop(store, row.store_index), None
+        except UnsafeRow as e:
+            return None, f"{row.source_path}: {e}"
+    try:
+        src = original_path(input_root, row.source_path)
+    except UnsafeRow as e:
+        return None, f"sample {str(row.sample_id)[:80]!r}: {e}; skipped"
+    if not src.is_file():
+        return None, f"{src}: the original file is gone (moved or deleted since prepare)"
+    return src, None
+
+
+def _inside(path: Path, dest: Path) -> bool:
+    """``path`` (not yet written) lies in ``dest``: its folder, links resolved, is inside it."""
+    parent, root = Path(os.path.realpath(path.parent)), Path(os.path.realpath(dest))
+    return parent == root or root in parent.parents
 
 
 def write_imagefolder(rows: pd.DataFrame, dest: Path, *, images: str, link: str, store: np.ndarray | None,
-                      input_root: Path | None) -> tuple[LayoutResult, pd.DataFrame]:
+                      input_root: Path | None, classes: Sequence[str] = ()) -> tuple[LayoutResult, pd.DataFrame]:
     """Fill the (new, empty) folder ``dest``; return what was written and the index rows (with a
-    ``file`` column relative to ``dest``). A sample whose image is missing is left out with a line
-    in ``skipped``; the others are written."""
+    ``file`` column relative to ``dest``). A sample whose image is missing, or whose row cannot be
+    trusted (an id or path leading elsewhere), is left out with a line in ``skipped``; the others
+    are written. Every class of ``classes`` gets its folder in every split, empty or not, so that
+    ImageFolder sees as many classes as the HF export's ClassLabel (see ``classes_json``)."""
     result, index = LayoutResult(), []
+    folders = folder_names([*classes, *rows["clean_label"].astype(str)])
+    for split in sorted({str(s or "train") for s in rows["split"]}):
+        for c in classes:
+            (dest / folder_name(split) / folders[str(c)]).mkdir(parents=True, exist_ok=True)
     for row in rows.itertuples(index=False):
-        split = check_path_part(row.split or "train", "split")
-        label = check_path_part(row.clean_label, "class")
-        rel = Path(split) / label / file_name(row.sample_id, row.source_path, images)
+        split = folder_name(row.split or "train")
+        label = folders[str(row.clean_label)]
+        try:
+            rel = Path(split) / label / file_name(row.sample_id, row.source_path, images)
+        except UnsafeRow as e:
+            result.skipped.append(f"{row.source_path}: {e}; skipped")
+            continue
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
+        if not _inside(target, dest) or os.path.lexists(target):
+            result.skipped.append(f"{row.source_path}: {rel.as_posix()} would leave the output or overwrite "
+                                  "another sample's file; skipped")
+            continue
+        source, problem = _source(row, images, store, input_root)
+        if problem:
+            result.skipped.append(problem)
+            continue
         if images == "crops":
-            if store is None or row.store_index < 0:
-                result.skipped.append(f"{row.source_path}: no aligned crop (face_status {row.face_status})")
-                continue
-            target.write_bytes(png_bytes(store[int(row.store_index)]))
+            target.write_bytes(png_bytes(source))
+        elif link == "symlink":
+            os.symlink(source.resolve(), target)
         else:
-            src = _original(input_root, row.source_path)
-            if not src.is_file():
-                result.skipped.append(f"{src}: the original file is gone (moved or deleted since prepare)")
-                continue
-            if link == "symlink":
-                os.symlink(src.resolve(), target)
-            else:
-                shutil.copyfile(src, target)
+            shutil.copyfile(source, target)
         result.n_images += 1
         index.append({"file": rel.as_posix(), **{c: getattr(row, c) for c in INDEX_COLUMNS}})
     return result, pd.DataFrame(index, columns=["file", *INDEX_COLUMNS])
+
+
+def classes_json(classes: Sequence[str], splits: Sequence[str] = ()) -> dict:
+    """OUT/classes.json: each class's index (the HF export's ClassLabel and the audit's order), the
+    folder it is written to, and the index torchvision's ImageFolder gives it (sorted folder names)."""
+    folders = folder_names(classes)
+    by_folder = sorted(folders.values())
+    return {
+        "classes": [{"index": i, "name": str(c), "folder": folders[str(c)],
+                     "imagefolder_index": by_folder.index(folders[str(c)])} for i, c in enumerate(classes)],
+        "splits": {str(s): folder_name(str(s)) for s in splits},
+    }
 
 
 def hf_frame(rows: pd.DataFrame, classes: Sequence[str], *, images: str, store: np.ndarray | None,
@@ -113,17 +223,19 @@ def hf_frame(rows: pd.DataFrame, classes: Sequence[str], *, images: str, store: 
     cidx = {c: i for i, c in enumerate(classes)}
     result, out = LayoutResult(), []
     for row in rows.itertuples(index=False):
+        try:
+            sid = check_sample_id(row.sample_id)
+        except UnsafeRow as e:
+            result.skipped.append(f"{row.source_path}: {e}; skipped")
+            continue
+        source, problem = _source(row, images, store, input_root)
+        if problem:
+            result.skipped.append(problem)
+            continue
         if images == "crops":
-            if store is None or row.store_index < 0:
-                result.skipped.append(f"{row.source_path}: no aligned crop (face_status {row.face_status})")
-                continue
-            image = {"bytes": png_bytes(store[int(row.store_index)]), "path": f"{row.sample_id}.png"}
+            image = {"bytes": png_bytes(source), "path": f"{sid}.png"}
         else:
-            src = _original(input_root, row.source_path)
-            if not src.is_file():
-                result.skipped.append(f"{src}: the original file is gone (moved or deleted since prepare)")
-                continue
-            image = {"bytes": None, "path": str(src.resolve())}
+            image = {"bytes": None, "path": str(source.resolve())}
         if row.clean_label not in cidx:
             result.skipped.append(f"{row.source_path}: label {row.clean_label!r} is not one of the classes")
             continue

@@ -59,7 +59,9 @@ def next_step(stage: str, summary: Any, workspace: Path | str | None) -> dict[st
     if stage == "audit-labels":
         outputs = [str(summary.audit_path)] + ([str(summary.report_path)] if summary.report_path else [])
         return {"outputs": outputs,
+                # --force when an earlier export (the demo's) is there: the hint must run as printed
                 "next": f"fercure export-cleaned -w {ws} -o {ws / 'cleaned.parquet'}"
+                        + (" --force" if (ws / "cleaned.parquet").exists() else "")
                         + (f"  (review {summary.report_path} first; add --decisions FILE with the "
                            "decisions saved from it)" if summary.report_path else "")}
     if stage == "export-cleaned":
@@ -70,8 +72,10 @@ def next_step(stage: str, summary: Any, workspace: Path | str | None) -> dict[st
 
 def _load_hint(fmt: str, output: Path) -> str:
     return {
-        "parquet": f"train on it: pandas.read_parquet('{output}') (clean_label; action != 'drop')",
-        "csv": f"train on it: pandas.read_csv('{output}', keep_default_na=False) (clean_label; action != 'drop')",
+        "parquet": f"train on it: pandas.read_parquet('{output}') (clean_label where action is keep or relabel; "
+                   "review rows wait for a person: --decisions)",
+        "csv": f"train on it: pandas.read_csv('{output}', keep_default_na=False) (clean_label where action is keep or "
+               "relabel; review rows wait for a person: --decisions)",
         "imagefolder": f"train on it: torchvision.datasets.ImageFolder('{Path(output) / 'train'}') "
                        f"or datasets.load_dataset('imagefolder', data_dir='{output}')",
         "hf": f"train on it: datasets.load_dataset('parquet', data_files='{output}', split='train')",

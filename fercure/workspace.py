@@ -30,6 +30,12 @@ from fercure import schema
 from fercure.schema import SCHEMA_VERSION  # noqa: F401  (re-exported: where stages read it)
 
 META_KEY = b"fercure"
+# Written when fercure creates a workspace (or an export folder): cleanup only ever touches a folder
+# that carries it, never a folder of the user's that was named by mistake.
+WORKSPACE_MARKER = ".fercure-workspace"
+EXPORT_MARKER = ".fercure-export"
+# Temporary files of atomic writes are named .NAME.fercure-XXXX.tmp: a user's own *.tmp never matches.
+TMP_TAG = ".fercure-"
 
 
 class WorkspaceError(Exception):
@@ -156,15 +162,17 @@ class Workspace:
         """Delete run folders that hold nothing but config.json and/or FAILED: a run that failed or
         was killed before its first checkpoint, which can be neither resumed nor audited. Finished
         (predictions.parquet) and resumable (checkpoint.pt) runs hold more and are never touched.
-        Only safe under the workspace lock: a run starting beside us holds only config.json too."""
-        if not self.runs_dir.is_dir():
+        Only in a workspace fercure made (``is_fercure``) and only when config.json is one train wrote
+        (it names the run or a fercure version). Only safe under the workspace lock: a run starting beside us
+        holds only config.json too."""
+        if not self.runs_dir.is_dir() or not self.is_fercure():
             return 0
         n = 0
         for run in sorted(self.runs_dir.iterdir()):
             if run.is_symlink() or not run.is_dir():
                 continue
             names = {p.name for p in run.iterdir()}
-            if names and names <= {"config.json", "FAILED"}:
+            if names and names <= {"config.json", "FAILED"} and (names == {"FAILED"} or _fercure_config(run)):
                 for name in names:
                     (run / name).unlink(missing_ok=True)
                 run.rmdir()
@@ -184,15 +192,34 @@ class Workspace:
     def lock_file(self) -> Path:
         return self.root / ".lock"
 
+    @property
+    def marker(self) -> Path:
+        return self.root / WORKSPACE_MARKER
+
+    def is_fercure(self) -> bool:
+        """True when fercure made this folder its workspace: its marker is there, or (a workspace
+        of fercure 0.2, before the marker) a manifest carrying fercure's metadata."""
+        if self.marker.is_file():
+            return True
+        try:
+            return self.manifest.is_file() and "fercure_version" in read_metadata(self.manifest)
+        except (OSError, WorkspaceError):
+            return False
+
     def remove_stale_temps(self) -> int:
         """Delete temporary files a killed run left behind (atomic writes name them .NAME.*.tmp),
         also inside each run folder, where a SIGTERM mid-checkpoint leaves .checkpoint.pt.*.tmp.
-        Only safe under the workspace lock: another command's temp file would look stale too."""
+        Only in a folder a marker proves fercure's (``is_fercure``), and only files named the way
+        ``atomic_path`` names them. Only safe under the workspace lock: another command's temp file
+        would look stale too."""
+        if not self.is_fercure():
+            return 0
         runs = sorted(d for d in self.runs_dir.iterdir() if d.is_dir()) if self.runs_dir.is_dir() else []
         n = 0
-        for folder in (self.root, self.faces_dir, self.runs_dir, *runs, *(d / "members" for d in runs)):
+        subs = [d / sub for d in runs for sub in ("members", "fits")]
+        for folder in (self.root, self.faces_dir, self.runs_dir, *runs, *subs):
             if folder.is_dir():
-                for tmp in folder.glob(".*.tmp"):
+                for tmp in folder.glob(f".*{TMP_TAG}*.tmp"):
                     tmp.unlink(missing_ok=True)
                     n += 1
         return n
@@ -207,6 +234,7 @@ class Workspace:
             self.audit: "the workspace's audit table (written by audit-labels)",
             self.report: "the workspace's report (written by audit-labels)",
             self.lock_file: "the workspace's lock file",
+            self.marker: "the workspace's marker file",
         }
 
     def prepared_inputs(self) -> tuple[str | None, str | None]:
@@ -254,14 +282,55 @@ class Workspace:
 
     def require(self, path: Path, stage: str) -> Path:
         if not path.exists():
+            # prepare needs its input folder, which an unprepared workspace cannot name
+            what = ("prepare INPUT_FOLDER" if stage == "prepare" else stage)
+            where = (" (INPUT_FOLDER: your images, one subfolder per class, or add -l LABELS_FILE)"
+                     if stage == "prepare" else "")
             raise WorkspaceError(
-                f"{path} does not exist. Run `fercure {stage} -w {self.root}` first."
+                f"{path} does not exist. Run `fercure {what} -w {self.root}` first{where}."
             )
         return path
 
 
 # ---------------------------------------------------------------------------------------------
 # The workspace lock: one writing command at a time
+
+
+def _fercure_config(run: Path) -> bool:
+    """run/config.json is one train wrote: it names this run (run_id) or a fercure version."""
+    try:
+        data = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and (data.get("run_id") == run.name or "fercure_version" in data)
+
+
+def claim(root: Path | str) -> bool:
+    """Make ``root`` a workspace: create it if absent and write its marker when fercure created it
+    or found it empty (a lock file aside). A folder already holding other files gets no marker, so
+    no cleanup ever deletes anything in it. Returns True when this call created the folder."""
+    root = Path(root)
+    created = not root.exists()
+    root.mkdir(parents=True, exist_ok=True)
+    marker = root / WORKSPACE_MARKER
+    if not marker.exists() and {p.name for p in root.iterdir()} <= {".lock"}:
+        marker.write_text(f"fercure workspace (fercure {__version__})\n", encoding="utf-8")
+    return created
+
+
+def remove_if_unused(root: Path | str) -> bool:
+    """Remove a workspace folder a failed command created and left holding only its lock and marker."""
+    root = Path(root)
+    try:
+        names = {p.name for p in root.iterdir()}
+        if names <= {".lock", WORKSPACE_MARKER}:
+            for name in names:
+                (root / name).unlink(missing_ok=True)
+            root.rmdir()
+            return True
+    except OSError:
+        pass
+    return False
 
 
 class WorkspaceLockedError(WorkspaceError):
@@ -292,8 +361,9 @@ def workspace_lock(root: Path | str, *, wait: bool = False, create: bool = True,
         yield
         return
     path = root / ".lock"
+    created = False
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        created = claim(root)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
         raise WorkspaceError(f"Cannot create the lock file {path} ({e.strerror or e}): the command writes "
@@ -318,6 +388,8 @@ def workspace_lock(root: Path | str, *, wait: bool = False, create: bool = True,
             yield
         finally:
             _write_pid(fd, "")
+            if created:  # a command that failed before writing anything leaves no empty workspace
+                remove_if_unused(root)
     finally:
         os.close(fd)  # releases the lock
 
@@ -516,7 +588,7 @@ def atomic_path(path: Path | str, *, size: int | None = None) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     if size is not None:
         check_free_space(path, size)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_TAG}", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

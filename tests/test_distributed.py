@@ -221,7 +221,7 @@ def _merge_worker(rank: int, port: int, out: str) -> None:
                           torch.full((6, 2), float("nan")))  # NaN elsewhere must not leak
     mine = {"p": (rows[own].float() / 10).view(-1, 1)}
     res = {"labels": dd.merge_owned(labels, own, world), "relabeled": dd.merge_owned(relabeled, own, world),
-           "targets": dd.merge_owned(targets, own, world), "p": dd.gather_rows(mine, own, world)["p"],
+           "targets": dd.merge_owned(targets, own, world), "p": dd.gather_rows(mine, dd.owner_of(rows, world), world)["p"],
            "sum": dd.all_sum(torch.tensor(rank + 1.0), world)}
     torch.save(res, f"{out}.{rank}")
     dist.destroy_process_group()
@@ -246,3 +246,100 @@ def test_merge_across_two_gloo_ranks(tmp_path):
         assert torch.equal(r["targets"], rows.view(-1, 1).float() + torch.tensor([[0.25, 0.5]]))
         assert torch.allclose(r["p"].squeeze(1), rows.float() / 10)
         assert float(r["sum"]) == 3.0
+
+
+# ---------------------------------------------------------------------------------------------
+# The launcher (`--nproc N`): ranks die with it, errors print once, resume keeps the rank count
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")  # a zombie has ended; only its exit status is left
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_killing_the_launcher_takes_its_ranks_and_the_lock_with_it(tmp_path):
+    """`kill -9` of `fercure train --nproc 2` mid-run: both ranks are gone within seconds, the
+    workspace lock is free, and no rank finishes the run the user stopped."""
+    from fercure.workspace import workspace_lock
+
+    ws, _ = make_noisy_workspace(tmp_path / "ws")
+    args = [a if a != "6" else "200" for a in ARGS]  # far more epochs than the test waits for
+    proc = subprocess.Popen([sys.executable, "-m", "fercure", "train", "-w", str(ws.root), *args, "--nproc", "2"],
+                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        ranks: list[int] = []
+        while True:  # both ranks started and the run has begun (past rendezvous)
+            assert proc.poll() is None, "the launcher ended early"
+            assert time.monotonic() < deadline, "the ranks did not start within 240 s"
+            ranks = ranks if len(ranks) >= 2 else [c for c in _children(proc.pid)]
+            if len(ranks) >= 2 and list(ws.runs_dir.glob("*/config.json")):
+                break
+            time.sleep(0.2)
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while any(_alive(r) for r in ranks) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [r for r in ranks if _alive(r)], "ranks outlived the launcher"
+        with workspace_lock(ws.root):  # free: nothing holds it
+            pass
+        time.sleep(1)
+        assert not list(ws.runs_dir.glob("*/predictions.parquet"))
+    finally:
+        for r in _children(proc.pid) if proc.poll() is None else []:
+            os.kill(r, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_an_error_under_two_processes_is_printed_once(tmp_path):
+    """Every rank stops with the same clear error: it is printed once, exit 1, no traceback."""
+    (tmp_path / "ws").mkdir()
+    res = subprocess.run([sys.executable, "-m", "fercure", "train", "-w", str(tmp_path / "ws"), *ARGS,
+                          "--nproc", "2"], env=_env(), capture_output=True, text=True, timeout=240)
+    out = res.stdout + res.stderr
+    assert res.returncode == 1, out
+    assert out.count("manifest.parquet does not exist") == 1, out
+    assert "Traceback" not in out and "ChildFailedError" not in out, out
+
+
+def test_closing_messages_name_each_distinct_failure_once():
+    from fercure.launch import closing_messages
+
+    assert closing_messages({0: "bad manifest\n", 1: "bad manifest"}, {0: 1, 1: 1}) == []
+    assert closing_messages({1: "rank one broke", 2: "rank one broke"}, {0: -15, 1: 1, 2: 1}) == \
+        ["rank 1: rank one broke"]
+    assert closing_messages({0: "a", 1: "b"}, {0: 1, 1: 1}) == ["rank 1: b"]
+
+
+def test_resume_with_another_process_count_is_refused(tmp_path):
+    """A run started by two ranks cannot be continued by one (nor the reverse): the message names
+    the command that resumes it."""
+    from fercure.stages.train import check_resume_world
+
+    ws, _ = make_noisy_workspace(tmp_path / "ws", n=30)
+    run = ws.runs_dir / "20260101-0000-test_resnet-ab12"
+    run.mkdir(parents=True)
+    cfg = TrainConfig(backbone="test_resnet", image_size=24, epochs=2, batch_size=16, device="cpu")
+    (run / "config.json").write_text(json.dumps({**cfg.to_dict(), "world_size": 2}))
+    torch.save({"format": 0}, run / "checkpoint.pt")
+    with pytest.raises(dd.DistributedError.__mro__[1], match=r"started with `--nproc 2`.*--resume --nproc 2`"):
+        run_train(ws, cfg, resume=True)
+    with pytest.raises(Exception, match=r"in one process .*--resume`"):
+        check_resume_world({"world_size": 1}, 2, "r", ws.root)
+    check_resume_world({}, 1, "r", ws.root)  # runs from before world_size was recorded: one process

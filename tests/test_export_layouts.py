@@ -104,12 +104,12 @@ def test_a_missing_original_is_reported_and_the_rest_exported(ws_with_originals,
 def test_imagefolder_output_is_replaced_only_with_force_and_never_inside_the_input(ws_with_originals, tmp_path):
     ws, root = ws_with_originals
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "mine.txt").write_text("keep me")
+    run_export(ws, out, fmt="imagefolder")
+    (out / "mine.txt").write_text("inside an earlier export")
     with pytest.raises(OutputExistsError, match="--force"):
         run_export(ws, out, fmt="imagefolder")
-    assert (out / "mine.txt").read_text() == "keep me"
-    run_export(ws, out, fmt="imagefolder", force=True)
+    assert (out / "mine.txt").exists()
+    run_export(ws, out, fmt="imagefolder", force=True)  # an earlier fercure export is replaced as a whole
     assert not (out / "mine.txt").exists() and (out / "index.csv").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no temp folder left
     with pytest.raises(ExportError, match="input folder"):
@@ -256,7 +256,7 @@ def test_a_decisions_file_inside_the_imagefolder_output_is_refused(ws_with_origi
     run_export(ws, out, fmt="imagefolder")
     decisions = out / "decisions.csv"
     decisions.write_text("sample_id,action,label\nid000,drop,\n", encoding="utf-8")
-    with pytest.raises(ExportError, match="inside --output"):
+    with pytest.raises(ExportError, match="holds the --decisions file"):
         run_export(ws, out, fmt="imagefolder", decisions=decisions, force=True)
     assert decisions.is_file()
 

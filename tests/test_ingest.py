@@ -111,11 +111,29 @@ def test_folder_mode_symlinks(tmp_path: Path) -> None:
     (r / "sad" / "loop").symlink_to(r / "sad", target_is_directory=True)  # must not hang
     _touch(r, "sad/b.png")
     samples, rejects = discover(r)
-    assert samples["source_path"].tolist() == ["happy/a.png", "happy/inside_link.png", "sad/b.png"]
+    # issue 20: a file reached twice (a link to another image of the tree) is one sample, and a
+    # link to a folder of the tree is not followed (it would be read again under another class)
+    assert samples["source_path"].tolist() == ["happy/a.png", "sad/b.png"]
     problems = dict(zip(rejects["source_path"], rejects["problem"]))
     assert problems == {"happy/dangling.png": "broken symbolic link",
                         "happy/escape.png": "path escapes the input root",
+                        "happy/inside_link.png": "same file as another sample",
+                        "sad/loop": "symbolic link back into the input tree",
                         "sad/outdir": "path escapes the input root"}
+
+
+def test_a_link_to_an_ancestor_does_not_double_the_samples(tmp_path: Path) -> None:
+    r = tmp_path / "data"
+    for rel in ("angry/a.png", "angry/b.png", "happy/c.png", "sad/d.png"):
+        _touch(r, rel)
+    (r / "angry" / "loop").symlink_to("..", target_is_directory=True)
+    (r / "sad" / "also_c.png").symlink_to(r / "happy" / "c.png")
+    samples, rejects = discover(r)
+    got = dict(zip(samples["source_path"], samples["label"]))
+    assert got == {"angry/a.png": "angry", "angry/b.png": "angry", "happy/c.png": "happy", "sad/d.png": "sad"}
+    problems = dict(zip(rejects["source_path"], rejects["problem"]))
+    assert problems == {"angry/loop": "symbolic link back into the input tree",
+                        "sad/also_c.png": "same file as another sample"}
 
 
 def test_folder_mode_non_utf8_names(tmp_path: Path) -> None:

@@ -91,3 +91,11 @@ def test_shard_arguments():
     a, b = prep.shard_of(ids, 4), prep.shard_of(ids, 4)
     assert np.array_equal(a, b) and set(a) == {0, 1, 2, 3}
     assert np.bincount(a).min() > 400  # balanced: 500 ± a few dozen each
+
+
+def test_batch_and_chunk_sizes_do_not_change_a_row(small_input, unsharded, tmp_path):
+    """Other detector batches and resumable chunks put every image among other batch-mates (as
+    shards, resumes and re-runs with new files do): the manifest and crops stay the same bit for bit."""
+    ws = Workspace(tmp_path / "ws")
+    prep.run_prepare(small_input, ws, device="cpu", image_size=32, batch_size=3, chunk_size=5)
+    assert_same_workspace(unsharded, ws)

@@ -29,6 +29,7 @@ if not (CHROMIUM and CHROMEDRIVER):
                 ".ci/run installs them)", allow_module_level=True)
 
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 N = 200
@@ -156,3 +157,122 @@ def test_review_report_in_chromium(workspace, browser, tmp_path):
 
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == []
+
+
+def _ready(driver) -> None:
+    WebDriverWait(driver, 10).until(lambda d: d.find_element(By.ID, "count").text.startswith("Showing"))
+
+
+def test_filters_apply_as_typed_bulk_decisions_and_keys(workspace, browser):
+    """The score filter applies while typing (no Enter, no leaving the field); "keep" for all cards
+    of a matrix cell decides each of them; j / d / a decide from the keyboard; the saved CSV names
+    each sample's file; a chip's × stays clickable above the fixed bar in a narrow window."""
+    audit = read_table(workspace.audit)
+    listed = audit["is_label_issue"] | audit["is_ambiguous_issue"]
+    browser.get(workspace.report.resolve().as_uri())
+    browser.execute_script("localStorage.clear()")
+    browser.refresh()
+    _ready(browser)
+
+    # typed, not committed: the list follows each keystroke
+    browser.find_element(By.ID, "f-smin").send_keys("0.3")
+    WebDriverWait(browser, 5).until(
+        lambda d: f"of {int((listed & (audit['label_score'] >= 0.3)).sum())} " in d.find_element(By.ID, "count").text)
+    assert all(c["score"] >= 0.3 for c in cards(browser))
+    browser.find_element(By.ID, "f-smin").send_keys(Keys.BACKSPACE * 3)
+    WebDriverWait(browser, 5).until(lambda d: f"of {int(listed.sum())} " in d.find_element(By.ID, "count").text)
+
+    # bulk: every card of one matrix cell kept at once
+    click(browser, "td.cell[data-g='0'][data-s='1']")
+    cell = set(c["id"] for c in cards(browser))
+    assert cell and browser.find_element(By.ID, "nshown").text == str(len(cell))
+    click(browser, "#bulk-keep")
+    browser.switch_to.alert.accept()
+    assert all(c["decided"] for c in cards(browser))
+    assert browser.find_element(By.ID, "ndec").text == f"{len(cell)} decision" + ("s" if len(cell) > 1 else "")
+    click(browser, "#bulk-undo")
+    browser.switch_to.alert.accept()
+    assert browser.find_element(By.ID, "ndec").text == "0 decisions"
+
+    # keyboard: j selects the first card, d drops it and moves on, a accepts the next one's suggestion
+    first, second = cards(browser)[:2]
+    body = browser.find_element(By.TAG_NAME, "body")
+    body.send_keys("j")
+    body.send_keys("d")
+    body.send_keys("a")
+    decided = browser.execute_script("return JSON.parse(localStorage.getItem(Object.keys(localStorage)[0]))")
+    assert decided[first["id"]]["action"] == "drop"
+    assert decided[second["id"]] == {"action": "relabel", "label": "sad", "given": "happy",
+                                     "path": decided[second["id"]]["path"]}
+
+    # the saved CSV carries each sample's file, and fercure still reads it
+    for old in browser.downloads.glob("decisions-*.csv"):
+        old.unlink()
+    click(browser, "#dl-csv")
+    saved = wait_for_file(browser.downloads, "decisions-*.csv")
+    rows = pd.read_csv(saved, keep_default_na=False).set_index("sample_id")
+    paths = audit.set_index("sample_id")["source_path"]
+    assert list(rows.columns) == ["action", "label", "given_label", "source_path"]
+    assert rows["source_path"].to_dict() == {i: paths[i] for i in rows.index}
+    from fercure.decisions import read_decisions
+    assert {rec["sample_id"] for _, rec in read_decisions(saved)} == {first["id"], second["id"]}
+
+    # a narrow window wraps the bar onto several lines: the chip's × must still be the element hit
+    browser.set_window_size(560, 700)
+    try:
+        x = browser.find_element(By.CSS_SELECTOR, "#chips button.link")
+        hit = ("var x = arguments[0], r = x.getBoundingClientRect();"
+               "return document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2) === x;")
+        # scrolled into view from below, and with the page scrolled to its end while the list is
+        # empty (the chips are then the last thing on the page)
+        browser.execute_script("arguments[0].scrollIntoView({block: 'end'})", x)
+        assert browser.execute_script(hit, x), "the decisions bar covers the chip's ×"
+        browser.find_element(By.ID, "f-text").send_keys("no such file")
+        browser.execute_script("window.scrollTo(0, document.documentElement.scrollHeight)")
+        x = browser.find_element(By.CSS_SELECTOR, "#chips button.link")  # the chips are drawn anew
+        assert browser.execute_script(hit, x), "the decisions bar covers the chip's × at the page end"
+    finally:
+        browser.set_window_size(1280, 1000)
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == []
+
+
+def test_reasons_expand_thumbnails_zoom_and_long_names_stay_in_their_card(browser, tmp_path):
+    from fercure.report import render_report
+    from test_report_bounds import many_class_audit
+
+    audit, stats, classes = many_class_audit(3, 40)
+    classes = [c * 4 for c in classes]  # names of ~150 characters
+    audit["given_label"] = audit["given_label"].map(lambda c: c * 4)
+    audit["suggested_label"] = audit["suggested_label"].map(lambda c: c * 4)
+    stats["per_class"] = {c * 4: d for c, d in stats["per_class"].items()}
+    audit["reason"] = "a long reason " * 20
+    crops = np.random.default_rng(0).integers(0, 255, (len(audit), 48, 48, 3), dtype=np.uint8)
+    img_root = tmp_path / "images"
+    (img_root / "d").mkdir(parents=True)
+    Image.fromarray(crops[0]).save(img_root / "d" / "0.png")
+    page = tmp_path / "report.html"
+    page.write_text(render_report(audit, stats, classes, crops=crops, run_id="r1", input_root=str(img_root)),
+                    encoding="utf-8")
+    browser.get(page.as_uri())
+    _ready(browser)
+    inside = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#list .card')).every(function (c) {"
+        " var a = c.getBoundingClientRect(), s = c.querySelector('select').getBoundingClientRect();"
+        " return s.left >= a.left - 1 && s.right <= a.right + 1; })")
+    assert inside, "a class drop-down spills over its card"
+    card = browser.find_element(By.CSS_SELECTOR, "#list .card")
+    reason = card.find_element(By.CSS_SELECTOR, ".reason")
+    h0 = reason.size["height"]
+    click(browser, "#list .card button.more")
+    assert reason.size["height"] > 2 * h0
+    # a thumbnail opens a larger view beside the original file (linked from the card too)
+    card_id = card.get_attribute("data-id")
+    click(browser, "#list .card img.thumb")
+    assert browser.find_element(By.ID, "zoom").is_displayed()
+    assert browser.find_element(By.ID, "zoom-crop").size["width"] >= 250
+    href = browser.find_element(By.ID, "zoom-link").get_attribute("href")
+    row = audit.set_index("sample_id").loc[card_id]
+    assert href == (img_root / row["source_path"]).as_uri()
+    browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+    assert not browser.find_element(By.ID, "zoom").is_displayed()

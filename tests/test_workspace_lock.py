@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fercure.cli import app
-from fercure.workspace import Workspace, WorkspaceLockedError, workspace_lock
+from fercure.workspace import Workspace, WorkspaceLockedError, claim, workspace_lock
 
 runner = CliRunner()
 
@@ -43,7 +43,8 @@ def test_second_command_refused_while_workspace_locked(command: str, tmp_path: P
     assert f"Workspace {ws} is in use" in result.output
     assert f"PID {os.getpid()}" in result.output and "--wait" in result.output
     assert not (ws / "manifest.parquet").exists() and not (ws / "runs").exists()
-    assert (ws / ".lock").read_text() == ""  # released: the PID goes with it
+    # released: the lock created the folder and nothing was written there, so it goes (issue 20)
+    assert not ws.exists()
 
 
 def test_lock_refuses_a_second_holder_in_the_library(tmp_path: Path):
@@ -86,10 +87,11 @@ def test_missing_workspace_is_not_created_by_the_lock(tmp_path: Path):
 
 def test_stale_temps_in_run_folders_are_removed(tmp_path: Path):
     ws = Workspace(tmp_path / "ws")
+    claim(ws.root)  # a workspace fercure made (issue 20: never cleaned up elsewhere)
     run = ws.run_dir("20260101-000000-resnet18-ab12")
     (run / "members").mkdir(parents=True)
-    stale = [run / ".checkpoint.pt.k3j2x9.tmp", run / "members" / ".g0m1.pt.q1w2e3.tmp",
-             ws.root / ".manifest.parquet.a1b2c3.tmp"]
+    stale = [run / ".checkpoint.pt.fercure-k3j2x9.tmp", run / "members" / ".g0m1.pt.fercure-q1w2e3.tmp",
+             ws.root / ".manifest.parquet.fercure-a1b2c3.tmp"]
     keep = [run / "checkpoint.pt", run / "config.json", run / "members" / "g0m1.pt"]
     for p in stale + keep:
         p.write_bytes(b"x")

@@ -12,7 +12,12 @@ package, and runs its own pipeline around them, with the same arithmetic as face
 * the final "intersection over minimum" NMS, a numpy ``while`` loop in facenet, is a tensor
   fixed-point iteration;
 * on CPU the conv trunks run on oneDNN tensors, on small tiles of images that stay in cache, spread
-  over single-threaded worker threads (see ``_single_thread_pool``).
+  over single-threaded worker threads (see ``_single_thread_pool``);
+* a face's result does not depend on which other images share its batch: every net call has one
+  fixed shape (the last tile or box chunk is padded), runs single-threaded on CPU, and NMS of
+  fractional boxes runs image by image (see ``_fixed_rows`` and ``_nms_by_image``). Conv and GEMM
+  kernels pick their blocking from the batch size, and a different blocking rounds differently,
+  which moved landmarks by ~1e-5 px and changed a crop's pixels between sharded and unsharded runs.
 
 ``facenet_detect`` wraps facenet's own ``MTCNN.detect`` (numpy-2 safe) as the reference that tests
 and benchmarks/bench_prepare.py compare against.
@@ -27,11 +32,12 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.ops import batched_nms
+from torchvision.ops import batched_nms, nms
 
 from fercure.device import resolve_device
 
-__all__ = ["Detection", "FaceDetector", "facenet_detect", "resolve_device"]
+__all__ = ["Detection", "FaceDetector", "DETECT_PAD", "pad_for_detection", "detect_with_padding", "facenet_detect",
+           "resolve_device"]
 
 # facenet-pytorch's pyramid factor and the NMS thresholds of the original MTCNN recipe.
 _FACTOR = 0.709
@@ -167,6 +173,29 @@ def _area_crops(sat: torch.Tensor, img_idx: torch.Tensor, win: torch.Tensor, siz
     return (crops - 127.5) * 0.0078125
 
 
+def _fixed_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """``x`` padded with zero rows to exactly ``rows`` (a net input of fixed batch size; the padding's
+    outputs are sliced off by the caller)."""
+    n = x.shape[0]
+    if n == rows:
+        return x
+    return torch.cat([x, x.new_zeros((rows - n,) + tuple(x.shape[1:]))])
+
+
+def _nms_by_image(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Per-image NMS, kept indices in input order.
+
+    torchvision's ``batched_nms`` separates images by adding image_index × (max coordinate + 1) to
+    the boxes; on fractional float32 boxes that rounds the coordinates by an amount that depends on
+    the batch, so an IoU near the threshold could flip with the batch-mates. Integer boxes (PNet's)
+    stay exact under that shift, so only the RNet stage needs this loop (one call per image)."""
+    keep = torch.zeros(boxes.shape[0], dtype=torch.bool, device=boxes.device)
+    for g in torch.unique(idxs).tolist():
+        sel = torch.nonzero(idxs == g).flatten()
+        keep[sel[nms(boxes[sel], scores[sel], threshold)]] = True
+    return torch.nonzero(keep).flatten()
+
+
 def _nms_min(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, threshold: float) -> torch.Tensor:
     """Greedy per-image NMS with intersection-over-minimum (MTCNN's last step), without a Python loop
     per box.
@@ -218,6 +247,22 @@ class _OneDNNPReLU(torch.nn.Module):
         return torch.prelu(x, self.weight)
 
 
+class _RowwiseLinear(torch.nn.Module):
+    """A Linear whose every row is computed by the same kernel, alone (a batched product of 1-row
+    matrices). A plain GEMM rounds a row differently depending on where it falls in the kernel's row
+    blocks (seen with AVX2 kernels), i.e. on the other boxes in the chunk."""
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        self.weight_t = linear.weight.detach().t()
+        self.bias = linear.bias.detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        return torch.baddbmm(self.bias.expand(b, 1, -1), x.unsqueeze(1),
+                             self.weight_t.expand(b, -1, -1)).squeeze(1)
+
+
 class _Nets:
     """facenet-pytorch's PNet/RNet/ONet (their bundled weights) with forwards fitted to the device.
 
@@ -233,6 +278,9 @@ class _Nets:
         self.pnet, self.rnet, self.onet = PNet().eval(), RNet().eval(), ONet().eval()
         for net in (self.pnet, self.rnet, self.onet):
             net.requires_grad_(False).to(device)
+            for name, child in list(net.named_children()):
+                if isinstance(child, torch.nn.Linear):
+                    setattr(net, name, _RowwiseLinear(child))
         self.mkldnn = (device.type == "cpu" and torch.backends.mkldnn.is_available()
                        and not os.environ.get("FERCURE_NO_MKLDNN"))
         if self.mkldnn:
@@ -383,7 +431,11 @@ class FaceDetector:
         mode); ``parallel``: spread tiles and box chunks over the worker threads."""
         bsz, h, w = batch.shape[:3]
         t0, t1, t2 = self.thresholds
-        u8 = torch.from_numpy(batch).to(self.device)               # (B,H,W,3) uint8
+        u8 = torch.from_numpy(batch)                               # (B,H,W,3) uint8
+        if self.device.type == "cuda":   # upload from pinned memory, overlapping the copy
+            u8 = u8.pin_memory().to(self.device, non_blocking=True)
+        else:
+            u8 = u8.to(self.device)
         scales = _pyramid_scales(h, w, self.min_face_size)
         if not scales:                                             # smaller than one PNet window
             return [Detection.empty() for _ in range(bsz)]
@@ -400,9 +452,11 @@ class FaceDetector:
 
         # Stage 1: PNet over the pyramid. Tiles of images (CPU: ~256k px, GPU: the whole batch)
         # are summed, resized and scored while their pixels are in cache.
-        tile = max(1, self._tile_px // (h * w))
+        # The tile size depends on the image size only (not on how many images this batch holds),
+        # and a short last tile is padded: PNet always runs on the same shape.
+        tile = self._tile_images(h, w)
         spans = [(s, min(bsz, s + tile)) for s in range(0, bsz, tile)]
-        per_tile = self._map(lambda se: self._pnet_tile(u8, sat, se[0], se[1], levels), spans, parallel)
+        per_tile = self._map(lambda se: self._pnet_tile(u8, sat, se[0], se[1], levels, tile), spans, parallel)
         probs_s = list(zip(*[[p for p, _ in t] for t in per_tile]))
         reg_s = list(zip(*[[r for _, r in t] for t in per_tile]))
 
@@ -432,7 +486,7 @@ class FaceDetector:
         boxes, inds, score, (reg,) = self._refine(self.nets.r, sat, boxes, inds, 24, w, h, t1, parallel)
         if boxes.shape[0] == 0:
             return [Detection.empty() for _ in range(bsz)]
-        keep = batched_nms(boxes, score, inds, 0.7)
+        keep = _nms_by_image(boxes, score, inds, 0.7)             # fractional boxes: exact per image
         boxes = _rerec(_bbreg(boxes[keep], reg[keep]))
         inds = inds[keep]
 
@@ -447,8 +501,13 @@ class FaceDetector:
         keep = _nms_min(boxes, score, inds, 0.7)                   # best first
         return _split(boxes[keep], score[keep], lm[keep], inds[keep], bsz)
 
-    def _pnet_tile(self, u8, sat, s, e, levels):
-        """SAT rows s:e, then PNet on every pyramid level of those images: [(prob, reg)] per level."""
+    def _tile_images(self, h: int, w: int) -> int:
+        """Images per PNet call for h×w images: a function of the size and the settings only."""
+        return max(1, min(self.batch_size, self._tile_px // (h * w), _PIXEL_BUDGET // (h * w)))
+
+    def _pnet_tile(self, u8, sat, s, e, levels, n_img):
+        """SAT rows s:e, then PNet on every pyramid level of those images (padded to ``n_img``
+        images): [(prob, reg)] per level."""
         part = sat[s:e]
         inner = part[:, 1:, 1:]
         inner.copy_(u8[s:e])
@@ -459,14 +518,16 @@ class FaceDetector:
             rows = part.index_select(1, ye) - part.index_select(1, ys)     # (T,h',W+1,3)
             box = (rows.index_select(2, xe) - rows.index_select(2, xs)).to(torch.float32)
             x = box.mul_(gain).sub_(127.5 * 0.0078125)                   # (mean − 127.5) / 128
-            reg, prob = self.nets.p(x.permute(0, 3, 1, 2))
-            out.append((prob, reg))
+            reg, prob = self.nets.p(_fixed_rows(x.permute(0, 3, 1, 2), n_img))
+            out.append((prob[: e - s], reg[: e - s]))
         return out
 
     def _map(self, fn, items, parallel: bool):
-        """``[fn(x) for x in items]``, spread over the worker threads when allowed and there is
-        enough work for all of them (else in this thread, whose ops use its intra-op threads)."""
-        if not parallel or len(items) < max(2, self._workers) or self._get_pool() is None:
+        """``[fn(x) for x in items]`` on the single-threaded workers (in this thread when it is one
+        of them, ``parallel=False``, or when there are none). Even one item goes to a worker: a
+        multi-threaded kernel may split its sums differently, and results must not depend on
+        whether a batch had work for one thread or several."""
+        if not parallel or not items or self._get_pool() is None:
             return [fn(x) for x in items]
 
         def run(x):
@@ -483,8 +544,12 @@ class FaceDetector:
         ok = (win[:, 2] > win[:, 0]) & (win[:, 3] > win[:, 1])   # facenet skips empty crops too
         boxes, inds, win = boxes[ok], inds[ok], win[ok]
         c = self._net_chunk
-        outs = self._map(lambda s: net(_area_crops(sat, inds[s:s + c], win[s:s + c], size)),
-                         list(range(0, boxes.shape[0], c)), parallel)
+
+        def run(s: int):   # every chunk padded to c boxes: one shape, whatever the batch holds
+            n = min(c, boxes.shape[0] - s)
+            return tuple(o[:n] for o in net(_fixed_rows(_area_crops(sat, inds[s:s + c], win[s:s + c], size), c)))
+
+        outs = self._map(run, list(range(0, boxes.shape[0], c)), parallel)
         if not outs:
             n_extra = 1 if size == 24 else 2
             return boxes, inds, boxes.new_zeros(0), tuple(boxes.new_zeros((0, 10)) for _ in range(n_extra))
@@ -503,6 +568,46 @@ def _split(boxes, scores, landmarks, inds, bsz) -> list[Detection]:
     landmarks = landmarks.cpu().numpy().astype(np.float32)[order]
     cuts = np.searchsorted(inds[order], np.arange(1, bsz))
     return [Detection(b, s, l) for b, s, l in zip(np.split(boxes, cuts), np.split(scores, cuts), np.split(landmarks, cuts))]
+
+
+DETECT_PAD = 0.25
+"""Border added around an image the detector missed, as a share of its longer side."""
+
+
+def pad_for_detection(image: np.ndarray, frac: float = DETECT_PAD) -> tuple[np.ndarray, int]:
+    """``image`` with a border of ``frac`` × its longer side in its own mean colour, and the border
+    width. A face that fills its frame (FER2013's 48×48 crops) gives MTCNN no context around the
+    face and its boxes run past the border; with room around it the same face is found. A flat
+    border invents no structure (reflecting would mirror half a face next to the face)."""
+    image = _as_rgb(image)
+    pad = max(1, int(round(frac * max(image.shape[:2]))))
+    mean = np.round(image.reshape(-1, 3).mean(0)).astype(np.uint8)
+    out = np.empty((image.shape[0] + 2 * pad, image.shape[1] + 2 * pad, 3), np.uint8)
+    out[:] = mean
+    out[pad:pad + image.shape[0], pad:pad + image.shape[1]] = image
+    return out, pad
+
+
+def detect_with_padding(detector: "FaceDetector", images: Sequence[np.ndarray], min_score: float = 0.9,
+                        frac: float = DETECT_PAD, group: int = 64) -> tuple[list[Detection], np.ndarray]:
+    """Detect, then look again with a border (``pad_for_detection``) at every image where no face
+    reached ``min_score``; the padded look wins when its best score is higher. Returns the
+    detections in the images' own coordinates and a bool per image: found on the padded image.
+    Images are padded ``group`` at a time, so the padded copies never all exist at once."""
+    dets = detector.detect(images)
+    padded_hit = np.zeros(len(dets), dtype=bool)
+    retry = [i for i, d in enumerate(dets) if not (len(d) and float(d.scores.max()) >= min_score)]
+    for lo in range(0, len(retry), group):
+        idx = retry[lo:lo + group]
+        padded = [pad_for_detection(images[i], frac) for i in idx]
+        offsets = [off for _, off in padded]
+        again = detector.detect([im for im, _ in padded])
+        del padded
+        for i, d, off in zip(idx, again, offsets):
+            if len(d) and (len(dets[i]) == 0 or float(d.scores.max()) > float(dets[i].scores.max())):
+                dets[i] = Detection(d.boxes - np.float32(off), d.scores, d.landmarks - np.float32(off))
+                padded_hit[i] = True
+    return dets, padded_hit
 
 
 def facenet_detect(mtcnn, images: Sequence[np.ndarray]) -> list[Detection]:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
+import shlex
 from importlib import resources
 from typing import Sequence
 
@@ -28,12 +30,20 @@ from fercure.report.thumbs import THUMB_BUDGET, THUMB_SIZE
 
 FLAG_TEXT = {"blur": "blurry", "dark": "too dark", "bright": "too bright", "low_contrast": "low contrast"}
 
+# Past these class counts the page shows the classes with the most flags / corrections and says so:
+# a K × K matrix and K charts would make the page grow with the square of the class count.
+MAX_MATRIX_CLASSES = 30
+MAX_CHART_CLASSES = 30
+MAX_TABLE_CLASSES = 100
+
 
 def _e(x) -> str:
     return html.escape(str(x), quote=True)
 
 
 def _fmt(x, digits: int = 2) -> str:
+    if x is None:
+        return "–"
     try:
         v = float(x)
     except (TypeError, ValueError):
@@ -64,14 +74,41 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) 
     return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _transition_table(tm: np.ndarray, classes: Sequence[str]) -> str:
-    """given × suggested counts; every cell is a link to its samples in the review list."""
+def _count(x) -> str:
+    """A count cell: "–" where the audit has none (a too-weak model decides no flags)."""
+    try:
+        return str(int(x))
+    except (TypeError, ValueError):
+        return "–"
+
+
+def top_classes(weights: np.ndarray, limit: int) -> np.ndarray:
+    """Indices of the ``limit`` classes with the largest weights, in class order (all when fewer)."""
+    w = np.asarray(weights, dtype=float)
+    if len(w) <= limit:
+        return np.arange(len(w))
+    return np.sort(np.argsort(-np.nan_to_num(w, nan=0.0), kind="stable")[:limit])
+
+
+def _capped_note(shown: int, total: int, what: str) -> str:
+    return (f'<p class="muted capped">Showing {what} for the {shown} of {total} classes with the most '
+            "flags; use the given / suggested filters of the review list for the others.</p>"
+            if shown < total else "")
+
+
+def _transition_table(tm: np.ndarray, classes: Sequence[str], limit: int = MAX_MATRIX_CLASSES) -> str:
+    """given × suggested counts; every cell is a link to its samples in the review list. With more
+    than ``limit`` classes, only those with the most off-diagonal counts (in or out)."""
+    off = tm.copy() if tm.size else np.zeros((len(classes), len(classes)), np.int64)
+    np.fill_diagonal(off, 0)
+    keep = top_classes(off.sum(axis=0) + off.sum(axis=1), limit) if len(classes) else np.zeros(0, int)
     top = max(int(tm.max()) if tm.size else 0, 1)
-    head = "<th class='l'>given ↓ / suggested →</th>" + "".join(f"<th>{_e(c)}</th>" for c in classes)
+    head = "<th class='l'>given ↓ / suggested →</th>" + "".join(f"<th>{_e(classes[j])}</th>" for j in keep)
     rows = []
-    for i, c in enumerate(classes):
+    for i in keep:
+        c = classes[i]
         cells = []
-        for j in range(len(classes)):
+        for j in keep:
             n = int(tm[i, j])
             # off-diagonal cells are the suggested corrections: shade them red, the diagonal grey
             alpha = 0 if n == 0 else 0.12 + 0.6 * math.sqrt(n / top)
@@ -79,7 +116,8 @@ def _transition_table(tm: np.ndarray, classes: Sequence[str]) -> str:
             cells.append(f'<td class="cell" data-g="{i}" data-s="{j}" title="show {_e(c)} → {_e(classes[j])}" '
                          f'style="background:rgba({rgb},{alpha:.2f})">{n}</td>')
         rows.append(f"<tr><th class='l'>{_e(c)}</th>{''.join(cells)}</tr>")
-    return f"<table id='matrix'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    return (f"<table id='matrix'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+            + _capped_note(len(keep), len(classes), "the matrix"))
 
 
 def _strength(stats: dict) -> str:
@@ -122,12 +160,15 @@ def _score_cut(stats: dict, cls: str) -> float | None:
     return None
 
 
-def _per_class_charts(audit: pd.DataFrame, stats: dict, classes: Sequence[str]) -> str:
+def _per_class_charts(audit: pd.DataFrame, stats: dict, classes: Sequence[str],
+                      limit: int = MAX_CHART_CLASSES) -> str:
     score = pd.to_numeric(C.column(audit, "score", np.nan), errors="coerce").to_numpy(dtype=float)
     given = C.column(audit, "given", "").astype(str).to_numpy()
     issue = C.flag(audit, "is_issue").to_numpy()
+    flagged = pd.Series(given[issue]).value_counts()
+    keep = top_classes(np.array([flagged.get(c, 0) for c in classes]), limit)
     figs = []
-    for c in classes:
+    for c in (classes[i] for i in keep):
         m = given == c
         cut = _score_cut(stats, c)
         svg = histogram_svg(score[m], issue[m], bins=20, threshold=cut, width=250, height=110,
@@ -135,7 +176,7 @@ def _per_class_charts(audit: pd.DataFrame, stats: dict, classes: Sequence[str]) 
         cut_txt = f"cut {_fmt(cut, 3)}" if cut is not None else "no score cut"
         figs.append(f"<figure>{svg}<figcaption><b>{_e(c)}</b> · {int(m.sum())} samples · "
                     f"{int((issue & m).sum())} flagged · {_e(cut_txt)}</figcaption></figure>")
-    return f'<div class="small-multiples">{"".join(figs)}</div>'
+    return f'<div class="small-multiples">{"".join(figs)}</div>' + _capped_note(len(keep), len(classes), "charts")
 
 
 def _bands_line(stats: dict, n_classes: int, chance: float) -> str:
@@ -180,6 +221,15 @@ def _calibration(audit: pd.DataFrame, classes: Sequence[str]) -> str:
             f"<b>{_fmt(ece, 3)}</b>.</p></div>")
 
 
+def duplicate_count(audit: pd.DataFrame) -> int:
+    """Samples that are near-copies of an earlier one (face_status duplicate): the one count the
+    summary and the face-stage table both show. The review list's "duplicates" also lists the first
+    copy of each group whose copies carry different labels."""
+    if C.name(audit, "face_status"):
+        return int((audit[C.name(audit, "face_status")].astype(str) == "duplicate").sum())
+    return int(C.flag(audit, "is_duplicate").sum())
+
+
 def _face_stage(audit: pd.DataFrame, rejects: pd.DataFrame | None) -> str:
     status = C.column(audit, "face_status", "ok").astype(str)
     counts = status.value_counts()
@@ -215,7 +265,7 @@ _CONTROLS = """
 <div class="controls" id="controls">
 <label>show <select id="f-cat">
  <option value="review">label issues + ambiguous</option><option value="label_issue">label issues</option>
- <option value="ambiguous">ambiguous</option><option value="duplicate">duplicates</option>
+ <option value="ambiguous">ambiguous</option><option value="duplicate">duplicates (and first copies)</option>
  <option value="face">face problems</option><option value="quality">image quality issues</option>
  <option value="all">everything listed</option></select></label>
 <label>given <select id="f-given"><option value="">any</option></select></label>
@@ -237,7 +287,14 @@ _CONTROLS = """
 <div id="chips"></div>
 <div class="pager"><button type="button" id="prev">← previous</button><span id="page"></span>
 <button type="button" id="next">next →</button><span id="count" class="muted"></span></div>
+<div id="bulk">For all <b id="nshown">0</b> cards these filters show (every page):
+<button type="button" id="bulk-accept">accept their suggestions</button>
+<button type="button" id="bulk-keep">keep</button> <button type="button" id="bulk-drop">drop</button>
+<button type="button" id="bulk-undo">undo their decisions</button></div>
 <div class="cards" id="list"></div>
+<div id="zoom" hidden><div class="zbox"><button type="button" class="link" id="zoom-close">close ×</button>
+<div class="zimgs"><img id="zoom-crop" alt="the aligned crop, enlarged"><img id="zoom-orig" alt="the original file"></div>
+<div id="zoom-path" class="path"></div><a id="zoom-link" target="_blank" rel="noopener">open the original file</a></div></div>
 """
 
 _BAR = """
@@ -245,8 +302,24 @@ _BAR = """
 <button type="button" id="dl-csv">Save decisions (CSV)</button>
 <button type="button" id="dl-json">Save as JSON</button>
 <button type="button" id="clear">Clear</button>
-<span>then: <code>fercure export-cleaned -w WS -o cleaned.parquet --decisions decisions.csv</code></span></div>
+<span>then: <code id="next-cmd">{command}</code></span>
+<span class="muted keys">keys: j / k next / previous card · a accept · s keep · d drop · u undo ·
+[ / ] page</span></div>
 """
+
+
+def decisions_stem(run_id: str | None) -> str:
+    """The decisions file's name without extension, as the page's script saves it."""
+    return "decisions-" + re.sub(r"[^A-Za-z0-9._-]", "_", run_id or "report")
+
+
+def export_command(workspace: str | None, run_id: str | None) -> str:
+    """The command that applies the saved decisions, runnable as printed once the file is in the
+    current folder (browsers save it to their download folder)."""
+    ws = workspace or "WS"
+    out = f"{ws.rstrip('/')}/cleaned.parquet"
+    return (f"fercure export-cleaned -w {shlex.quote(ws)} -o {shlex.quote(out)} --force "
+            f"--decisions {shlex.quote(decisions_stem(run_id) + '.csv')}")
 
 
 def render_report(
@@ -261,6 +334,8 @@ def render_report(
     actions: Sequence[str] | None = None,
     thumb_size: int = THUMB_SIZE,
     thumb_budget: int = THUMB_BUDGET,
+    workspace: str | None = None,
+    input_root: str | None = None,
 ) -> str:
     """The review report as one HTML string.
 
@@ -282,11 +357,16 @@ def render_report(
         What fercure's default export does with each audit row (shown on every card).
     thumb_size, thumb_budget : int
         Thumbnail edge in pixels; bytes of thumbnails at most (the rest of the review order goes without).
+    workspace, input_root : str, optional
+        Where the workspace and the input images are (absolute): the page names the export command
+        with the real workspace and links each card to its original file.
     """
     classes = [str(c) for c in classes]
     payload = build_payload(audit, stats, classes, crops=crops, manifest=manifest, actions=actions,
                             thumb_budget=thumb_budget, thumb_size=thumb_size)
     payload["run_id"] = run_id
+    payload["stem"] = decisions_stem(run_id)
+    payload["input_root"] = input_root
     payload["key"] = f"{run_id or ''}:{len(audit)}"
     n_rows = len(payload["rows"]["id"])
     th = payload["thumbs"]
@@ -300,7 +380,7 @@ def render_report(
     trained = C.flag(audit, "trained").to_numpy() if C.name(audit, "trained") else \
         pd.to_numeric(C.column(audit, "score", np.nan), errors="coerce").notna().to_numpy()
     kpis = [("samples", len(audit)), ("trained", int(trained.sum())), ("label issues", counts["label_issue"]),
-            ("ambiguous", counts["ambiguous"]), ("duplicates", counts["duplicate"]),
+            ("ambiguous", counts["ambiguous"]), ("duplicates", duplicate_count(audit)),
             ("face problems", counts["face"]),
             ("image quality", counts["quality"]),
             ("listed for review", n_rows)]
@@ -308,10 +388,12 @@ def render_report(
 
     used = stats.get("threshold_method_used", stats.get("threshold_method"))
     per_class = stats.get("per_class", {})
-    pc_rows = [[_e(c), str(d.get("n", 0)), str(d.get("n_label_issues", 0)), str(d.get("n_ambiguous", 0)),
+    pc_items = list(per_class.items())
+    keep = top_classes(np.array([float(d.get("n_label_issues") or 0) for _, d in pc_items]), MAX_TABLE_CLASSES)
+    pc_rows = [[_e(c), _count(d.get("n", 0)), _count(d.get("n_label_issues", 0)), _count(d.get("n_ambiguous", 0)),
                 _fmt(d.get("mean_label_score", d.get("mean_label_quality"))), _fmt(d.get("threshold"), 3)]
-               for c, d in per_class.items()]
-    pc_html = _table(["class", "samples", "label issues", "ambiguous", "mean label score",
+               for c, d in (pc_items[i] for i in keep)]
+    pc_html = _capped_note(len(keep), len(pc_items), "this table") + _table(["class", "samples", "label issues", "ambiguous", "mean label score",
                       "confident-joint threshold" if used == "confident_joint" else "label score cut"], pc_rows)
     given_counts = C.column(audit, "given", "").astype(str).value_counts()
     balance = balance_note({c: int(given_counts.get(c, 0)) for c in classes})
@@ -357,11 +439,15 @@ to list its samples below (on the diagonal only the listed ones: ambiguous, dupl
 <div class="groups" id="groups"></div>
 <h2 id="review">Review</h2>
 <p class="muted">Every listed sample: label issues, ambiguous samples, duplicates, face and image-quality
-problems. Record a decision per card (accept the suggestion, another class, keep, drop); decisions stay in
-this browser until you save them as a file for <code>fercure export-cleaned --decisions</code>.
+problems. Record a decision per card (accept the suggestion, another class, keep, drop), or for every
+card the filters show at once (the buttons above the cards); keys: <kbd>j</kbd> / <kbd>k</kbd> next /
+previous card, <kbd>a</kbd> accept its suggestion, <kbd>s</kbd> keep, <kbd>d</kbd> drop, <kbd>u</kbd> undo
+its decision, <kbd>[</kbd> / <kbd>]</kbd> previous / next page. A click on a thumbnail shows the crop larger,
+with the original file. Decisions stay in this browser until you save them as a file for
+<code>fercure export-cleaned --decisions</code>.
 {_e(th['note'])}</p>
 {_CONTROLS}
-{_BAR}
+{_BAR.format(command=_e(export_command(workspace, run_id)))}
 <script type="application/json" id="fercure-data">{json_for_script(payload)}</script>
 <script>{_asset("report.js")}</script>
 </body></html>

@@ -33,9 +33,16 @@
   function decide(r, action, label) {
     var d = decisions[r.id];
     if (d && d.action === action && (d.label || '') === (label || '')) { delete decisions[r.id]; }
-    else { decisions[r.id] = {action: action, label: label || '', given: L[r.given]}; }
+    else { decisions[r.id] = {action: action, label: label || '', given: L[r.given], path: r.path}; }
     saveLocal();
     render();
+  }
+
+  // The original file, when the report knows where the inputs live (file: URL, each part encoded).
+  function originalUrl(r) {
+    if (!D.input_root || !r.path) { return null; }
+    var parts = (D.input_root.replace(/\/+$/, '') + '/' + r.path).split('/');
+    return 'file://' + parts.map(function (p) { return encodeURIComponent(p); }).join('/');
   }
 
   function $(id) { return document.getElementById(id); }
@@ -98,7 +105,12 @@
                        'data-sugg': r.sugg >= 0 ? L[r.sugg] : '', 'data-score': r.score === null ? '' : String(r.score)});
     var d = decisions[r.id];
     if (d) { c.classList.add('decided'); }
-    if (r.thumb) { c.appendChild(el('img', {alt: L[r.given] + ' sample', src: r.thumb})); }
+    if (r.thumb) {
+      var img = el('img', {alt: L[r.given] + ' sample', src: r.thumb, title: 'click: larger, with the original file',
+                           'class': 'thumb'});
+      img.addEventListener('click', function () { zoom(r); });
+      c.appendChild(img);
+    }
     else { c.appendChild(el('div', {'class': 'noimg', title: D.thumbs.note}, 'no thumbnail')); }
     var lab = el('div');
     lab.appendChild(el('span', {'class': 'lab given'}, L[r.given]));
@@ -119,8 +131,23 @@
     });
     c.appendChild(fl);
     if (r.action) { c.appendChild(el('div', {'class': 'act'}, 'fercure (default policy): ' + ACTION_TEXT[r.action])); }
-    c.appendChild(el('div', {'class': 'path', title: r.path}, r.path));
-    if (r.reason) { c.appendChild(el('div', {'class': 'reason', title: r.reason}, r.reason)); }
+    var url = originalUrl(r);
+    if (url) {
+      c.appendChild(el('a', {'class': 'path', href: url, title: 'open the original file', target: '_blank', rel: 'noopener'}, r.path));
+    } else { c.appendChild(el('div', {'class': 'path', title: r.path}, r.path)); }
+    if (r.reason) {
+      var rs = el('div', {'class': 'reason', title: r.reason}, r.reason);
+      c.appendChild(rs);
+      if (r.reason.length > 90) {  // past about three lines: a button shows the rest
+        var more = el('button', {type: 'button', 'class': 'link more', 'aria-expanded': 'false'}, 'more');
+        more.addEventListener('click', function () {
+          var open = rs.classList.toggle('open');
+          more.textContent = open ? 'less' : 'more';
+          more.setAttribute('aria-expanded', String(open));
+        });
+        c.appendChild(more);
+      }
+    }
     c.appendChild(controls(r, d, differs));
     return c;
   }
@@ -150,8 +177,9 @@
   }
 
   // --- the list, the pager, the chips and the decision bar
+  var shownRows = [], cur = -1;
   function render() {
-    var shown = rows.filter(matches).sort(SORTS[state.sort]);
+    var shown = shownRows = rows.filter(matches).sort(SORTS[state.sort]);
     var pages = Math.max(1, Math.ceil(shown.length / state.size));
     state.page = Math.min(state.page, pages - 1);
     var lo = state.page * state.size, hi = Math.min(shown.length, lo + state.size);
@@ -159,6 +187,8 @@
     list.textContent = '';
     var frag = document.createDocumentFragment();
     for (var i = lo; i < hi; i++) { frag.appendChild(card(shown[i])); }
+    $('nshown').textContent = String(shown.length);
+    ['bulk-accept', 'bulk-keep', 'bulk-drop', 'bulk-undo'].forEach(function (b) { $(b).disabled = !shown.length; });
     list.appendChild(frag);
     if (!shown.length) { list.appendChild(el('p', {'class': 'muted'}, 'No listed sample matches these filters.')); }
     $('count').textContent = shown.length ? 'Showing ' + (lo + 1) + '–' + hi + ' of ' + shown.length +
@@ -177,7 +207,17 @@
     $('ndec').textContent = n + (n === 1 ? ' decision' : ' decisions');
     $('dl-csv').disabled = $('dl-json').disabled = $('clear').disabled = n === 0;
     renderGroups();
+    setCurrent(Math.min(cur, hi - lo - 1), false);
+    pad();
   }
+  // The fixed decisions bar must never cover the end of the page (a chip's ×, the last cards),
+  // however many lines it wraps to.
+  function pad() {
+    var h = $('bar').offsetHeight + 16;
+    document.body.style.paddingBottom = h + 'px';
+    document.documentElement.style.scrollPaddingBottom = h + 'px';  // scrolling into view stops above it
+  }
+  window.addEventListener('resize', pad);
   function chip(text, clear) {
     var c = el('span', {'class': 'chip'}, text + ' ');
     var x = el('button', {type: 'button', 'class': 'link', 'aria-label': 'clear ' + text}, '×');
@@ -197,11 +237,13 @@
   }
 
   // --- saving decisions: a download made in the page, no server
-  function csvCell(s) { s = String(s); return /[",\r\n]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s; }
+  // A leading = + - @ tab or CR would run as a spreadsheet formula: prefix ' (read back by fercure.decisions).
+  function csvCell(s) { s = String(s); if (/^[=+\-@\t\r]/.test(s)) s = "'" + s; return /[",\r\n]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s; }
   function decisionList() {
     return Object.keys(decisions).sort().map(function (id) {
       var d = decisions[id];
-      return {sample_id: id, action: d.action, label: d.label, given_label: d.given};
+      return {sample_id: id, action: d.action, label: d.label, given_label: d.given,
+              source_path: d.path !== undefined ? d.path : (byId[id] ? byId[id].path : '')};
     });
   }
   function download(name, type, text) {
@@ -211,11 +253,11 @@
     a.click();
     setTimeout(function () { URL.revokeObjectURL(a.href); a.remove(); }, 2000);
   }
-  var stem = 'decisions-' + (D.run_id || 'report').replace(/[^A-Za-z0-9._-]/g, '_');
+  var stem = D.stem || 'decisions-report';
   $('dl-csv').addEventListener('click', function () {
-    var lines = ['sample_id,action,label,given_label'];
+    var lines = ['sample_id,action,label,given_label,source_path'];
     decisionList().forEach(function (d) {
-      lines.push([d.sample_id, d.action, d.label, d.given_label].map(csvCell).join(','));
+      lines.push([d.sample_id, d.action, d.label, d.given_label, d.source_path].map(csvCell).join(','));
     });
     download(stem + '.csv', 'text/csv', lines.join('\n') + '\n');
   });
@@ -236,10 +278,16 @@
   fillSelect($('f-sugg'), L);
   fillSelect($('f-status'), D.statuses);
   function bind(id, key, parse) {
-    $(id).addEventListener(id.indexOf('text') >= 0 ? 'input' : 'change', function (ev) {
-      state[key] = parse(ev.target.value);
-      state.page = 0;
-      render();
+    // typed fields apply as they are typed, not only when the field is left
+    var typed = $(id).tagName === 'INPUT';
+    (typed ? ['input', 'change'] : ['change']).forEach(function (kind) {
+      $(id).addEventListener(kind, function (ev) {
+        var v = parse(ev.target.value);
+        if (typed && state[key] === v) { return; }
+        state[key] = v;
+        state.page = 0;
+        render();
+      });
     });
   }
   function intOr(v) { return v === '' ? -1 : parseInt(v, 10); }
@@ -277,5 +325,75 @@
   Array.prototype.forEach.call(document.querySelectorAll('[data-show-flag]'), function (b) {
     b.addEventListener('click', function () { show({cat: b.dataset.showFlag}); });
   });
+
+  // --- a decision for every card the filters show (all pages)
+  function bulk(action) {
+    var targets = shownRows.filter(function (r) { return action !== 'accept' || (r.sugg >= 0 && r.sugg !== r.given); });
+    var what = {accept: 'accept the suggestion of', keep: 'keep', drop: 'drop', undo: 'undo the decisions of'}[action];
+    if (!targets.length || !window.confirm(what.charAt(0).toUpperCase() + what.slice(1) + ' ' + targets.length +
+                                           (targets.length === 1 ? ' card?' : ' cards?'))) { return; }
+    targets.forEach(function (r) {
+      if (action === 'undo') { delete decisions[r.id]; return; }
+      decisions[r.id] = {action: action === 'accept' ? 'relabel' : action, label: action === 'accept' ? L[r.sugg] : '',
+                         given: L[r.given], path: r.path};
+    });
+    saveLocal();
+    render();
+  }
+  ['accept', 'keep', 'drop', 'undo'].forEach(function (a) { $('bulk-' + a).addEventListener('click', function () { bulk(a); }); });
+
+  // --- a larger view of a crop, beside the original file when the report knows where it is
+  function zoom(r) {
+    $('zoom-crop').src = r.thumb;
+    var url = originalUrl(r);
+    $('zoom-orig').hidden = !url;
+    $('zoom-link').hidden = !url;
+    if (url) { $('zoom-orig').src = url; $('zoom-link').href = url; } else { $('zoom-orig').removeAttribute('src'); }
+    $('zoom-path').textContent = (D.input_root ? D.input_root.replace(/\/+$/, '') + '/' : '') + r.path;
+    $('zoom').hidden = false;
+  }
+  function unzoom() { $('zoom').hidden = true; }
+  $('zoom-close').addEventListener('click', unzoom);
+  $('zoom').addEventListener('click', function (ev) { if (ev.target === $('zoom')) { unzoom(); } });
+
+  // --- keyboard: j / k next / previous card, a accept, s keep, d drop, u undo, [ / ] page
+  function pageCards() { return document.querySelectorAll('#list .card'); }
+  function setCurrent(i, scroll) {
+    var cs = pageCards();
+    Array.prototype.forEach.call(cs, function (c) { c.classList.remove('cur'); });
+    cur = cs.length ? Math.max(0, Math.min(i, cs.length - 1)) : -1;
+    if (cur < 0 || i < 0) { if (i < 0) { cur = -1; } return; }
+    cs[cur].classList.add('cur');
+    if (scroll) { cs[cur].scrollIntoView({block: 'nearest'}); }
+  }
+  function currentRow() {
+    var cs = pageCards();
+    return cur >= 0 && cs[cur] ? byId[cs[cur].dataset.id] : null;
+  }
+  document.addEventListener('keydown', function (ev) {
+    var t = ev.target, tag = t && t.tagName;
+    if (ev.ctrlKey || ev.metaKey || ev.altKey || tag === 'INPUT' || tag === 'SELECT' || tag === 'TEXTAREA') { return; }
+    if (ev.key === 'Escape') { unzoom(); return; }
+    var r = currentRow(), pages = Math.max(1, Math.ceil(shownRows.length / state.size));
+    var next = function () { setCurrent(cur + 1, true); };
+    switch (ev.key) {
+      case 'j': setCurrent(cur + 1, true); break;
+      case 'k': setCurrent(Math.max(cur - 1, 0), true); break;
+      case ']': if (state.page < pages - 1) { state.page += 1; cur = 0; render(); setCurrent(0, true); } break;
+      case '[': if (state.page > 0) { state.page -= 1; cur = 0; render(); setCurrent(0, true); } break;
+      case 'a': if (r && r.sugg >= 0 && r.sugg !== r.given) { setDecision(r, 'relabel', L[r.sugg]); next(); } break;
+      case 's': if (r) { setDecision(r, 'keep', ''); next(); } break;
+      case 'd': if (r) { setDecision(r, 'drop', ''); next(); } break;
+      case 'u': if (r) { delete decisions[r.id]; saveLocal(); render(); } break;
+      default: return;
+    }
+    ev.preventDefault();
+  });
+  // a key sets the decision (pressing it twice does not undo it, unlike a second click)
+  function setDecision(r, action, label) {
+    decisions[r.id] = {action: action, label: label, given: L[r.given], path: r.path};
+    saveLocal();
+    render();
+  }
   render();
 })();

@@ -145,7 +145,8 @@ def run_audit(
         # what `export-cleaned` with its default policy would do, shown on each card beside the decision
         actions = export_core.apply_policy(table, classes, model_verdict=stats["model_strength"].get("verdict"))["action"]
         html = render_report(table, stats, classes, crops=crops, run_id=run_id, manifest=manifest,
-                             rejects=rejects, actions=actions.tolist())
+                             rejects=rejects, actions=actions.tolist(), workspace=str(ws.root.resolve()),
+                             input_root=ws.prepared_inputs()[0])
         atomic_write_text(out_report, html)
     task.advance()
     task.close()

@@ -24,6 +24,7 @@ from fercure.report.columns import column
 from fercure import workspace as ws_errors
 from fercure.store import open_store
 from fercure.workspace import (
+    EXPORT_MARKER,
     SCHEMA_VERSION,
     Workspace,
     WorkspaceError,
@@ -61,16 +62,19 @@ class ExportSummary:
     decision_problems: list[str] = field(default_factory=list, metadata={"hidden": True})
     n_images: int | None = None  # imagefolder / hf: images written
     skipped: list[str] = field(default_factory=list)  # imagefolder / hf: samples left out, why
+    # options that had no effect here, and other things to say under the summary
+    notes: list[str] = field(default_factory=list, metadata={"hidden": True})
 
     @property
     def warning(self) -> str | None:
-        """The skipped decisions, shown under the summary (the rest were applied)."""
-        if not self.decision_problems:
-            return None
-        shown = self.decision_problems[:20]
-        more = len(self.decision_problems) - len(shown)
-        return (f"{len(self.decision_problems)} decision(s) were not applied; the others were:\n"
-                + "\n".join(shown) + (f"\n... and {more} more (all listed in the provenance)" if more else ""))
+        """The skipped decisions and ignored options, shown under the summary."""
+        parts = list(self.notes)
+        if self.decision_problems:
+            shown = self.decision_problems[:20]
+            more = len(self.decision_problems) - len(shown)
+            parts.append(f"{len(self.decision_problems)} decision(s) were not applied; the others were:\n"
+                         + "\n".join(shown) + (f"\n... and {more} more (all listed in the provenance)" if more else ""))
+        return "\n".join(parts) or None
 
 
 def provenance_path_for(output: Path) -> Path:
@@ -92,6 +96,8 @@ def run_export(
     decisions: Path | str | None = None,
     images: str = "crops",
     link: str = "symlink",
+    strict: bool = False,
+    allow_weak_drop: bool = False,
 ) -> ExportSummary:
     """Write the cleaned table for ``policy`` (keep/relabel/drop/review per the rules in
     ``fercure.export``) to ``output`` as ``fmt``: "parquet", "csv" (formulas neutralised, provenance
@@ -102,7 +108,13 @@ def run_export(
     each valid decision overrides fercure's action for its sample (in every format: a dropped sample
     leaves the layouts, a relabelled one moves to its new class), and every row's ``decided_by``
     says whose action it is. Invalid decisions are skipped and listed in the summary's
-    ``decision_problems`` and the provenance."""
+    ``decision_problems`` and the provenance; with ``strict`` any invalid decision stops the export,
+    and a decisions file of which nothing applies always does.
+
+    ``allow_weak_drop``: ``policy="drop"`` on an audit whose model is ``weak`` drops every flagged
+    row on the word of a model whose flags are leads; it is refused unless this is set.
+    Rows of the workspace's tables are data: an id or a path that leads outside the output or the
+    input root is skipped and named, never followed."""
     start = time.perf_counter()
     ws = workspace if isinstance(workspace, Workspace) else Workspace(Path(workspace))
     output = Path(output)
@@ -123,15 +135,12 @@ def run_export(
         except WorkspaceError as e:
             raise ExportError(str(e)) from None
 
+    notes = _ignored_options(fmt, images, link)
     sidecar = provenance_path_for(output) if fmt == "csv" else None
     # One rule for every output (fercure.workspace.check_output_path): never into the input folder,
     # over the label file or the workspace's own files, over a device/FIFO/folder, or silently.
     if fmt == "imagefolder":
-        _check_folder_output(ws, output, force)
-        if decisions is not None and decisions.resolve().is_relative_to(output.resolve()):
-            raise ExportError(f"--decisions {decisions} is inside --output {output}, which the export replaces as "
-                              "a whole; fercure never overwrites its inputs. Move the decisions file or choose "
-                              "another --output.")
+        _check_folder_output(ws, output, force, decisions)
     for target in [] if fmt == "imagefolder" else [output] + ([sidecar] if sidecar else []):
         try:
             ws.check_output(target, force=force, option="--output")
@@ -142,23 +151,39 @@ def run_export(
         if decisions is not None and target.resolve() == decisions.resolve():
             raise ExportError(f"--output {target} is the --decisions file; fercure never overwrites its inputs. "
                               "Choose another path.")
+        if force and target.exists() and not written_by_fercure(target):
+            raise ExportError(f"{target} exists and was not written by fercure (it carries no fercure provenance); "
+                              "--force replaces only fercure's own outputs. Choose another path, or move the file "
+                              "away yourself.")
 
-    manifest_ids = read_table(ws.manifest)["sample_id"].astype(str)
-    audit = read_table(ws.audit)
     audit_meta = read_metadata(ws.audit)
-    audit_ids = audit["sample_id"].astype(str)
-    missing = ~manifest_ids.isin(audit_ids)
-    if missing.any() or len(audit_ids) != len(manifest_ids):
-        raise ExportError(
-            f"{ws.audit} does not match {ws.manifest} ({int(missing.sum())} manifest samples have no audit row, "
-            f"{len(audit_ids)} audit rows for {len(manifest_ids)} samples): the manifest changed after the audit. "
-            f"Re-run `fercure audit-labels -w {ws.root}`.")
-    classes = audit_meta.get("classes") or [c[2:] for c in audit.columns if c.startswith("p_")]
+    if audit_meta.get("table") != schema.AUDIT.name or not audit_meta.get("classes"):
+        # Re-saved by another tool (pandas drops the metadata): without it the table's contract, its
+        # classes and the model-strength verdict are gone, and a too_weak model's flags would count.
+        raise ExportError(f"{ws.audit} carries no fercure audit metadata (was it re-saved by another tool?): its "
+                          "classes and the model-strength verdict cannot be trusted. Re-run `fercure audit-labels "
+                          f"-w {ws.root}`.")
+    manifest = read_table(ws.manifest)
+    audit = read_table(ws.audit)
+    check_audit_matches(manifest, audit, ws)
+    classes = [str(c) for c in audit_meta["classes"]]
 
     verdict = ((audit_meta.get("stats") or {}).get("model_strength") or {}).get("verdict")
     cleaned = core.apply_policy(audit, classes, policy, min_confidence=min_confidence,
                                 model_verdict=verdict)
+    weak_drops = int((core.situations(audit, min_confidence, verdict) == "weak_issue").sum()) \
+        if policy == "drop" else 0
+    if weak_drops and not allow_weak_drop:
+        raise ExportError(
+            f"--policy drop would drop {weak_drops:,} of {len(audit):,} rows flagged by a model the audit judged "
+            "weak (its flags are leads, not evidence; on the benchmark such drops lowered the downstream accuracy, "
+            "benchmarks/RESULTS.md). Review them instead (--policy flag, or the report), train a stronger model, or "
+            "pass --allow-weak-drop to drop them anyway.")
+    if weak_drops:
+        notes.append(f"{weak_drops:,} rows dropped on the flags of a weak model (--allow-weak-drop).")
     decided = _read_decisions(decisions, audit, classes) if decisions is not None else None
+    if decided is not None:
+        _check_decisions_applied(decided, strict)
     cleaned = reviewed.apply(cleaned, decided, classes, soft=policy == "soft")
     counts = core.action_counts(cleaned)
     provenance = {
@@ -189,7 +214,7 @@ def run_export(
             core.neutralise_formulas(cleaned).to_csv(tmp, index=False, encoding="utf-8")
     else:
         rows = layouts.exported_rows(cleaned)
-        store = open_store(ws.store) if images == "crops" and ws.store.exists() else None
+        store = _crop_store(ws, rows) if images == "crops" else None
         input_root = Path(provenance["input_root"]) if provenance["input_root"] else None
         if images == "originals" and input_root is None:
             raise ExportError(f"{ws.manifest} does not name its input folder; re-run `fercure prepare` to export "
@@ -198,28 +223,135 @@ def run_export(
         try:
             if fmt == "imagefolder":
                 result = _write_imagefolder(rows, output, provenance, images=images, link=link, store=store,
-                                            input_root=input_root)
+                                            input_root=input_root, classes=classes)
                 sidecar = output / "provenance.json"
             else:
                 frame, result = layouts.hf_frame(rows, classes, images=images, store=store, input_root=input_root)
+                _check_some_images(result, rows, output)
                 write_table(frame, output, provenance, table=schema.HF_EXPORT,
                             arrow_metadata={b"huggingface": layouts.hf_features(classes)})
-        except ValueError as e:  # a class or split that cannot be a folder name
+        except ValueError as e:  # a value a layout cannot write
             raise ExportError(f"Cannot export {output}: {e}.") from None
         n_images, skipped = result.n_images, result.skipped
+        empty = [c for c in classes if c not in set(rows["clean_label"].astype(str))]
+        if empty and fmt == "imagefolder":
+            notes.append(f"No image left in class(es) {', '.join(map(repr, empty))}: their folders are written empty so "
+                         "that every loader numbers the classes alike (classes.json); load with torchvision's "
+                         "ImageFolder(..., allow_empty=True).")
     return ExportSummary(
         output=output, fmt=fmt, policy=policy, run_id=provenance["run_id"], n_rows=len(cleaned),
         actions=counts, provenance_path=sidecar, seconds=time.perf_counter() - start,
         decided_by_reviewer=provenance["decided_by"][reviewed.REVIEWER],
         decision_problems=[str(p) for p in decided.problems] if decided else [],
-        n_images=n_images, skipped=skipped,
+        n_images=n_images, skipped=skipped, notes=notes,
     )
+
+
+def check_audit_matches(manifest, audit, ws: Workspace) -> None:
+    """The audit must describe the manifest as it is now: the same samples with the same given
+    labels, splits, paths, crops and face verdicts. Labels fixed (or images replaced) and prepare
+    re-run since the audit would otherwise be exported with the old labels (or another sample's crop)."""
+    m = manifest.set_index(manifest["sample_id"].astype(str))
+    a = audit.set_index(audit["sample_id"].astype(str))
+    rerun = f"Re-run `fercure train -w {ws.root}` and `fercure audit-labels -w {ws.root}`, then export."
+    if len(m) != len(a) or not m.index.isin(a.index).all():
+        missing = int((~m.index.isin(a.index)).sum())
+        raise ExportError(
+            f"{ws.audit} does not match {ws.manifest} ({missing} manifest samples have no audit row, "
+            f"{len(a)} audit rows for {len(m)} samples): the manifest changed after the audit. {rerun}")
+    a = a.loc[m.index]
+    for mcol, acol, what in (("label", "given_label", "label"), ("split", "split", "split"),
+                             ("source_path", "source_path", "path"), ("store_index", "store_index", "crop"),
+                             ("face_status", "face_status", "face status")):
+        if mcol not in m.columns or acol not in a.columns:
+            continue
+        differ = m[mcol].astype(str).to_numpy() != a[acol].astype(str).to_numpy()
+        if differ.any():
+            i = int(differ.argmax())
+            raise ExportError(
+                f"{ws.manifest} changed since {ws.audit} was written: {int(differ.sum())} sample(s) have another "
+                f"{what} now (e.g. {m.index[i]}: {a[acol].iat[i]!r} in the audit, {m[mcol].iat[i]!r} in the "
+                f"manifest); exporting would write the old ones. {rerun}")
+
+
+def written_by_fercure(path: Path) -> bool:
+    """An existing output file fercure wrote: a Parquet with fercure's metadata, a provenance JSON,
+    or a CSV with its provenance sidecar beside it. What --force may replace."""
+    try:
+        if "fercure_version" in read_metadata(path):
+            return True
+    except (WorkspaceError, OSError):
+        pass
+    for candidate in (path, provenance_path_for(path)):
+        try:
+            if candidate.is_file() and candidate.stat().st_size < 2**24:
+                data = json.loads(candidate.read_text(encoding="utf-8"))
+                if isinstance(data, dict) and "fercure_version" in data:
+                    return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
+def _ignored_options(fmt: str, images: str, link: str) -> list[str]:
+    """Options given that this export does not use: said, not silently dropped."""
+    notes = []
+    if fmt in ("parquet", "csv") and images != "crops":
+        notes.append(f"--images {images} has no effect with --format {fmt} (the table holds no images; "
+                     "source_path and store_index say where each one is).")
+    if link != "symlink" and not (fmt == "imagefolder" and images == "originals"):
+        notes.append(f"--link {link} has no effect here: it applies to --format imagefolder --images originals "
+                     f"only ({'the crops are written as PNG files' if fmt == 'imagefolder' else 'nothing is linked'}).")
+    return notes
+
+
+def _check_decisions_applied(decided: reviewed.Decisions, strict: bool) -> None:
+    """A decisions file of which nothing applies is refused (a pipeline would lose the whole review
+    to a warning), and with ``strict`` one bad row is enough."""
+    if not decided.problems:
+        return
+    listing = "\n".join(str(p) for p in decided.problems[:20])
+    more = len(decided.problems) - 20
+    listing += f"\n... and {more} more" if more > 0 else ""
+    if len(decided.table) == 0:
+        raise ExportError(f"None of the {len(decided.problems)} decision(s) in {decided.file} could be applied; "
+                          f"nothing was exported. Fix them and run the export again:\n{listing}")
+    if strict:
+        raise ExportError(f"{len(decided.problems)} decision(s) in {decided.file} cannot be applied (--strict: "
+                          f"nothing was exported). Fix them, or drop --strict to apply the others:\n{listing}")
+
+
+def _crop_store(ws: Workspace, rows):
+    """The crop store for a layout of crops; refused when it is missing or does not hold the crops
+    the rows point at (a truncated or replaced crops.npy), rather than writing an empty export."""
+    if not ws.store.exists():
+        raise ExportError(f"{ws.store} does not exist: the aligned crops are gone. Re-run the same `fercure prepare "
+                          f"INPUT -w {ws.root}` command to rebuild them, or export the original files with "
+                          "--images originals.")
+    try:
+        store = open_store(ws.store)
+    except WorkspaceError as e:
+        raise ExportError(str(e)) from None
+    idx = rows["store_index"].to_numpy() if len(rows) else []
+    if len(idx) and int(max(idx)) >= len(store):
+        raise ExportError(f"{ws.store} holds {len(store):,} crops, but the audit points at crop {int(max(idx)):,}: "
+                          "the crop store does not belong to this manifest (truncated or replaced). "
+                          + ws_errors.rebuild_hint(ws.store))
+    return store
+
+
+def _check_some_images(result: layouts.LayoutResult, rows, output: Path) -> None:
+    """An image export with rows to write and not one image written is an error, not an empty dataset."""
+    if len(rows) and result.n_images == 0:
+        shown = "\n".join(result.skipped[:5])
+        raise ExportError(f"Not writing {output}: none of the {len(rows):,} images could be exported; for example:\n"
+                          f"{shown}")
 
 
 def _read_decisions(path: Path, audit, classes) -> reviewed.Decisions:
     """The decisions file checked against the audit; ExportError when it is not a decisions file."""
     try:
-        records = reviewed.read_decisions(path)
+        records = reviewed.read_decisions(path, limit=reviewed.max_bytes(len(audit)))
     except reviewed.DecisionsFileError as e:
         raise ExportError(str(e)) from None
     except OSError as e:
@@ -229,29 +361,51 @@ def _read_decisions(path: Path, audit, classes) -> reviewed.Decisions:
                           suggested=column(audit, "suggested", None).tolist(), classes=classes)
 
 
-def _check_folder_output(ws: Workspace, output: Path, force: bool) -> None:
-    """An ImageFolder output is a folder: new, empty, or (with --force) replaced as a whole."""
+def _check_folder_output(ws: Workspace, output: Path, force: bool, decisions: Path | None) -> None:
+    """An ImageFolder output is a folder: new, empty, or (with --force) an earlier fercure export,
+    replaced as a whole. Never a folder fercure did not write, and never one that holds anything
+    the user gave: the workspace, the input folder, the label file or the decisions file."""
+    input_root, labels_file = ws.prepared_inputs()
     try:
-        input_root, labels_file = ws.prepared_inputs()
         protected = {**ws.owned(), **({Path(labels_file): "the label file given to prepare"} if labels_file else {})}
         ws_errors.check_output_path(output, force=True, option="--output", input_root=input_root,
                                     protected=protected, folder=True)
     except WorkspaceError as e:
         raise ExportError(str(e)) from None
-    if output.is_dir() and any(output.iterdir()) and not force:
-        raise OutputExistsError(f"{output} already exists and is not empty; pass --force to replace it.")
+    given = {"the workspace": ws.root, "the input folder": input_root, "the label file": labels_file,
+             "the --decisions file": decisions}
+    for what, path in given.items():
+        if path is not None and ws_errors.is_inside(path, output):
+            raise ExportError(f"--output {output} holds {what} ({path}); the export replaces its folder as a whole, "
+                              "and fercure never deletes its inputs. Choose a new folder for --output, e.g. "
+                              f"{output / 'cleaned-images'}.")
+    if not output.is_dir() or not any(output.iterdir()):
+        return
+    if not (output / EXPORT_MARKER).is_file():
+        raise ExportError(f"--output {output} is a folder that fercure did not write (it holds files and no "
+                          f"{EXPORT_MARKER}); fercure replaces only an earlier export of its own, with or without "
+                          "--force. Choose a new or empty folder.")
+    if not force:
+        raise OutputExistsError(f"{output} holds an earlier fercure export; pass --force to replace it.")
 
 
 def _write_imagefolder(rows, output: Path, provenance: dict, **kw) -> layouts.LayoutResult:
     """Build the tree in a hidden folder beside ``output`` and rename it into place: a killed export
-    leaves the old folder (or none), never half a tree."""
+    leaves the old folder (or none), never half a tree. The tree carries fercure's marker, which is
+    what lets a later --force replace it."""
     output = output.absolute()
     tmp = output.parent / f".{output.name}.{secrets.token_hex(4)}.partial"
     tmp.mkdir(parents=True)
     try:
+        (tmp / EXPORT_MARKER).write_text(f"written by fercure {__version__} export-cleaned; --force replaces this "
+                                         "folder as a whole\n", encoding="utf-8")
         result, index = layouts.write_imagefolder(rows, tmp, **kw)
+        _check_some_images(result, rows, output)
         with open(tmp / "index.csv", "w", encoding="utf-8", newline="") as f:
             core.neutralise_formulas(index).to_csv(f, index=False)
+        splits = sorted({str(s or "train") for s in rows["split"]})
+        with open(tmp / "classes.json", "w", encoding="utf-8") as f:
+            json.dump(layouts.classes_json(kw.get("classes", ()), splits), f, indent=2, ensure_ascii=False)
         with open(tmp / "provenance.json", "w", encoding="utf-8") as f:
             json.dump({"fercure_version": __version__, "schema_version": SCHEMA_VERSION, **provenance,
                        "n_images": result.n_images, "skipped": result.skipped}, f, indent=2, default=str)

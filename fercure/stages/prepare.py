@@ -30,7 +30,7 @@ import pandas as pd
 from fercure import __version__, schema
 from fercure.device import resolve_device
 from fercure.faces import align, quality
-from fercure.faces.detect import Detection, FaceDetector
+from fercure.faces.detect import Detection, FaceDetector, detect_with_padding
 from fercure.images import load_rgb
 from fercure.ingest import REJECT_COLUMNS, check_classes, clean_label, discover
 from fercure.progress import NULL, Reporter
@@ -41,6 +41,7 @@ from fercure.workspace import (
     WorkspaceError,
     atomic_path,
     check_output_path,
+    claim,
     read_metadata,
     read_table,
     write_table,
@@ -60,6 +61,7 @@ class PrepareSettings:
     min_face_size: float = 20.0
     min_score: float = 0.9
     duplicate_distance: int = 4
+    crop: str = "auto"
 
     def fingerprint(self) -> str:
         blob = json.dumps({**asdict(self), "fercure": __version__}, sort_keys=True)
@@ -176,10 +178,11 @@ def _in_file_pixels(det: Detection, d) -> Detection:
 
 
 def _face_record(d, det: Detection, settings: PrepareSettings) -> tuple[dict, np.ndarray | None]:
-    """Manifest fields and crop of one decoded image with its detections."""
+    """Manifest fields and crop of one decoded image with its detections (in detection-image
+    pixels). The crop is the aligned face, or the image as given (``align.choose_crop``)."""
     size = settings.image_size
     n = len(det.scores)
-    rec: dict = {"face_count": n}
+    rec: dict = {"face_count": n, "crop_mode": "", "crop_fill": np.nan}
     if n:
         full = _in_file_pixels(det, d)
         k = quality.pick_face(full, (d.height, d.width), settings.multi_face)
@@ -197,6 +200,15 @@ def _face_record(d, det: Detection, settings: PrepareSettings) -> tuple[dict, np
         # 1600 px side at 112 (a background face, not a FER sample); and the affine warp does not
         # antialias, so a 2000 px face warped straight from the file to 112 px would alias, while
         # the detection image was shrunk with an antialiasing filter.
+        shape = d.image.shape
+        outside = align.outside_fraction(det.landmarks[k], shape, size)
+        mode = align.choose_crop(settings.crop, outside, align.box_coverage(det.boxes[k], shape))
+        rec["crop_mode"] = mode
+        if mode == "as-given":
+            rec["crop_fill"] = 0.0
+            b = det.boxes[k]
+            return rec, align.resize_whole(d.image, size, centre=((b[0] + b[2]) / 2, (b[1] + b[3]) / 2))
+        rec["crop_fill"] = outside
         return rec, align.align_face(d.image, det.landmarks[k], size)
     status, reason = quality.face_status(
         0, float("nan"), 0.0, min_score=settings.min_score,
@@ -208,6 +220,7 @@ def _face_record(d, det: Detection, settings: PrepareSettings) -> tuple[dict, np
     # Pre-cropped datasets (FER2013's 48×48 crops) often defeat the detector:
     # keep the whole image so the sample still trains, flagged as no_face.
     rec["reason"] = (reason + "; " if reason else "") + "kept the whole image (--on-no-face keep)"
+    rec.update(crop_mode="as-given", crop_fill=0.0)
     return rec, align.resize_whole(d.image, size)
 
 
@@ -226,7 +239,8 @@ def _process_chunk(
         t1 = time.perf_counter()
         timings["decode"] += t1 - t0
         usable = [d for d in window if d.status == "ok"]
-        detections = detector.detect([d.image for d in usable]) if usable else []
+        # A miss gets a second look with a border around the image (a face filling its frame).
+        detections = detect_with_padding(detector, [d.image for d in usable], settings.min_score)[0] if usable else []
         det_of = {id(d): det for d, det in zip(usable, detections)}
         t2 = time.perf_counter()
         timings["detect"] += t2 - t1
@@ -234,7 +248,7 @@ def _process_chunk(
             rec = {
                 "face_status": d.status, "reason": d.reason, "face_count": 0, "face_score": np.nan,
                 "bbox": None, "landmarks": None, "face_size": np.nan, "width": d.width, "height": d.height,
-                "crop_pos": -1,
+                "crop_pos": -1, "crop_mode": "", "crop_fill": np.nan,
             }
             det = det_of.get(id(d))
             if det is not None:
@@ -359,6 +373,7 @@ def run_prepare(
     multi_face: str = "largest",
     min_face_size: float = 20.0,
     min_score: float = 0.9,
+    crop: str = "auto",
     chunk_size: int = CHUNK_SIZE,
     shard: tuple[int, int] | None = None,
     merge: bool = True,
@@ -381,10 +396,12 @@ def run_prepare(
         raise WorkspaceError(f"--on-no-face must be keep or drop, not {on_no_face!r}.")
     if multi_face not in ("largest", "most-central", "drop"):
         raise WorkspaceError(f"--multi-face must be largest, most-central or drop, not {multi_face!r}.")
+    if crop not in align.CROP_MODES:
+        raise WorkspaceError(f"--crop must be {', '.join(align.CROP_MODES)}, not {crop!r}.")
     if shard is not None:
         check_shard(*shard)
     check_workspace(ws, input_root, labels_file)
-    settings = PrepareSettings(image_size, on_no_face, multi_face, float(min_face_size), float(min_score))
+    settings = PrepareSettings(image_size, on_no_face, multi_face, float(min_face_size), float(min_score), crop=crop)
 
     samples, rejects = discover(input_root, Path(labels_file) if labels_file else None, classes)
     if classes:
@@ -398,7 +415,9 @@ def run_prepare(
             + (f" with labels from {labels_file}" if labels_file else " (expected class subfolders: INPUT/<class>/<image>)")
             + f"; {len(rejects)} rows were rejected (see the summary)."
         )
-    ws.root.mkdir(parents=True, exist_ok=True)
+    if shard is not None:
+        check_shard_count(shard, len(samples), input_root)
+    claim(ws.root)  # creates the folder; marks it fercure's when it was new or empty
     # The manifest's row order is discovery order, whichever shard processed a row.
     samples = samples.assign(_order=np.arange(len(samples)))
     shard_dir = None
@@ -406,6 +425,7 @@ def run_prepare(
         ws.remove_stale_temps()  # under the caller's lock; a shard holds none while it works
     else:
         shard_dir = ws.faces_dir / "shards" / _shard_set_key(samples, settings, shard[1])
+        notes.extend(_other_input_sets(ws, shard_dir, shard[1]))
         samples = samples[shard_of(samples["sample_id"], shard[1]) == shard[0]]
         _remove_own_temps(shard_dir, shard[0])
     paths = [input_root / p for p in samples["source_path"]]
@@ -569,7 +589,7 @@ def _finish(ws: Workspace, rows_df: pd.DataFrame, crops: _Concat, rejects: pd.Da
         "sample_id", "source_path", "label", "split", "face_status", "reason", "face_count", "face_score",
         "bbox", "landmarks", "face_size", "sharpness", "brightness", "contrast", "phash", "duplicate_of",
         "store_index", "width", "height", "file_size", "file_mtime_ns", "content_hash", "detection_status",
-        "detection_reason",
+        "detection_reason", "crop_mode", "crop_fill",
     ]
     table_meta = {"classes": class_list, **{k: meta[k] for k in ("input_root", "labels_file", "settings",
                                                                  "settings_fingerprint")}}
@@ -637,9 +657,31 @@ def shard_of(sample_ids: pd.Series, n: int) -> np.ndarray:
 
 def _shard_set_key(samples: pd.DataFrame, settings: PrepareSettings, n: int) -> str:
     """Names the set of shards one input, one set of settings and one N make: shards of another
-    input or settings never mix with these."""
-    ids = hashlib.sha1("\n".join(samples["sample_id"]).encode()).hexdigest()[:12]
-    return f"{settings.fingerprint()}-{ids}-of-{n}"
+    input or settings never mix with these. The input is every sample's id, label and split, so a
+    label file edited between two shards' runs makes a new set instead of a mixed manifest."""
+    h = hashlib.sha1()
+    for sid, label, split in zip(samples["sample_id"], samples["label"], samples["split"]):
+        h.update(f"{sid}\t{label}\t{split}\n".encode("utf-8", "surrogateescape"))
+    return f"{settings.fingerprint()}-{h.hexdigest()[:12]}-of-{n}"
+
+
+def check_shard_count(shard: tuple[int, int], n_samples: int, input_root: Path) -> None:
+    """More shards than samples leaves shards with nothing to do, and N itself costs work (the
+    merge looks for N files): refuse, so the work stays bounded by the number of samples."""
+    if shard[1] > n_samples:
+        raise WorkspaceError(f"--shard {shard[0]}/{shard[1]}: {shard[1]:,} shards for {n_samples:,} samples under "
+                             f"{input_root}; use at most {n_samples:,} shards (e.g. one per machine or GPU).")
+
+
+def _other_input_sets(ws: Workspace, shard_dir: Path, n: int) -> list[str]:
+    """A note for each unmerged shard set of the same N and settings made from other inputs (the
+    label file or the folder changed between shard runs): those shards are never merged with these."""
+    prefix = shard_dir.name.split("-", 1)[0]
+    others = [d for d in _shard_sets(ws) if d != shard_dir and d.name.startswith(prefix + "-")
+              and d.name.endswith(f"-of-{n}")]
+    return [f"warning: the shards in {d} were prepared from other inputs (the label file or the images changed "
+            f"since); they are not merged with this run's. Run every shard 0..{n - 1} again with the current "
+            f"inputs, and delete {d}." for d in others]
 
 
 def _shard_name(i: int, n: int) -> str:

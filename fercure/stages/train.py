@@ -2,7 +2,9 @@
 
 Files of a run:
   config.json        TrainConfig + classes + run facts (written first)
-  checkpoint.pt      after every epoch: finished fits' results + the running fit's full state
+  checkpoint.pt      after every epoch: the running fit's full state + which fits are finished
+  fits/<key>.pt      a finished fit's results (predictions, embeddings, dynamics), written once
+                     when it finishes (checkpoint.pt and fits/ go when the run finishes)
   model.pt           state_dict of the (first) final model, loadable with weights_only=True
   members/<key>.pt   state_dicts of further final-generation ensemble members
   dynamics.parquet   per sample × epoch × member (docs/ARCHITECTURE.md)
@@ -145,6 +147,19 @@ def _new_run_id(config: TrainConfig) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-{secrets.token_hex(2)}"
 
 
+def check_resume_world(saved: dict[str, Any], size: int, run_id: str, root: Path) -> None:
+    """A run resumes only with the number of processes it started with: each rank's sample share
+    and random streams are in the checkpoint, so another count would continue neither run."""
+    started = int(saved.get("world_size", 1) or 1)
+    if started != size:
+        how = "with `--nproc {0}`" if started > 1 else "in one process (without --nproc)"
+        raise WorkspaceError(
+            f"Run {run_id} was started {how.format(started)} and cannot be resumed with {size} "
+            f"process{'es' if size != 1 else ''}: its checkpoint holds {started} rank(s)' state, so the result "
+            f"would match neither run. Resume it with `fercure train -w {root} --resume"
+            f"{f' --nproc {started}' if started > 1 else ''}`, or start a new run without --resume.")
+
+
 def _unfinished_run(ws: Workspace) -> str | None:
     if not ws.runs_dir.exists():
         return None
@@ -206,6 +221,30 @@ class _NoWriter:
 
     def close(self) -> None:
         pass
+
+
+FIT_FILE = "fits/"  # checkpoint["done"][key]: the finished fit's record is in runs/<id>/fits/<key>.pt
+
+
+def _fit_file(run_dir: Path, key: str) -> Path:
+    return run_dir / "fits" / f"{key}.pt"
+
+
+def _done_record(run_dir: Path, key: str, value: Any, jobs: list[ens.Job]) -> dict[str, Any]:
+    """A finished fit's record from a checkpoint: in its own file (written once when the fit
+    finished), or inline (checkpoints written before fits had their own files). The file's name
+    comes from the run's own job list, never from the checkpoint's text."""
+    if value != FIT_FILE:
+        return value
+    if key not in {j.key for j in jobs}:
+        raise WorkspaceError(f"{run_dir / 'checkpoint.pt'} names a finished fit {key!r} this run does not "
+                             "have; start a new run without --resume.")
+    path = _fit_file(run_dir, key)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WorkspaceError(f"{path} (finished fit {key} of this run) cannot be read ({exc}); "
+                             "start a new run without --resume.") from exc
 
 
 def _to_tensors(d: dict[str, Any]) -> dict[str, Any]:
@@ -286,6 +325,7 @@ def _run_train(ws: Workspace, config: TrainConfig, resume: bool, reporter: Repor
         run_dir = ws.run_dir(run_id)
         started.append(run_id)
         saved = json.loads((run_dir / "config.json").read_text())
+        check_resume_world(saved, world.size, run_id, ws.root)
         saved_cfg = TrainConfig.from_dict(saved)
         if saved_cfg.to_dict() != config.to_dict():
             reporter.log(f"train: resuming {run_id} with its saved configuration.")
@@ -345,7 +385,8 @@ def _run_train(ws: Workspace, config: TrainConfig, resume: bool, reporter: Repor
     final_gen = config.distill_generations
     first_final = f"g{final_gen}m0"
     folds = ens.stratified_folds(data.given, config.folds, config.seed) if config.folds else None
-    done: dict[str, dict[str, Any]] = {k: _to_numpy(v) for k, v in ckpt["done"].items()}
+    done: dict[str, dict[str, Any]] = {k: _to_numpy(_done_record(run_dir, k, v, jobs))
+                                       for k, v in ckpt["done"].items()}
     fit_pos = np.flatnonzero(~plan.holdout)  # the first models never see the probe
 
     writer = _CheckpointWriter(run_dir / "checkpoint.pt") if world.main else _NoWriter()
@@ -401,7 +442,10 @@ def _run_train(ws: Workspace, config: TrainConfig, resume: bool, reporter: Repor
             else:
                 record.update(probs=pr["probs"], mean_probs=res.mean_probs, dynamics=res.dynamics)
             done[job.key] = record
-            ckpt["done"][job.key] = _to_tensors(record)
+            if world.main:  # written once; the checkpoint names it instead of re-pickling it every epoch
+                with atomic_path(_fit_file(run_dir, job.key)) as tmp:
+                    torch.save(_to_tensors(record), tmp)
+            ckpt["done"][job.key] = FIT_FILE
             ckpt["current"] = None
             writer.submit(ckpt)
             del res
@@ -468,6 +512,10 @@ def _run_train(ws: Workspace, config: TrainConfig, resume: bool, reporter: Repor
         # The checkpoint (model + optimiser state, ~135 MB for ResNet-18) only serves --resume of an
         # unfinished run; a finished run keeps model.pt and its tables.
         (run_dir / "checkpoint.pt").unlink(missing_ok=True)
+        for j in jobs:
+            _fit_file(run_dir, j.key).unlink(missing_ok=True)
+        if (run_dir / "fits").is_dir() and not any((run_dir / "fits").iterdir()):
+            (run_dir / "fits").rmdir()
     dd.barrier(world)  # no rank reports the run before its files are there
     final_acc = float(np.mean([m["history"][-1]["train_accuracy"] for m in finals]))
     return TrainSummary(

@@ -94,7 +94,9 @@ class TrainConfig:
 
     # --- engineering ---------------------------------------------------------------------------
     eval_batch_size: int = 512
-    compile: bool = False  # torch.compile the model on CUDA (slower start, faster steps)
+    # torch.compile the training steps (CUDA or CPU; CPU needs a C compiler). Every step then has
+    # one shape: a short last batch is filled with the epoch's first samples (not recorded twice).
+    compile: bool = False
     # Crops resident on the device (uploaded once) or streamed from the memory-mapped store per
     # batch; auto streams when the store (a rank's share of it) would take more than half the
     # device's free memory (host memory on a CPU). Same batches either way.

@@ -1,9 +1,10 @@
 """Data-parallel training over torch.distributed: who owns which sample, how a rank's epoch is cut
 into steps, and the few collectives that keep every rank's per-sample tables whole.
 
-fercure adds no launcher or transport of its own: torchrun (or any launcher that sets RANK,
-WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT) starts one process per GPU (or CPU slot), and
-``setup`` joins them into one process group, NCCL on CUDA and gloo on CPU.
+fercure adds no transport of its own: torchrun, ``fercure train --nproc N`` (``fercure.launch``,
+which starts the ranks as children that die with it), or any launcher that sets RANK, WORLD_SIZE,
+LOCAL_RANK, MASTER_ADDR and MASTER_PORT starts one process per GPU (or CPU slot), and ``setup``
+joins them into one process group, NCCL on CUDA and gloo on CPU.
 
 Ownership is by store row: rank r owns the crops whose store row is ≡ r (mod world). It is the same
 for every fit of a run (members, folds, the retrain), so a rank uploads (or streams) only its share
@@ -163,16 +164,50 @@ def all_sum(t: torch.Tensor, world: World) -> torch.Tensor:
     return t
 
 
-def gather_rows(local: dict[str, torch.Tensor], own: torch.Tensor, world: World) -> dict[str, torch.Tensor]:
-    """Rows each rank computed for its own samples (in order of ``own``'s True entries) → full
-    (n, ...) tensors on every rank, rows in sample order."""
-    n = int(own.numel())
+def gather_rows(local: dict[str, torch.Tensor], owner: torch.Tensor, world: World) -> dict[str, torch.Tensor]:
+    """Rows each rank computed for the samples it owns (in sample order) → full (n, ...) tensors
+    on every rank, rows in sample order. ``owner`` (n,) is the rank that owns each sample (every
+    rank knows every rank's share). One all_gather of each rank's rows, padded to the largest
+    share: each rank receives about n rows (an all_reduce of a zero-padded n-row tensor moves
+    twice that)."""
+    if not world.distributed:
+        return dict(local)
+    counts = torch.bincount(owner, minlength=world.size).tolist()  # host values: not in a step
+    width = max(counts)
     out = {}
     for k, v in local.items():
-        full = torch.zeros((n,) + tuple(v.shape[1:]), dtype=v.dtype, device=v.device)
-        full[own] = v
-        out[k] = merge_owned(full, own, world)
+        kind = v.dtype
+        work = v.to(torch.uint8) if kind == torch.bool else v  # gloo and NCCL move no bools
+        pad = work.new_zeros((width,) + tuple(work.shape[1:]))
+        pad[:work.shape[0]] = work
+        parts = [torch.empty_like(pad) for _ in range(world.size)]
+        dist.all_gather(parts, pad)
+        full = work.new_empty((int(owner.numel()),) + tuple(work.shape[1:]))
+        for r in range(world.size):
+            full[owner == r] = parts[r][:counts[r]]
+        out[k] = full.to(kind)
     return out
+
+
+def owner_of(rows: torch.Tensor, world: World) -> torch.Tensor:
+    """(n,) rank owning each of the fit's samples (given by store row): row mod world size."""
+    return torch.remainder(rows, world.size)
+
+
+def chunk_owner(n: int, chunk: int, world: World, device: torch.device | None = None) -> torch.Tensor:
+    """(n,) rank owning each row when rows are dealt to ranks in chunks, round robin (the kNN's
+    query chunks)."""
+    return torch.div(torch.arange(n, device=device), chunk, rounding_mode="floor") % world.size
+
+
+def sync_buffers(module: torch.nn.Module, world: World) -> None:
+    """Rank 0's buffers (batch-norm running statistics) on every rank. DDP broadcasts them before
+    each forward, and each rank's forward then updates them from its own batch, so after the last
+    step they differ between ranks; model.pt is rank 0's, and every rank must score with it."""
+    if not world.distributed:
+        return
+    for b in module.buffers():
+        dist.broadcast(b, src=0)
 
 
 def all_gather_object(obj: Any, world: World) -> list[Any]:

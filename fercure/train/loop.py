@@ -21,7 +21,6 @@ store: resident on the device, or streamed from the memory map when they do not 
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -95,11 +94,54 @@ def make_optimizer(model: FerNet, config: TrainConfig, device: torch.device) -> 
     return torch.optim.AdamW(groups, **kw)
 
 
-def autocast_factory(config: TrainConfig, device: torch.device) -> Callable[[], Any] | None:
-    """bf16 autocast for the backbone: on CUDA by default, on CPU only with amp='bf16'."""
+def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast for the backbone: on CUDA by default, on CPU only with amp='bf16'. A dtype,
+    not a context factory: FerNet enters ``torch.autocast`` itself, which torch.compile traces."""
     if config.amp == "off" or (config.amp == "auto" and device.type != "cuda"):
         return None
-    return functools.partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16)
+    return torch.bfloat16
+
+
+def cuda_backend_flags(config: TrainConfig) -> dict[str, bool]:
+    """The CUDA library choices a fit makes. cudnn.benchmark: the training batches have one shape
+    (two with a short last batch), so the autotuned convolution pays off from the first epoch.
+    TF32: convolutions may use it when the backbone runs under bf16 autocast anyway (it only
+    touches what autocast leaves in fp32); never for matmuls, so the fp32 heads (and every
+    probability) match the CPU path; and nowhere with amp='off', which asks for fp32."""
+    return {"cudnn_benchmark": True, "cudnn_tf32": config.amp != "off", "matmul_tf32": False}
+
+
+def apply_cuda_backend_flags(flags: dict[str, bool]) -> None:
+    torch.backends.cudnn.benchmark = flags["cudnn_benchmark"]
+    torch.backends.cudnn.allow_tf32 = flags["cudnn_tf32"]
+    torch.backends.cuda.matmul.allow_tf32 = flags["matmul_tf32"]
+
+
+def step_layout(bounds: list[tuple[int, int]], fixed: bool) -> tuple[np.ndarray, list[tuple[int, int]], list[int]]:
+    """Positions into an epoch's order for every step, the steps' [start, end) in that list, and
+    how many of each step's rows are new this epoch.
+
+    With ``fixed`` (torch.compile, which would otherwise compile once more for a short batch)
+    every step has the widest step's size: a short step is filled with the epoch's first samples,
+    trained once more but not recorded again (the fill rows sit after the new ones). Without it
+    the positions are the order itself."""
+    width = max((e - s for s, e in bounds), default=0)
+    pos, out, fresh, at = [], [], [], 0
+    for s, e in bounds:
+        pad = width - (e - s) if fixed else 0  # pad < width <= the epoch's sample count
+        pos.append(np.concatenate([np.arange(s, e), np.arange(pad)]))
+        out.append((at, at + e - s + pad))
+        fresh.append(e - s)
+        at += e - s + pad
+    return (np.concatenate(pos) if pos else np.zeros(0, np.int64)).astype(np.int64), out, fresh
+
+
+def with_format_of(y: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """``y`` in channels_last when ``ref`` is (torch.cat of mixed layouts and torch.flip return
+    the default layout, and the backbone's convolutions would convert back on every call)."""
+    if ref.dim() == 4 and not ref.is_contiguous() and ref.is_contiguous(memory_format=torch.channels_last):
+        return y.contiguous(memory_format=torch.channels_last)
+    return y
 
 
 @dataclass
@@ -238,16 +280,19 @@ def fit(images: Any, labels: Any, classes: list[str], config: TrainConfig, *,
     torch.manual_seed(seed)  # model init and dropout
     parts = build_parts(config, n, c, device, soft_targets=soft)
     model = build_model(config, c, parts).to(device)
-    model.amp = autocast_factory(config, device)
+    model.amp = autocast_dtype(config, device)
     if cuda:
+        apply_cuda_backend_flags(cuda_backend_flags(config))
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(model, config, device)
     step_model: Any = model
+    if config.compile:
+        # Compiled once, around the module: the raw model (its state_dict, predict, the saved
+        # model.pt) stays eager; every training step has one shape (step_layout), so one graph.
+        step_model = torch.compile(model, dynamic=False)
     if world.distributed:  # broadcasts rank 0's weights, then averages gradients every step
         step_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if cuda else None)
-    if cuda and config.compile:
-        step_model = torch.compile(step_model)
+            step_model, device_ids=[device.index] if cuda else None)
     gen = torch.Generator(device=device)
     gen.manual_seed(seed + 7919)  # augmentation + permutation stream, separate from init
     aug_gen = None
@@ -262,8 +307,12 @@ def fit(images: Any, labels: Any, classes: list[str], config: TrainConfig, *,
     if world.distributed:
         counts = dd.rank_counts(rows.cpu().numpy(), world.size)
         bounds = dd.rank_steps(int(counts[world.rank]), dd.steps_per_epoch(n, config.batch_size, counts))
+    elif config.compile:  # a short last batch is filled to full size (step_layout), not merged
+        bounds = [(s, min(s + config.batch_size, n)) for s in range(0, n, config.batch_size)]
     else:
         bounds = batch_bounds(n, config.batch_size)
+    positions, steps, fresh = step_layout(bounds, fixed=config.compile)
+    positions = torch.from_numpy(positions).to(device)  # once per fit: the same every epoch
     total_steps = config.epochs * len(bounds)
     warmup = max(1, min(len(bounds), total_steps // 10))
     aug = augment.AugmentConfig(erase_p=config.erase_p)
@@ -276,6 +325,7 @@ def fit(images: Any, labels: Any, classes: list[str], config: TrainConfig, *,
         model.train()
         perm = torch.randperm(n, generator=gen, device=device)
         order = perm[own[perm]] if world.distributed else perm  # this rank's samples, shared order
+        order = order[positions]  # the identity unless short steps are filled (step_layout)
         ep = {
             "p_given": torch.zeros(n, device=device), "margin": torch.zeros(n, device=device),
             "alpha": torch.ones(n, device=device),
@@ -284,7 +334,7 @@ def fit(images: Any, labels: Any, classes: list[str], config: TrainConfig, *,
         }
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.long, device=device)
-        for b, ((s, e), crops) in enumerate(zip(bounds, store.batches(rows[order], bounds))):
+        for b, ((s, e), m, crops) in enumerate(zip(steps, fresh, store.batches(rows[order], steps))):
             for g in opt.param_groups:
                 g["lr"] = lr_at(epoch * len(bounds) + b, total_steps, warmup, config.lr)
             idx = order[s:e]
@@ -309,22 +359,25 @@ def fit(images: Any, labels: Any, classes: list[str], config: TrainConfig, *,
             opt.step()
 
             with torch.no_grad():  # per-sample statistics of this (augmented) forward pass
-                probs = torch.softmax(out["logits"].detach(), dim=1)
-                _record(ep, idx, probs, rec_y[idx])
+                # the step's first m rows are new this epoch; fill rows (step_layout) are not recorded
+                probs = torch.softmax(out["logits"].detach()[:m], dim=1)
+                new_idx = idx[:m]
+                _record(ep, new_idx, probs, rec_y[new_idx])
                 if "alpha" in out:
-                    ep["alpha"][idx] = out["alpha"].detach()
-                st.sum_probs[idx] += probs
-                loss_sum += loss.detach() * (e - s)
-                correct += (probs.argmax(dim=1) == step.labels).sum()
+                    ep["alpha"][new_idx] = out["alpha"].detach()[:m]
+                st.sum_probs[new_idx] += probs
+                loss_sum += loss.detach() * m
+                correct += (probs.argmax(dim=1) == step.labels[:m]).sum()
                 for p in parts:
                     change = p.relabel(out, out["logits"], step)
                     if change is not None:
-                        new, mask = change
-                        st.current[idx] = new
-                        st.relabel_count[idx] += mask.long()
-                        ep["relabeled"][idx] |= mask
+                        new, mask = change[0][:m], change[1][:m]
+                        st.current[new_idx] = new
+                        st.relabel_count[new_idx] += mask.long()
+                        ep["relabeled"][new_idx] |= mask
 
         if world.distributed:  # every rank's samples, whole on every rank, before the next epoch
+            dd.sync_buffers(model, world)  # rank 0's BN statistics: what model.pt and checkpoints hold
             ep = {k: dd.merge_owned(v, own, world) for k, v in ep.items()}
             st.current = dd.merge_owned(st.current, own, world)
             st.relabel_count = dd.merge_owned(st.relabel_count, own, world)
@@ -384,7 +437,7 @@ def forward_with_aux(model: Any, x: torch.Tensor, parts: list[Part], gen: torch.
     extra = [(p, a) for p, a in extra if a is not None]
     if not extra:
         return model(x), []
-    out_all = model(torch.cat([x] + [a for _, a in extra]))
+    out_all = model(with_format_of(torch.cat([x] + [a for _, a in extra]), x))
     bounds, at = [], x.shape[0]
     for p, a in extra:
         bounds.append((p, at, at + a.shape[0]))
@@ -446,20 +499,20 @@ def predict(model: FerNet, images: Any, config: TrainConfig, *, index: np.ndarra
         store.close()
     cat = {k: torch.cat(v) for k, v in outs.items()}
     if world.distributed:
-        cat = dd.gather_rows(cat, own, world)
+        cat = dd.gather_rows(cat, dd.owner_of(rows, world), world)
     res_np = {k: v.cpu().numpy() for k, v in cat.items()}
     res_np["probs"] = F.softmax(torch.from_numpy(res_np["logits"]), dim=1).numpy()
     return res_np
 
 
 def _eval_outputs(model: FerNet, crops: torch.Tensor, config: TrainConfig, parts: list[Part] | None,
-                  flip: bool) -> dict[str, torch.Tensor]:
+                  flip: bool, channels_last: bool | None = None) -> dict[str, torch.Tensor]:
     x = augment.eval_batch(crops, config.image_size)
-    if x.device.type == "cuda":
+    if crops.device.type == "cuda" if channels_last is None else channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     out = model(x)
     if flip:
-        mirrored = model(torch.flip(x, dims=[3]))
+        mirrored = model(with_format_of(torch.flip(x, dims=[3]), x))
         out = {k: (v + mirrored[k]) / 2 if v.is_floating_point() else v for k, v in out.items()}
     res = {"logits": out["logits"], "embedding": out["embedding"]}
     for p in parts or []:

@@ -14,7 +14,6 @@ them) match the CPU path up to the backbone's rounding.
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +50,13 @@ class FerNet(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(self.embed_dim, num_classes)
         self.heads = nn.ModuleDict(heads or {})
-        self.amp: Any = None  # a context manager factory for the backbone, set by the loop
+        self.amp: torch.dtype | None = None  # the backbone's autocast dtype (None: off), set by the loop
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         bb = self.backbone
-        with (self.amp() if self.amp is not None else contextlib.nullcontext()):
+        # torch.autocast entered here (not a stored functools.partial): torch.compile traces it
+        with torch.autocast(device_type=x.device.type, dtype=self.amp or torch.bfloat16,
+                            enabled=self.amp is not None):
             if self.pool == "atp":
                 feat = pooling.vit_features_with_atp(bb, x, self.pool_keep)
             else:

@@ -53,7 +53,9 @@ def shuffle_tiles(x: torch.Tensor, perms: torch.Tensor, which: torch.Tensor, gri
     s = t * grid
     tiles = (x[:, :, :s, :s].reshape(b, c, grid, t, grid, t).permute(0, 2, 4, 1, 3, 5)
              .reshape(b, grid * grid, c, t, t))
-    order = perms.to(x.device)[which]  # (B, g²)
+    if perms.device != x.device:
+        raise ValueError(f"perms are on {perms.device}, the images on {x.device}: move the set once, not per call")
+    order = perms[which]  # (B, g²)
     moved = tiles.gather(1, order.view(b, -1, 1, 1, 1).expand_as(tiles))
     out = x.clone()
     out[:, :, :s, :s] = (moved.view(b, grid, grid, c, t, t).permute(0, 3, 1, 4, 2, 5).reshape(b, c, s, s))

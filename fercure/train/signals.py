@@ -76,24 +76,103 @@ def forgetting_events(predicted: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.where(correct.any(axis=0), events, float(correct.shape[0]))
 
 
+def _canonical(val: torch.Tensor, idx: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k best of candidate (similarity, index) pairs, by similarity descending and, among equal
+    similarities, by index ascending (a stable sort over index-sorted candidates), so ties are
+    broken the same way whatever the chunking or the device."""
+    by_index = idx.argsort(dim=1)
+    val, idx = val.gather(1, by_index), idx.gather(1, by_index)
+    order = val.sort(dim=1, descending=True, stable=True).indices[:, :k]
+    return val.gather(1, order), idx.gather(1, order)
+
+
+def _block_topk(sim: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Q,K) similarities → the k best per row with the tie rule of ``_canonical``. topk picks
+    arbitrarily among values equal to the k-th; a tie crosses the cut only where the (k+1)-th
+    value equals the k-th, and only those rows are sorted whole (rare with real embeddings, so
+    the cost stays one topk and no extra pass over the block)."""
+    kk = min(k + 1, sim.shape[1])
+    val, idx = sim.topk(kk, dim=1)
+    if kk > k:
+        tied = val[:, k] == val[:, k - 1]
+        val, idx = val[:, :k], idx[:, :k]
+        if bool(tied.any()):
+            rows = tied.nonzero().squeeze(1)
+            order = sim[rows].sort(dim=1, descending=True, stable=True).indices[:, :k]
+            val[rows], idx[rows] = sim[rows].gather(1, order), order
+    return _canonical(val, idx, k)
+
+
+@torch.no_grad()
+def knn_neighbours(e: torch.Tensor, k: int, queries: torch.Tensor, chunk: int = 2048,
+                   key_block: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact k nearest neighbours by dot product of the (normalised) rows ``e`` (N,D) for the
+    rows ``queries``, each excluding itself. Returns (similarity, index), each (len(queries), k),
+    best first, ties to the smaller index. Memory: one chunk × key_block similarity block and
+    the running top-k, never N × N."""
+    n = e.shape[0]
+    out_v = torch.empty(len(queries), k, dtype=e.dtype, device=e.device)
+    out_i = torch.empty(len(queries), k, dtype=torch.long, device=e.device)
+    for s in range(0, len(queries), chunk):
+        q = queries[s:s + chunk]
+        eq = e[q]
+        best_v = best_i = None
+        for b in range(0, n, key_block):
+            kb = min(key_block, n - b)
+            sim = eq @ e[b:b + kb].T
+            mine = (q >= b) & (q < b + kb)  # a query is not its own neighbour
+            sim[mine.nonzero().squeeze(1), q[mine] - b] = -2.0
+            v, i = _block_topk(sim, min(k, kb))
+            del sim  # before the next block is made: one block alive at a time
+            i = i + b
+            if best_v is None:
+                best_v, best_i = v, i
+            else:  # earlier blocks hold smaller indices: first in the merge keeps the tie rule
+                best_v, best_i = _canonical(torch.cat([best_v, v], 1), torch.cat([best_i, i], 1), k)
+        out_v[s:s + len(q)], out_i[s:s + len(q)] = best_v, best_i
+    return out_v, out_i
+
+
+def knn_device(device: str | torch.device | None = None) -> torch.device:
+    """Where the kNN runs: the given device, else the rank's GPU when there is one (and the
+    process group, if any, is NCCL's: a gloo group of CPU ranks gathers CPU tensors)."""
+    if device is not None:
+        return torch.device(device)
+    import torch.distributed as dist
+
+    from fercure.train import distributed as dd
+    world = dd.current()
+    gpu = torch.cuda.is_available() and (not world.distributed or dist.get_backend() == "nccl")
+    return dd.rank_device(torch.device("cuda" if gpu else "cpu"), world)
+
+
 @torch.no_grad()
 def knn_label_distribution(embedding: np.ndarray, labels: np.ndarray, num_classes: int, k: int = 10,
-                           chunk: int = 2048) -> np.ndarray:
+                           chunk: int = 2048, *, key_block: int = 65536,
+                           device: str | torch.device | None = None) -> np.ndarray:
     """(N,D) embeddings, (N,) labels → (N,C) similarity-weighted label vote of each sample's k
-    nearest neighbours by cosine (itself excluded). Rows sum to 1."""
-    e = F.normalize(torch.as_tensor(np.asarray(embedding), dtype=torch.float32), dim=1)
-    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    nearest neighbours by cosine (itself excluded; ties to the smaller index). Rows sum to 1.
+
+    Exact search in blocks on the device (memory O(N·D + chunk·key_block + N·k)); under data
+    parallelism each rank searches its share of the query chunks and the votes are gathered,
+    so the N² work is done once in all, not once per rank."""
+    from fercure.train import distributed as dd
+
+    world = dd.current()
+    dev = knn_device(device)
+    e = F.normalize(torch.as_tensor(np.asarray(embedding), dtype=torch.float32).to(dev), dim=1)
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long).to(dev)
     n = e.shape[0]
     k = max(1, min(k, n - 1))
-    out = torch.zeros(n, num_classes)
-    for s in range(0, n, chunk):
-        sim = e[s:s + chunk] @ e.T
-        rows = torch.arange(s, min(s + chunk, n))
-        sim[rows - s, rows] = -2.0  # not its own neighbour
-        val, nb = sim.topk(k, dim=1)
-        w = val.clamp_min(0.0) + 1e-6
-        out[s:s + chunk].scatter_add_(1, y[nb], w)
-    return (out / out.sum(dim=1, keepdim=True)).numpy()
+    starts = list(range(0, n, chunk))[world.rank::world.size]  # this rank's query chunks
+    queries = torch.cat([torch.arange(s, min(s + chunk, n), device=dev) for s in starts]) if starts \
+        else torch.zeros(0, dtype=torch.long, device=dev)
+    val, nb = knn_neighbours(e, k, queries, chunk=chunk, key_block=key_block)
+    w = val.clamp_min(0.0) + 1e-6
+    votes = torch.zeros(len(queries), num_classes, device=dev).scatter_add_(1, y[nb], w)
+    if world.distributed:
+        votes = dd.gather_rows({"v": votes}, dd.chunk_owner(n, chunk, world, dev), world)["v"]
+    return (votes / votes.sum(dim=1, keepdim=True)).cpu().numpy()
 
 
 def class_adjusted(score: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:

@@ -52,6 +52,8 @@ class JigsawPart(Part):
 
     def aux_inputs(self, x, gen):
         k = aux_rows(x.shape[0], self.share)
+        if self.perms.device != x.device:  # once: a host→device copy every step would block it
+            self.perms = self.perms.to(x.device)
         self._which = torch.randint(len(self.perms), (k,), generator=gen, device=x.device)
         return pretext.shuffle_tiles(x[:k], self.perms, self._which, self.grid)
 
