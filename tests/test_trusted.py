@@ -139,12 +139,12 @@ def _retrain_audit_export(ws: Path, *trusted: Path):
     invoke("audit-labels", "-w", ws)
     cleaned = ws.parent / f"cleaned-{len(list(ws.parent.glob('cleaned-*')))}.parquet"
     invoke("export-cleaned", "-w", ws, "-o", cleaned)
-    return out, read_table(ws.audit).set_index("sample_id"), read_table(cleaned).set_index("sample_id")
+    return out, read_table(ws / "audit.parquet").set_index("sample_id"), read_table(cleaned).set_index("sample_id")
 
 
 def test_train_trusted_end_to_end(audited: Path, tmp_path: Path):
     ws = audited
-    audit = read_table(ws.audit)
+    audit = read_table(ws / "audit.parquet")
     flagged = audit[audit["is_label_issue"]]
     assert len(flagged) >= 2, "the 2-epoch run flags nothing to review"
     other = lambda g: "happy" if g != "happy" else "sad"  # noqa: E731
