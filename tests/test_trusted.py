@@ -117,6 +117,27 @@ def test_reviewed_rows_are_never_flagged_and_show_the_reviewer():
     assert stats["reviewed"] == {"n_reviewed": 3, "actions": {"keep": 1, "relabel": 1, "drop": 1}}
 
 
+def test_report_hides_reviewed_cards_and_says_where_the_review_stands():
+    from fercure.report.data import BIT, build_payload, expected_errors
+
+    man, preds, _ = small_audit(n=60, seed=3)
+    audit0, _ = core.build_audit(man, preds, CLASSES, threshold_method="confident_joint")
+    done = audit0.loc[audit0["is_label_issue"], "sample_id"].tolist()[:2]
+    given = audit0.set_index("sample_id")["given_label"]
+    reviewed = pd.DataFrame({"sample_id": done, "action": ["keep", "drop"], "label": [given[done[0]], None],
+                             "given_label": [given[s] for s in done], "source": "f.csv row 2"})
+    audit, stats = core.build_audit(man, preds[preds["sample_id"] != done[1]], CLASSES,
+                                    threshold_method="confident_joint", reviewed=reviewed)
+    payload = build_payload(audit, stats, CLASSES)
+    rows = dict(zip(payload["rows"]["id"], payload["rows"]["flags"]))
+    assert all(rows[s] & BIT["reviewed"] and not rows[s] & BIT["label_issue"] for s in done)
+    assert payload["rows"]["id"][-2:] == sorted(done, key=payload["rows"]["id"].index)  # last in review order
+    p = payload["progress"]
+    assert p["n_reviewed"] == 2 and p["n_flagged"] == int(audit["is_label_issue"].sum())
+    assert p["next_cards"] == min(100, p["n_flagged"])
+    assert expected_errors(np.array([0.1, 0.4, np.nan, 0.9]), 3) == pytest.approx(0.9 + 0.6 + 0.5)
+
+
 # ---------------------------------------------------------------------------------------------
 # the chain on real images
 
@@ -203,3 +224,54 @@ def test_a_trusted_file_of_only_bad_rows_is_an_error(audited: Path, tmp_path: Pa
     assert f"None of the rows of --trusted {bad}" in text and "row 2: unknown sample_id 'nope'" in text
     assert sorted((audited / "runs").iterdir()) == before  # no run folder started
     invoke("train", "-w", audited, "--trusted", tmp_path / "missing.csv", code=1)
+
+
+def test_decisions_saved_from_the_report_in_a_browser_teach_the_next_run(audited: Path, tmp_path: Path):
+    """report.html in headless Chromium: accept a suggestion and drop a card, save the CSV, train with it."""
+    tb = pytest.importorskip("test_report_browser")  # skips when selenium, Chromium or chromedriver is missing
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    os.environ.setdefault("SE_OFFLINE", "true")
+    options = tb.webdriver.ChromeOptions()
+    options.binary_location = tb.CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000"):
+        options.add_argument(arg)
+    options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
+                                              "download.prompt_for_download": False})
+    driver = tb.webdriver.Chrome(service=tb.webdriver.ChromeService(executable_path=tb.CHROMEDRIVER), options=options)
+    try:
+        driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+        driver.downloads = downloads
+        driver.get((audited / "report.html").resolve().as_uri())
+        WebDriverWait(driver, 10).until(lambda d: d.find_element(By.ID, "count").text.startswith("Showing"))
+        shown = [c for c in tb.cards(driver) if c["sugg"] and c["sugg"] != c["given"]]
+        assert len(shown) >= 2, "no two cards with a suggestion to accept"
+        accept, drop = shown[0], shown[1]
+        tb.click(driver, f".card[data-id='{accept['id']}'] button.accept")
+        tb.click(driver, f".card[data-id='{drop['id']}'] button.drop")
+        tb.click(driver, "#dl-csv")
+        saved = tb.wait_for_file(downloads, "decisions-*.csv")
+    finally:
+        driver.quit()
+    _, a, cleaned = _retrain_audit_export(audited, saved)
+    # the next report opens where the reviewer left off: reviewed cards hidden, a filter shows them
+    driver = tb.webdriver.Chrome(service=tb.webdriver.ChromeService(executable_path=tb.CHROMEDRIVER), options=options)
+    try:
+        driver.get((audited / "report.html").resolve().as_uri())
+        WebDriverWait(driver, 10).until(lambda d: d.find_element(By.ID, "count").text.startswith("Showing"))
+        Select(driver.find_element(By.ID, "f-size")).select_by_visible_text("200")
+        assert not {accept["id"], drop["id"]} & {c["id"] for c in tb.cards(driver)}
+        Select(driver.find_element(By.ID, "f-cat")).select_by_value("reviewed")
+        assert {c["id"] for c in tb.cards(driver)} == {accept["id"], drop["id"]}
+        progress = driver.find_element(By.ID, "progress").text
+        assert progress.startswith("Review progress: 2 samples reviewed")
+        assert f"{int(a['is_label_issue'].sum())} label issues still flagged" in progress
+    finally:
+        driver.quit()
+    assert set(a.index[a["is_reviewed"]]) == {accept["id"], drop["id"]}
+    assert a.at[accept["id"], "reviewed_label"] == accept["sugg"] and not a.loc[[accept["id"], drop["id"]], "is_label_issue"].any()
+    assert cleaned.at[accept["id"], "clean_label"] == accept["sugg"] and cleaned.at[drop["id"], "action"] == "drop"
+    assert (cleaned.loc[[accept["id"], drop["id"]], "decided_by"] == "reviewer").all()
