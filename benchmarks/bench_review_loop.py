@@ -89,6 +89,23 @@ def fercure_queue(audit: pd.DataFrame, exclude: set[str]) -> list[str]:
     return [s for s in first + [s for s in rest if s not in seen] if s not in exclude]
 
 
+def queue_orders(audit: pd.DataFrame) -> dict[str, list[str]]:
+    """Candidate orders of the first audit's rows (no extra fit): the report's queue; label_score alone;
+    class-balanced (round-robin over given classes, each by label_score); expected change of the final
+    label (flagged rows first, by the suggestion's confidence, highest first)."""
+    a = audit[audit["trained"].astype(bool)].copy()
+    a["_s"] = a["label_score"].fillna(2.0)
+    by_score = a.sort_values("_s", kind="stable")
+    a["_rank"] = by_score.groupby("given_label").cumcount().reindex(a.index)
+    balanced = a.sort_values(["_rank", "_s"], kind="stable")
+    changes = a["is_label_issue"].astype(bool) & (a["suggested_label"].astype(str) != a["given_label"].astype(str))
+    a["_c"] = np.where(changes, -a["suggested_label_confidence"].fillna(0.0), 1.0 + a["_s"])
+    change = a.sort_values("_c", kind="stable")
+    return {"report_queue": fercure_queue(audit, set()), "score": by_score["sample_id"].astype(str).tolist(),
+            "class_balanced": balanced["sample_id"].astype(str).tolist(),
+            "expected_change": change["sample_id"].astype(str).tolist()}
+
+
 def take(queue: list[str], k: int) -> list[str]:
     return queue[:k]
 
@@ -222,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
                            "error_share": float(is_error.mean())}
     raw = pd.Series(truth["label"].to_numpy(dtype=object), index=truth["sample_id"].to_numpy())
     out["raw"] = label_accuracy(raw, truth)
+    n_cards = k * args.rounds  # the orders compared on the first audit, over as many cards as the loop reviews
+    out["queue_orders"] = {name: float(100 * is_error.reindex(q[:n_cards]).fillna(False).mean())
+                           for name, q in queue_orders(audit0).items()}
+    rep.log(f"errors per 100 cards over the first {n_cards}, by order: {out['queue_orders']}")
     finals = {"raw": raw}
     for m in METHODS:
         all_ids = [s for rnd in reviewed[m] for s in rnd]
