@@ -275,3 +275,26 @@ def test_decisions_saved_from_the_report_in_a_browser_teach_the_next_run(audited
     assert a.at[accept["id"], "reviewed_label"] == accept["sugg"] and not a.loc[[accept["id"], drop["id"]], "is_label_issue"].any()
     assert cleaned.at[accept["id"], "clean_label"] == accept["sugg"] and cleaned.at[drop["id"], "action"] == "drop"
     assert (cleaned.loc[[accept["id"], drop["id"]], "decided_by"] == "reviewer").all()
+
+
+def test_resume_reads_the_runs_own_trusted_files(tmp_path):
+    """`--resume` continues with the trusted files the run started with (its saved config)."""
+    from test_train_stage import _Crash, _CrashAfter, cfg, make_workspace
+
+    from fercure.stages.train import run_train
+
+    ws = make_workspace(tmp_path / "ws")
+    manifest = pd.read_parquet(ws.manifest)
+    drop_id, relabel_id = manifest["sample_id"].iloc[5], manifest["sample_id"].iloc[6]  # both trained
+    classes = sorted(manifest["label"].unique())
+    new = next(c for c in classes if c != manifest["label"].iloc[6])
+    f = tmp_path / "decisions.csv"
+    f.write_text(f"sample_id,action,label\n{drop_id},drop,\n{relabel_id},relabel,{new}\n", encoding="utf-8")
+    c = cfg(epochs=2, trusted=[str(f)])
+    with pytest.raises(_Crash):
+        run_train(ws, c, reporter=_CrashAfter(1))
+    resumed = run_train(ws, TrainConfig(), resume=True)
+    assert resumed.resumed and resumed.reviewed == 2
+    preds = read_table(resumed.run_dir / "predictions.parquet").set_index("sample_id")
+    assert drop_id not in preds.index and preds.at[relabel_id, "given_label"] == new
+    assert read_table(resumed.run_dir / "trusted.parquet")["sample_id"].tolist() == [drop_id, relabel_id]
