@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     from fercure.stages.prepare import run_prepare
     from fercure.stages.train import run_train
     from fercure.train.loop import resolve_device
-    from fercure.workspace import read_metadata, read_table
+    from fercure.workspace import read_table
 
     cfg = dict(SCALES[args.scale])
     for k in ("n_train", "epochs"):
