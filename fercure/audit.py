@@ -939,6 +939,7 @@ def build_audit(
     ambiguity_max_confidence: float = AMBIGUITY_MAX_CONFIDENCE,
     blur_threshold: float | None = None,
     run_meta: Mapping | None = None,
+    reviewed: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """One audit row per manifest row, and the thresholds/statistics behind the flags.
 
@@ -967,6 +968,10 @@ def build_audit(
     blur_threshold : float, optional
         Fixed blur cut; default is data-driven (``blur_issues``).
 
+    reviewed : DataFrame, optional
+        The run's trusted table (``fercure.trusted``): those rows are scored about their reviewed
+        label and never flagged (``reviewed_step``).
+
     Returns
     -------
     audit : DataFrame
@@ -988,14 +993,19 @@ def build_audit(
     if threshold_method not in THRESHOLD_RULES:
         raise ValueError(f"threshold_method must be one of {list(THRESHOLD_METHODS)}, not {threshold_method!r}")
     classes = [str(c) for c in classes]
+    as_given, manifest = manifest, with_reviewed_labels(manifest, reviewed)
     preds, rows, given, given_str, n_unmatched = align_predictions(manifest, predictions, classes)
     probs, quality, group = score_step(preds, classes, given, method, distribution)
     scored = Scored(quality, probs, given, group, preds, classes, rows, run_meta or {})
-    flags = THRESHOLD_RULES[threshold_method](scored)
+    is_rev = reviewed_mask(preds["sample_id"].tolist(), reviewed)
+    flags = unflag_reviewed(THRESHOLD_RULES[threshold_method](scored), is_rev, len(classes), given)
     sugg_probs, suggested, sugg_conf, bands = suggest_step(preds, classes, given, flags.is_issue, suggest_from)
     is_amb, gap = ambiguity(sugg_probs, margin=ambiguity_margin, max_confidence=ambiguity_max_confidence)
+    is_amb = is_amb & ~is_rev
     audit, stats = verdict_table(manifest, scored, flags, sugg_probs, suggested, sugg_conf, bands, is_amb, gap,
                                  given_str, blur_threshold)
+    audit = reviewed_step(audit, as_given, reviewed)
+    stats["reviewed"] = reviewed_stats(reviewed)
     stats.update({
         "method": method if isinstance(method, str) else dict(method),
         "threshold_method": threshold_method if threshold_method not in ("planted", "retrain") or
@@ -1007,6 +1017,64 @@ def build_audit(
         "n_predictions_not_in_manifest": int(n_unmatched),
     })
     return audit, stats
+
+
+# ---------------------------------------------------------------------------------------------
+# Reviewed rows (``fercure train --trusted``): trained with the reviewer's label, never flagged again
+
+
+def with_reviewed_labels(manifest: pd.DataFrame, reviewed: pd.DataFrame | None) -> pd.DataFrame:
+    """The manifest with each relabelled row's label replaced by the reviewed one: the label the run
+    trained it with, the one its scores are about."""
+    if reviewed is None or not len(reviewed):
+        return manifest
+    rel = reviewed[reviewed["action"] == "relabel"]
+    new = pd.Series(rel["label"].to_numpy(dtype=object), index=rel["sample_id"].astype(str).to_numpy())
+    out = manifest.copy()
+    ids = out["sample_id"].astype(str)
+    hit = ids.isin(new.index).to_numpy()
+    out.loc[hit, "label"] = new.loc[ids[hit]].to_numpy()
+    return out
+
+
+def reviewed_mask(sample_ids: Sequence[str], reviewed: pd.DataFrame | None) -> np.ndarray:
+    """(n,) bool: the samples a reviewer decided."""
+    if reviewed is None or not len(reviewed):
+        return np.zeros(len(sample_ids), bool)
+    return np.isin(np.asarray(sample_ids, dtype=str), reviewed["sample_id"].astype(str).to_numpy())
+
+
+def unflag_reviewed(flags: Flags, is_reviewed: np.ndarray, n_classes: int, given: np.ndarray) -> Flags:
+    """A person's decision outranks any score: reviewed rows are never flagged."""
+    if not is_reviewed.any():
+        return flags
+    issue = flags.is_issue & ~is_reviewed
+    counts = np.bincount(given[issue], minlength=n_classes) if flags.cut is None else flags.counts
+    return Flags(issue, flags.rule, counts, flags.cut, flags.global_cut, flags.detail)
+
+
+def reviewed_step(audit: pd.DataFrame, manifest: pd.DataFrame, reviewed: pd.DataFrame | None) -> pd.DataFrame:
+    """The audit with ``is_reviewed``, ``reviewed_label`` and ``decided_by``; ``given_label`` back to the
+    label as given (the manifest's); a reviewed row's reason says what the reviewer decided first."""
+    audit["given_label"] = _col(manifest, "label", "")
+    mask = reviewed_mask(audit["sample_id"].tolist(), reviewed)
+    audit["is_reviewed"] = mask
+    audit["reviewed_label"] = np.full(len(audit), None, object)
+    audit["decided_by"] = np.where(mask, "reviewer", "fercure").astype(object)
+    if mask.any():
+        r = reviewed.set_index(reviewed["sample_id"].astype(str)).loc[audit.loc[mask, "sample_id"]]
+        audit.loc[mask, "reviewed_label"] = r["label"].to_numpy(dtype=object)
+        verbs = {"keep": "kept", "relabel": "relabelled", "drop": "dropped"}
+        said = [f"reviewed: {verbs[a]}" + (f" {g} -> {lab}" if a == "relabel" else "") + f" ({src})"
+                for a, g, lab, src in zip(r["action"], r["given_label"], r["label"], r["source"])]
+        audit.loc[mask, "reason"] = [f"{w}; {old}" if old else w for w, old in zip(said, audit.loc[mask, "reason"])]
+        audit.loc[mask, ["is_label_issue", "is_ambiguous_issue"]] = False
+    return audit
+
+
+def reviewed_stats(reviewed: pd.DataFrame | None) -> dict:
+    counts = reviewed["action"].value_counts() if reviewed is not None else pd.Series(dtype=int)
+    return {"n_reviewed": int(counts.sum()), "actions": {a: int(counts.get(a, 0)) for a in ("keep", "relabel", "drop")}}
 
 
 def align_predictions(manifest: pd.DataFrame, predictions: pd.DataFrame, classes: list[str]) -> tuple:

@@ -423,6 +423,7 @@ def parse_backbone_args(items: list[str]) -> dict[str, object]:
     "  fercure train -w ws --epochs 30 --thorough --device cuda\n\n"
     "  fercure train -w ws --selfcure --reliability     # the SCN + ARBEx methods\n\n"
     "  fercure train -w ws --pretrained resnet18.pth    # a local state dict\n\n"
+    "  fercure train -w ws --trusted decisions-RUN.csv  # reviewed labels\n\n"
     "  fercure train -w ws --nproc 2                    # data-parallel, 2 processes")
 )
 def train(
@@ -457,6 +458,7 @@ def train(
     folds: int = typer.Option(0, min=0, help="Cross-fitting folds for out-of-sample probabilities (0: off)."),
     resume: bool = typer.Option(False, help="Continue the latest unfinished run from its last epoch checkpoint."),
     store: StoreMode = typer.Option(StoreMode.auto, help="Crops resident on the device, or streamed from the memory-mapped store per batch (auto: stream when they would take over half the free memory)."),
+    trusted: list[Path] = typer.Option([], "--trusted", help="A reviewer's decisions (CSV or JSON saved from the review report) or a CSV of verified labels (sample_id,label or path,label); repeatable, the later decision for a sample wins. Reviewed samples train with their reviewed label (dropped ones leave the run) and are never flagged again."),
     nproc: int = typer.Option(1, min=1, help="Train data-parallel with this many processes on this machine (fercure starts them and they stop with it; one per GPU, or CPU processes over gloo). For several machines run torchrun yourself (README, Scaling out)."),
     wait: bool = WaitOpt,
     json_out: bool = JsonOpt,
@@ -498,6 +500,7 @@ def train(
             holdout=holdout, plant_rate=plant_rate, retrain=retrain, knn=knn, amp=amp,
             ensemble=max(ensemble, 3) if thorough else ensemble,
             distill_generations=distill_generations, folds=folds, store=store.value, compile=compile,
+            trusted=[str(p.resolve()) for p in trusted],
         )
         try:
             _run(run_train, "train", as_json=json_out, quiet=rank != 0, workspace=workspace, config=config,

@@ -233,7 +233,7 @@ def apply(cleaned: pd.DataFrame, decisions: Decisions | None, classes: Sequence[
         before = out[col["action"]].astype(str).to_numpy()[rows]
         verbs = {"keep": "kept", "relabel": "relabelled", "drop": "dropped"}
         reasons = [f"reviewer {verbs[a]}" + (f": {g} -> {lab}" if a == "relabel" else "")
-                   + f" (fercure: {old}; {decisions.file} {r})"
+                   + f" (fercure: {old}; {f'{decisions.file} {r}'.strip()})"
                    for a, g, lab, old, r in zip(actions, given, labels, before, d["row"].to_numpy())]
         ai, li, ri = (out.columns.get_loc(col[k]) for k in ("action", "label", "reason"))
         out.iloc[rows, ai] = actions
@@ -266,3 +266,110 @@ def summary(decisions: Decisions | None) -> dict:
         "skipped": len(decisions.problems),
         "problems": [str(p) for p in decisions.problems[:100]],
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Trusted labels: decisions files (and plain label tables) given to `fercure train --trusted`
+
+TRUSTED_COLUMNS = ["sample_id", "action", "label", "given_label", "source"]
+
+
+@dataclass
+class Trusted:
+    """The reviewed samples of a run, one decision each (the last given wins), and what was skipped.
+
+    ``table``: sample_id, action (keep | relabel | drop), label (the reviewed label; None for a drop),
+    given_label (the label as given), source ("FILE row N")."""
+
+    table: pd.DataFrame
+    files: list[dict] = field(default_factory=list)  # per file: file, applied, actions, skipped
+    problems: list[Problem] = field(default_factory=list)
+    overridden: list[str] = field(default_factory=list)  # "sample X: FILE row N replaces FILE row M"
+
+
+def _plain_records(path: Path, text: str, path_ids: dict[str, str]) -> tuple[list[tuple[str, dict]], list[Problem]]:
+    """A ``sample_id,label`` or ``path,label`` table (labels verified elsewhere) as relabel records
+    (``parse`` turns a relabel to the given label into a keep); a path the manifest does not know is a
+    problem of its own."""
+    reader = csv.DictReader(io.StringIO(text))
+    reader.fieldnames = [h.strip().lower() for h in (reader.fieldnames or [])]
+    key = "sample_id" if "sample_id" in reader.fieldnames else \
+        next(k for k in ("path", "source_path") if k in reader.fieldnames)
+    records, problems = [], []
+    try:
+        for row in reader:
+            where, ref = f"row {reader.line_num}", cell_text(row.get(key))
+            sid = ref if key == "sample_id" else path_ids.get(ref.replace("\\", "/"), "")
+            if key != "sample_id" and ref and not sid:
+                problems.append(Problem(str(path), where, f"path {ref!r} is not in this workspace's manifest; skipped. "
+                                        "Give the path as the manifest has it (relative to the prepared input "
+                                        "folder), or the sample_id."))
+                continue
+            records.append((where, {"sample_id": sid, "action": "relabel", "label": cell_text(row.get("label"))}))
+    except csv.Error as e:
+        raise DecisionsFileError(f"{path} row {reader.line_num + 1}: {e}; a trusted-label row holds an id or a "
+                                 "path and a class name.") from None
+    return records, problems
+
+
+def read_trusted_file(path: Path | str, *, limit: int | None, path_ids: dict[str, str]) -> tuple[list, list[Problem]]:
+    """Records of one ``--trusted`` file: a decisions file (``read_decisions``) or a plain CSV table
+    with a ``label`` column and a ``sample_id`` or ``path`` column (no ``action``). Returns
+    (records, problems found while reading)."""
+    path = Path(path)
+    if limit is not None and path.stat().st_size > limit:
+        return read_decisions(path, limit), []  # raises with the size message
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        return read_decisions(path, limit), []  # raises with the encoding message
+    if not text.lstrip().startswith(("[", "{")) and path.suffix.lower() != ".json":
+        header = [h.strip().lower() for h in next(csv.reader(io.StringIO(text)), [])]
+        if "action" not in header and "label" in header and {"sample_id", "path", "source_path"} & set(header):
+            return _plain_records(path, text, path_ids)
+        if "action" not in header:
+            raise DecisionsFileError(
+                f"{path} has neither an action column (a decisions file saved from the report: sample_id,action,"
+                f"label) nor a label column with a sample_id or path column (a table of verified labels); its "
+                f"header: {', '.join(header) or 'empty'}. Pass one of those.")
+    return read_decisions(path, limit), []
+
+
+def merge_trusted(parsed: Sequence[Decisions], given_of: dict[str, str]) -> Trusted:
+    """The decisions of several files, in the order given: a sample decided again later takes the later
+    decision (said in ``overridden``). ``given_of``: sample_id → the label as given."""
+    chosen: dict[str, dict] = {}
+    overridden, files, problems = [], [], []
+    for d in parsed:
+        files.append(summary(d))
+        problems.extend(d.problems)
+        for rec in d.table.to_dict("records"):
+            sid = rec["sample_id"]
+            src = f"{d.file} {rec['row']}"
+            if sid in chosen:
+                overridden.append(f"sample {sid}: {src} ({rec['action']}) replaces {chosen[sid]['source']} "
+                                  f"({chosen[sid]['action']})")
+            label = rec["label"] if rec["action"] == "relabel" else (None if rec["action"] == "drop" else given_of[sid])
+            chosen[sid] = {"sample_id": sid, "action": rec["action"], "label": label, "given_label": given_of[sid],
+                           "source": src}
+    table = pd.DataFrame(list(chosen.values()), columns=TRUSTED_COLUMNS, dtype=object)
+    return Trusted(table, files, problems, overridden)
+
+
+def from_trusted(table: pd.DataFrame) -> Decisions:
+    """A run's trusted table (or the audit's reviewed rows as one) as decisions for ``apply``: each row
+    names its own source."""
+    t = table.rename(columns={"source": "row"})
+    t = t.assign(label=np.where(t["action"] == "relabel", t["label"], None))
+    return Decisions(table=t[["sample_id", "action", "label", "row"]].reset_index(drop=True), file="")
+
+
+def combine(first: Decisions | None, later: Decisions | None) -> Decisions | None:
+    """Both sets of decisions, ``later`` winning for a sample both decide (rows name their file)."""
+    if first is None or not len(first.table):
+        return later
+    if later is None:
+        return first
+    lt = later.table.assign(row=[f"{later.file} {r}".strip() for r in later.table["row"]])
+    table = pd.concat([first.table, lt], ignore_index=True).drop_duplicates("sample_id", keep="last")
+    return Decisions(table=table.reset_index(drop=True), problems=later.problems, file="")

@@ -255,9 +255,28 @@ AUDIT = Table(
         _c("unreadable_score", FLOAT64, "0 when the file could not be decoded, 1 otherwise", bounds=SCORE),
         _c("is_unreadable_issue", BOOL, "the file could not be decoded"),
         _c("reason", STRING, "why, in words, with the numbers behind each flag"),
+        _c("is_reviewed", BOOL, "a reviewer decided this sample (the run's --trusted files): never flagged",
+           required=False),
+        _c("reviewed_label", STRING, "the reviewer's label (null when dropped or not reviewed)", required=False),
+        _c("decided_by", STRING, "reviewer for a reviewed sample, fercure otherwise", values=DECIDED_BY,
+           required=False),
     ),
     metadata="run_id, classes, thresholds, stats (per class, transition matrix, model strength, "
-             "self-check), predictions (path)",
+             "self-check, reviewed), predictions (path), trusted (the run's --trusted files and counts)",
+)
+
+TRUSTED = Table(
+    "trusted", "WS/runs/<run_id>/trusted.parquet",
+    "One row per sample a reviewer decided (written by train --trusted; the last decision given wins).",
+    (
+        _c("sample_id", STRING, "the manifest's sample_id", nullable=False),
+        _c("action", STRING, "keep (label confirmed), relabel (to label) or drop (left out of the run)",
+           values=("keep", "relabel", "drop"), nullable=False),
+        _c("label", STRING, "the reviewed label the run trained with (null for a drop)"),
+        _c("given_label", STRING, "the label as given in the manifest"),
+        _c("source", STRING, "the --trusted file and row the decision came from"),
+    ),
+    metadata="run_id, trusted (the files in order, their counts)",
 )
 
 CLEANED = Table(
@@ -319,7 +338,7 @@ HF_EXPORT = Table(
     metadata="as cleaned (the provenance), plus `huggingface` (the datasets Features)",
 )
 
-TABLES: dict[str, Table] = {t.name: t for t in (MANIFEST, REJECTS, PREDICTIONS, DYNAMICS, AUDIT, CLEANED, HF_EXPORT)}
+TABLES: dict[str, Table] = {t.name: t for t in (MANIFEST, REJECTS, PREDICTIONS, DYNAMICS, AUDIT, TRUSTED, CLEANED, HF_EXPORT)}
 
 # Arrow types that hold the same values as the declared one (a file from another writer may use them).
 _SAME = {pa.string(): (pa.large_string(),), pa.float64(): (), pa.float32(): (), pa.bool_(): ()}

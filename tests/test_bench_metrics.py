@@ -142,3 +142,25 @@ def test_precision_at_k_and_accuracy_by_band():
     acc, n, rising = common.accuracy_by_band([0, 0, 1, 2, 2], [0, 1, 0, 1, 1], 3)
     assert acc == [0.5, 0.0, 1.0] and n == [2, 1, 2] and not rising
     assert common.accuracy_by_band([0, 1, 1], [0, 1, 1], 3)[2]  # an empty band does not break the rise
+
+
+# ---- the simulated reviewer of bench_review_loop.py (issue 18) ---------------------------------
+
+def test_simulated_reviewer_answers_from_the_ferplus_votes():
+    import sys
+
+    import pandas as pd
+
+    sys.path.insert(0, str(_PATH.parent))
+    import bench_review_loop as loop
+
+    cols = loop.VOTE_COLUMNS  # neutral, happiness, surprise, sadness, anger, disgust, fear, contempt, unknown, NF
+    votes = [[0, 6, 0, 0, 0, 0, 0, 0, 2, 2],   # happy majority, given happy: keep
+             [0, 0, 0, 5, 0, 0, 0, 0, 5, 0],   # sad has 5 of 10, given happy: relabel to sad
+             [2, 0, 0, 0, 0, 0, 0, 0, 3, 5],   # no class majority, NF + unknown = 8: drop
+             [4, 4, 0, 0, 0, 0, 0, 0, 1, 1],   # no majority, little junk: keep
+             [0, 0, 0, 0, 0, 0, 0, 6, 2, 2]]   # contempt majority (no FER2013 class), junk 4: keep
+    truth = pd.DataFrame(votes, columns=cols).assign(sample_id=list("abcde"), label="happy")
+    got = loop.reviewer_answers(truth)
+    assert got["action"].tolist() == ["keep", "relabel", "drop", "keep", "keep"]
+    assert [x if isinstance(x, str) else None for x in got["label"]] == [None, "sad", None, None, None]

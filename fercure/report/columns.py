@@ -27,6 +27,8 @@ AUDIT_COLUMNS: dict[str, tuple[str, ...]] = {
     "is_blur": ("is_blur_issue",),
     "is_no_face": ("is_no_face_issue",),
     "is_unreadable": ("is_unreadable_issue",),
+    "is_reviewed": ("is_reviewed",),
+    "reviewed_label": ("reviewed_label",),
 }
 
 # measured by prepare, read from the manifest (0..255 grey mean and standard deviation)

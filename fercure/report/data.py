@@ -13,7 +13,7 @@ from fercure.report import columns as C
 from fercure.report.thumbs import THUMB_BUDGET, THUMB_SIZE, thumbnails
 
 # Flags of a listed row, one bit each (the page filters on them).
-FLAGS = ("label_issue", "ambiguous", "duplicate", "face", "blur", "dark", "bright", "low_contrast")
+FLAGS = ("label_issue", "ambiguous", "duplicate", "face", "blur", "dark", "bright", "low_contrast", "reviewed")
 BIT = {f: 1 << i for i, f in enumerate(FLAGS)}
 QUALITY_FLAGS = ("blur", "dark", "bright", "low_contrast")
 
@@ -149,6 +149,8 @@ def review_rows(audit: pd.DataFrame, manifest: pd.DataFrame | None = None) -> tu
                               C.column(audit, "given", "").astype(str).tolist())
     for g in groups:  # the original of a conflicting group is listed beside its copies
         bits[g[0]] |= BIT["duplicate"]
+    if C.name(audit, "is_reviewed"):  # listed (the page hides them by default), never as issues
+        bits |= np.where(C.flag(audit, "is_reviewed").to_numpy(), BIT["reviewed"], 0)
     return bits, np.flatnonzero(bits)
 
 
@@ -158,8 +160,8 @@ def review_order(audit: pd.DataFrame, listed: np.ndarray, bits: np.ndarray) -> n
     score = _num(C.column(audit, "score", np.nan))[listed]
     margin = _num(C.column(audit, "margin", np.nan))[listed]
     b = bits[listed]
-    tier = np.select([b & BIT["label_issue"] > 0, b & BIT["ambiguous"] > 0, b & BIT["duplicate"] > 0,
-                      b & BIT["face"] > 0], [0, 1, 2, 3], default=4)
+    tier = np.select([b & BIT["reviewed"] > 0, b & BIT["label_issue"] > 0, b & BIT["ambiguous"] > 0,
+                      b & BIT["duplicate"] > 0, b & BIT["face"] > 0], [5, 0, 1, 2, 3], default=4)
     key2 = np.where(tier == 0, score, np.where(tier == 1, margin, 0.0))
     return listed[np.lexsort((listed, np.nan_to_num(key2, nan=2.0), tier))]
 
@@ -236,6 +238,7 @@ def build_payload(
         "rows": rows,
         "dup_groups": [[pos[i] for i in g if i in pos] for g in groups],
         "counts": flag_counts(bits),
+        "progress": review_progress(audit, classes, order, bits),
         "thumbs": {"n": with_thumb, "n_with_crop": with_crop if crops is not None else 0, "size": thumb_size,
                    "budget_bytes": thumb_budget},
     }
@@ -247,3 +250,26 @@ def flag_counts(bits: np.ndarray) -> dict[str, int]:
     counts = {f: int((bits & BIT[f] > 0).sum()) for f in FLAGS}
     counts["quality"] = int((bits & sum(BIT[f] for f in QUALITY_FLAGS) > 0).sum())
     return counts
+
+
+NEXT_CARDS = 100
+
+
+def expected_errors(p_given: np.ndarray, n: int = NEXT_CARDS) -> float:
+    """Expected wrong labels among the first ``n`` cards: the sum of 1 − p(given), the audit
+    distribution's probability that a card's label is not the given one (NaN rows count as 0.5)."""
+    p = np.asarray(p_given, float)[:n]
+    return float(np.sum(1.0 - np.where(np.isfinite(p), p, 0.5)))
+
+
+def review_progress(audit: pd.DataFrame, classes: Sequence[str], order: np.ndarray, bits: np.ndarray) -> dict:
+    """Where the reviewer stands: samples reviewed, label issues still flagged, and the errors the next
+    ``NEXT_CARDS`` flagged cards (in review order) are expected to hold."""
+    flagged = order[(bits[order] & BIT["label_issue"]) > 0]
+    given = C.column(audit, "given", "").astype(str).to_numpy()
+    probs = {c: _num(audit[f"p_{c}"]) for c in classes if f"p_{c}" in audit.columns}
+    p_given = np.array([probs[given[r]][r] if given[r] in probs else np.nan for r in flagged], float)
+    reviewed = C.flag(audit, "is_reviewed").to_numpy() if C.name(audit, "is_reviewed") else np.zeros(len(audit), bool)
+    return {"n_reviewed": int(reviewed.sum()), "n_flagged": int(len(flagged)),
+            "next_cards": int(min(NEXT_CARDS, len(flagged))),
+            "expected_errors_next": _round(expected_errors(p_given), 1)}

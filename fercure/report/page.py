@@ -267,6 +267,7 @@ _CONTROLS = """
  <option value="review">label issues + ambiguous</option><option value="label_issue">label issues</option>
  <option value="ambiguous">ambiguous</option><option value="duplicate">duplicates (and first copies)</option>
  <option value="face">face problems</option><option value="quality">image quality issues</option>
+ <option value="reviewed">reviewed (train --trusted)</option>
  <option value="all">everything listed</option></select></label>
 <label>given <select id="f-given"><option value="">any</option></select></label>
 <label>suggested <select id="f-sugg"><option value="">any</option></select></label>
@@ -306,6 +307,16 @@ _BAR = """
 <span class="muted keys">keys: j / k next / previous card · a accept · s keep · d drop · u undo ·
 [ / ] page</span></div>
 """
+
+
+def _progress_line(p: dict) -> str:
+    """Where the review stands: reviewed (hidden unless asked for), still flagged, what the next cards hold."""
+    nxt = (f"; the next {p['next_cards']} flagged cards are expected to hold about {p['expected_errors_next']:g} "
+           "wrong labels (the sum of 1 − p(given) of the audit distribution: the model's estimate, not a count)"
+           if p["next_cards"] else "")
+    return (f'<p class="verdict" id="progress">Review progress: <b>{p["n_reviewed"]}</b> samples reviewed '
+            f'(train --trusted; hidden from the list: show &ldquo;reviewed&rdquo; to see them), '
+            f'<b>{p["n_flagged"]}</b> label issues still flagged{_e(nxt)}.</p>')
 
 
 def decisions_stem(run_id: str | None) -> str:
@@ -446,6 +457,7 @@ its decision, <kbd>[</kbd> / <kbd>]</kbd> previous / next page. A click on a thu
 with the original file. Decisions stay in this browser until you save them as a file for
 <code>fercure export-cleaned --decisions</code>.
 {_e(th['note'])}</p>
+{_progress_line(payload["progress"])}
 {_CONTROLS}
 {_BAR.format(command=_e(export_command(workspace, run_id)))}
 <script type="application/json" id="fercure-data">{json_for_script(payload)}</script>

@@ -9,7 +9,8 @@
   D.flags.forEach(function (f, i) { BIT[f] = 1 << i; });
   var QUALITY = BIT.blur | BIT.dark | BIT.bright | BIT.low_contrast;
   var FLAG_TEXT = {label_issue: 'label issue', ambiguous: 'ambiguous', duplicate: 'duplicate', face: 'face problem',
-                   blur: 'blurry', dark: 'too dark', bright: 'too bright', low_contrast: 'low contrast'};
+                   blur: 'blurry', dark: 'too dark', bright: 'too bright', low_contrast: 'low contrast',
+                   reviewed: 'reviewed'};
   var ACTION_TEXT = {keep: 'keep', relabel: 'relabel', drop: 'drop', review: 'leave for review'};
 
   var rows = R.id.map(function (id, i) {
@@ -57,7 +58,7 @@
   // --- filtering and sorting
   function inCategory(r) {
     switch (state.cat) {
-      case 'review': return (r.flags & (BIT.label_issue | BIT.ambiguous)) !== 0;
+      case 'review': return (r.flags & (BIT.label_issue | BIT.ambiguous)) !== 0 && !(r.flags & BIT.reviewed);
       case 'quality': return (r.flags & QUALITY) !== 0;
       case 'all': return true;
       default: return (r.flags & BIT[state.cat]) !== 0;

@@ -19,6 +19,7 @@ import pandas as pd
 from fercure import audit as core
 from fercure import export as export_core
 from fercure import schema
+from fercure import trusted as trusted_labels
 from fercure.progress import NULL, Reporter
 from fercure.report import render_report
 from fercure.workspace import (
@@ -119,10 +120,11 @@ def run_audit(
         raise AuditInputError(f"{predictions_path} has no sample_id column; re-run `fercure train`.")
     task.advance()
 
+    trusted = trusted_labels.read(ws.run_dir(run_id))  # the samples a reviewer decided (train --trusted)
     try:
         table, stats = core.build_audit(manifest, predictions, classes, method=method,
                                         threshold_method=threshold_method,
-                                        run_meta=read_metadata(predictions_path))
+                                        run_meta=read_metadata(predictions_path), reviewed=trusted)
     except ValueError as e:
         raise AuditInputError(f"Cannot audit run {run_id!r} ({predictions_path}) against {ws.manifest}: {e}. "
                               f"If the manifest changed after training, re-run `fercure train -w {ws.root}`.") from e
@@ -133,6 +135,7 @@ def run_audit(
         "run_id": run_id, "classes": classes, "thresholds": thresholds,
         "stats": {k: v for k, v in stats.items() if k not in THRESHOLD_KEYS},
         "predictions": str(predictions_path),
+        "trusted": read_metadata(predictions_path).get("trusted") or {},
     }
     write_table(table, ws.audit, meta, table=schema.AUDIT)
     task.advance()

@@ -16,6 +16,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from fercure import __version__, schema
 from fercure import decisions as reviewed
 from fercure import export as core
@@ -184,7 +187,8 @@ def run_export(
     decided = _read_decisions(decisions, audit, classes) if decisions is not None else None
     if decided is not None:
         _check_decisions_applied(decided, strict)
-    cleaned = reviewed.apply(cleaned, decided, classes, soft=policy == "soft")
+    from_training = reviewed_in_audit(audit, audit_meta.get("run_id"))  # train --trusted; a --decisions file outranks it
+    cleaned = reviewed.apply(cleaned, reviewed.combine(from_training, decided), classes, soft=policy == "soft")
     counts = core.action_counts(cleaned)
     provenance = {
         "run_id": audit_meta.get("run_id"),
@@ -200,6 +204,7 @@ def run_export(
         "decided_by": {who: int((cleaned[reviewed.CLEANED["decided_by"]] == who).sum())
                        for who in (reviewed.REVIEWER, reviewed.FERCURE)},
         "decisions": reviewed.summary(decided),
+        "trusted": audit_meta.get("trusted") or {},
         "input_root": ws.prepared_inputs()[0],
         "crop_store": str(ws.store.resolve()),
         "format": fmt,
@@ -245,6 +250,20 @@ def run_export(
         decision_problems=[str(p) for p in decided.problems] if decided else [],
         n_images=n_images, skipped=skipped, notes=notes,
     )
+
+
+def reviewed_in_audit(audit, run_id) -> reviewed.Decisions | None:
+    """The audit's reviewed rows (the run's --trusted decisions) as decisions: a drop where no label
+    was kept, a keep where the reviewed label is the given one, a relabel otherwise."""
+    if "is_reviewed" not in audit.columns or not audit["is_reviewed"].any():
+        return None
+    r = audit[audit["is_reviewed"].astype(bool)]
+    label = r["reviewed_label"].astype(object).to_numpy()
+    action = np.where(pd.isna(label), "drop", np.where(label == r["given_label"].astype(object).to_numpy(),
+                                                         "keep", "relabel"))
+    table = pd.DataFrame({"sample_id": r["sample_id"].astype(str).to_numpy(), "action": action, "label": label,
+                          "source": f"train --trusted of run {run_id}"})
+    return reviewed.from_trusted(table)
 
 
 def check_audit_matches(manifest, audit, ws: Workspace) -> None:

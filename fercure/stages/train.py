@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 
 from fercure import __version__, schema
+from fercure import trusted as trusted_labels
 from fercure.progress import NULL, Reporter
 from fercure.train import detection as det
 from fercure.train import distributed as dd
@@ -73,6 +74,7 @@ class TrainSummary:
     chance_accuracy: float | None = None  # the probe's most frequent class share
     planted_flips: int = 0  # labels flipped on purpose in the first model (never written anywhere)
     retrained_without: int = 0  # samples the second model did not train on (scored held out)
+    reviewed: int = 0  # samples a --trusted file decided (dropped ones included)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,6 +315,8 @@ def _run_train(ws: Workspace, config: TrainConfig, resume: bool, reporter: Repor
         ws.remove_stale_temps()
     resolve_device(config.device)  # fail before a run folder exists when the device is missing
     data = _load_inputs(ws, reporter)
+    trusted = trusted_labels.load(ws, config.trusted, data.classes, reporter)
+    data, reviewed = trusted_labels.apply_to_data(data, trusted)  # reviewed labels in, dropped samples out
     fingerprint = _fingerprint(data)
 
     ckpt: dict[str, Any] = {"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "done": {},
@@ -329,6 +333,10 @@ def _run_train(ws: Workspace, config: TrainConfig, resume: bool, reporter: Repor
         saved_cfg = TrainConfig.from_dict(saved)
         if saved_cfg.to_dict() != config.to_dict():
             reporter.log(f"train: resuming {run_id} with its saved configuration.")
+        if saved_cfg.trusted != config.trusted:  # the run's own --trusted files, as they were given
+            trusted = trusted_labels.load(ws, saved_cfg.trusted, data.classes, reporter)
+            data, reviewed = trusted_labels.apply_to_data(_load_inputs(ws, reporter), trusted)
+            fingerprint = _fingerprint(data)
         config = saved_cfg
         try:
             ckpt = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
@@ -365,7 +373,7 @@ def _run_train(ws: Workspace, config: TrainConfig, resume: bool, reporter: Repor
                 **config.to_dict(), "classes": data.classes, "run_id": run_id, "parts": part_names(config),
                 "n_samples": len(data.sample_ids), "fercure_version": __version__,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "fingerprint": fingerprint,
-                "world_size": world.size})
+                "world_size": world.size, "trusted_files": trusted_labels.provenance(trusted)})
         run_id = dd.broadcast_object(run_id, world)
         run_dir = ws.run_dir(run_id)
 
@@ -376,7 +384,7 @@ def _run_train(ws: Workspace, config: TrainConfig, resume: bool, reporter: Repor
     # The crops go to the device once (this rank's share of them), or stream when they do not fit.
     store = open_crop_store(data.store, device, config.store, world, log=reporter.log)
     n, c = len(data.rows), len(data.classes)
-    plan = det.plan_run(data.given, c, config)
+    plan = det.plan_run(data.given, c, config, reviewed=reviewed)
     labels_full = np.zeros(store.shape[0], dtype=np.int64)
     labels_full[data.rows] = plan.train_labels
     given_full = np.zeros(store.shape[0], dtype=np.int64)
@@ -498,7 +506,7 @@ def _run_train(ws: Workspace, config: TrainConfig, resume: bool, reporter: Repor
                                              j.member))
     meta = {"run_id": run_id, "classes": data.classes, "config": config.to_dict(),
             "temperature": temperature, "self_check": self_check, "model_strength": strength,
-            "world_size": world.size}
+            "world_size": world.size, "trusted": trusted_labels.provenance(trusted)}
     seconds_train = sum(r["seconds"] for r in done.values())
     seen = sum(r["seen"] for r in done.values())
     metrics = {k: r["history"] for k, r in done.items()}
@@ -507,6 +515,7 @@ def _run_train(ws: Workspace, config: TrainConfig, resume: bool, reporter: Repor
                     table=schema.DYNAMICS)
         atomic_write_json(run_dir / "metrics.json", {"fits": metrics, "temperature": temperature,
                                                      "train_seconds": seconds_train})
+        trusted_labels.write(run_dir, trusted, {"run_id": run_id, "trusted": meta["trusted"]})
         write_table(pred_df, run_dir / "predictions.parquet", meta, table=schema.PREDICTIONS)  # last: marks the run finished
         ws.set_latest_run(run_id)
         # The checkpoint (model + optimiser state, ~135 MB for ResNet-18) only serves --resume of an
@@ -527,4 +536,5 @@ def _run_train(ws: Workspace, config: TrainConfig, resume: bool, reporter: Repor
         generations=config.distill_generations, folds=config.folds, temperature=temperature,
         resumed=resumed, parts=part_names(config), probe_accuracy=strength.get("holdout_accuracy"),
         chance_accuracy=strength.get("chance_accuracy"), planted_flips=int(plan.planted.sum()),
-        retrained_without=int(cols["retrain_held_out"].sum()) if "retrain_held_out" in cols else 0)
+        retrained_without=int(cols["retrain_held_out"].sum()) if "retrain_held_out" in cols else 0,
+        reviewed=len(trusted.table) if trusted is not None else 0)

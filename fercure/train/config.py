@@ -102,6 +102,8 @@ class TrainConfig:
     # device's free memory (host memory on a CPU). Same batches either way.
     store: str = "auto"  # auto | resident | stream
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes carried into config.json
+    # --trusted files (a reviewer's decisions, verified labels), in the order given: the later wins
+    trusted: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.inpaint_frac = tuple(float(v) for v in self.inpaint_frac)  # config.json gives a list

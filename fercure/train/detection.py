@@ -45,12 +45,14 @@ class RunPlan:
     holdout: np.ndarray  # (N,) bool: the probe the first models never see
 
 
-def plan_run(given: np.ndarray, num_classes: int, config: Any) -> RunPlan:
+def plan_run(given: np.ndarray, num_classes: int, config: Any, reviewed: np.ndarray | None = None) -> RunPlan:
+    """``reviewed``: samples whose label a person decided (``--trusted``): never planted."""
     given = np.asarray(given, dtype=np.int64)
     holdout = sg.holdout_mask(given, config.holdout, seed=config.seed)
     if holdout.all():  # a tiny set: train on everything rather than on nothing
         holdout[:] = False
-    train_labels, planted = sg.plant_flips(given, config.plant_rate, num_classes, exclude=holdout,
+    exclude = holdout if reviewed is None else holdout | np.asarray(reviewed, bool)
+    train_labels, planted = sg.plant_flips(given, config.plant_rate, num_classes, exclude=exclude,
                                            seed=config.seed)
     return RunPlan(given, train_labels, planted, holdout)
 
