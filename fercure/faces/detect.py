@@ -589,16 +589,34 @@ def pad_for_detection(image: np.ndarray, frac: float = DETECT_PAD) -> tuple[np.n
 
 
 def detect_with_padding(detector: "FaceDetector", images: Sequence[np.ndarray], min_score: float = 0.9,
-                        frac: float = DETECT_PAD, group: int = 64) -> tuple[list[Detection], np.ndarray]:
+                        frac: float = DETECT_PAD, max_side: int | None = None,
+                        budget_px: int = 64 * 512 * 512) -> tuple[list[Detection], np.ndarray]:
     """Detect, then look again with a border (``pad_for_detection``) at every image where no face
     reached ``min_score``; the padded look wins when its best score is higher. Returns the
     detections in the images' own coordinates and a bool per image: found on the padded image.
-    Images are padded ``group`` at a time, so the padded copies never all exist at once."""
+
+    The retry is for pre-cropped faces, which are small: an image whose padded copy would be longer
+    than ``max_side`` (the detector's size bound) is not retried, so the bound holds. Padded copies
+    are made a group at a time, at most ``budget_px`` pixels per group (one image at least)."""
     dets = detector.detect(images)
     padded_hit = np.zeros(len(dets), dtype=bool)
-    retry = [i for i, d in enumerate(dets) if not (len(d) and float(d.scores.max()) >= min_score)]
-    for lo in range(0, len(retry), group):
-        idx = retry[lo:lo + group]
+
+    def padded_side(im: np.ndarray) -> int:
+        return max(im.shape[:2]) + 2 * max(1, int(round(frac * max(im.shape[:2]))))
+
+    retry = [i for i, d in enumerate(dets) if not (len(d) and float(d.scores.max()) >= min_score)
+             and (max_side is None or padded_side(images[i]) <= max_side)]
+    groups, cur, px = [], [], 0
+    for i in retry:
+        side = padded_side(images[i])
+        if cur and px + side * side > budget_px:
+            groups.append(cur)
+            cur, px = [], 0
+        cur.append(i)
+        px += side * side
+    if cur:
+        groups.append(cur)
+    for idx in groups:
         padded = [pad_for_detection(images[i], frac) for i in idx]
         offsets = [off for _, off in padded]
         again = detector.detect([im for im, _ in padded])

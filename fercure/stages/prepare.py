@@ -240,7 +240,8 @@ def _process_chunk(
         timings["decode"] += t1 - t0
         usable = [d for d in window if d.status == "ok"]
         # A miss gets a second look with a border around the image (a face filling its frame).
-        detections = detect_with_padding(detector, [d.image for d in usable], settings.min_score)[0] if usable else []
+        detections = detect_with_padding(detector, [d.image for d in usable], settings.min_score,
+                                         max_side=DETECT_MAX_SIDE)[0] if usable else []
         det_of = {id(d): det for d, det in zip(usable, detections)}
         t2 = time.perf_counter()
         timings["detect"] += t2 - t1
