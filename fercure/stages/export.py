@@ -36,7 +36,7 @@ from fercure.workspace import (
     write_table,
 )
 
-FORMATS = ("parquet", "csv", "imagefolder", "hf")
+FORMATS = core.FORMATS
 
 
 class ExportError(WorkspaceError):

@@ -30,6 +30,7 @@ import pandas as pd
 from fercure import __version__, schema
 from fercure.device import resolve_device
 from fercure.faces import align, quality
+from fercure.faces.quality import MULTI_FACE_POLICIES, NO_FACE_POLICIES
 from fercure.faces.detect import Detection, FaceDetector, detect_with_padding
 from fercure.images import load_rgb
 from fercure.ingest import REJECT_COLUMNS, check_classes, clean_label, discover
@@ -47,7 +48,7 @@ from fercure.workspace import (
     write_table,
 )
 
-STATUSES = ("ok", "no_face", "multiple_faces", "low_confidence", "too_small", "unreadable", "duplicate")
+STATUSES = schema.FACE_STATUSES  # the manifest's face_status values (declared in schema.py)
 CHUNK_SIZE = 512
 
 
@@ -392,10 +393,11 @@ def run_prepare(
     ws = workspace if isinstance(workspace, Workspace) else Workspace(Path(workspace))
     if not input_root.is_dir():
         raise WorkspaceError(f"Input folder {input_root} does not exist or is not a folder.")
-    if on_no_face not in ("keep", "drop"):
-        raise WorkspaceError(f"--on-no-face must be keep or drop, not {on_no_face!r}.")
-    if multi_face not in ("largest", "most-central", "drop"):
-        raise WorkspaceError(f"--multi-face must be largest, most-central or drop, not {multi_face!r}.")
+    if on_no_face not in NO_FACE_POLICIES:
+        raise WorkspaceError(f"--on-no-face must be {' or '.join(NO_FACE_POLICIES)}, not {on_no_face!r}.")
+    if multi_face not in MULTI_FACE_POLICIES:
+        raise WorkspaceError(f"--multi-face must be {', '.join(MULTI_FACE_POLICIES[:-1])} or {MULTI_FACE_POLICIES[-1]}, "
+                             f"not {multi_face!r}.")
     if crop not in align.CROP_MODES:
         raise WorkspaceError(f"--crop must be {', '.join(align.CROP_MODES)}, not {crop!r}.")
     if shard is not None:

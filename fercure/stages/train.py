@@ -46,7 +46,7 @@ from fercure.train.loop import fit, predict, resolve_device
 from fercure.workspace import (Workspace, WorkspaceError, atomic_path, atomic_write_json,
                                read_metadata, read_table, write_table)
 
-EXCLUDED_STATUSES = {"unreadable", "duplicate"}
+EXCLUDED_STATUSES = set(schema.UNUSABLE_STATUSES)
 CHECKPOINT_FORMAT = 2  # 2: the parts engine (0.2); a format-1 checkpoint cannot be resumed
 
 

@@ -38,28 +38,9 @@ from fercure.train.config import TrainConfig
 from fercure.train.device_store import open_crop_store
 from fercure.train.model import FerNet, build_model
 from fercure.train.parts import Part, Step, build_parts
-from fercure.workspace import WorkspaceError
+from fercure.errors import TrainingDivergedError  # noqa: F401  (re-exported)
 
 DYNAMICS_KEYS = ("p_given", "margin", "alpha", "predicted", "current_index", "relabeled")
-
-
-class TrainingDivergedError(WorkspaceError):
-    """The loss stopped being finite: every probability after that is NaN, nothing to audit."""
-
-
-def to_device_store(images: Any, device: torch.device, chunk: int = 4096) -> torch.Tensor:
-    """Copy a (N,S,S,3) uint8 array (possibly memory-mapped) to the device once, in chunks, so a
-    memory-mapped store is never duplicated whole in host memory."""
-    if torch.is_tensor(images):
-        return images.to(device)
-    arr = np.asarray(images)
-    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
-        raise ValueError(f"images must be uint8 (N,S,S,3), got {arr.dtype} {arr.shape}")
-    out = torch.empty(arr.shape, dtype=torch.uint8, device=device)
-    for s in range(0, arr.shape[0], chunk):
-        part = torch.from_numpy(np.array(arr[s:s + chunk], copy=True))
-        out[s:s + chunk] = part.to(device, non_blocking=False)
-    return out
 
 
 def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -341,9 +322,11 @@ def fit(images: Any, labels: Any, classes: list[str], config: TrainConfig, *,
             x = augment.train_batch(crops, config.image_size, st.aug_gen, aug)
             if cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
-            step = Step(idx=idx, labels=st.current[idx], epoch=epoch)
             # pretext draws come from the rank's own stream: the shared one must stay in step
             out, aux = forward_with_aux(step_model, x, parts, st.aug_gen)
+            weight = sample_weight(parts, out)
+            step = Step(idx=idx, labels=st.current[idx], epoch=epoch,
+                        weight=None if weight is None else weight.detach())
             z = out["logits"]
             for p in parts:
                 z = p.transform_logits(out, z)
@@ -363,8 +346,8 @@ def fit(images: Any, labels: Any, classes: list[str], config: TrainConfig, *,
                 probs = torch.softmax(out["logits"].detach()[:m], dim=1)
                 new_idx = idx[:m]
                 _record(ep, new_idx, probs, rec_y[new_idx])
-                if "alpha" in out:
-                    ep["alpha"][new_idx] = out["alpha"].detach()[:m]
+                if weight is not None:
+                    ep["alpha"][new_idx] = weight.detach()[:m]
                 st.sum_probs[new_idx] += probs
                 loss_sum += loss.detach() * m
                 correct += (probs.argmax(dim=1) == step.labels[:m]).sum()
@@ -407,8 +390,7 @@ def fit(images: Any, labels: Any, classes: list[str], config: TrainConfig, *,
         rec = {"epoch": epoch, "loss": epoch_loss, "train_accuracy": float(correct) / n,
                "relabeled": int(host["relabeled"].sum()), "seconds": secs, "images_per_s": n / secs}
         for p in parts:
-            if hasattr(p, "anchor_separation"):  # how far apart the class anchors are (ARBEx)
-                rec["anchor_separation"] = p.anchor_separation()
+            rec.update(p.epoch_record())
         st.history.append(rec)
         if on_epoch_end is not None:
             state = st.save(seed)  # collective under data parallelism: every rank builds it
@@ -427,6 +409,16 @@ def fit(images: Any, labels: Any, classes: list[str], config: TrainConfig, *,
         mean_probs=(st.sum_probs / epochs_done).cpu().numpy(), parts=parts, history=st.history,
         device=str(device), seconds=st.train_seconds,
         images_per_s=st.seen / st.train_seconds if st.train_seconds > 0 else 0.0)
+
+
+def sample_weight(parts: list[Part], out: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """The batch's per-sample weights: the product of what the parts give (None: all 1)."""
+    weight = None
+    for p in parts:
+        w = p.sample_weight(out)
+        if w is not None:
+            weight = w if weight is None else weight * w
+    return weight
 
 
 def forward_with_aux(model: Any, x: torch.Tensor, parts: list[Part], gen: torch.Generator
