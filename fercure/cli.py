@@ -384,6 +384,7 @@ def parse_backbone_args(items: list[str]) -> dict[str, object]:
     "  fercure train -w ws --pretrained resnet18.pth    # a local state dict\n\n"
     "  fercure train -w ws --nproc 2                    # data-parallel, 2 processes")
 )
+# Longer than 80 lines: one parameter per option is the command's interface; the body is short.
 def train(
     workspace: Path = WorkspaceOpt,
     epochs: int = typer.Option(TRAIN_DEFAULTS["epochs"], min=1),
