@@ -1,3 +1,3 @@
 """fercure: curate facial-expression datasets and clean their noisy labels."""
 
-__version__ = "0.1.0"
+__version__ = "0.3.0"
