@@ -40,6 +40,8 @@ CONFIGS = {
     "parts": dict(selfcure=True, reliability=True, elr=True, jigsaw=True, jigsaw_grid=2, jigsaw_perms=4,
                   inpaint=True, pool="app", epoch_eval=True, ensemble=2, distill_generations=1,
                   label_smoothing=0.0, erase_p=0.5, anchors_per_class=2, anchor_dim=16),
+    # Cross-fitting (out-of-fold p(given), the fitted temperature) with SCN relabelling every sample.
+    "folds": dict(folds=2, retrain=False, holdout=0.0, plant_rate=0.0, selfcure=True, relabel_scope="all"),
 }
 BASE = dict(backbone="test_resnet", image_size=32, epochs=2, batch_size=8, device="cpu", seed=3,
             relabel_epoch=1, knn=3)
@@ -61,6 +63,12 @@ EXPECTED: dict[str, dict[str, str]] = {
         "predictions": "aa15e6307b7c0d48",
         "audit": "47024e11609c9bb1",
         "cleaned": "660d3bcda476877e"
+    },
+    "folds": {  # recorded later, from `git archive 5e1c85f` run the same way
+        "dynamics": "e333cdd7e0ab92b5",
+        "predictions": "87c964ce0741ce6f",
+        "audit": "e016db7f955d63a5",
+        "cleaned": "2bd02a417290785e"
     },
 }  # from 5e1c85f, CPU, 1 thread
 
