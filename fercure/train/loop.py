@@ -517,19 +517,20 @@ def sample_weight(parts: list[Part], out: dict[str, torch.Tensor]) -> torch.Tens
 def forward_with_aux(model: Any, x: torch.Tensor, parts: list[Part], gen: torch.Generator
                      ) -> tuple[dict[str, torch.Tensor], list[tuple[Part, dict[str, torch.Tensor]]]]:
     """One forward pass over the batch and every part's pretext inputs concatenated; returns the
-    batch's outputs and each part's own rows of the outputs."""
-    extra = [(p, p.aux_inputs(x, gen)) for p in parts]
-    extra = [(p, a) for p, a in extra if a is not None]
+    batch's outputs and each part's own rows of the outputs, with the targets its ``aux_inputs``
+    made for them (so a part keeps nothing on itself between the two hooks)."""
+    made = [(p, p.aux_inputs(x, gen)) for p in parts]
+    extra = [(p, a[0], a[1]) for p, a in made if a is not None]
     if not extra:
         return model(x), []
-    out_all = model(with_format_of(torch.cat([x] + [a for _, a in extra]), x))
+    out_all = model(with_format_of(torch.cat([x] + [a for _, a, _ in extra]), x))
     bounds, at = [], x.shape[0]
-    for p, a in extra:
-        bounds.append((p, at, at + a.shape[0]))
+    for p, a, targets in extra:
+        bounds.append((p, at, at + a.shape[0], targets))
         at += a.shape[0]
     b = x.shape[0]
     out = {k: v[:b] for k, v in out_all.items()}
-    return out, [(p, {k: v[s:e] for k, v in out_all.items()}) for p, s, e in bounds]
+    return out, [(p, {**{k: v[s:e] for k, v in out_all.items()}, **targets}) for p, s, e, targets in bounds]
 
 
 def _record(ep: dict[str, torch.Tensor], idx: torch.Tensor, probs: torch.Tensor, y: torch.Tensor) -> None:

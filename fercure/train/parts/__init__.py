@@ -16,10 +16,10 @@ else, so methods compose without flags threaded through the loop:
 - ``relabel(out, logits, step)``: a label change for the batch's samples, or None.
 - ``predict(out)``: extra per-sample eval outputs (prediction columns).
 - ``epoch_record()``: numbers for the epoch's history (ARBEx's anchor separation).
-- ``aux_inputs(x, gen)`` / ``aux_loss(out, step)``: a pretext task's own inputs, made on the device
-  from the augmented batch and concatenated to it (one forward pass per step), and its loss on
-  its rows of the output (HMTL's jigsaw and in-painting). Those rows never reach the label
-  statistics.
+- ``aux_inputs(x, gen)`` / ``aux_loss(out, step)``: a pretext task's own inputs (and the targets
+  its loss needs), made on the device from the augmented batch and concatenated to it (one forward
+  pass per step), and its loss on its rows of the output, where the targets come back (HMTL's
+  jigsaw and in-painting). Those rows never reach the label statistics.
 - ``state()`` / ``load_state()``: per-sample tensors the part keeps (ELR's targets), saved in
   every checkpoint so a resumed run continues exactly.
 - ``per_sample_state()``: the tensors indexed by the fit's sample position that the part updates

@@ -77,7 +77,10 @@ class Part:
         """Refuse a model the part cannot work with (a WorkspaceError saying what to use)."""
         return None
 
-    def aux_inputs(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor | None:
+    def aux_inputs(self, x: torch.Tensor, gen: torch.Generator
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
+        """A pretext task's inputs made from the batch, and the targets its ``aux_loss`` needs
+        (handed back in the output dict of its rows); None: no pretext task."""
         return None
 
     def aux_loss(self, out: dict[str, torch.Tensor], step: Step) -> torch.Tensor:

@@ -56,7 +56,6 @@ class JigsawPart(Part):
         self.weight, self.share, self.grid = float(config.jigsaw_weight), float(config.aux_share), int(config.jigsaw_grid)
         self.perms = pretext.permutation_set(self.grid, int(config.jigsaw_perms), seed=0)
         self.head: JigsawHead | None = None
-        self._which: torch.Tensor | None = None
 
     def make_head(self, embed_dim: int, num_classes: int) -> nn.Module:
         self.head = JigsawHead(embed_dim, len(self.perms))
@@ -66,11 +65,11 @@ class JigsawPart(Part):
         k = aux_rows(x.shape[0], self.share)
         if self.perms.device != x.device:  # once: a host→device copy every step would block it
             self.perms = self.perms.to(x.device)
-        self._which = torch.randint(len(self.perms), (k,), generator=gen, device=x.device)
-        return pretext.shuffle_tiles(x[:k], self.perms, self._which, self.grid)
+        which = torch.randint(len(self.perms), (k,), generator=gen, device=x.device)
+        return pretext.shuffle_tiles(x[:k], self.perms, which, self.grid), {"jigsaw_permutation": which}
 
     def aux_loss(self, out, step: Step):
-        return self.weight * F.cross_entropy(self.head(out["embedding"]), self._which)
+        return self.weight * F.cross_entropy(self.head(out["embedding"]), out["jigsaw_permutation"])
 
 
 class InpaintDecoder(nn.Module):
@@ -110,7 +109,6 @@ class InpaintPart(Part):
         # face parts are, not their fine texture, and the decoder's cost grows with its square).
         self.out_size = max(8, min(32, int(config.image_size) // 2))
         self.head: InpaintDecoder | None = None
-        self._target = self._mask = None
 
     def make_head(self, embed_dim: int, num_classes: int) -> nn.Module:
         self.head = InpaintDecoder(embed_dim, self.out_size)
@@ -119,9 +117,9 @@ class InpaintPart(Part):
     def aux_inputs(self, x, gen):
         k = aux_rows(x.shape[0], self.share)
         mask = pretext.random_square_mask(k, x.shape[-1], self.frac, gen, x.device)
-        self._target = pretext.downsample(x[:k], self.out_size)
-        self._mask = pretext.downsample(mask, self.out_size)
-        return x[:k] * (1.0 - mask)  # 0 is the normalised mean, as random erasing fills
+        targets = {"inpaint_target": pretext.downsample(x[:k], self.out_size),
+                   "inpaint_mask": pretext.downsample(mask, self.out_size)}
+        return x[:k] * (1.0 - mask), targets  # 0 is the normalised mean, as random erasing fills
 
     def check_model(self, model, backbone_name):
         if pooling.is_vit(model.backbone):
@@ -132,4 +130,4 @@ class InpaintPart(Part):
         if "feature_map" not in out:
             raise ValueError("in-painting needs a CNN feature map; this backbone returns tokens")
         recon = self.head(out["feature_map"])
-        return self.weight * pretext.masked_mse(recon, self._target, self._mask)
+        return self.weight * pretext.masked_mse(recon, out["inpaint_target"], out["inpaint_mask"])
