@@ -508,10 +508,11 @@ def oof_probabilities(b: Bench, store: np.ndarray, rows: np.ndarray, given: np.n
     import torch
 
     from fercure.train import ensemble as ens
-    from fercure.train.loop import fit, predict, resolve_device, to_device_store
+    from fercure.train.device_store import upload
+    from fercure.train.loop import fit, predict, resolve_device
 
     cfg = b.train_config()
-    dev_store = to_device_store(store, resolve_device(b.device))
+    dev_store = upload(store, resolve_device(b.device))
     labels_full = np.zeros(store.shape[0], dtype=np.int64)
     labels_full[rows] = given
     folds = ens.stratified_folds(given, k, seed=0)

@@ -7,7 +7,7 @@ import dataclasses
 import os
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Any, Iterable, Optional
 
 # OpenMP threads that wait spin on their core by default; beside other work (another training job,
 # a browser) that spinning took the cores the work needed: on the shared 2-core machine `train` took
@@ -18,8 +18,14 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import typer
 
 from fercure import __version__
-from fercure.audit import DEFAULT_SCORE, DEFAULT_THRESHOLD
-from fercure.workspace import WorkspaceError, is_disk_full
+from fercure.audit import DEFAULT_SCORE, DEFAULT_THRESHOLD, THRESHOLD_METHODS
+from fercure.export import FORMATS, POLICIES
+from fercure.faces.align import CROP_MODES
+from fercure.faces.quality import MULTI_FACE_POLICIES, NO_FACE_POLICIES
+from fercure.layouts import IMAGE_SOURCES, LINKS
+from fercure.train.config import DEVICES, POOLS, STORE_MODES, TrainConfig
+from fercure.errors import FercureError, WorkspaceError
+from fercure.files import is_disk_full
 
 app = typer.Typer(
     name="fercure",
@@ -37,71 +43,24 @@ WaitOpt = typer.Option(False, "--wait", help="When another fercure command is us
 JsonOpt = typer.Option(False, "--json", help="Print the summary as JSON on stdout (and nothing else there; progress and notes go to stderr).")
 
 
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
+def _choices(name: str, values: Iterable[str]) -> Any:
+    """A typer choice over values declared where they are checked (member names: '-' → '_')."""
+    return Enum(name, [(v.replace("-", "_"), v) for v in values], type=str)
 
 
-class Pool(str, Enum):
-    avg = "avg"
-    app = "app"
-    atp = "atp"
-
-
-class NoFace(str, Enum):
-    keep = "keep"
-    drop = "drop"
-
-
-class Crop(str, Enum):
-    auto = "auto"
-    align = "align"
-    as_given = "as-given"
-
-
-class MultiFace(str, Enum):
-    largest = "largest"
-    most_central = "most-central"
-    drop = "drop"
-
-
-class Policy(str, Enum):
-    relabel = "relabel"
-    drop = "drop"
-    flag = "flag"
-    soft = "soft"
-
-
-class ThresholdMethod(str, Enum):
-    retrain = "retrain"
-    noise_rate = "noise_rate"
-    planted = "planted"
-    mixture = "mixture"
-    confident_joint = "confident_joint"
-
-
-class StoreMode(str, Enum):
-    auto = "auto"
-    resident = "resident"
-    stream = "stream"
-
-
-class Format(str, Enum):
-    parquet = "parquet"
-    csv = "csv"
-    imagefolder = "imagefolder"
-    hf = "hf"
-
-
-class Images(str, Enum):
-    crops = "crops"
-    originals = "originals"
-
-
-class Link(str, Enum):
-    symlink = "symlink"
-    copy = "copy"
+Device = _choices("Device", DEVICES)
+Pool = _choices("Pool", POOLS)
+NoFace = _choices("NoFace", NO_FACE_POLICIES)
+Crop = _choices("Crop", CROP_MODES)
+MultiFace = _choices("MultiFace", MULTI_FACE_POLICIES)
+Policy = _choices("Policy", POLICIES)
+ThresholdMethod = _choices("ThresholdMethod", THRESHOLD_METHODS)
+StoreMode = _choices("StoreMode", STORE_MODES)
+Format = _choices("Format", FORMATS)
+Images = _choices("Images", IMAGE_SOURCES)
+Link = _choices("Link", LINKS)
+# TrainConfig's defaults, the train command's defaults: declared once, in fercure/train/config.py.
+TRAIN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
 
 
 def _examples(text: str) -> str:
@@ -131,7 +90,7 @@ def _locked(workspace: Path, wait: bool, *, create: bool = False):
     stack = contextlib.ExitStack()
     try:
         stack.enter_context(workspace_lock(workspace, wait=wait, create=create))
-    except WorkspaceError as e:
+    except FercureError as e:
         _fail(str(e))
     with stack:
         yield
@@ -270,7 +229,7 @@ def _run(fn, title: str, as_json: bool | None = False, quiet: bool = False, **kw
     try:
         with (contextlib.nullcontext(NULL) if quiet else RichReporter()) as reporter:
             summary = fn(reporter=reporter, **kwargs)
-    except WorkspaceError as e:
+    except FercureError as e:
         _fail(str(e))
     except KeyboardInterrupt:
         _fail(_interrupted(title, kwargs.get("workspace")), 130)
@@ -376,14 +335,14 @@ def prepare(
         _fail("Missing argument INPUT_ROOT (the image folder); only --merge runs without it.", 2)
     try:
         shard_of = parse_shard(shard) if shard is not None else None
-    except WorkspaceError as e:
+    except FercureError as e:
         _fail(str(e), 2)
     class_list = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
     if not input_root.is_dir():  # before the lock creates the workspace folder
         _fail(f"Input folder {input_root} does not exist or is not a folder.")
     try:  # before the lock creates the workspace folder: never inside the input folder
         check_workspace(Workspace(workspace), input_root, labels)
-    except WorkspaceError as e:
+    except FercureError as e:
         _fail(str(e))
     kwargs = dict(input_root=input_root, workspace=workspace, labels_file=labels,
                   classes=class_list, device=device.value, batch_size=batch_size, workers=workers,
@@ -426,38 +385,39 @@ def parse_backbone_args(items: list[str]) -> dict[str, object]:
     "  fercure train -w ws --trusted decisions-RUN.csv  # reviewed labels\n\n"
     "  fercure train -w ws --nproc 2                    # data-parallel, 2 processes")
 )
+# Longer than 80 lines: one parameter per option is the command's interface; the body is short.
 def train(
     workspace: Path = WorkspaceOpt,
-    epochs: int = typer.Option(20, min=1),
-    device: Device = typer.Option(Device.auto),
-    backbone: str = typer.Option("resnet18", help="Any timm model name."),
-    image_size: int = typer.Option(112, min=16),
-    batch_size: int = typer.Option(128, min=2),
-    lr: float = typer.Option(1e-3, help="Peak learning rate (AdamW, cosine schedule)."),
-    seed: int = typer.Option(0),
+    epochs: int = typer.Option(TRAIN_DEFAULTS["epochs"], min=1),
+    device: Device = typer.Option(Device(TRAIN_DEFAULTS["device"])),
+    backbone: str = typer.Option(TRAIN_DEFAULTS["backbone"], help="Any timm model name."),
+    image_size: int = typer.Option(TRAIN_DEFAULTS["image_size"], min=16),
+    batch_size: int = typer.Option(TRAIN_DEFAULTS["batch_size"], min=2),
+    lr: float = typer.Option(TRAIN_DEFAULTS["lr"], help="Peak learning rate (AdamW, cosine schedule)."),
+    seed: int = typer.Option(TRAIN_DEFAULTS["seed"]),
     pretrained: Optional[Path] = typer.Option(None, help="Local state-dict file to start the backbone from."),
-    selfcure: bool = typer.Option(False, "--selfcure/--no-selfcure", help="SCN part: importance weights, rank regularisation, relabelling (off by default: measured below the plain core, docs/METHODS.md)."),
-    relabel_scope: str = typer.Option("low", help="SCN: relabel only the low-importance group (paper) or all samples (official code)."),
-    reliability: bool = typer.Option(False, "--reliability/--no-reliability", help="ARBEx part: anchors + attention reliability (off by default, see docs/METHODS.md)."),
-    elr: bool = typer.Option(False, "--elr/--no-elr", help="ELR part: early-learning regularisation against memorising wrong labels."),
-    jigsaw: bool = typer.Option(False, "--jigsaw/--no-jigsaw", help="HMTL part: a jigsaw pretext task beside the labels (see docs/METHODS.md for its measured effect)."),
-    inpaint: bool = typer.Option(False, "--inpaint/--no-inpaint", help="HMTL part: an in-painting pretext task (CNN backbones)."),
-    pool: Pool = typer.Option(Pool.avg, help="Pooling: avg (the backbone's own), app (APViT attentive patch pooling, CNNs), atp (attentive token pooling, ViTs)."),
-    pool_keep: float = typer.Option(0.5, min=0.01, max=1.0, help="Share of positions (app) or tokens (atp) kept."),
+    selfcure: bool = typer.Option(TRAIN_DEFAULTS["selfcure"], "--selfcure/--no-selfcure", help="SCN part: importance weights, rank regularisation, relabelling (off by default: measured below the plain core, docs/METHODS.md)."),
+    relabel_scope: str = typer.Option(TRAIN_DEFAULTS["relabel_scope"], help="SCN: relabel only the low-importance group (paper) or all samples (official code)."),
+    reliability: bool = typer.Option(TRAIN_DEFAULTS["reliability"], "--reliability/--no-reliability", help="ARBEx part: anchors + attention reliability (off by default, see docs/METHODS.md)."),
+    elr: bool = typer.Option(TRAIN_DEFAULTS["elr"], "--elr/--no-elr", help="ELR part: early-learning regularisation against memorising wrong labels."),
+    jigsaw: bool = typer.Option(TRAIN_DEFAULTS["jigsaw"], "--jigsaw/--no-jigsaw", help="HMTL part: a jigsaw pretext task beside the labels (see docs/METHODS.md for its measured effect)."),
+    inpaint: bool = typer.Option(TRAIN_DEFAULTS["inpaint"], "--inpaint/--no-inpaint", help="HMTL part: an in-painting pretext task (CNN backbones)."),
+    pool: Pool = typer.Option(Pool(TRAIN_DEFAULTS["pool"]), help="Pooling: avg (the backbone's own), app (APViT attentive patch pooling, CNNs), atp (attentive token pooling, ViTs)."),
+    pool_keep: float = typer.Option(TRAIN_DEFAULTS["pool_keep"], min=0.01, max=1.0, help="Share of positions (app) or tokens (atp) kept."),
     backbone_arg: list[str] = typer.Option([], "--backbone-arg", help="KEY=VALUE passed to timm.create_model (repeatable), e.g. patch_size=8."),
-    label_smoothing: float = typer.Option(0.1, min=0.0, max=0.5, help="Label smoothing of the core cross-entropy."),
-    holdout: float = typer.Option(0.05, min=0.0, max=0.5, help="Share held out of the first model to measure its strength (0: off)."),
-    plant_rate: float = typer.Option(0.03, min=0.0, max=0.2, help="Share of labels flipped on purpose inside the run: the self-check (0: off)."),
-    retrain: bool = typer.Option(True, "--retrain/--no-retrain", help="Train a second model without the most suspect share and score that share held out."),
-    knn: int = typer.Option(10, min=0, help="Neighbours for the embedding label-agreement signal (0: off)."),
-    amp: str = typer.Option("auto", help="bf16 autocast: auto (CUDA only), bf16 (also on CPU), off."),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the model's training steps (one graph: a short last batch is filled with the epoch's first samples). Slower start; off until a GPU measurement shows it pays."),
+    label_smoothing: float = typer.Option(TRAIN_DEFAULTS["label_smoothing"], min=0.0, max=0.5, help="Label smoothing of the core cross-entropy."),
+    holdout: float = typer.Option(TRAIN_DEFAULTS["holdout"], min=0.0, max=0.5, help="Share held out of the first model to measure its strength (0: off)."),
+    plant_rate: float = typer.Option(TRAIN_DEFAULTS["plant_rate"], min=0.0, max=0.2, help="Share of labels flipped on purpose inside the run: the self-check (0: off)."),
+    retrain: bool = typer.Option(TRAIN_DEFAULTS["retrain"], "--retrain/--no-retrain", help="Train a second model without the most suspect share and score that share held out."),
+    knn: int = typer.Option(TRAIN_DEFAULTS["knn"], min=0, help="Neighbours for the embedding label-agreement signal (0: off)."),
+    amp: str = typer.Option(TRAIN_DEFAULTS["amp"], help="bf16 autocast: auto (CUDA only), bf16 (also on CPU), off."),
+    compile: bool = typer.Option(TRAIN_DEFAULTS["compile"], "--compile", help="torch.compile the model's training steps (one graph: a short last batch is filled with the epoch's first samples). Slower start; off until a GPU measurement shows it pays."),
     thorough: bool = typer.Option(False, help="Slower, steadier scores: a 3-model ensemble for the first stage."),
-    ensemble: int = typer.Option(1, min=1, help="Deep-ensemble members (uncertainty: entropy, mutual information)."),
-    distill_generations: int = typer.Option(0, min=0, help="Self-distillation generations from the ensemble's soft labels."),
-    folds: int = typer.Option(0, min=0, help="Cross-fitting folds for out-of-sample probabilities (0: off)."),
+    ensemble: int = typer.Option(TRAIN_DEFAULTS["ensemble"], min=1, help="Deep-ensemble members (uncertainty: entropy, mutual information)."),
+    distill_generations: int = typer.Option(TRAIN_DEFAULTS["distill_generations"], min=0, help="Self-distillation generations from the ensemble's soft labels."),
+    folds: int = typer.Option(TRAIN_DEFAULTS["folds"], min=0, help="Cross-fitting folds for out-of-sample probabilities (0: off)."),
     resume: bool = typer.Option(False, help="Continue the latest unfinished run from its last epoch checkpoint."),
-    store: StoreMode = typer.Option(StoreMode.auto, help="Crops resident on the device, or streamed from the memory-mapped store per batch (auto: stream when they would take over half the free memory)."),
+    store: StoreMode = typer.Option(StoreMode(TRAIN_DEFAULTS["store"]), help="Crops resident on the device, or streamed from the memory-mapped store per batch (auto: stream when they would take over half the free memory)."),
     trusted: list[Path] = typer.Option([], "--trusted", help="A reviewer's decisions (CSV or JSON saved from the review report) or a CSV of verified labels (sample_id,label or path,label); repeatable, the later decision for a sample wins. Reviewed samples train with their reviewed label (dropped ones leave the run) and are never flagged again."),
     nproc: int = typer.Option(1, min=1, help="Train data-parallel with this many processes on this machine (fercure starts them and they stop with it; one per GPU, or CPU processes over gloo). For several machines run torchrun yourself (README, Scaling out)."),
     wait: bool = WaitOpt,
@@ -465,7 +425,6 @@ def train(
 ) -> None:
     """Train a timm backbone and record how every sample behaves (the evidence audit-labels judges labels by)."""
     from fercure.stages.train import run_train
-    from fercure.train.config import TrainConfig
     from fercure.train.distributed import DistributedError, env_world
     from fercure.workspace import check_input_file
 
@@ -490,7 +449,7 @@ def train(
                                  hint="Pass a state-dict file saved with torch.save (a regular file, not a pipe or device).")
             Workspace(workspace).check_readable(resume=resume)
             backbone_args = parse_backbone_args(backbone_arg)
-        except WorkspaceError as e:
+        except FercureError as e:
             _fail(str(e))
         config = TrainConfig(
             backbone=backbone, image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
@@ -544,7 +503,7 @@ def audit_labels(
             ws.check_output(report if report is not None else ws.report, force=force, option="--report",
                             may_replace=[ws.report])
             ws.check_readable()
-        except WorkspaceError as e:
+        except FercureError as e:
             _fail(str(e))
         _run(run_audit, "audit-labels", as_json=json_out, workspace=workspace, run_id=run, report_path=report,
              method=score, threshold_method=threshold_method.value)
@@ -588,7 +547,7 @@ def export_cleaned(
             summary = run_export(workspace, output, policy=policy.value, fmt=format.value, force=force,
                                  decisions=decisions, images=images.value, link=link.value, strict=strict,
                                  allow_weak_drop=allow_weak_drop)
-        except WorkspaceError as e:
+        except FercureError as e:
             _fail(str(e))
     _emit(summary, "export-cleaned", workspace, json_out)
 
@@ -716,7 +675,7 @@ def _demo_stages(data: Path, workspace: Path, limit: int | None, epochs: int, im
     rule("[bold]4/4 export-cleaned")
     try:
         summary = run_export(workspace, Path(workspace) / "cleaned.parquet", force=force)
-    except WorkspaceError as e:
+    except FercureError as e:
         _fail(str(e))
     summaries.append(("export-cleaned", summary))
     if not as_json:

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fercure.workspace import WorkspaceError
-
-
-class DeviceError(WorkspaceError):
-    """The device asked for is not there (the message says what to use instead)."""
+from fercure.errors import DeviceError  # noqa: F401  (re-exported)
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:

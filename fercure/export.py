@@ -65,9 +65,12 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from fercure.schema import UNUSABLE_STATUSES
+
 POLICIES = ("relabel", "drop", "flag", "soft")
+FORMATS = ("parquet", "csv", "imagefolder", "hf")  # what export-cleaned writes (fercure.stages.export)
 ACTIONS = ("keep", "relabel", "drop", "review")
-FACE_DROP_STATUSES = ("unreadable", "duplicate")
+FACE_DROP_STATUSES = UNUSABLE_STATUSES
 
 BASE_COLUMNS = [
     "sample_id", "source_path", "split", "given_label", "clean_label", "action", "reason",

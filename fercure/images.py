@@ -217,9 +217,9 @@ def _shrink_image(im: Image.Image, max_side: int | None) -> Image.Image:
     return im.resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.BILINEAR)
 
 
-def _decode(path: Path, max_pixels: int, max_side: int | None = None) -> Decoded:
-    """Decode with the caller's warning filters. Re-raises ``Warning`` subclasses that a filter
-    escalated to exceptions, so ``load_rgb`` can retry with warnings ignored."""
+def _open_regular(path: Path):
+    """The file opened for reading, or an unreadable Decoded saying why (missing, a folder, a FIFO
+    or device, empty, no permission)."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -235,9 +235,8 @@ def _decode(path: Path, max_pixels: int, max_side: int | None = None) -> Decoded
         return _unreadable("not a regular file")
     if st.st_size == 0:
         return _unreadable("zero-byte file")
-
     try:
-        f = open(path, "rb")
+        return open(path, "rb")
     except PermissionError:
         return _unreadable("permission denied")
     except IsADirectoryError:
@@ -247,6 +246,13 @@ def _decode(path: Path, max_pixels: int, max_side: int | None = None) -> Decoded
             return _unreadable("permission denied")
         return _unreadable(f"cannot open file: {e.strerror or e}")
 
+
+def _decode(path: Path, max_pixels: int, max_side: int | None = None) -> Decoded:
+    """Decode with the caller's warning filters. Re-raises ``Warning`` subclasses that a filter
+    escalated to exceptions, so ``load_rgb`` can retry with warnings ignored."""
+    f = _open_regular(path)
+    if isinstance(f, Decoded):
+        return f
     with f:
         try:
             head = f.read(4096)

@@ -823,14 +823,31 @@ class _Locator:
 def _discover_label_file(root: Path, labels_file: Path, wanted: set[str] | None,
                          notes: list[str]) -> tuple[list[tuple[str, str, str]], list[_Reject]]:
     table = _read_label_table(labels_file, notes)
-    idx = _resolve_columns(labels_file, table.header)
     file_s = os.fspath(labels_file)
     locator = _Locator(root, table.encoding)
+    good, rejects = _check_rows(table, _resolve_columns(labels_file, table.header), file_s, locator, wanted)
+    # Look-alike spellings of one class, judged before duplicates: a path listed as 'happy' and as
+    # 'hаppy' is one label misspelt once, not a conflict.
+    taken_for = lookalike_labels([g[2] for g in good])
+    if taken_for:
+        odd = [g for g in good if g[2] in taken_for]
+        rejects.extend(_Reject(file_s, g[0], g[4], "look-alike label", _lookalike_hint(g[2], taken_for[g[2]]))
+                       for g in odd)
+        good = [g for g in good if g[2] not in taken_for]
+        notes.append(_lookalike_note(taken_for, len(odd)))
+    samples = _one_row_per_path(good, file_s, rejects)
+    kept = _one_path_per_real_file(samples, good, locator, file_s, rejects)
+    rejects.sort(key=lambda r: r.row)
+    return kept, rejects
+
+
+def _check_rows(table, idx: dict[str, int], file_s: str, locator: "_Locator", wanted: set[str] | None
+                ) -> tuple[list[tuple[int, str, str, str, str]], list[_Reject]]:
+    """Rows that pass every per-row check, as (row, relative path, label, split, path as written),
+    and a reject for each row that does not."""
     width = len(table.header)
     rejects: list[_Reject] = []
-    # Rows that passed every per-row check: (row, relative path, label, split, path as written)
     good: list[tuple[int, str, str, str, str]] = []
-
     for row, cells in table.rows:
         def cell(key: str) -> str | None:
             i = idx.get(key)
@@ -871,19 +888,13 @@ def _discover_label_file(root: Path, labels_file: Path, wanted: set[str] | None,
         split_txt = cell("split")
         split = (split_txt or "").strip() or DEFAULT_SPLIT
         good.append((row, rel, label, split, shown))
+    return good, rejects
 
-    # Look-alike spellings of one class, judged before duplicates: a path listed as 'happy' and as
-    # 'hаppy' is one label misspelt once, not a conflict.
-    taken_for = lookalike_labels([g[2] for g in good])
-    if taken_for:
-        odd = [g for g in good if g[2] in taken_for]
-        rejects.extend(_Reject(file_s, g[0], g[4], "look-alike label", _lookalike_hint(g[2], taken_for[g[2]]))
-                       for g in odd)
-        good = [g for g in good if g[2] not in taken_for]
-        notes.append(_lookalike_note(taken_for, len(odd)))
 
-    # Duplicates, judged on the normalised path so "a\b.png", "./a/b.png" and "a/b.png" are one.
-    # One pass to group, one over the groups: linear in the rows however often a path repeats.
+def _one_row_per_path(good: list[tuple[int, str, str, str, str]], file_s: str,
+                      rejects: list[_Reject]) -> list[tuple[str, str, str]]:
+    """Duplicates, judged on the normalised path so "a\\b.png", "./a/b.png" and "a/b.png" are one.
+    One pass to group, one over the groups: linear in the rows however often a path repeats."""
     by_path: dict[str, list[tuple[int, str, str, str, str]]] = {}
     for g in good:
         by_path.setdefault(g[1], []).append(g)
@@ -905,7 +916,12 @@ def _discover_label_file(root: Path, labels_file: Path, wanted: set[str] | None,
         samples.append((rel, label, split))
         hint = f"row {first_row} already lists this path with the same label; remove this row"
         rejects.extend(_Reject(file_s, g[0], g[4], "duplicate row", hint) for g in group[1:])
-    # Two paths to one file (a symbolic link listed beside its target) are one sample: the first row.
+    return samples
+
+
+def _one_path_per_real_file(samples: list[tuple[str, str, str]], good: list[tuple[int, str, str, str, str]],
+                         locator: "_Locator", file_s: str, rejects: list[_Reject]) -> list[tuple[str, str, str]]:
+    """Two paths to one file (a symbolic link listed beside its target) are one sample: the first row."""
     first_row_of = {g[1]: g[0] for g in reversed(good)}
     by_real: dict[str, str] = {}
     kept = []
@@ -918,5 +934,4 @@ def _discover_label_file(root: Path, labels_file: Path, wanted: set[str] | None,
             continue
         by_real[real] = rel
         kept.append((rel, label, split))
-    rejects.sort(key=lambda r: r.row)
-    return kept, rejects
+    return kept

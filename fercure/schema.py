@@ -27,6 +27,8 @@ import pyarrow.compute as pc
 SCHEMA_VERSION = 2
 
 FACE_STATUSES = ("ok", "no_face", "multiple_faces", "low_confidence", "too_small", "unreadable", "duplicate")
+# Rows without a usable crop: train leaves them out, export drops them under every policy.
+UNUSABLE_STATUSES = ("unreadable", "duplicate")
 ACTIONS = ("keep", "relabel", "drop", "review")
 DECIDED_BY = ("fercure", "reviewer")
 CROP_MODES = ("align", "as-given", "")

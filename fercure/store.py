@@ -13,7 +13,8 @@ from typing import Iterable
 
 import numpy as np
 
-from fercure.workspace import WorkspaceError, atomic_path, damaged
+from fercure.errors import WorkspaceError, damaged
+from fercure.files import atomic_path
 
 
 def write_store(path: Path | str, chunks: Iterable[np.ndarray], total: int, size: int) -> None:

@@ -13,9 +13,6 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
-import stat
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,55 +25,23 @@ import pyarrow.parquet as pq
 from fercure import __version__
 from fercure import schema
 from fercure.schema import SCHEMA_VERSION  # noqa: F401  (re-exported: where stages read it)
+from fercure.store import open_store
+# Re-exported: the errors and atomic writes lived here before they got modules of their own.
+from fercure.errors import (  # noqa: F401
+    DamagedFileError, FercureError, OutputExistsError, TableContractError, WorkspaceError, WorkspaceLockedError,
+    damaged, rebuild_hint,
+)
+from fercure.files import (  # noqa: F401
+    TMP_TAG, atomic_path, atomic_write_json, atomic_write_text, check_free_space, disk_full, file_kind,
+    is_disk_full,
+)
 
 META_KEY = b"fercure"
 # Written when fercure creates a workspace (or an export folder): cleanup only ever touches a folder
 # that carries it, never a folder of the user's that was named by mistake.
 WORKSPACE_MARKER = ".fercure-workspace"
 EXPORT_MARKER = ".fercure-export"
-# Temporary files of atomic writes are named .NAME.fercure-XXXX.tmp: a user's own *.tmp never matches.
-TMP_TAG = ".fercure-"
 
-
-class WorkspaceError(Exception):
-    """The workspace or an input is not what a stage needs. The message says what to do."""
-
-
-class OutputExistsError(WorkspaceError):
-    """An output file is already there and --force was not given."""
-
-
-class DamagedFileError(WorkspaceError):
-    """A workspace file exists but cannot be read (truncated, overwritten); the message names the
-    command that rebuilds it."""
-
-
-class TableContractError(DamagedFileError):
-    """A table does not meet its contract in fercure/schema.py (the message names file and column);
-    handled as a damaged file: the stage that wrote it rebuilds it."""
-
-
-def rebuild_hint(path: Path | str) -> str:
-    """The command that rebuilds a workspace file, from where it lies in the layout below."""
-    path = Path(path)
-    parts = path.parts
-    if "runs" in parts[:-1]:
-        ws = Path(*parts[: len(parts) - 1 - parts[::-1].index("runs")])
-        return f"Train a new run: `fercure train -w {ws}` (without --resume)."
-    if path.name in ("manifest.parquet", "rejects.parquet"):
-        return f"Re-run the same `fercure prepare INPUT -w {path.parent}` command: it rebuilds its files."
-    if path.name == "crops.npy":
-        return f"Re-run the same `fercure prepare INPUT -w {path.parent.parent}` command: it rebuilds its files."
-    if path.name in ("audit.parquet", "report.html"):
-        return f"Re-run `fercure audit-labels -w {path.parent}`."
-    return "Write it again with the command that made it."
-
-
-def damaged(path: Path | str, error: BaseException) -> DamagedFileError:
-    err = DamagedFileError(f"{path} is damaged and cannot be read ({type(error).__name__}: {error}). "
-                           + rebuild_hint(path))
-    err.path = Path(path)
-    return err
 
 
 def sample_id(relative_path: str) -> str:
@@ -261,8 +226,6 @@ class Workspace:
         """Fail before a stage starts, naming the file and the command that rebuilds it, when the
         crop store is damaged or (``resume``) an unfinished run's config.json cannot be read.
         Parquet tables are checked as they are read (``read_table``)."""
-        from fercure.store import open_store  # store imports this module
-
         if self.store.exists():
             open_store(self.store)
         if not (resume and self.runs_dir.is_dir()):
@@ -331,10 +294,6 @@ def remove_if_unused(root: Path | str) -> bool:
     except OSError:
         pass
     return False
-
-
-class WorkspaceLockedError(WorkspaceError):
-    """Another fercure command holds the workspace lock."""
 
 
 def _lock_holder(fd: int) -> str:
@@ -408,22 +367,6 @@ def _write_pid(fd: int, text: str) -> None:
 # Output paths: one rule for every path a user can name
 
 
-_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
-          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
-
-
-def file_kind(path: Path | str) -> str | None:
-    """What ``path`` is when it exists and is not a regular file ("a folder", "a FIFO ..."); None
-    for a regular file or nothing at all. Symbolic links are followed. Never opens the path."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return None
-    if stat.S_ISREG(mode):
-        return None
-    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
-
-
 def check_input_file(path: Path | str, *, option: str, hint: str) -> Path:
     """Refuse an input that is missing or not a regular file before anything opens it: opening a
     FIFO blocks until a writer comes, and /dev/zero never ends. ``hint`` says what to pass instead."""
@@ -479,156 +422,6 @@ def check_output_path(
     if not force and path.exists() and path.resolve() not in keep:
         raise OutputExistsError(f"{path} already exists; pass --force to overwrite it.")
     return path
-
-
-# ---------------------------------------------------------------------------------------------
-# Atomic writes
-
-
-def _umask() -> int:
-    """The process umask, read without changing it where Linux shows it (os.umask sets it, and
-    another thread could create a file in between)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _new_file_mode(path: Path) -> int:
-    """Mode for a file written over ``path``: the mode of the file it replaces, else what open()
-    would give under the user's umask (mkstemp's temporary files are always 0600)."""
-    try:
-        st = os.stat(path)
-        if stat.S_ISREG(st.st_mode):
-            return stat.S_IMODE(st.st_mode)
-    except OSError:
-        pass
-    return 0o666 & ~_umask()
-
-
-# ---------------------------------------------------------------------------------------------
-# Disk full
-
-
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-
-
-def is_disk_full(error: BaseException) -> bool:
-    """True for ENOSPC/EDQUOT, also when a library re-raised it as text only (pyarrow's OSError)."""
-    if isinstance(error, OSError) and error.errno in _DISK_FULL:
-        return True
-    text = str(error)
-    return any(os.strerror(code) in text for code in _DISK_FULL)
-
-
-def _free_bytes(folder: Path) -> int | None:
-    for d in (folder, *folder.parents):  # the nearest folder that exists is on that filesystem
-        if d.is_dir():
-            try:
-                return shutil.disk_usage(d).free
-            except OSError:
-                return None
-    return None
-
-
-def _looks_full(error: BaseException, folder: Path) -> bool:
-    """A write error without errno (torch.save: "unexpected pos 704 vs 598") on a filesystem with
-    less than 1 MB left: a full disk, by far the likeliest cause."""
-    if not isinstance(error, (OSError, RuntimeError)):
-        return False
-    free = _free_bytes(folder)
-    return free is not None and free < 2**20
-
-
-def _mb(n: int) -> str:
-    return f"{-(-n // 2**20):,}"  # rounded up: "0 MB" would read as nothing needed
-
-
-def disk_full(path: Path | str, needed: int | None = None, *, at_least: bool = False) -> WorkspaceError:
-    """The error for a write that did not fit (or would not): what, how much, how much is free."""
-    path = Path(path)
-    free = _free_bytes(path.parent)
-    facts = []
-    if needed:
-        facts.append(f"needs {'more than' if at_least else 'about'} {_mb(needed)} MB")
-    if free is not None:
-        facts.append(f"{free // 2**20:,} MB free on that filesystem")
-    shown = f" ({'; '.join(facts)})" if facts else ""
-    return WorkspaceError(f"Disk full while writing {path}{shown}. Free space there, or use a workspace "
-                          "on a disk with more room, and run the command again.")
-
-
-def check_free_space(path: Path | str, needed: int) -> None:
-    """Refuse up front a write of ``needed`` bytes that cannot fit: a memory-mapped file that runs
-    out of space dies with SIGBUS (exit 135, no message), not an OSError."""
-    free = _free_bytes(Path(path).parent)
-    if free is not None and free < needed:
-        raise disk_full(path, needed)
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path | str, *, size: int | None = None) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``.
-
-    A ``path`` that exists and is not a regular file (/dev/null, a FIFO, a folder) is refused: the
-    rename would replace it with a regular file. A full disk (ENOSPC, EDQUOT) becomes a
-    WorkspaceError naming the file, with the temporary file removed; ``size`` (bytes, when known)
-    is checked against the free space before anything is written."""
-    path = Path(path)
-    kind = file_kind(path)
-    if kind:
-        raise WorkspaceError(f"{path} is {kind}, not a regular file; fercure never replaces it. "
-                             "Give the path of a regular file.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if size is not None:
-        check_free_space(path, size)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_TAG}", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fchmod(f.fileno(), _new_file_mode(path))
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-        _fsync_dir(path.parent)
-    except Exception as e:
-        if not (is_disk_full(e) or _looks_full(e, path.parent)):
-            raise
-        written = tmp_path.stat().st_size if tmp_path.exists() else 0
-        tmp_path.unlink(missing_ok=True)  # before measuring what is free
-        raise disk_full(path, size or written, at_least=size is None) from e
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path | str, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
-def atomic_write_json(path: Path | str, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -127,7 +127,12 @@ def test_audit_one_row_per_sample(chain: Path, sample_data: Path):
     assert len(lq) > 0 and lq.between(0, 1).all()
     m = audit.merge(manifest[["sample_id", "label"]], on="sample_id")
     assert (m["given_label"] == m["label"]).all()
-    assert (chain / "report.html").stat().st_size > 1000
+    # the report is this audit's: its run, its sample count, and its data for the review script
+    html = (chain / "report.html").read_text(encoding="utf-8")
+    run_id = read_metadata(chain / "audit.parquet")["run_id"]
+    data = json.loads(re.search(r'<script type="application/json" id="fercure-data">(.*?)</script>', html, re.S)[1])
+    assert data["run_id"] == run_id and data["key"] == f"{run_id}:{len(audit)}"
+    assert f'<span class="kpi"><b>{len(audit)}</b>samples</span>' in html
 
 
 def test_export_keeps_every_given_label(chain: Path, sample_data: Path):

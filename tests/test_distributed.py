@@ -17,12 +17,13 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import make_small_workspace
 from fercure.metrics import auroc
 from fercure.stages.audit import run_audit
 from fercure.stages.train import run_train
 from fercure.train import distributed as dd
 from fercure.train.config import TrainConfig
-from fercure.workspace import Workspace, sample_id, write_table
+from fercure.workspace import Workspace, WorkspaceError
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
@@ -34,26 +35,8 @@ ARGS = ["--backbone", "test_resnet", "--image-size", "24", "--epochs", "6", "--b
 
 def make_noisy_workspace(root: Path, n: int = 150, size: int = 24, rate: float = 0.15,
                          seed: int = 0) -> tuple[Workspace, np.ndarray]:
-    """Class = dominant colour channel; ``rate`` of the labels flipped to another class. Returns
-    the workspace and which labels are wrong."""
-    ws = Workspace(root)
-    rng = np.random.default_rng(seed)
-    ws.faces_dir.mkdir(parents=True, exist_ok=True)
-    y = np.arange(n) % 3
-    imgs = rng.normal(100, 25, (n, size, size, 3))
-    for i, k in enumerate(y):
-        imgs[i, ..., k] += 60
-    np.save(ws.store, np.clip(imgs, 0, 255).astype(np.uint8))
-    wrong = np.zeros(n, dtype=bool)
-    wrong[rng.choice(n, int(rate * n), replace=False)] = True
-    given = y.copy()
-    given[wrong] = (y[wrong] + rng.integers(1, 3, int(wrong.sum()))) % 3
-    paths = [f"img/{i:03d}.png" for i in range(n)]
-    write_table(pd.DataFrame({
-        "sample_id": [sample_id(p) for p in paths], "source_path": paths,
-        "label": np.array(CLASSES, dtype=object)[given], "split": "train", "face_status": "ok",
-        "store_index": np.arange(n)}), ws.manifest, {"classes": CLASSES})
-    return ws, wrong
+    """Colour-coded classes, ``rate`` of the labels flipped; the workspace and which are wrong."""
+    return make_small_workspace(root, n, size, CLASSES, sd=25, shift=60, flip_rate=rate, seed=seed)
 
 
 def _env() -> dict[str, str]:
@@ -338,7 +321,7 @@ def test_resume_with_another_process_count_is_refused(tmp_path):
     cfg = TrainConfig(backbone="test_resnet", image_size=24, epochs=2, batch_size=16, device="cpu")
     (run / "config.json").write_text(json.dumps({**cfg.to_dict(), "world_size": 2}))
     torch.save({"format": 0}, run / "checkpoint.pt")
-    with pytest.raises(dd.DistributedError.__mro__[1], match=r"started with `--nproc 2`.*--resume --nproc 2`"):
+    with pytest.raises(WorkspaceError, match=r"started with `--nproc 2`.*--resume --nproc 2`"):
         run_train(ws, cfg, resume=True)
     with pytest.raises(Exception, match=r"in one process .*--resume`"):
         check_resume_world({"world_size": 1}, 2, "r", ws.root)

@@ -5,33 +5,22 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 import fercure.stages.train as train_stage
+from conftest import make_small_workspace
 from fercure.progress import NullReporter
 from fercure.stages.train import run_train
 from fercure.train.config import TrainConfig
-from fercure.workspace import Workspace, WorkspaceError, sample_id, write_table
+from fercure.workspace import Workspace, WorkspaceError, write_table
 
 CLASSES = ["happy", "sad"]
 
 
 def make_workspace(root, n: int = 16, size: int = 24, classes=CLASSES) -> Workspace:
-    ws = Workspace(root)
-    ws.faces_dir.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    np.save(ws.store, rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8))
-    paths = [f"img/{i:03d}.png" for i in range(n)]
-    df = pd.DataFrame({
-        "sample_id": [sample_id(p) for p in paths], "source_path": paths,
-        "label": [classes[i % len(classes)] for i in range(n)], "split": "train",
-        "face_status": "ok", "store_index": np.arange(n),
-    })
-    write_table(df, ws.manifest, {"classes": list(classes)})
-    return ws
+    return make_small_workspace(root, n, size, classes, images="random")[0]
 
 
 def cfg(**kw) -> TrainConfig:

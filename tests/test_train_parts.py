@@ -13,7 +13,8 @@ from fercure.train.config import TrainConfig
 from fercure.train.loop import fit, predict
 from fercure.train.model import build_model
 from fercure.train.parts import build_parts
-from fercure.train.parts.scn import ScnPart
+from fercure.train.parts import section
+from fercure.train.parts.scn import ScnPart, ScnSettings
 from fercure.train.parts import Step
 
 from test_train_loop import CLASSES, synthetic, tiny_config
@@ -40,7 +41,7 @@ def test_arbex_outputs_do_not_depend_on_the_batch():
 
 def test_scn_relabels_on_alpha_weighted_probabilities():
     cfg = TrainConfig(selfcure=True, relabel_epoch=1, relabel_scope="all", margin2=0.2)
-    part = ScnPart(cfg)
+    part = ScnPart(section(ScnSettings, cfg))
     logits = torch.tensor([[4.0, 0.0, 0.0], [4.0, 0.0, 0.0]])
     labels = torch.tensor([1, 1])
     # raw softmax: p_max − p_label ≈ 0.96 → relabel both; with α = 0.1 the weighted logits are

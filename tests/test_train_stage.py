@@ -9,37 +9,20 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import make_small_workspace
 from fercure.stages.train import TrainSummary, run_train
 from fercure.train.config import TrainConfig
 from fercure.train.dynamics import DYNAMICS_COLUMNS
 from fercure.train.model import build_model
-from fercure.workspace import Workspace, WorkspaceError, read_metadata, sample_id, write_table
+from fercure.workspace import Workspace, WorkspaceError, read_metadata, write_table
 
 CLASSES = ["happy", "neutral", "sad"]
 
 
 def make_workspace(root, n: int = 40, size: int = 24, seed: int = 0) -> Workspace:
-    ws = Workspace(root)
-    rng = np.random.default_rng(seed)
-    ws.faces_dir.mkdir(parents=True, exist_ok=True)
-    y = np.arange(n) % 3
-    imgs = rng.normal(100, 20, (n, size, size, 3))
-    for i, k in enumerate(y):
-        imgs[i, ..., k] += 80  # class = dominant colour channel
-    np.save(ws.store, np.clip(imgs, 0, 255).astype(np.uint8))
-    paths = [f"img/{i:03d}.png" for i in range(n)]
-    status = ["ok"] * n
-    status[1], status[2] = "duplicate", "unreadable"
-    store_index = np.arange(n)
-    store_index[3] = -1
-    status[4] = "no_face"  # kept: prepare still stored a crop
-    df = pd.DataFrame({
-        "sample_id": [sample_id(p) for p in paths], "source_path": paths,
-        "label": np.array(CLASSES, dtype=object)[y], "split": "train", "face_status": status,
-        "store_index": store_index,
-    })
-    write_table(df, ws.manifest, {"classes": CLASSES})
-    return ws
+    """Colour-coded classes; row 1 a duplicate, 2 unreadable, 3 without a crop, 4 no_face (kept)."""
+    return make_small_workspace(root, n, size, CLASSES, sd=20, shift=80, seed=seed, no_crop=(3,),
+                                statuses={1: "duplicate", 2: "unreadable", 4: "no_face"})[0]
 
 
 def cfg(**kw) -> TrainConfig:

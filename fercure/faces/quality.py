@@ -11,12 +11,13 @@ from functools import lru_cache
 import numpy as np
 
 __all__ = [
-    "STATUSES", "MULTI_FACE_POLICIES", "grey", "blur_score", "brightness_contrast", "phash",
+    "STATUSES", "MULTI_FACE_POLICIES", "NO_FACE_POLICIES", "grey", "blur_score", "brightness_contrast", "phash",
     "hamming", "find_duplicates", "face_status", "pick_face",
 ]
 
 STATUSES = ("ok", "no_face", "multiple_faces", "low_confidence", "too_small")
 MULTI_FACE_POLICIES = ("largest", "most-central", "drop")
+NO_FACE_POLICIES = ("keep", "drop")  # what prepare does with an image where no face was found
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)   # ITU-R BT.601, as PIL's "L" mode
 
 

@@ -373,20 +373,30 @@ def render_report(
         with the real workspace and links each card to its original file.
     """
     classes = [str(c) for c in classes]
+    payload = _report_payload(audit, stats, classes, crops, manifest, actions, thumb_budget, thumb_size,
+                              run_id, input_root)
+    return _page_html(audit, stats, classes, payload, rejects, run_id, workspace)
+
+
+def _report_payload(audit: pd.DataFrame, stats: dict, classes: list[str], crops, manifest, actions,
+                    thumb_budget: int, thumb_size: int, run_id: str | None, input_root: str | None) -> dict:
+    """The page's JSON data: rows, thumbnails (with a note on those left out), counts, ids."""
     payload = build_payload(audit, stats, classes, crops=crops, manifest=manifest, actions=actions,
                             thumb_budget=thumb_budget, thumb_size=thumb_size)
     payload["run_id"] = run_id
     payload["stem"] = decisions_stem(run_id)
     payload["input_root"] = input_root
     payload["key"] = f"{run_id or ''}:{len(audit)}"
-    n_rows = len(payload["rows"]["id"])
     th = payload["thumbs"]
     left_out = th["n_with_crop"] - th["n"]
     th["note"] = (f"Thumbnails: {th['size']} px JPEGs for the {th['n']} listed samples earliest in review order"
                   + (f"; {left_out} later ones are listed without one (the report keeps thumbnails under "
                      f"{th['budget_bytes'] // 2**20} MB)" if left_out > 0 else "")
                   + ". Samples that are not listed have no thumbnail.")
+    return payload
 
+
+def _kpis(audit: pd.DataFrame, payload: dict) -> str:
     counts = payload["counts"]
     trained = C.flag(audit, "trained").to_numpy() if C.name(audit, "trained") else \
         pd.to_numeric(C.column(audit, "score", np.nan), errors="coerce").notna().to_numpy()
@@ -394,9 +404,12 @@ def render_report(
             ("ambiguous", counts["ambiguous"]), ("duplicates", duplicate_count(audit)),
             ("face problems", counts["face"]),
             ("image quality", counts["quality"]),
-            ("listed for review", n_rows)]
-    kpi_html = "".join(f'<span class="kpi"><b>{v}</b>{_e(k)}</span>' for k, v in kpis)
+            ("listed for review", len(payload["rows"]["id"]))]
+    return "".join(f'<span class="kpi"><b>{v}</b>{_e(k)}</span>' for k, v in kpis)
 
+
+def _per_class_table(audit: pd.DataFrame, stats: dict, classes: list[str]) -> str:
+    """Counts, mean score and cut per class (the classes with most issues), and a balance note."""
     used = stats.get("threshold_method_used", stats.get("threshold_method"))
     per_class = stats.get("per_class", {})
     pc_items = list(per_class.items())
@@ -410,6 +423,16 @@ def render_report(
     balance = balance_note({c: int(given_counts.get(c, 0)) for c in classes})
     if balance:
         pc_html += f'<p class="verdict v-weak" id="balance">Class balance: {_e(balance)}</p>'
+    return pc_html
+
+
+def _page_html(audit: pd.DataFrame, stats: dict, classes: list[str], payload: dict, rejects,
+               run_id: str | None, workspace: str | None) -> str:
+    """The page itself: one template over the sections (long because it is the page's HTML)."""
+    kpi_html = _kpis(audit, payload)
+    pc_html = _per_class_table(audit, stats, classes)
+    counts, th = payload["counts"], payload["thumbs"]
+    used = stats.get("threshold_method_used", stats.get("threshold_method"))
     tm = np.asarray(stats.get("transition_matrix", np.zeros((len(classes), len(classes)))), dtype=np.int64)
     score = pd.to_numeric(C.column(audit, "score", np.nan), errors="coerce").to_numpy(dtype=float)
     mix_t = (stats.get("mixture") or {}).get("threshold")

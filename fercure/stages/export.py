@@ -39,7 +39,7 @@ from fercure.workspace import (
     write_table,
 )
 
-FORMATS = ("parquet", "csv", "imagefolder", "hf")
+FORMATS = core.FORMATS
 
 
 class ExportError(WorkspaceError):
@@ -121,14 +121,7 @@ def run_export(
     start = time.perf_counter()
     ws = workspace if isinstance(workspace, Workspace) else Workspace(Path(workspace))
     output = Path(output)
-    if policy not in core.POLICIES:
-        raise ExportError(f"Unknown policy {policy!r}; choose one of {', '.join(core.POLICIES)}.")
-    if fmt not in FORMATS:
-        raise ExportError(f"Unknown format {fmt!r}; choose one of {', '.join(FORMATS)}.")
-    if images not in layouts.IMAGE_SOURCES:
-        raise ExportError(f"Unknown --images {images!r}; choose one of {', '.join(layouts.IMAGE_SOURCES)}.")
-    if link not in layouts.LINKS:
-        raise ExportError(f"Unknown --link {link!r}; choose one of {', '.join(layouts.LINKS)}.")
+    _check_choices(policy, fmt, images, link)
     ws.require(ws.manifest, "prepare")
     ws.require(ws.audit, "audit-labels")
     if decisions is not None:
@@ -140,8 +133,56 @@ def run_export(
 
     notes = _ignored_options(fmt, images, link)
     sidecar = provenance_path_for(output) if fmt == "csv" else None
-    # One rule for every output (fercure.workspace.check_output_path): never into the input folder,
-    # over the label file or the workspace's own files, over a device/FIFO/folder, or silently.
+    _check_outputs(ws, output, fmt, sidecar, force, decisions)
+    audit_meta, audit, classes = _read_audit(ws)
+    verdict = ((audit_meta.get("stats") or {}).get("model_strength") or {}).get("verdict")
+    cleaned = core.apply_policy(audit, classes, policy, min_confidence=min_confidence,
+                                model_verdict=verdict)
+    _check_weak_drops(audit, policy, min_confidence, verdict, allow_weak_drop, notes)
+    decided = _read_decisions(decisions, audit, classes) if decisions is not None else None
+    if decided is not None:
+        _check_decisions_applied(decided, strict)
+    from_training = reviewed_in_audit(audit, audit_meta.get("run_id"))  # train --trusted; a --decisions file outranks it
+    cleaned = reviewed.apply(cleaned, reviewed.combine(from_training, decided), classes, soft=policy == "soft")
+    counts = core.action_counts(cleaned)
+    provenance = _provenance(ws, audit_meta, cleaned, decided, policy, min_confidence, verdict, classes, counts, fmt)
+    n_images, skipped = None, []
+    if fmt == "parquet":
+        write_table(cleaned, output, provenance, table=schema.CLEANED)
+    elif fmt == "csv":
+        # The sidecar goes first: a CSV never appears without its provenance beside it.
+        atomic_write_json(sidecar, {"fercure_version": __version__, "schema_version": SCHEMA_VERSION, **provenance})
+        with atomic_path(output) as tmp:
+            core.neutralise_formulas(cleaned).to_csv(tmp, index=False, encoding="utf-8")
+    else:
+        result = _write_layout(ws, cleaned, output, fmt, images, link, provenance, classes, notes)
+        n_images, skipped = result.n_images, result.skipped
+        if fmt == "imagefolder":
+            sidecar = output / "provenance.json"
+    return ExportSummary(
+        output=output, fmt=fmt, policy=policy, run_id=provenance["run_id"], n_rows=len(cleaned),
+        actions=counts, provenance_path=sidecar, seconds=time.perf_counter() - start,
+        decided_by_reviewer=provenance["decided_by"][reviewed.REVIEWER],
+        decision_problems=[str(p) for p in decided.problems] if decided else [],
+        n_images=n_images, skipped=skipped, notes=notes,
+    )
+
+
+def _check_choices(policy: str, fmt: str, images: str, link: str) -> None:
+    if policy not in core.POLICIES:
+        raise ExportError(f"Unknown policy {policy!r}; choose one of {', '.join(core.POLICIES)}.")
+    if fmt not in FORMATS:
+        raise ExportError(f"Unknown format {fmt!r}; choose one of {', '.join(FORMATS)}.")
+    if images not in layouts.IMAGE_SOURCES:
+        raise ExportError(f"Unknown --images {images!r}; choose one of {', '.join(layouts.IMAGE_SOURCES)}.")
+    if link not in layouts.LINKS:
+        raise ExportError(f"Unknown --link {link!r}; choose one of {', '.join(layouts.LINKS)}.")
+
+
+def _check_outputs(ws: Workspace, output: Path, fmt: str, sidecar: Path | None, force: bool,
+                   decisions: Path | None) -> None:
+    """One rule for every output (fercure.workspace.check_output_path): never into the input folder,
+    over the label file or the workspace's own files, over a device/FIFO/folder, or silently."""
     if fmt == "imagefolder":
         _check_folder_output(ws, output, force, decisions)
     for target in [] if fmt == "imagefolder" else [output] + ([sidecar] if sidecar else []):
@@ -159,6 +200,9 @@ def run_export(
                               "--force replaces only fercure's own outputs. Choose another path, or move the file "
                               "away yourself.")
 
+
+def _read_audit(ws: Workspace) -> tuple[dict, object, list[str]]:
+    """The audit's metadata, table and classes, checked against the manifest."""
     audit_meta = read_metadata(ws.audit)
     if audit_meta.get("table") != schema.AUDIT.name or not audit_meta.get("classes"):
         # Re-saved by another tool (pandas drops the metadata): without it the table's contract, its
@@ -169,14 +213,15 @@ def run_export(
     manifest = read_table(ws.manifest)
     audit = read_table(ws.audit)
     check_audit_matches(manifest, audit, ws)
-    classes = [str(c) for c in audit_meta["classes"]]
+    return audit_meta, audit, [str(c) for c in audit_meta["classes"]]
 
-    verdict = ((audit_meta.get("stats") or {}).get("model_strength") or {}).get("verdict")
-    cleaned = core.apply_policy(audit, classes, policy, min_confidence=min_confidence,
-                                model_verdict=verdict)
+
+def _check_weak_drops(audit, policy: str, min_confidence: float, verdict: str | None, allow: bool,
+                      notes: list[str]) -> None:
+    """Refuse (unless ``allow``) a drop policy that would drop rows on a weak model's flags."""
     weak_drops = int((core.situations(audit, min_confidence, verdict) == "weak_issue").sum()) \
         if policy == "drop" else 0
-    if weak_drops and not allow_weak_drop:
+    if weak_drops and not allow:
         raise ExportError(
             f"--policy drop would drop {weak_drops:,} of {len(audit):,} rows flagged by a model the audit judged "
             "weak (its flags are leads, not evidence; on the benchmark such drops lowered the downstream accuracy, "
@@ -184,13 +229,11 @@ def run_export(
             "pass --allow-weak-drop to drop them anyway.")
     if weak_drops:
         notes.append(f"{weak_drops:,} rows dropped on the flags of a weak model (--allow-weak-drop).")
-    decided = _read_decisions(decisions, audit, classes) if decisions is not None else None
-    if decided is not None:
-        _check_decisions_applied(decided, strict)
-    from_training = reviewed_in_audit(audit, audit_meta.get("run_id"))  # train --trusted; a --decisions file outranks it
-    cleaned = reviewed.apply(cleaned, reviewed.combine(from_training, decided), classes, soft=policy == "soft")
-    counts = core.action_counts(cleaned)
-    provenance = {
+
+
+def _provenance(ws: Workspace, audit_meta: dict, cleaned, decided, policy: str, min_confidence: float,
+                verdict: str | None, classes: list[str], counts: dict, fmt: str) -> dict:
+    return {
         "run_id": audit_meta.get("run_id"),
         "thresholds": audit_meta.get("thresholds", {}),
         "policy": policy,
@@ -209,47 +252,35 @@ def run_export(
         "crop_store": str(ws.store.resolve()),
         "format": fmt,
     }
-    n_images, skipped = None, []
-    if fmt == "parquet":
-        write_table(cleaned, output, provenance, table=schema.CLEANED)
-    elif fmt == "csv":
-        # The sidecar goes first: a CSV never appears without its provenance beside it.
-        atomic_write_json(sidecar, {"fercure_version": __version__, "schema_version": SCHEMA_VERSION, **provenance})
-        with atomic_path(output) as tmp:
-            core.neutralise_formulas(cleaned).to_csv(tmp, index=False, encoding="utf-8")
-    else:
-        rows = layouts.exported_rows(cleaned)
-        store = _crop_store(ws, rows) if images == "crops" else None
-        input_root = Path(provenance["input_root"]) if provenance["input_root"] else None
-        if images == "originals" and input_root is None:
-            raise ExportError(f"{ws.manifest} does not name its input folder; re-run `fercure prepare` to export "
-                              "the original images.")
-        provenance.update(images=images, link=link if images == "originals" else None)
-        try:
-            if fmt == "imagefolder":
-                result = _write_imagefolder(rows, output, provenance, images=images, link=link, store=store,
-                                            input_root=input_root, classes=classes)
-                sidecar = output / "provenance.json"
-            else:
-                frame, result = layouts.hf_frame(rows, classes, images=images, store=store, input_root=input_root)
-                _check_some_images(result, rows, output)
-                write_table(frame, output, provenance, table=schema.HF_EXPORT,
-                            arrow_metadata={b"huggingface": layouts.hf_features(classes)})
-        except ValueError as e:  # a value a layout cannot write
-            raise ExportError(f"Cannot export {output}: {e}.") from None
-        n_images, skipped = result.n_images, result.skipped
-        empty = [c for c in classes if c not in set(rows["clean_label"].astype(str))]
-        if empty and fmt == "imagefolder":
-            notes.append(f"No image left in class(es) {', '.join(map(repr, empty))}: their folders are written empty so "
-                         "that every loader numbers the classes alike (classes.json); load with torchvision's "
-                         "ImageFolder(..., allow_empty=True).")
-    return ExportSummary(
-        output=output, fmt=fmt, policy=policy, run_id=provenance["run_id"], n_rows=len(cleaned),
-        actions=counts, provenance_path=sidecar, seconds=time.perf_counter() - start,
-        decided_by_reviewer=provenance["decided_by"][reviewed.REVIEWER],
-        decision_problems=[str(p) for p in decided.problems] if decided else [],
-        n_images=n_images, skipped=skipped, notes=notes,
-    )
+
+
+def _write_layout(ws: Workspace, cleaned, output: Path, fmt: str, images: str, link: str, provenance: dict,
+                  classes: list[str], notes: list[str]) -> layouts.LayoutResult:
+    """An imagefolder or hf export: the images (crops or originals) and their table."""
+    rows = layouts.exported_rows(cleaned)
+    store = _crop_store(ws, rows) if images == "crops" else None
+    input_root = Path(provenance["input_root"]) if provenance["input_root"] else None
+    if images == "originals" and input_root is None:
+        raise ExportError(f"{ws.manifest} does not name its input folder; re-run `fercure prepare` to export "
+                          "the original images.")
+    provenance.update(images=images, link=link if images == "originals" else None)
+    try:
+        if fmt == "imagefolder":
+            result = _write_imagefolder(rows, output, provenance, images=images, link=link, store=store,
+                                        input_root=input_root, classes=classes)
+        else:
+            frame, result = layouts.hf_frame(rows, classes, images=images, store=store, input_root=input_root)
+            _check_some_images(result, rows, output)
+            write_table(frame, output, provenance, table=schema.HF_EXPORT,
+                        arrow_metadata={b"huggingface": layouts.hf_features(classes)})
+    except ValueError as e:  # a value a layout cannot write
+        raise ExportError(f"Cannot export {output}: {e}.") from None
+    empty = [c for c in classes if c not in set(rows["clean_label"].astype(str))]
+    if empty and fmt == "imagefolder":
+        notes.append(f"No image left in class(es) {', '.join(map(repr, empty))}: their folders are written empty so "
+                     "that every loader numbers the classes alike (classes.json); load with torchvision's "
+                     "ImageFolder(..., allow_empty=True).")
+    return result
 
 
 def reviewed_in_audit(audit, run_id) -> reviewed.Decisions | None:

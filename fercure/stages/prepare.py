@@ -30,6 +30,7 @@ import pandas as pd
 from fercure import __version__, schema
 from fercure.device import resolve_device
 from fercure.faces import align, quality
+from fercure.faces.quality import MULTI_FACE_POLICIES, NO_FACE_POLICIES
 from fercure.faces.detect import Detection, FaceDetector, detect_with_padding
 from fercure.images import load_rgb
 from fercure.ingest import REJECT_COLUMNS, check_classes, clean_label, discover
@@ -47,7 +48,7 @@ from fercure.workspace import (
     write_table,
 )
 
-STATUSES = ("ok", "no_face", "multiple_faces", "low_confidence", "too_small", "unreadable", "duplicate")
+STATUSES = schema.FACE_STATUSES  # the manifest's face_status values (declared in schema.py)
 CHUNK_SIZE = 512
 
 
@@ -391,31 +392,10 @@ def run_prepare(
     start = time.perf_counter()
     input_root = Path(input_root)
     ws = workspace if isinstance(workspace, Workspace) else Workspace(Path(workspace))
-    if not input_root.is_dir():
-        raise WorkspaceError(f"Input folder {input_root} does not exist or is not a folder.")
-    if on_no_face not in ("keep", "drop"):
-        raise WorkspaceError(f"--on-no-face must be keep or drop, not {on_no_face!r}.")
-    if multi_face not in ("largest", "most-central", "drop"):
-        raise WorkspaceError(f"--multi-face must be largest, most-central or drop, not {multi_face!r}.")
-    if crop not in align.CROP_MODES:
-        raise WorkspaceError(f"--crop must be {', '.join(align.CROP_MODES)}, not {crop!r}.")
-    if shard is not None:
-        check_shard(*shard)
+    _check_options(input_root, on_no_face, multi_face, crop, shard)
     check_workspace(ws, input_root, labels_file)
     settings = PrepareSettings(image_size, on_no_face, multi_face, float(min_face_size), float(min_score), crop=crop)
-
-    samples, rejects = discover(input_root, Path(labels_file) if labels_file else None, classes)
-    if classes:
-        check_classes(classes, samples, rejects, Path(labels_file) if labels_file else None)
-    notes = list(samples.attrs.get("notes", []))
-    for note in notes:
-        reporter.log(note)
-    if samples.empty:
-        raise WorkspaceError(
-            f"No usable images found under {input_root}"
-            + (f" with labels from {labels_file}" if labels_file else " (expected class subfolders: INPUT/<class>/<image>)")
-            + f"; {len(rejects)} rows were rejected (see the summary)."
-        )
+    samples, rejects, notes = _discover_samples(input_root, labels_file, classes, reporter)
     if shard is not None:
         check_shard_count(shard, len(samples), input_root)
     claim(ws.root)  # creates the folder; marks it fercure's when it was new or empty
@@ -429,79 +409,20 @@ def run_prepare(
         notes.extend(_other_input_sets(ws, shard_dir, shard[1]))
         samples = samples[shard_of(samples["sample_id"], shard[1]) == shard[0]]
         _remove_own_temps(shard_dir, shard[0])
-    paths = [input_root / p for p in samples["source_path"]]
-    stamps = [_file_stamp(p) for p in paths]
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        hashes = list(pool.map(_content_hash, paths))
-    samples = samples.assign(
-        file_size=[s[0] for s in stamps], file_mtime_ns=[s[1] for s in stamps], content_hash=hashes,
-        # Parquet strings must be valid UTF-8: keep the on-disk name for opening the file, and a
-        # readable (backslash-escaped) form in the tables. sample_id was derived from the original.
-        _fs_path=samples["source_path"], source_path=samples["source_path"].map(_display_path),
-    )
-
-    # Reuse rows and crops of a finished earlier run for unchanged files.
-    reused_rows, reused_crops = pd.DataFrame(), np.zeros((0, image_size, image_size, 3), np.uint8)
+    samples = _with_file_identity(samples, input_root, workers)
     n_notes = len(notes)
-    previous = _reusable_rows(ws, settings, input_root, notes)
+    reused_rows, reused_crops, todo = _reuse_previous(ws, settings, input_root, samples, notes)
     for note in notes[n_notes:]:
         reporter.log(note)
-    todo = samples
-    if previous is not None:
-        prev_df, prev_store = previous
-        key = ["sample_id", "source_path", "label", "split", "content_hash"]
-        merged = samples[key + ["_order"]].merge(prev_df, on=key, how="inner")
-        if len(merged):
-            has = merged["store_index"].to_numpy() >= 0
-            reused_crops = np.asarray(prev_store[merged.loc[has, "store_index"].to_numpy()])
-            merged["crop_pos"] = -1
-            merged.loc[has, "crop_pos"] = np.arange(has.sum())
-            reused_rows = merged.drop(columns=["store_index", "duplicate_of"])
-            # Duplicates are decided again below over the whole set, from the detector's verdict.
-            reused_rows["face_status"] = reused_rows["detection_status"]
-            reused_rows["reason"] = reused_rows["detection_reason"]
-        todo = samples[~samples["sample_id"].isin(set(merged["sample_id"]))]
-
-    if shard is None:
-        part_dir = ws.prepare_parts / settings.fingerprint()
-        # Parts from other settings can never be resumed: remove them.
-        if ws.prepare_parts.exists():
-            for other in ws.prepare_parts.iterdir():
-                if other != part_dir:
-                    shutil.rmtree(other, ignore_errors=True)
-    else:
-        part_dir = shard_dir / f"parts-{shard[0]:05d}"
+    part_dir = _part_dir(ws, settings, shard_dir, shard)
 
     timings: Counter = Counter()
-    frames, crop_chunks = [], []
-    if len(reused_rows):
-        frames.append(reused_rows)
-        crop_chunks.append(reused_crops)
+    frames, crop_chunks = ([reused_rows], [reused_crops]) if len(reused_rows) else ([], [])
     if len(todo):
-        resolved = str(resolve_device(device))
-        detector = None
-        label = f"prepare ({resolved})" if shard is None else f"prepare shard {shard[0]}/{shard[1]} ({resolved})"
-        task = reporter.task(label, len(todo))
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            for k, lo in enumerate(range(0, len(todo), chunk_size)):
-                rows = todo.iloc[lo : lo + chunk_size]
-                loaded = _load_part(part_dir, k, rows["sample_id"].tolist(), rows["content_hash"].tolist())
-                if loaded is None:
-                    if detector is None:
-                        detector = FaceDetector(device=resolved, batch_size=batch_size, min_face_size=int(min_face_size))
-                    df, crops = _process_chunk(rows, input_root, detector, settings, pool, timings)
-                    t = time.perf_counter()
-                    _save_part(part_dir, k, df, crops)
-                    timings["write"] += time.perf_counter() - t
-                else:
-                    df, crops = loaded
-                offset = sum(len(c) for c in crop_chunks)
-                df = df.copy()
-                df.loc[df["crop_pos"] >= 0, "crop_pos"] += offset
-                frames.append(df)
-                crop_chunks.append(crops)
-                task.advance(len(rows))
-        task.close()
+        label = "prepare" if shard is None else f"prepare shard {shard[0]}/{shard[1]}"
+        detect = dict(device=device, batch_size=batch_size, min_face_size=min_face_size, workers=workers)
+        _process_todo(todo, input_root, part_dir, settings, detect, chunk_size, label, frames, crop_chunks,
+                      timings, reporter)
 
     # crop_pos in reused rows was relative to reused_crops, which sits first: offsets line up.
     if frames:
@@ -509,31 +430,159 @@ def run_prepare(
     else:  # a shard that drew no sample
         rows_df = samples.drop(columns="_fs_path").assign(
             crop_pos=pd.Series(dtype=np.int64), face_status=pd.Series(dtype=object))
-    meta = {
+    meta = _manifest_meta(input_root, labels_file, classes, settings)
+    reused = len(reused_rows)
+    if shard is not None:
+        return _finish_shard(ws, shard, shard_dir, part_dir, rows_df, crop_chunks, rejects, meta, image_size,
+                             merge, merge_lock, notes, reporter, start, timings, reused)
+    manifest, conflicts = _finish(ws, rows_df, _Concat(crop_chunks), rejects, meta, image_size, timings)
+    shutil.rmtree(ws.prepare_parts, ignore_errors=True)
+    return _summary(ws, manifest, rejects, reused, conflicts, notes, timings, start)
+
+
+def _manifest_meta(input_root: Path, labels_file: Path | str | None, classes: list[str] | None,
+                   settings: PrepareSettings) -> dict:
+    return {
         "classes_given": list(classes) if classes else None, "input_root": str(input_root.resolve()),
         "labels_file": str(Path(labels_file).resolve()) if labels_file else None,
         "settings": asdict(settings), "settings_fingerprint": settings.fingerprint(),
     }
-    reused = len(reused_rows)
-    if shard is not None:
-        t = time.perf_counter()
-        _write_shard(shard_dir, shard, rows_df, crop_chunks, rejects, meta, image_size)
-        shutil.rmtree(part_dir, ignore_errors=True)
-        timings["write"] += time.perf_counter() - t
-        missing = missing_shards(shard_dir, shard[1])
-        if missing or not merge:
-            waiting = (f"waiting for shard(s) {', '.join(map(str, missing))} of {shard[1]}; each merges "
-                       "when it finds the others done" if missing else "merging switched off for this run")
-            notes.append(f"Shard {shard[0]}/{shard[1]} written to {shard_dir}; {waiting} "
-                         f"(or run `fercure prepare --merge -w {ws.root}` once all are).")
-            return _summary(ws, rows_df.rename(columns={"crop_pos": "store_index"}), rejects, reused, 0, notes,
-                            timings, start)
-        with (merge_lock() if merge_lock is not None else contextlib.nullcontext()):
-            return _merge_locked(ws, shard_dir, shard[1], notes, reporter, start, timings, reused)
 
-    manifest, conflicts = _finish(ws, rows_df, _Concat(crop_chunks), rejects, meta, image_size, timings)
-    shutil.rmtree(ws.prepare_parts, ignore_errors=True)
-    return _summary(ws, manifest, rejects, reused, conflicts, notes, timings, start)
+
+def _check_options(input_root: Path, on_no_face: str, multi_face: str, crop: str,
+                   shard: tuple[int, int] | None) -> None:
+    if not input_root.is_dir():
+        raise WorkspaceError(f"Input folder {input_root} does not exist or is not a folder.")
+    if on_no_face not in NO_FACE_POLICIES:
+        raise WorkspaceError(f"--on-no-face must be {' or '.join(NO_FACE_POLICIES)}, not {on_no_face!r}.")
+    if multi_face not in MULTI_FACE_POLICIES:
+        raise WorkspaceError(f"--multi-face must be {', '.join(MULTI_FACE_POLICIES[:-1])} or {MULTI_FACE_POLICIES[-1]}, "
+                             f"not {multi_face!r}.")
+    if crop not in align.CROP_MODES:
+        raise WorkspaceError(f"--crop must be {', '.join(align.CROP_MODES)}, not {crop!r}.")
+    if shard is not None:
+        check_shard(*shard)
+
+
+def _discover_samples(input_root: Path, labels_file: Path | str | None, classes: list[str] | None,
+                      reporter: Reporter) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """The labelled images under ``input_root``, the rejected rows, and notes (already logged)."""
+    samples, rejects = discover(input_root, Path(labels_file) if labels_file else None, classes)
+    if classes:
+        check_classes(classes, samples, rejects, Path(labels_file) if labels_file else None)
+    notes = list(samples.attrs.get("notes", []))
+    for note in notes:
+        reporter.log(note)
+    if samples.empty:
+        raise WorkspaceError(
+            f"No usable images found under {input_root}"
+            + (f" with labels from {labels_file}" if labels_file else " (expected class subfolders: INPUT/<class>/<image>)")
+            + f"; {len(rejects)} rows were rejected (see the summary)."
+        )
+    return samples, rejects, notes
+
+
+def _with_file_identity(samples: pd.DataFrame, input_root: Path, workers: int) -> pd.DataFrame:
+    """Each file's size, mtime and content hash (what reuse of an earlier run compares)."""
+    paths = [input_root / p for p in samples["source_path"]]
+    stamps = [_file_stamp(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        hashes = list(pool.map(_content_hash, paths))
+    return samples.assign(
+        file_size=[s[0] for s in stamps], file_mtime_ns=[s[1] for s in stamps], content_hash=hashes,
+        # Parquet strings must be valid UTF-8: keep the on-disk name for opening the file, and a
+        # readable (backslash-escaped) form in the tables. sample_id was derived from the original.
+        _fs_path=samples["source_path"], source_path=samples["source_path"].map(_display_path),
+    )
+
+
+def _reuse_previous(ws: Workspace, settings: PrepareSettings, input_root: Path, samples: pd.DataFrame,
+                    notes: list[str]) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
+    """Rows and crops of a finished earlier run for unchanged files, and the samples still to do."""
+    size = settings.image_size
+    reused_rows, reused_crops = pd.DataFrame(), np.zeros((0, size, size, 3), np.uint8)
+    previous = _reusable_rows(ws, settings, input_root, notes)
+    if previous is None:
+        return reused_rows, reused_crops, samples
+    prev_df, prev_store = previous
+    key = ["sample_id", "source_path", "label", "split", "content_hash"]
+    merged = samples[key + ["_order"]].merge(prev_df, on=key, how="inner")
+    if len(merged):
+        has = merged["store_index"].to_numpy() >= 0
+        reused_crops = np.asarray(prev_store[merged.loc[has, "store_index"].to_numpy()])
+        merged["crop_pos"] = -1
+        merged.loc[has, "crop_pos"] = np.arange(has.sum())
+        reused_rows = merged.drop(columns=["store_index", "duplicate_of"])
+        # Duplicates are decided again below over the whole set, from the detector's verdict.
+        reused_rows["face_status"] = reused_rows["detection_status"]
+        reused_rows["reason"] = reused_rows["detection_reason"]
+    return reused_rows, reused_crops, samples[~samples["sample_id"].isin(set(merged["sample_id"]))]
+
+
+def _part_dir(ws: Workspace, settings: PrepareSettings, shard_dir: Path | None,
+              shard: tuple[int, int] | None) -> Path:
+    """Where finished chunks are kept so an interrupted run resumes from them."""
+    if shard is not None:
+        return shard_dir / f"parts-{shard[0]:05d}"
+    part_dir = ws.prepare_parts / settings.fingerprint()
+    # Parts from other settings can never be resumed: remove them.
+    if ws.prepare_parts.exists():
+        for other in ws.prepare_parts.iterdir():
+            if other != part_dir:
+                shutil.rmtree(other, ignore_errors=True)
+    return part_dir
+
+
+def _process_todo(todo: pd.DataFrame, input_root: Path, part_dir: Path, settings: PrepareSettings,
+                  detect: dict, chunk_size: int, label: str, frames: list, crop_chunks: list,
+                  timings: Counter, reporter: Reporter) -> None:
+    """Detect, align and judge ``todo`` chunk by chunk (a chunk saved by an interrupted run is
+    loaded instead), appending each chunk's rows and crops to ``frames`` / ``crop_chunks``."""
+    resolved = str(resolve_device(detect["device"]))
+    detector = None
+    task = reporter.task(f"{label} ({resolved})", len(todo))
+    with ThreadPoolExecutor(max_workers=max(1, detect["workers"])) as pool:
+        for k, lo in enumerate(range(0, len(todo), chunk_size)):
+            rows = todo.iloc[lo : lo + chunk_size]
+            loaded = _load_part(part_dir, k, rows["sample_id"].tolist(), rows["content_hash"].tolist())
+            if loaded is None:
+                if detector is None:
+                    detector = FaceDetector(device=resolved, batch_size=detect["batch_size"],
+                                            min_face_size=int(detect["min_face_size"]))
+                df, crops = _process_chunk(rows, input_root, detector, settings, pool, timings)
+                t = time.perf_counter()
+                _save_part(part_dir, k, df, crops)
+                timings["write"] += time.perf_counter() - t
+            else:
+                df, crops = loaded
+            offset = sum(len(c) for c in crop_chunks)
+            df = df.copy()
+            df.loc[df["crop_pos"] >= 0, "crop_pos"] += offset
+            frames.append(df)
+            crop_chunks.append(crops)
+            task.advance(len(rows))
+    task.close()
+
+
+def _finish_shard(ws: Workspace, shard: tuple[int, int], shard_dir: Path, part_dir: Path, rows_df: pd.DataFrame,
+                  crop_chunks: list, rejects: pd.DataFrame, meta: dict, image_size: int, merge: bool,
+                  merge_lock: Callable[[], ContextManager] | None, notes: list[str], reporter: Reporter,
+                  start: float, timings: Counter, reused: int) -> PrepareSummary:
+    """Write this shard; merge all of them when it is the last one done (and ``merge``)."""
+    t = time.perf_counter()
+    _write_shard(shard_dir, shard, rows_df, crop_chunks, rejects, meta, image_size)
+    shutil.rmtree(part_dir, ignore_errors=True)
+    timings["write"] += time.perf_counter() - t
+    missing = missing_shards(shard_dir, shard[1])
+    if missing or not merge:
+        waiting = (f"waiting for shard(s) {', '.join(map(str, missing))} of {shard[1]}; each merges "
+                   "when it finds the others done" if missing else "merging switched off for this run")
+        notes.append(f"Shard {shard[0]}/{shard[1]} written to {shard_dir}; {waiting} "
+                     f"(or run `fercure prepare --merge -w {ws.root}` once all are).")
+        return _summary(ws, rows_df.rename(columns={"crop_pos": "store_index"}), rejects, reused, 0, notes,
+                        timings, start)
+    with (merge_lock() if merge_lock is not None else contextlib.nullcontext()):
+        return _merge_locked(ws, shard_dir, shard[1], notes, reporter, start, timings, reused)
 
 
 # ---------------------------------------------------------------------------------------------

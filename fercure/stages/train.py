@@ -47,7 +47,7 @@ from fercure.train.loop import fit, predict, resolve_device
 from fercure.workspace import (Workspace, WorkspaceError, atomic_path, atomic_write_json,
                                read_metadata, read_table, write_table)
 
-EXCLUDED_STATUSES = {"unreadable", "duplicate"}
+EXCLUDED_STATUSES = set(schema.UNUSABLE_STATUSES)
 CHECKPOINT_FORMAT = 2  # 2: the parts engine (0.2); a format-1 checkpoint cannot be resumed
 
 
@@ -318,64 +318,22 @@ def _run_train(ws: Workspace, config: TrainConfig, resume: bool, reporter: Repor
     trusted = trusted_labels.load(ws, config.trusted, data.classes, reporter)
     data, reviewed = trusted_labels.apply_to_data(data, trusted)  # reviewed labels in, dropped samples out
     fingerprint = _fingerprint(data)
-
-    ckpt: dict[str, Any] = {"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "done": {},
-                            "current": None}
     # Rank 0 picks the run (the others cannot see a folder it has not made yet, and a new id is random).
     run_id = _unfinished_run(ws) if resume and world.main else None
     run_id = dd.broadcast_object(run_id, world)
     resumed = run_id is not None
     if resumed:
-        run_dir = ws.run_dir(run_id)
         started.append(run_id)
-        saved = json.loads((run_dir / "config.json").read_text())
-        check_resume_world(saved, world.size, run_id, ws.root)
-        saved_cfg = TrainConfig.from_dict(saved)
-        if saved_cfg.to_dict() != config.to_dict():
-            reporter.log(f"train: resuming {run_id} with its saved configuration.")
-        if saved_cfg.trusted != config.trusted:  # the run's own --trusted files, as they were given
-            trusted = trusted_labels.load(ws, saved_cfg.trusted, data.classes, reporter)
+        saved_trusted = TrainConfig.from_dict(json.loads((ws.run_dir(run_id) / "config.json").read_text())).trusted
+        if saved_trusted != config.trusted:  # the run's own --trusted files, as they were given
+            trusted = trusted_labels.load(ws, saved_trusted, data.classes, reporter)
             data, reviewed = trusted_labels.apply_to_data(_load_inputs(ws, reporter), trusted)
             fingerprint = _fingerprint(data)
-        config = saved_cfg
-        try:
-            ckpt = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise WorkspaceError(f"{run_dir / 'checkpoint.pt'} cannot be read ({exc}); "
-                                 "start a new run without --resume.") from exc
-        if ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise WorkspaceError(f"{run_dir / 'checkpoint.pt'} was written by another fercure version "
-                                 f"(checkpoint format {ckpt.get('format')}, this one reads "
-                                 f"{CHECKPOINT_FORMAT}); start a new run without --resume.")
-        if ckpt.get("fingerprint") != fingerprint:
-            raise WorkspaceError(f"The manifest or crops changed since run {run_id} started; it "
-                                 "cannot be resumed. Start a new run without --resume.")
-        reporter.log(f"train: resuming run {run_id} ({len(ckpt['done'])} fits done).")
+        config, ckpt = _resume_run(ws, run_id, config, fingerprint, world, reporter)
     else:
-        if resume:
-            reporter.log("train: no unfinished run to resume; starting a new one.")
-        if world.main:
-            if not resume:
-                left = _unfinished_run(ws)
-                if left is not None:
-                    reporter.log(f"train: run {left} is unfinished; it is kept as it is (this starts a new run). "
-                                 f"To continue it instead, stop and run `fercure train -w {ws.root} --resume`; "
-                                 f"to discard it, delete {ws.run_dir(left)}.")
-            removed = ws.remove_dead_runs()
-            if removed:
-                reporter.log(f"train: removed {removed} run folder(s) in {ws.runs_dir} that failed before "
-                             "their first checkpoint (only config.json and/or FAILED; nothing to resume).")
-            run_id = _new_run_id(config)
-            run_dir = ws.run_dir(run_id)
-            run_dir.mkdir(parents=True, exist_ok=False)
-            started.append(run_id)
-            atomic_write_json(run_dir / "config.json", {
-                **config.to_dict(), "classes": data.classes, "run_id": run_id, "parts": part_names(config),
-                "n_samples": len(data.sample_ids), "fercure_version": __version__,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "fingerprint": fingerprint,
-                "world_size": world.size, "trusted_files": trusted_labels.provenance(trusted)})
-        run_id = dd.broadcast_object(run_id, world)
-        run_dir = ws.run_dir(run_id)
+        run_id = _new_run(ws, config, resume, data, fingerprint, started, world, reporter, trusted)
+        ckpt = {"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "done": {}, "current": None}
+    run_dir = ws.run_dir(run_id)
 
     device = dd.rank_device(resolve_device(config.device), world)
     if world.distributed:
@@ -383,20 +341,100 @@ def _run_train(ws: Workspace, config: TrainConfig, resume: bool, reporter: Repor
                      f"({'NCCL' if device.type == 'cuda' else 'gloo'}); rank 0 writes the run.")
     # The crops go to the device once (this rank's share of them), or stream when they do not fit.
     store = open_crop_store(data.store, device, config.store, world, log=reporter.log)
-    n, c = len(data.rows), len(data.classes)
-    plan = det.plan_run(data.given, c, config, reviewed=reviewed)
+    plan = det.plan_run(data.given, len(data.classes), config, reviewed=reviewed)
+    jobs = ens.plan_jobs(config)
+    try:
+        done = _run_jobs(store, data, plan, jobs, config, ckpt, run_dir, world, reporter)
+    finally:
+        store.close()
+    pred_df, dyn_df, meta, cols, strength, scn = _tables(data, plan, jobs, done, config, run_id, world, trusted)
+    if world.main:  # every rank holds the same tables; one writes them
+        _write_run(ws, run_dir, run_id, jobs, done, pred_df, dyn_df, meta, trusted)
+    dd.barrier(world)  # no rank reports the run before its files are there
+    finals = [done[f"g{config.distill_generations}m{i}"] for i in range(config.ensemble)]
+    seconds_train = sum(r["seconds"] for r in done.values())
+    seen = sum(r["seen"] for r in done.values())
+    return TrainSummary(
+        run_id=run_id, run_dir=run_dir, n_samples=len(data.rows), epochs=config.epochs, device=str(device),
+        seconds=time.perf_counter() - t_start,
+        images_per_s=seen / seconds_train if seconds_train > 0 else 0.0,
+        final_train_accuracy=float(np.mean([m["history"][-1]["train_accuracy"] for m in finals])),
+        relabeled=int((scn != data.given).sum()),
+        classes=data.classes, n_excluded=data.n_excluded, members=config.ensemble,
+        generations=config.distill_generations, folds=config.folds, temperature=meta["temperature"],
+        resumed=resumed, parts=part_names(config), probe_accuracy=strength.get("holdout_accuracy"),
+        chance_accuracy=strength.get("chance_accuracy"), planted_flips=int(plan.planted.sum()),
+        retrained_without=int(cols["retrain_held_out"].sum()) if "retrain_held_out" in cols else 0,
+        reviewed=len(trusted.table) if trusted is not None else 0)
+
+
+def _resume_run(ws: Workspace, run_id: str, config: TrainConfig, fingerprint: str, world: dd.World,
+                reporter: Reporter) -> tuple[TrainConfig, dict[str, Any]]:
+    """The unfinished run's saved config and checkpoint, refused when they cannot continue."""
+    run_dir = ws.run_dir(run_id)
+    saved = json.loads((run_dir / "config.json").read_text())
+    check_resume_world(saved, world.size, run_id, ws.root)
+    saved_cfg = TrainConfig.from_dict(saved)
+    if saved_cfg.to_dict() != config.to_dict():
+        reporter.log(f"train: resuming {run_id} with its saved configuration.")
+    try:
+        ckpt = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WorkspaceError(f"{run_dir / 'checkpoint.pt'} cannot be read ({exc}); "
+                             "start a new run without --resume.") from exc
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise WorkspaceError(f"{run_dir / 'checkpoint.pt'} was written by another fercure version "
+                             f"(checkpoint format {ckpt.get('format')}, this one reads "
+                             f"{CHECKPOINT_FORMAT}); start a new run without --resume.")
+    if ckpt.get("fingerprint") != fingerprint:
+        raise WorkspaceError(f"The manifest or crops changed since run {run_id} started; it "
+                             "cannot be resumed. Start a new run without --resume.")
+    reporter.log(f"train: resuming run {run_id} ({len(ckpt['done'])} fits done).")
+    return saved_cfg, ckpt
+
+
+def _new_run(ws: Workspace, config: TrainConfig, resume: bool, data: _Data, fingerprint: str,
+             started: list[str], world: dd.World, reporter: Reporter, trusted: Any = None) -> str:
+    """A new run folder with its config.json (made by rank 0; every rank gets its id)."""
+    if resume:
+        reporter.log("train: no unfinished run to resume; starting a new one.")
+    run_id = None
+    if world.main:
+        if not resume:
+            left = _unfinished_run(ws)
+            if left is not None:
+                reporter.log(f"train: run {left} is unfinished; it is kept as it is (this starts a new run). "
+                             f"To continue it instead, stop and run `fercure train -w {ws.root} --resume`; "
+                             f"to discard it, delete {ws.run_dir(left)}.")
+        removed = ws.remove_dead_runs()
+        if removed:
+            reporter.log(f"train: removed {removed} run folder(s) in {ws.runs_dir} that failed before "
+                         "their first checkpoint (only config.json and/or FAILED; nothing to resume).")
+        run_id = _new_run_id(config)
+        run_dir = ws.run_dir(run_id)
+        run_dir.mkdir(parents=True, exist_ok=False)
+        started.append(run_id)
+        atomic_write_json(run_dir / "config.json", {
+            **config.to_dict(), "classes": data.classes, "run_id": run_id, "parts": part_names(config),
+            "n_samples": len(data.sample_ids), "fercure_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "fingerprint": fingerprint,
+            "world_size": world.size, "trusted_files": trusted_labels.provenance(trusted)})
+    return dd.broadcast_object(run_id, world)
+
+
+def _run_jobs(store: Any, data: _Data, plan: Any, jobs: list[ens.Job], config: TrainConfig,
+              ckpt: dict[str, Any], run_dir: Path, world: dd.World, reporter: Reporter) -> dict[str, dict[str, Any]]:
+    """Every fit of the run (members, generations, folds, the retrain) not yet done, each recorded
+    to its own file and named in the checkpoint; returns every fit's record by key."""
+    c = len(data.classes)
     labels_full = np.zeros(store.shape[0], dtype=np.int64)
     labels_full[data.rows] = plan.train_labels
     given_full = np.zeros(store.shape[0], dtype=np.int64)
     given_full[data.rows] = data.given
-    jobs = ens.plan_jobs(config)
-    final_gen = config.distill_generations
-    first_final = f"g{final_gen}m0"
     folds = ens.stratified_folds(data.given, config.folds, config.seed) if config.folds else None
     done: dict[str, dict[str, Any]] = {k: _to_numpy(_done_record(run_dir, k, v, jobs))
                                        for k, v in ckpt["done"].items()}
     fit_pos = np.flatnonzero(~plan.holdout)  # the first models never see the probe
-
     writer = _CheckpointWriter(run_dir / "checkpoint.pt") if world.main else _NoWriter()
     try:
         for job in jobs:
@@ -414,7 +452,7 @@ def _run_train(ws: Workspace, config: TrainConfig, resume: bool, reporter: Repor
             elif job.kind == "fold":
                 train_pos = np.flatnonzero(folds != job.fold)
                 labels = given_full
-            else:  # retrain: the given labels, without the first models' most suspect share, the probe and the planted
+            else:  # retrain: the given labels, without the first models' most suspect share
                 first = det.first_stage_scores(plan, [done[f"g0m{i}"] for i in range(config.ensemble)], c)
                 train_pos = np.flatnonzero(~det.retrain_excluded(first, plan, config.retrain_drop))
                 labels = given_full
@@ -428,53 +466,56 @@ def _run_train(ws: Workspace, config: TrainConfig, resume: bool, reporter: Repor
             res = fit(store, labels, data.classes, config, index=data.rows[train_pos], seed=job.seed,
                       soft_targets=soft, resume_state=resume_state, on_epoch_end=save,
                       reporter=reporter, description=desc)
-            record: dict[str, Any] = {"history": res.history, "seconds": res.seconds,
-                                      "seen": float(res.images_per_s * res.seconds), "trained": train_pos}
             held = np.flatnonzero(folds == job.fold) if job.kind == "fold" else None
-            # a fold model is only asked about its held-out fold; the others score every sample
-            pr = predict(res.model, store, config, index=data.rows if held is None else data.rows[held],
-                         parts=res.parts, flip=True)
-            if job.kind == "member":
-                record.update(probs=pr["probs"], logits=pr["logits"], embedding=pr["embedding"],
-                              rel_probs=pr.get("rel_probs", pr["probs"]),
-                              reliability=pr.get("reliability", pr["probs"].max(axis=1)),
-                              labels=res.labels, relabel_count=res.relabel_count,
-                              mean_probs=res.mean_probs, dynamics=res.dynamics)
-                if job.generation == final_gen and world.main:
-                    target = run_dir / "model.pt" if job.key == first_final else \
-                        run_dir / "members" / f"{job.key}.pt"
-                    with atomic_path(target) as tmp:
-                        torch.save({k: v.detach().cpu() for k, v in res.model.state_dict().items()}, tmp)
-            elif job.kind == "fold":
-                record.update(held=held, logits=pr["logits"], probs=pr["probs"])
-            else:
-                record.update(probs=pr["probs"], mean_probs=res.mean_probs, dynamics=res.dynamics)
-            done[job.key] = record
+            done[job.key] = _fit_record(job, res, store, data, config, train_pos, held, run_dir, world)
             if world.main:  # written once; the checkpoint names it instead of re-pickling it every epoch
                 with atomic_path(_fit_file(run_dir, job.key)) as tmp:
-                    torch.save(_to_tensors(record), tmp)
+                    torch.save(_to_tensors(done[job.key]), tmp)
             ckpt["done"][job.key] = FIT_FILE
             ckpt["current"] = None
             writer.submit(ckpt)
             del res
     finally:
         writer.close()
-        store.close()
+    return done
 
-    # ---- aggregate -----------------------------------------------------------------------
+
+def _fit_record(job: ens.Job, res: Any, store: Any, data: _Data, config: TrainConfig, train_pos: np.ndarray,
+                held: np.ndarray | None, run_dir: Path, world: dd.World) -> dict[str, Any]:
+    """What the run keeps of a finished fit: its history and predictions (a fold model is only
+    asked about its held-out fold; the others score every sample); a final member's weights."""
+    record: dict[str, Any] = {"history": res.history, "seconds": res.seconds,
+                              "seen": float(res.images_per_s * res.seconds), "trained": train_pos}
+    pr = predict(res.model, store, config, index=data.rows if held is None else data.rows[held],
+                 parts=res.parts, flip=True)
+    if job.kind == "member":
+        record.update(probs=pr["probs"], logits=pr["logits"], embedding=pr["embedding"],
+                      rel_probs=pr.get("rel_probs", pr["probs"]),
+                      reliability=pr.get("reliability", pr["probs"].max(axis=1)),
+                      labels=res.labels, relabel_count=res.relabel_count,
+                      mean_probs=res.mean_probs, dynamics=res.dynamics)
+        if job.generation == config.distill_generations and world.main:
+            target = run_dir / "model.pt" if job.key == f"g{config.distill_generations}m0" else \
+                run_dir / "members" / f"{job.key}.pt"
+            with atomic_path(target) as tmp:
+                torch.save({k: v.detach().cpu() for k, v in res.model.state_dict().items()}, tmp)
+    elif job.kind == "fold":
+        record.update(held=held, logits=pr["logits"], probs=pr["probs"])
+    else:
+        record.update(probs=pr["probs"], mean_probs=res.mean_probs, dynamics=res.dynamics)
+    return record
+
+
+def _tables(data: _Data, plan: Any, jobs: list[ens.Job], done: dict[str, dict[str, Any]], config: TrainConfig,
+            run_id: str, world: dd.World, trusted: Any = None) -> tuple:
+    """The run's predictions and dynamics tables from its fits; also the table metadata, the
+    detection signals, the model-strength probe and the SCN labels (for the summary)."""
+    n, c = len(data.rows), len(data.classes)
+    fit_pos = np.flatnonzero(~plan.holdout)
     members0 = [done[f"g0m{i}"] for i in range(config.ensemble)]
-    finals = [done[f"g{final_gen}m{i}"] for i in range(config.ensemble)]
+    finals = [done[f"g{config.distill_generations}m{i}"] for i in range(config.ensemble)]
     unc = ens.ensemble_uncertainty(np.stack([m["probs"] for m in finals]))
-    oof = np.full(n, np.nan)
-    temperature = None
-    if config.folds:
-        oof_logits = np.zeros((n, c))
-        for k in range(config.folds):
-            r = done[f"fold{k}"]
-            oof_logits[r["held"]] = r["logits"]
-        temperature = ens.fit_temperature(oof_logits, data.given)
-        oof_probs = torch.softmax(torch.from_numpy(oof_logits / temperature), dim=1).numpy()
-        oof = oof_probs[np.arange(n), data.given]
+    oof, temperature = _out_of_fold(done, data, config)
     scn, relabel_count = data.given.copy(), np.zeros(n, dtype=np.int64)
     scn[fit_pos] = dyn.majority_labels([m["labels"] for m in members0], c)
     scn[plan.planted] = data.given[plan.planted]  # never report a planted label
@@ -507,34 +548,40 @@ def _run_train(ws: Workspace, config: TrainConfig, resume: bool, reporter: Repor
     meta = {"run_id": run_id, "classes": data.classes, "config": config.to_dict(),
             "temperature": temperature, "self_check": self_check, "model_strength": strength,
             "world_size": world.size, "trusted": trusted_labels.provenance(trusted)}
-    seconds_train = sum(r["seconds"] for r in done.values())
-    seen = sum(r["seen"] for r in done.values())
-    metrics = {k: r["history"] for k, r in done.items()}
-    if world.main:  # every rank holds the same tables; one writes them
-        write_table(pd.concat(dyn_frames, ignore_index=True), run_dir / "dynamics.parquet", meta,
-                    table=schema.DYNAMICS)
-        atomic_write_json(run_dir / "metrics.json", {"fits": metrics, "temperature": temperature,
-                                                     "train_seconds": seconds_train})
-        trusted_labels.write(run_dir, trusted, {"run_id": run_id, "trusted": meta["trusted"]})
-        write_table(pred_df, run_dir / "predictions.parquet", meta, table=schema.PREDICTIONS)  # last: marks the run finished
-        ws.set_latest_run(run_id)
-        # The checkpoint (model + optimiser state, ~135 MB for ResNet-18) only serves --resume of an
-        # unfinished run; a finished run keeps model.pt and its tables.
-        (run_dir / "checkpoint.pt").unlink(missing_ok=True)
-        for j in jobs:
-            _fit_file(run_dir, j.key).unlink(missing_ok=True)
-        if (run_dir / "fits").is_dir() and not any((run_dir / "fits").iterdir()):
-            (run_dir / "fits").rmdir()
-    dd.barrier(world)  # no rank reports the run before its files are there
-    final_acc = float(np.mean([m["history"][-1]["train_accuracy"] for m in finals]))
-    return TrainSummary(
-        run_id=run_id, run_dir=run_dir, n_samples=n, epochs=config.epochs, device=str(device),
-        seconds=time.perf_counter() - t_start,
-        images_per_s=seen / seconds_train if seconds_train > 0 else 0.0,
-        final_train_accuracy=final_acc, relabeled=int((scn != data.given).sum()),
-        classes=data.classes, n_excluded=data.n_excluded, members=config.ensemble,
-        generations=config.distill_generations, folds=config.folds, temperature=temperature,
-        resumed=resumed, parts=part_names(config), probe_accuracy=strength.get("holdout_accuracy"),
-        chance_accuracy=strength.get("chance_accuracy"), planted_flips=int(plan.planted.sum()),
-        retrained_without=int(cols["retrain_held_out"].sum()) if "retrain_held_out" in cols else 0,
-        reviewed=len(trusted.table) if trusted is not None else 0)
+    return pred_df, pd.concat(dyn_frames, ignore_index=True), meta, cols, strength, scn
+
+
+def _out_of_fold(done: dict[str, dict[str, Any]], data: _Data, config: TrainConfig
+                 ) -> tuple[np.ndarray, float | None]:
+    """Cross-fitted p(given) (NaN without folds) and the temperature fitted on the fold logits."""
+    n, c = len(data.rows), len(data.classes)
+    oof = np.full(n, np.nan)
+    if not config.folds:
+        return oof, None
+    oof_logits = np.zeros((n, c))
+    for k in range(config.folds):
+        r = done[f"fold{k}"]
+        oof_logits[r["held"]] = r["logits"]
+    temperature = ens.fit_temperature(oof_logits, data.given)
+    oof_probs = torch.softmax(torch.from_numpy(oof_logits / temperature), dim=1).numpy()
+    return oof_probs[np.arange(n), data.given], temperature
+
+
+def _write_run(ws: Workspace, run_dir: Path, run_id: str, jobs: list[ens.Job], done: dict[str, dict[str, Any]],
+               pred_df: pd.DataFrame, dyn_df: pd.DataFrame, meta: dict[str, Any], trusted: Any = None) -> None:
+    """The run's tables and metrics; predictions.parquet last (it marks the run finished), then
+    the files only --resume needed are removed."""
+    write_table(dyn_df, run_dir / "dynamics.parquet", meta, table=schema.DYNAMICS)
+    atomic_write_json(run_dir / "metrics.json", {"fits": {k: r["history"] for k, r in done.items()},
+                                                 "temperature": meta["temperature"],
+                                                 "train_seconds": sum(r["seconds"] for r in done.values())})
+    trusted_labels.write(run_dir, trusted, {"run_id": run_id, "trusted": meta["trusted"]})
+    write_table(pred_df, run_dir / "predictions.parquet", meta, table=schema.PREDICTIONS)  # last: marks the run finished
+    ws.set_latest_run(run_id)
+    # The checkpoint (model + optimiser state, ~135 MB for ResNet-18) only serves --resume of an
+    # unfinished run; a finished run keeps model.pt and its tables.
+    (run_dir / "checkpoint.pt").unlink(missing_ok=True)
+    for j in jobs:
+        _fit_file(run_dir, j.key).unlink(missing_ok=True)
+    if (run_dir / "fits").is_dir() and not any((run_dir / "fits").iterdir()):
+        (run_dir / "fits").rmdir()

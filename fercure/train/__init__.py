@@ -6,10 +6,18 @@ pure math (selfcure.py, reliability.py); signals.py turns a run into per-sample 
 ensemble.py plans ensembles, distillation generations and folds. stages/train.py writes files.
 """
 
-from fercure.train.config import TrainConfig
-from fercure.train.ensemble import ensemble_uncertainty, fit_temperature
-from fercure.train.loop import FitResult, fit, predict
-from fercure.train.model import FerNet, build_model
+from importlib import import_module
 
-__all__ = ["TrainConfig", "FitResult", "fit", "predict", "FerNet", "build_model",
-           "ensemble_uncertainty", "fit_temperature"]
+# Imported on first use: fercure.train.config is plain values (the CLI reads its defaults), and
+# importing it must not import torch.
+_EXPORTS = {
+    "TrainConfig": "config", "FitResult": "loop", "fit": "loop", "predict": "loop", "FerNet": "model",
+    "build_model": "model", "ensemble_uncertainty": "ensemble", "fit_temperature": "ensemble",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'fercure.train' has no attribute {name!r}")
+    return getattr(import_module(f"fercure.train.{_EXPORTS[name]}"), name)

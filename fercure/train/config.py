@@ -14,6 +14,10 @@ from typing import Any
 
 
 POOLS = ("avg", "app", "atp")  # the backbone's own | APViT patch pooling (CNNs) | token pooling (ViTs)
+DEVICES = ("auto", "cpu", "cuda")  # also cuda:N
+STORE_MODES = ("auto", "resident", "stream")
+AMP_MODES = ("auto", "bf16", "off")
+RELABEL_SCOPES = ("low", "all")  # SCN: the low-importance group (paper) | all samples (official code)
 
 
 @dataclass
@@ -110,9 +114,9 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+        if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu or cuda, not {self.device!r}")
-        if self.relabel_scope not in ("low", "all"):
+        if self.relabel_scope not in RELABEL_SCOPES:
             raise ValueError(f"relabel_scope must be 'low' or 'all', not {self.relabel_scope!r}")
         if not 0.0 < self.beta < 1.0:
             raise ValueError(f"beta must be in (0, 1), not {self.beta}")
@@ -125,9 +129,9 @@ class TrainConfig:
             raise ValueError(f"folds must be 0 (off) or >= 2, not {self.folds}")
         if self.distill_generations < 0:
             raise ValueError("distill_generations must be >= 0")
-        if self.store not in ("auto", "resident", "stream"):
+        if self.store not in STORE_MODES:
             raise ValueError(f"store must be auto, resident or stream, not {self.store!r}")
-        if self.amp not in ("auto", "bf16", "off"):
+        if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be auto, bf16 or off, not {self.amp!r}")
         for name, hi in (("holdout", 0.5), ("plant_rate", 0.2), ("retrain_drop", 0.9),
                          ("label_smoothing", 0.5), ("erase_p", 1.0)):

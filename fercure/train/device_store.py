@@ -65,9 +65,12 @@ def _check(images: Any) -> np.ndarray:
     return arr
 
 
-def _upload(arr: np.ndarray, device: torch.device, chunk: int = 4096) -> torch.Tensor:
-    """Copy a (possibly memory-mapped, possibly strided) uint8 array to the device in chunks, so a
-    memory-mapped store is never duplicated whole in host memory."""
+def upload(images: Any, device: torch.device, chunk: int = 4096) -> torch.Tensor:
+    """Copy (N,S,S,3) uint8 crops (possibly memory-mapped, possibly strided) to the device in chunks,
+    so a memory-mapped store is never duplicated whole in host memory. A tensor is moved as is."""
+    if torch.is_tensor(images):
+        return images.to(device)
+    arr = _check(images)
     out = torch.empty(arr.shape, dtype=torch.uint8, device=device)
     for s in range(0, arr.shape[0], chunk):
         out[s:s + chunk] = torch.from_numpy(np.array(arr[s:s + chunk], copy=True)).to(device)
@@ -91,7 +94,7 @@ class ResidentStore:
         else:
             arr = _check(images)
             self.shape = arr.shape
-            self.data = _upload(arr[world.rank::world.size] if world.distributed else arr, device)
+            self.data = upload(arr[world.rank::world.size] if world.distributed else arr, device)
 
     @property
     def nbytes(self) -> int:

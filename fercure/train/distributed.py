@@ -29,11 +29,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from fercure.workspace import WorkspaceError
-
-
-class DistributedError(WorkspaceError):
-    """The launcher's environment does not describe a usable process group."""
+from fercure.errors import DistributedError  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)

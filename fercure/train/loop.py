@@ -38,28 +38,9 @@ from fercure.train.config import TrainConfig
 from fercure.train.device_store import open_crop_store
 from fercure.train.model import FerNet, build_model
 from fercure.train.parts import Part, Step, build_parts
-from fercure.workspace import WorkspaceError
+from fercure.errors import TrainingDivergedError  # noqa: F401  (re-exported)
 
 DYNAMICS_KEYS = ("p_given", "margin", "alpha", "predicted", "current_index", "relabeled")
-
-
-class TrainingDivergedError(WorkspaceError):
-    """The loss stopped being finite: every probability after that is NaN, nothing to audit."""
-
-
-def to_device_store(images: Any, device: torch.device, chunk: int = 4096) -> torch.Tensor:
-    """Copy a (N,S,S,3) uint8 array (possibly memory-mapped) to the device once, in chunks, so a
-    memory-mapped store is never duplicated whole in host memory."""
-    if torch.is_tensor(images):
-        return images.to(device)
-    arr = np.asarray(images)
-    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
-        raise ValueError(f"images must be uint8 (N,S,S,3), got {arr.dtype} {arr.shape}")
-    out = torch.empty(arr.shape, dtype=torch.uint8, device=device)
-    for s in range(0, arr.shape[0], chunk):
-        part = torch.from_numpy(np.array(arr[s:s + chunk], copy=True))
-        out[s:s + chunk] = part.to(device, non_blocking=False)
-    return out
 
 
 def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -263,10 +244,60 @@ def fit(images: Any, labels: Any, classes: list[str], config: TrainConfig, *,
     Under an initialised process group every rank calls ``fit`` with the same arguments and gets
     the same, whole result.
     """
+    seed = config.seed if seed is None else seed
+    run = _start(images, labels, classes, config, index, seed, soft_targets, record_labels)
+    if resume_state is not None:
+        run.st.load(resume_state)
+    bar = reporter.task(description, total=config.epochs)
+    bar.advance(run.st.epoch + 1)
+    for epoch in range(run.st.epoch + 1, config.epochs):
+        t0 = time.perf_counter()
+        ep, loss_sum, correct = _train_epoch(run, epoch)
+        if run.world.distributed:
+            loss_sum, correct = _merge_ranks(run, ep, loss_sum, correct)
+        host = _record_dynamics(run, ep)
+        epoch_loss = float(loss_sum) / run.n  # the epoch's one sync already happened in _record_dynamics
+        _check_finite(epoch_loss, host, epoch, description, config)
+        _log_epoch(run, epoch, epoch_loss, correct, host, time.perf_counter() - t0)
+        _checkpoint(run, seed, on_epoch_end)
+        bar.advance(1)  # after the checkpoint: a bar at k means k epochs are safe on disk
+    bar.close()
+    if run.store is not images:
+        run.store.close()
+    return _result(run, classes)
+
+
+@dataclass
+class _Run:
+    """What one fit's epochs share: the data, the model and its wrapped training form, the parts,
+    the state that is checkpointed (``st``) and the step schedule."""
+    config: TrainConfig
+    world: dd.World
+    device: torch.device
+    store: Any
+    rows: torch.Tensor  # store rows trained on, in fit position order
+    rec_y: torch.Tensor  # labels whose p(label) the dynamics record
+    parts: list[Part]
+    model: FerNet
+    step_model: Any  # the model as a training step calls it (compiled, DDP-wrapped)
+    st: FitState
+    own: torch.Tensor  # fit positions this rank trains (all in one process)
+    bounds: list[tuple[int, int]]
+    steps: list[tuple[int, int]]
+    fresh: list[int]
+    positions: torch.Tensor
+    ce_weight: float
+
+    @property
+    def n(self) -> int:
+        return int(self.rows.numel())
+
+
+def _start(images: Any, labels: Any, classes: list[str], config: TrainConfig, index: Any, seed: int,
+           soft_targets: Any, record_labels: Any) -> _Run:
+    """Open the store, build parts, model, optimiser, random streams and the step schedule."""
     world = dd.current()
     device = dd.rank_device(resolve_device(config.device), world)
-    cuda = device.type == "cuda"
-    seed = config.seed if seed is None else seed
     store = open_crop_store(images, device, config.store, world)
     rows = torch.arange(store.shape[0], device=device) if index is None else \
         torch.tensor(np.asarray(index, dtype=np.int64), device=device)
@@ -279,8 +310,28 @@ def fit(images: Any, labels: Any, classes: list[str], config: TrainConfig, *,
 
     torch.manual_seed(seed)  # model init and dropout
     parts = build_parts(config, n, c, device, soft_targets=soft)
+    model, step_model, opt = _build_model(config, c, parts, device, world)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed + 7919)  # augmentation + permutation stream, separate from init
+    aug_gen = None
+    if world.distributed:
+        aug_gen = torch.Generator(device=device)
+        aug_gen.manual_seed(seed + 7919 + 1_000_003 * (world.rank + 1))
+    st = FitState(model, opt, gen, parts, train_y, n, c, device, aug_gen=aug_gen, world=world)
+    own, bounds = _rank_bounds(rows, n, config, world)
+    positions, steps, fresh = step_layout(bounds, fixed=config.compile)
+    positions = torch.from_numpy(positions).to(device)  # once per fit: the same every epoch
+    return _Run(config=config, world=world, device=device, store=store, rows=rows, rec_y=rec_y, parts=parts,
+                model=model, step_model=step_model, st=st, own=own, bounds=bounds, steps=steps, fresh=fresh,
+                positions=positions, ce_weight=math.prod(p.ce_weight for p in parts))
+
+
+def _build_model(config: TrainConfig, c: int, parts: list[Part], device: torch.device, world: dd.World
+                 ) -> tuple[FerNet, Any, torch.optim.Optimizer]:
+    """The model (with the parts' heads), its optimiser, and the form a training step calls."""
     model = build_model(config, c, parts).to(device)
     model.amp = autocast_dtype(config, device)
+    cuda = device.type == "cuda"
     if cuda:
         apply_cuda_backend_flags(cuda_backend_flags(config))
         model = model.to(memory_format=torch.channels_last)
@@ -293,16 +344,12 @@ def fit(images: Any, labels: Any, classes: list[str], config: TrainConfig, *,
     if world.distributed:  # broadcasts rank 0's weights, then averages gradients every step
         step_model = torch.nn.parallel.DistributedDataParallel(
             step_model, device_ids=[device.index] if cuda else None)
-    gen = torch.Generator(device=device)
-    gen.manual_seed(seed + 7919)  # augmentation + permutation stream, separate from init
-    aug_gen = None
-    if world.distributed:
-        aug_gen = torch.Generator(device=device)
-        aug_gen.manual_seed(seed + 7919 + 1_000_003 * (world.rank + 1))
-    st = FitState(model, opt, gen, parts, train_y, n, c, device, aug_gen=aug_gen, world=world)
-    if resume_state is not None:
-        st.load(resume_state)
+    return model, step_model, opt
 
+
+def _rank_bounds(rows: torch.Tensor, n: int, config: TrainConfig, world: dd.World
+                 ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """The fit positions this rank owns and its batches' [start, end) over them."""
     own = dd.owned_mask(rows, world)  # all True in one process
     if world.distributed:
         counts = dd.rank_counts(rows.cpu().numpy(), world.size)
@@ -311,140 +358,179 @@ def fit(images: Any, labels: Any, classes: list[str], config: TrainConfig, *,
         bounds = [(s, min(s + config.batch_size, n)) for s in range(0, n, config.batch_size)]
     else:
         bounds = batch_bounds(n, config.batch_size)
-    positions, steps, fresh = step_layout(bounds, fixed=config.compile)
-    positions = torch.from_numpy(positions).to(device)  # once per fit: the same every epoch
-    total_steps = config.epochs * len(bounds)
-    warmup = max(1, min(len(bounds), total_steps // 10))
+    return own, bounds
+
+
+def _train_epoch(run: _Run, epoch: int) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """One pass over this rank's samples; returns the epoch's per-sample statistics (device
+    tensors), the summed loss and the count of correct predictions."""
+    st, n, device, config = run.st, run.n, run.device, run.config
+    run.model.train()
+    perm = torch.randperm(n, generator=st.gen, device=device)
+    order = perm[run.own[perm]] if run.world.distributed else perm  # this rank's samples, shared order
+    order = order[run.positions]  # the identity unless short steps are filled (step_layout)
+    ep = {
+        "p_given": torch.zeros(n, device=device), "margin": torch.zeros(n, device=device),
+        "alpha": torch.ones(n, device=device),
+        "predicted": torch.zeros(n, dtype=torch.long, device=device),
+        "relabeled": torch.zeros(n, dtype=torch.bool, device=device),
+    }
+    sums = [torch.zeros((), device=device), torch.zeros((), dtype=torch.long, device=device)]
+    total_steps = config.epochs * len(run.bounds)
+    warmup = max(1, min(len(run.bounds), total_steps // 10))
     aug = augment.AugmentConfig(erase_p=config.erase_p)
-    ce_weight = math.prod(p.ce_weight for p in parts)
-    bar = reporter.task(description, total=config.epochs)
-    bar.advance(st.epoch + 1)
+    batches = run.store.batches(run.rows[order], run.steps)
+    for b, ((s, e), m, crops) in enumerate(zip(run.steps, run.fresh, batches)):
+        for g in st.opt.param_groups:
+            g["lr"] = lr_at(epoch * len(run.bounds) + b, total_steps, warmup, config.lr)
+        x = augment.train_batch(crops, config.image_size, st.aug_gen, aug)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        _train_step(run, x, order[s:e], m, epoch, ep, sums)
+    return ep, sums[0], sums[1]
 
-    for epoch in range(st.epoch + 1, config.epochs):
-        t0 = time.perf_counter()
-        model.train()
-        perm = torch.randperm(n, generator=gen, device=device)
-        order = perm[own[perm]] if world.distributed else perm  # this rank's samples, shared order
-        order = order[positions]  # the identity unless short steps are filled (step_layout)
-        ep = {
-            "p_given": torch.zeros(n, device=device), "margin": torch.zeros(n, device=device),
-            "alpha": torch.ones(n, device=device),
-            "predicted": torch.zeros(n, dtype=torch.long, device=device),
-            "relabeled": torch.zeros(n, dtype=torch.bool, device=device),
-        }
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.long, device=device)
-        for b, ((s, e), m, crops) in enumerate(zip(steps, fresh, store.batches(rows[order], steps))):
-            for g in opt.param_groups:
-                g["lr"] = lr_at(epoch * len(bounds) + b, total_steps, warmup, config.lr)
-            idx = order[s:e]
-            x = augment.train_batch(crops, config.image_size, st.aug_gen, aug)
-            if cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
-            step = Step(idx=idx, labels=st.current[idx], epoch=epoch)
-            # pretext draws come from the rank's own stream: the shared one must stay in step
-            out, aux = forward_with_aux(step_model, x, parts, st.aug_gen)
-            z = out["logits"]
-            for p in parts:
-                z = p.transform_logits(out, z)
-            loss = ce_weight * F.cross_entropy(z, step.labels, label_smoothing=config.label_smoothing)
-            for p in parts:
-                extra = p.loss(out, z, step)
-                if extra is not None:
-                    loss = loss + extra
-            for p, aux_out in aux:
-                loss = loss + p.aux_loss(aux_out, step)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
 
-            with torch.no_grad():  # per-sample statistics of this (augmented) forward pass
-                # the step's first m rows are new this epoch; fill rows (step_layout) are not recorded
-                probs = torch.softmax(out["logits"].detach()[:m], dim=1)
-                new_idx = idx[:m]
-                _record(ep, new_idx, probs, rec_y[new_idx])
-                if "alpha" in out:
-                    ep["alpha"][new_idx] = out["alpha"].detach()[:m]
-                st.sum_probs[new_idx] += probs
-                loss_sum += loss.detach() * m
-                correct += (probs.argmax(dim=1) == step.labels[:m]).sum()
-                for p in parts:
-                    change = p.relabel(out, out["logits"], step)
-                    if change is not None:
-                        new, mask = change[0][:m], change[1][:m]
-                        st.current[new_idx] = new
-                        st.relabel_count[new_idx] += mask.long()
-                        ep["relabeled"][new_idx] |= mask
+def _train_step(run: _Run, x: torch.Tensor, idx: torch.Tensor, m: int, epoch: int,
+                ep: dict[str, torch.Tensor], sums: list[torch.Tensor]) -> None:
+    """Forward, the core cross-entropy plus every part's terms, an optimiser step, then the batch's
+    per-sample statistics and relabelling (its first ``m`` rows are new this epoch)."""
+    st, parts = run.st, run.parts
+    # pretext draws come from the rank's own stream: the shared one must stay in step
+    out, aux = forward_with_aux(run.step_model, x, parts, st.aug_gen)
+    weight = sample_weight(parts, out)
+    step = Step(idx=idx, labels=st.current[idx], epoch=epoch, weight=None if weight is None else weight.detach())
+    z = out["logits"]
+    for p in parts:
+        z = p.transform_logits(out, z)
+    loss = run.ce_weight * F.cross_entropy(z, step.labels, label_smoothing=run.config.label_smoothing)
+    for p in parts:
+        extra = p.loss(out, z, step)
+        if extra is not None:
+            loss = loss + extra
+    for p, aux_out in aux:
+        loss = loss + p.aux_loss(aux_out, step)
+    st.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    st.opt.step()
 
-        if world.distributed:  # every rank's samples, whole on every rank, before the next epoch
-            dd.sync_buffers(model, world)  # rank 0's BN statistics: what model.pt and checkpoints hold
-            ep = {k: dd.merge_owned(v, own, world) for k, v in ep.items()}
-            st.current = dd.merge_owned(st.current, own, world)
-            st.relabel_count = dd.merge_owned(st.relabel_count, own, world)
-            st.sum_probs = dd.merge_owned(st.sum_probs, own, world)
-            for p in parts:
-                for t in p.per_sample_state().values():
-                    t.copy_(dd.merge_owned(t, own, world))
-            loss_sum, correct = dd.all_sum(loss_sum, world), dd.all_sum(correct, world)
-        # One host copy per epoch (this is also the epoch's only synchronisation).
-        host = {k: v.cpu().numpy() for k, v in ep.items()}
-        host["current_index"] = st.current.cpu().numpy().copy()  # on CPU .cpu() aliases `current`
-        if config.epoch_eval:
-            pe = predict(model, store, config, index=rows.cpu().numpy(), flip=True)["probs"]
-            host["p_given_eval"] = pe[np.arange(n), rec_y.cpu().numpy()]
-        for k, v in host.items():
-            st.dyn.setdefault(k, []).append(v.astype(np.float32) if v.dtype.kind == "f" else v)
-        epoch_loss = float(loss_sum) / n  # the epoch's one sync already happened above
-        if not math.isfinite(epoch_loss) or not np.isfinite(host["p_given"]).all():
-            raise TrainingDivergedError(
-                f"Training diverged in epoch {epoch + 1} of {description!r} (the loss is {epoch_loss}): every "
-                f"prediction after this is NaN, so there is nothing to audit. Lower the learning rate "
-                f"(--lr, now {config.lr:g}) and start a new run.")
-        secs = time.perf_counter() - t0
-        st.train_seconds += secs
-        st.seen += n
-        st.epoch = epoch
-        rec = {"epoch": epoch, "loss": epoch_loss, "train_accuracy": float(correct) / n,
-               "relabeled": int(host["relabeled"].sum()), "seconds": secs, "images_per_s": n / secs}
+    with torch.no_grad():  # per-sample statistics of this (augmented) forward pass
+        # fill rows (step_layout) are not recorded
+        probs = torch.softmax(out["logits"].detach()[:m], dim=1)
+        new_idx = idx[:m]
+        _record(ep, new_idx, probs, run.rec_y[new_idx])
+        if weight is not None:
+            ep["alpha"][new_idx] = weight.detach()[:m]
+        st.sum_probs[new_idx] += probs
+        sums[0] += loss.detach() * m
+        sums[1] += (probs.argmax(dim=1) == step.labels[:m]).sum()
         for p in parts:
-            if hasattr(p, "anchor_separation"):  # how far apart the class anchors are (ARBEx)
-                rec["anchor_separation"] = p.anchor_separation()
-        st.history.append(rec)
-        if on_epoch_end is not None:
-            state = st.save(seed)  # collective under data parallelism: every rank builds it
-            if world.main:
-                on_epoch_end(state)
-        bar.advance(1)  # after the checkpoint: a bar at k means k epochs are safe on disk
-    bar.close()
+            change = p.relabel(out, out["logits"], step)
+            if change is not None:
+                new, mask = change[0][:m], change[1][:m]
+                st.current[new_idx] = new
+                st.relabel_count[new_idx] += mask.long()
+                ep["relabeled"][new_idx] |= mask
 
-    if store is not images:
-        store.close()
+
+def _merge_ranks(run: _Run, ep: dict[str, torch.Tensor], loss_sum: torch.Tensor, correct: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every rank's samples, whole on every rank, before the next epoch (``ep`` in place)."""
+    st, own, world = run.st, run.own, run.world
+    dd.sync_buffers(run.model, world)  # rank 0's BN statistics: what model.pt and checkpoints hold
+    for k in list(ep):
+        ep[k] = dd.merge_owned(ep[k], own, world)
+    st.current = dd.merge_owned(st.current, own, world)
+    st.relabel_count = dd.merge_owned(st.relabel_count, own, world)
+    st.sum_probs = dd.merge_owned(st.sum_probs, own, world)
+    for p in run.parts:
+        for t in p.per_sample_state().values():
+            t.copy_(dd.merge_owned(t, own, world))
+    return dd.all_sum(loss_sum, world), dd.all_sum(correct, world)
+
+
+def _record_dynamics(run: _Run, ep: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """The epoch's statistics to the host, appended to the fit's dynamics (one host copy per
+    epoch: also the epoch's only synchronisation)."""
+    st, n = run.st, run.n
+    host = {k: v.cpu().numpy() for k, v in ep.items()}
+    host["current_index"] = st.current.cpu().numpy().copy()  # on CPU .cpu() aliases `current`
+    if run.config.epoch_eval:
+        pe = predict(run.model, run.store, run.config, index=run.rows.cpu().numpy(), flip=True)["probs"]
+        host["p_given_eval"] = pe[np.arange(n), run.rec_y.cpu().numpy()]
+    for k, v in host.items():
+        st.dyn.setdefault(k, []).append(v.astype(np.float32) if v.dtype.kind == "f" else v)
+    return host
+
+
+def _check_finite(epoch_loss: float, host: dict[str, np.ndarray], epoch: int, description: str,
+                  config: TrainConfig) -> None:
+    if not math.isfinite(epoch_loss) or not np.isfinite(host["p_given"]).all():
+        raise TrainingDivergedError(
+            f"Training diverged in epoch {epoch + 1} of {description!r} (the loss is {epoch_loss}): every "
+            f"prediction after this is NaN, so there is nothing to audit. Lower the learning rate "
+            f"(--lr, now {config.lr:g}) and start a new run.")
+
+
+def _log_epoch(run: _Run, epoch: int, epoch_loss: float, correct: torch.Tensor, host: dict[str, np.ndarray],
+               secs: float) -> None:
+    """The epoch's history record, and the finished epoch in the fit state."""
+    st, n = run.st, run.n
+    st.train_seconds += secs
+    st.seen += n
+    st.epoch = epoch
+    rec = {"epoch": epoch, "loss": epoch_loss, "train_accuracy": float(correct) / n,
+           "relabeled": int(host["relabeled"].sum()), "seconds": secs, "images_per_s": n / secs}
+    for p in run.parts:
+        rec.update(p.epoch_record())
+    st.history.append(rec)
+
+
+def _checkpoint(run: _Run, seed: int, on_epoch_end: Callable[[dict[str, Any]], None] | None) -> None:
+    if on_epoch_end is not None:
+        state = run.st.save(seed)  # collective under data parallelism: every rank builds it
+        if run.world.main:
+            on_epoch_end(state)
+
+
+def _result(run: _Run, classes: list[str]) -> FitResult:
+    st = run.st
     epochs_done = max(1, len(st.dyn.get("p_given", [])))
     return FitResult(
-        model=model, classes=list(classes), labels=st.current.cpu().numpy(),
+        model=run.model, classes=list(classes), labels=st.current.cpu().numpy(),
         relabel_count=st.relabel_count.cpu().numpy(),
         dynamics={k: np.stack(v) for k, v in st.dyn.items()},
-        mean_probs=(st.sum_probs / epochs_done).cpu().numpy(), parts=parts, history=st.history,
-        device=str(device), seconds=st.train_seconds,
+        mean_probs=(st.sum_probs / epochs_done).cpu().numpy(), parts=run.parts, history=st.history,
+        device=str(run.device), seconds=st.train_seconds,
         images_per_s=st.seen / st.train_seconds if st.train_seconds > 0 else 0.0)
+
+
+def sample_weight(parts: list[Part], out: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """The batch's per-sample weights: the product of what the parts give (None: all 1)."""
+    weight = None
+    for p in parts:
+        w = p.sample_weight(out)
+        if w is not None:
+            weight = w if weight is None else weight * w
+    return weight
 
 
 def forward_with_aux(model: Any, x: torch.Tensor, parts: list[Part], gen: torch.Generator
                      ) -> tuple[dict[str, torch.Tensor], list[tuple[Part, dict[str, torch.Tensor]]]]:
     """One forward pass over the batch and every part's pretext inputs concatenated; returns the
-    batch's outputs and each part's own rows of the outputs."""
-    extra = [(p, p.aux_inputs(x, gen)) for p in parts]
-    extra = [(p, a) for p, a in extra if a is not None]
+    batch's outputs and each part's own rows of the outputs, with the targets its ``aux_inputs``
+    made for them (so a part keeps nothing on itself between the two hooks)."""
+    made = [(p, p.aux_inputs(x, gen)) for p in parts]
+    extra = [(p, a[0], a[1]) for p, a in made if a is not None]
     if not extra:
         return model(x), []
-    out_all = model(with_format_of(torch.cat([x] + [a for _, a in extra]), x))
+    out_all = model(with_format_of(torch.cat([x] + [a for _, a, _ in extra]), x))
     bounds, at = [], x.shape[0]
-    for p, a in extra:
-        bounds.append((p, at, at + a.shape[0]))
+    for p, a, targets in extra:
+        bounds.append((p, at, at + a.shape[0], targets))
         at += a.shape[0]
     b = x.shape[0]
     out = {k: v[:b] for k, v in out_all.items()}
-    return out, [(p, {k: v[s:e] for k, v in out_all.items()}) for p, s, e in bounds]
+    return out, [(p, {**{k: v[s:e] for k, v in out_all.items()}, **targets}) for p, s, e, targets in bounds]
 
 
 def _record(ep: dict[str, torch.Tensor], idx: torch.Tensor, probs: torch.Tensor, y: torch.Tensor) -> None:

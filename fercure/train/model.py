@@ -23,11 +23,7 @@ import torch.nn as nn
 
 from fercure.train import pooling
 from fercure.train.config import POOLS
-from fercure.workspace import WorkspaceError
-
-
-class PretrainedWeightsError(WorkspaceError):
-    """The --pretrained file cannot be used for this backbone."""
+from fercure.errors import PretrainedWeightsError, WorkspaceError  # noqa: F401  (re-exported)
 
 
 class FerNet(nn.Module):
@@ -50,6 +46,8 @@ class FerNet(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(self.embed_dim, num_classes)
         self.heads = nn.ModuleDict(heads or {})
+        self.on_demand: set[str] = set()  # heads their parts run on their own rows (pretext tasks)
+        self.feature_map = False  # add the backbone's spatial map to the outputs (in-painting)
         self.amp: torch.dtype | None = None  # the backbone's autocast dtype (None: off), set by the loop
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -70,11 +68,10 @@ class FerNet(nn.Module):
         device_type = emb.device.type
         with torch.autocast(device_type=device_type, enabled=False):
             out = {"embedding": emb, "logits": self.classifier(self.dropout(emb))}
-            on_demand = [h for h in self.heads.values() if getattr(h, "on_demand", False)]
-            if on_demand and feat.ndim == 4:  # the in-painting decoder reads the spatial map
+            if self.feature_map and feat.ndim == 4:
                 out["feature_map"] = feat.float()
-            for head in self.heads.values():
-                if not getattr(head, "on_demand", False):  # on-demand heads run on their part's rows only
+            for name, head in self.heads.items():
+                if name not in self.on_demand:
                     out.update(head(emb))
         return out
 
@@ -108,9 +105,11 @@ def build_model(config, num_classes: int, parts: list | None = None) -> FerNet:
         head = part.make_head(model.embed_dim, num_classes)
         if head is not None:
             model.heads[part.name] = head
-    if config.inpaint and pooling.is_vit(model.backbone):
-        raise WorkspaceError(f"--inpaint reconstructs from a CNN feature map; {config.backbone!r} returns "
-                             "ViT tokens. Use a CNN backbone (e.g. resnet18) or --jigsaw.")
+            if part.head_on_demand:
+                model.on_demand.add(part.name)
+        model.feature_map |= part.needs_feature_map
+    for part in parts or []:
+        part.check_model(model, config.backbone)
     if config.pretrained:
         load_pretrained(model.backbone, config.pretrained)
     return model

@@ -10,6 +10,8 @@ outputs are a property of the sample alone (tested by permuting a batch). The ma
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import math
 
 import torch
@@ -17,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fercure.train import reliability as rel
-from fercure.train.parts import Part, Step
+from fercure.train.parts.base import Context, Part, Step, register
 
 
 class ArbexHead(nn.Module):
@@ -52,10 +54,19 @@ def corrected_distribution(out: dict[str, torch.Tensor], anchors: torch.Tensor,
     return rel.balance([p, pa, pt])
 
 
-class ArbexPart(Part):
-    name = "arbex"
+@dataclass(frozen=True)
+class ArbexSettings:
+    anchors_per_class: int
+    anchor_dim: int
+    anchor_weight: float
+    attention_heads: int
+    reliability_weight: float
 
-    def __init__(self, config) -> None:
+
+# After SCN: when both run, ARBEx weights its loss by SCN's α (``Step.weight``).
+@register("arbex", settings=ArbexSettings, enabled=lambda c: c.reliability, after=("scn",))
+class ArbexPart(Part):
+    def __init__(self, config: ArbexSettings, ctx: Context | None = None) -> None:
         self.config = config
         self.head: ArbexHead | None = None
 
@@ -68,7 +79,7 @@ class ArbexPart(Part):
         # The classifier enters detached: the core CE trains it, so ARBEx cannot undo SCN's
         # down-weighting of suspect samples; this term trains the anchor and attention heads.
         corrected, _ = corrected_distribution(out, self.head.anchors, detach_classifier=True)
-        w = out["alpha"].detach() if "alpha" in out else None
+        w = step.weight
         nll = F.nll_loss(torch.log(corrected.clamp_min(1e-8)), step.labels, reduction="none")
         rel_ce = (nll * w).sum() / w.sum().clamp_min(1e-8) if w is not None else nll.mean()
         anc = rel.anchor_loss(out["anchor_z"], step.labels, self.head.anchors, sample_weight=w)
@@ -80,3 +91,6 @@ class ArbexPart(Part):
 
     def anchor_separation(self) -> float:
         return float(rel.anchor_separation(self.head.anchors.detach()))
+
+    def epoch_record(self):
+        return {"anchor_separation": self.anchor_separation()}

@@ -4,10 +4,12 @@ given labels is mixed with cross-entropy against the teacher ensemble's soft lab
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from fercure.train.parts import Part, Step
+from fercure.train.parts.base import Context, Part, Step, register
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -15,13 +17,22 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return -(target * F.log_softmax(logits, dim=1)).sum(dim=1)
 
 
-class DistillPart(Part):
-    name = "distill"
+@dataclass(frozen=True)
+class DistillSettings:
+    distill_weight: float
 
-    def __init__(self, config, soft_targets: torch.Tensor) -> None:
+
+# On in a run with distillation generations; built only for the students (a fit given soft targets).
+@register("distill", settings=DistillSettings, enabled=lambda c: c.distill_generations > 0)
+class DistillPart(Part):
+    def __init__(self, config: DistillSettings, soft_targets: torch.Tensor) -> None:
         self.w = float(config.distill_weight)
         self.ce_weight = 1.0 - self.w
         self.soft = soft_targets
+
+    @classmethod
+    def build(cls, config: DistillSettings, ctx: Context) -> "DistillPart | None":
+        return None if ctx.soft_targets is None else cls(config, ctx.soft_targets)
 
     def loss(self, out, logits, step: Step):
         return self.w * soft_cross_entropy(logits, self.soft[step.idx]).mean()

@@ -9,17 +9,24 @@ saved in every checkpoint.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from fercure.train.parts import Part, Step
+from fercure.train.parts.base import Context, Part, Step, register
 
 
+@dataclass(frozen=True)
+class ElrSettings:
+    elr_lambda: float
+    elr_beta: float
+
+
+@register("elr", settings=ElrSettings, enabled=lambda c: c.elr)
 class ElrPart(Part):
-    name = "elr"
-
-    def __init__(self, config, n: int, num_classes: int, device: torch.device) -> None:
+    def __init__(self, config: ElrSettings, ctx: Context) -> None:
         self.lam, self.beta = float(config.elr_lambda), float(config.elr_beta)
-        self.targets = torch.zeros(n, num_classes, device=device)
+        self.targets = torch.zeros(ctx.n, ctx.num_classes, device=ctx.device)
 
     def loss(self, out, logits, step: Step):
         p = torch.softmax(logits, dim=1).clamp(1e-4, 1.0 - 1e-4)

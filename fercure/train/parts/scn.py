@@ -4,11 +4,22 @@ The math lives in ``fercure.train.selfcure``."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 
 from fercure.train import selfcure
-from fercure.train.parts import Part, Step
+from fercure.train.parts.base import Context, Part, Step, register
+
+
+@dataclass(frozen=True)
+class ScnSettings:
+    beta: float
+    margin1: float
+    margin2: float
+    relabel_start: int
+    relabel_scope: str
 
 
 class _AlphaHead(nn.Module):
@@ -20,10 +31,9 @@ class _AlphaHead(nn.Module):
         return {"alpha": torch.sigmoid(self.fc(emb)).squeeze(1)}
 
 
+@register("scn", settings=ScnSettings, enabled=lambda c: c.selfcure)
 class ScnPart(Part):
-    name = "scn"
-
-    def __init__(self, config) -> None:
+    def __init__(self, config: ScnSettings, ctx: Context | None = None) -> None:
         self.config = config
 
     def make_head(self, embed_dim: int, num_classes: int) -> nn.Module:
@@ -31,6 +41,9 @@ class ScnPart(Part):
 
     def transform_logits(self, out, logits):
         return selfcure.weighted_logits(logits, out["alpha"])
+
+    def sample_weight(self, out):
+        return out["alpha"]
 
     def loss(self, out, logits, step: Step):
         return selfcure.rank_regularization(out["alpha"], self.config.beta, self.config.margin1)
