@@ -167,7 +167,7 @@ def aggregate(plan: RunPlan, members: Sequence[dict[str, Any]], retrain: dict[st
     # flip is counted); a planted sample's own place in that space was learnt with its flip.
     emb = members[0]["embedding"]
     # the kNN goes where training went: `--device cpu` must not wake a GPU (None: the rank's GPU if any)
-    knn_dev = "cpu" if config.device == "cpu" else None
+    knn_dev = "cpu" if getattr(config, "device", "auto") == "cpu" else None
     knn = sg.knn_label_distribution(emb, given, c, k=config.knn, device=knn_dev) if config.knn else np.full((n, c), np.nan)
     knn[pl] = np.nan
 
