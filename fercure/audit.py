@@ -1112,22 +1112,42 @@ def verdict_table(manifest: pd.DataFrame, s: Scored, flags: Flags, sugg_probs: n
                   sugg_conf: np.ndarray, bands: dict, is_amb: np.ndarray, gap: np.ndarray,
                   given_str: np.ndarray, blur_threshold: float | None) -> tuple[pd.DataFrame, dict]:
     """The audit table in manifest order (label columns, face-stage columns, reasons) and its stats."""
-    classes, preds, rows, given, probs, quality = s.classes, s.predictions, s.tiebreak, s.given, s.probs, s.quality
-    k, n_all = len(classes), len(manifest)
-    is_issue = flags.is_issue
+    classes, n_all = s.classes, len(manifest)
     t, joint, nr_counts = _cj_parts(s)
-    cj_issue, cj_class = find_label_issues_confident_joint(probs, given, t)
-    mix = fit_two_component_mixture(quality)
-    mix_issue = np.isfinite(quality) & (quality < mix.threshold)
+    cj_issue, cj_class = find_label_issues_confident_joint(s.probs, s.given, t)
+    mix = fit_two_component_mixture(s.quality)
     cut = _per_class_cut(flags, t)
+    audit = _label_columns(manifest, s, flags.is_issue, sugg_probs, suggested, sugg_conf, is_amb, gap, given_str)
+    face, blur_t = _face_columns(manifest, blur_threshold)
+    for name, values in face.items():
+        audit[name] = values
+    audit["reason"] = _reasons(audit, classes, t, _spread(cj_class, -1, s.tiebreak, n_all, int), mix.threshold,
+                               flags.counts, cut, flags.rule, blur_t, _col(manifest, "reason", ""))
+    stats = _verdict_stats(s, flags, t, joint, nr_counts, cut, mix, int(cj_issue.sum()), bands, blur_t, is_amb,
+                           suggested, face, n_all)
+    return audit, stats
+
+
+def _spread(values: np.ndarray, fill, rows: np.ndarray, n_all: int, dtype=None) -> np.ndarray:
+    """A per-trained-sample array laid out in manifest order (``rows``), ``fill`` elsewhere."""
+    out = np.full(n_all, fill, dtype=dtype if dtype is not None else np.asarray(values).dtype)
+    out[rows] = values
+    return out
+
+
+def _label_columns(manifest: pd.DataFrame, s: Scored, is_issue: np.ndarray, sugg_probs: np.ndarray,
+                   suggested: np.ndarray, sugg_conf: np.ndarray, is_amb: np.ndarray, gap: np.ndarray,
+                   given_str: np.ndarray) -> pd.DataFrame:
+    """The audit's label columns (scores, flags, suggestion, the run's signals, p_<class>) in manifest
+    order: the part of the table that comes from the run rather than from the face stage."""
+    classes, preds, rows, probs = s.classes, s.predictions, s.tiebreak, s.probs
+    n_all = len(manifest)
     ent = preds["uncertainty_entropy"].to_numpy(dtype=float) if "uncertainty_entropy" in preds.columns \
         else np.full(len(preds), np.nan)
     ent = np.where(np.isfinite(ent), ent, entropy(probs))  # the run's (ensemble) entropy, else ours
 
     def full(values: np.ndarray, fill, dtype=None) -> np.ndarray:
-        out = np.full(n_all, fill, dtype=dtype if dtype is not None else np.asarray(values).dtype)
-        out[rows] = values
-        return out
+        return _spread(values, fill, rows, n_all, dtype)
 
     def pred_col(name: str) -> np.ndarray:
         v = preds[name].to_numpy(dtype=float) if name in preds.columns else np.full(len(preds), np.nan)
@@ -1148,7 +1168,7 @@ def verdict_table(manifest: pd.DataFrame, s: Scored, flags: Flags, sugg_probs: n
         "predicted_label": full(pred_str, None, object),
         "suggested_label": full(sugg_str, None, object),
         "suggested_label_confidence": full(sugg_conf, np.nan, float),
-        "label_score": full(quality, np.nan, float),
+        "label_score": full(s.quality, np.nan, float),
         "is_label_issue": full(is_issue, False, bool),
         "ambiguous_score": full(np.clip(gap, 0, 1), np.nan, float),
         "is_ambiguous_issue": full(is_amb, False, bool),
@@ -1164,31 +1184,37 @@ def verdict_table(manifest: pd.DataFrame, s: Scored, flags: Flags, sugg_probs: n
     })
     for j, c in enumerate(classes):
         audit[f"p_{c}"] = full(probs[:, j], np.nan, float)
+    return audit
 
-    # --- face-stage columns and issues, carried over from the manifest
+
+def _face_columns(manifest: pd.DataFrame, blur_threshold: float | None) -> tuple[dict[str, np.ndarray], float]:
+    """The face-stage columns and issues carried over from the manifest, in table order, and the blur
+    cut used; they need no run, so they are computed apart from the label columns."""
     face_status = _col(manifest, "face_status", "ok")
-    audit["face_status"] = face_status
-    audit["face_score"] = _num(manifest, "face_score")
-    audit["sharpness"] = _num(manifest, "sharpness")
-    audit["duplicate_of"] = _col(manifest, "duplicate_of", "")
-    audit["store_index"] = _num(manifest, "store_index", -1).astype(np.int64)
-    is_dup = (face_status == "duplicate") | (audit["duplicate_of"].to_numpy() != "")
-    audit["is_duplicate_issue"] = is_dup
-    audit["duplicate_score"] = np.where(is_dup, 0.0, 1.0)
+    face_score, sharpness = _num(manifest, "face_score"), _num(manifest, "sharpness")
+    duplicate_of = _col(manifest, "duplicate_of", "")
+    is_dup = (face_status == "duplicate") | (duplicate_of != "")
     is_noface = face_status == "no_face"
-    audit["is_no_face_issue"] = is_noface
-    audit["no_face_score"] = np.where(is_noface, 0.0, np.nan_to_num(audit["face_score"].to_numpy(), nan=0.0))
-    is_blur, blur_t = blur_issues(audit["sharpness"].to_numpy(), blur_threshold)
-    audit["blur_score"] = sharpness_rank(audit["sharpness"].to_numpy())
-    audit["is_blur_issue"] = is_blur
-    audit["unreadable_score"] = np.where(face_status == "unreadable", 0.0, 1.0)
-    audit["is_unreadable_issue"] = face_status == "unreadable"
+    is_blur, blur_t = blur_issues(sharpness, blur_threshold)
+    cols = {
+        "face_status": face_status, "face_score": face_score, "sharpness": sharpness, "duplicate_of": duplicate_of,
+        "store_index": _num(manifest, "store_index", -1).astype(np.int64),
+        "is_duplicate_issue": is_dup, "duplicate_score": np.where(is_dup, 0.0, 1.0),
+        "is_no_face_issue": is_noface, "no_face_score": np.where(is_noface, 0.0, np.nan_to_num(face_score, nan=0.0)),
+        "blur_score": sharpness_rank(sharpness), "is_blur_issue": is_blur,
+        "unreadable_score": np.where(face_status == "unreadable", 0.0, 1.0),
+        "is_unreadable_issue": face_status == "unreadable",
+    }
+    return cols, blur_t
 
-    # --- why, in words
-    audit["reason"] = _reasons(audit, classes, t, full(cj_class, -1, int), mix.threshold, flags.counts, cut,
-                               flags.rule, blur_t, _col(manifest, "reason", ""))
 
-    tm = noise_transition_matrix(given, suggested, k)
+def _verdict_stats(s: Scored, flags: Flags, t: np.ndarray, joint: np.ndarray, nr_counts: np.ndarray,
+                   cut: np.ndarray, mix, n_cj_flagged: int, bands: dict, blur_t: float, is_amb: np.ndarray,
+                   suggested: np.ndarray, face: dict[str, np.ndarray], n_all: int) -> dict:
+    """The JSON-ready stats behind the table: thresholds of every rule, mixture fit, counts, per-class
+    rows, transition matrix (what ``stats`` documents in ``build_audit``)."""
+    classes, given, quality, is_issue, used = s.classes, s.given, s.quality, flags.is_issue, flags.rule
+    mix_issue = np.isfinite(quality) & (quality < mix.threshold)
     per_class = {
         c: {
             "n": int((given == j).sum()),
@@ -1199,8 +1225,7 @@ def verdict_table(manifest: pd.DataFrame, s: Scored, flags: Flags, sugg_probs: n
         }
         for j, c in enumerate(classes)
     }
-    used = flags.rule
-    stats = {
+    return {
         "threshold_method_used": used,
         "classes": classes,
         "class_thresholds": {c: _json_float(t[j]) for j, c in enumerate(classes)},
@@ -1209,7 +1234,7 @@ def verdict_table(manifest: pd.DataFrame, s: Scored, flags: Flags, sugg_probs: n
                     "means": [_json_float(m) for m in mix.means],
                     "weights": [_json_float(w) for w in mix.weights],
                     "n_flagged": int(mix_issue.sum())},
-        "confident_joint_n_flagged": int(cj_issue.sum()),
+        "confident_joint_n_flagged": n_cj_flagged,
         "model_strength": dict(s.run_meta.get("model_strength") or {}),
         "self_check": dict(s.run_meta.get("self_check") or {}),
         "noise_rate": {"n_issues": {c: int(flags.counts[j] if used in ("noise_rate", "planted") else nr_counts[j])
@@ -1226,16 +1251,15 @@ def verdict_table(manifest: pd.DataFrame, s: Scored, flags: Flags, sugg_probs: n
         "confidence_bands": bands,
         "blur_threshold": _json_float(blur_t),
         "n_samples": int(n_all),
-        "n_trained": int(len(preds)),
+        "n_trained": int(len(s.predictions)),
         "n_label_issues": int(is_issue.sum()),
         "n_ambiguous": int(is_amb.sum()),
-        "n_duplicate_issues": int(is_dup.sum()),
-        "n_no_face_issues": int(is_noface.sum()),
-        "n_blur_issues": int(is_blur.sum()),
+        "n_duplicate_issues": int(face["is_duplicate_issue"].sum()),
+        "n_no_face_issues": int(face["is_no_face_issue"].sum()),
+        "n_blur_issues": int(face["is_blur_issue"].sum()),
         "per_class": per_class,
-        "transition_matrix": tm.tolist(),
+        "transition_matrix": noise_transition_matrix(given, suggested, len(classes)).tolist(),
     }
-    return audit, stats
 
 
 def _nanmean(x: np.ndarray) -> float | None:
