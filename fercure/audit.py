@@ -943,9 +943,9 @@ def build_audit(
 ) -> tuple[pd.DataFrame, dict]:
     """One audit row per manifest row, and the thresholds/statistics behind the flags.
 
-    The steps: ``align_predictions`` (rows, given labels) → ``score_step`` (label_score on one
-    scale) → the threshold rule (``THRESHOLD_RULES``) → ``suggest_step`` (suggestion, calibrated
-    bands) → ``ambiguity`` → ``verdict_table`` (the table, the reasons, the stats).
+    The steps: ``align_predictions`` (rows, given labels) → ``_score_and_flag`` (``score_step``:
+    label_score on one scale, then the rule of ``THRESHOLD_RULES``) → ``suggest_step`` (suggestion,
+    calibrated bands) → ``ambiguity`` → ``verdict_table`` (the table, the reasons, the stats).
 
     Parameters
     ----------
@@ -967,7 +967,6 @@ def build_audit(
         See ``ambiguity``.
     blur_threshold : float, optional
         Fixed blur cut; default is data-driven (``blur_issues``).
-
     reviewed : DataFrame, optional
         The run's trusted table (``fercure.trusted``): those rows are scored about their reviewed
         label and never flagged (``reviewed_step``).
@@ -995,10 +994,8 @@ def build_audit(
     classes = [str(c) for c in classes]
     as_given, manifest = manifest, with_reviewed_labels(manifest, reviewed)
     preds, rows, given, given_str, n_unmatched = align_predictions(manifest, predictions, classes)
-    probs, quality, group = score_step(preds, classes, given, method, distribution)
-    scored = Scored(quality, probs, given, group, preds, classes, rows, run_meta or {})
-    is_rev = reviewed_mask(preds["sample_id"].tolist(), reviewed)
-    flags = unflag_reviewed(THRESHOLD_RULES[threshold_method](scored), is_rev, len(classes), given)
+    scored, flags, is_rev = _score_and_flag(preds, rows, given, classes, method, distribution, threshold_method,
+                                            run_meta, reviewed)
     sugg_probs, suggested, sugg_conf, bands = suggest_step(preds, classes, given, flags.is_issue, suggest_from)
     is_amb, gap = ambiguity(sugg_probs, margin=ambiguity_margin, max_confidence=ambiguity_max_confidence)
     is_amb = is_amb & ~is_rev
@@ -1006,17 +1003,38 @@ def build_audit(
                                  given_str, blur_threshold)
     audit = reviewed_step(audit, as_given, reviewed)
     stats["reviewed"] = reviewed_stats(reviewed)
-    stats.update({
+    stats.update(_option_stats(method, threshold_method, flags.rule, distribution, suggest_from, ambiguity_margin,
+                               ambiguity_max_confidence, n_unmatched))
+    return audit, stats
+
+
+def _score_and_flag(preds: pd.DataFrame, rows: np.ndarray, given: np.ndarray, classes: list[str],
+                    method: str | Mapping[str, float], distribution: Sequence[str], threshold_method: str,
+                    run_meta: Mapping | None, reviewed: pd.DataFrame | None) -> tuple[Scored, Flags, np.ndarray]:
+    """``score_step`` then the threshold rule, reviewed rows unflagged: the scores, the flags and
+    which trained rows a reviewer decided (the suggestion and ambiguity steps need all three)."""
+    probs, quality, group = score_step(preds, classes, given, method, distribution)
+    scored = Scored(quality, probs, given, group, preds, classes, rows, run_meta or {})
+    is_rev = reviewed_mask(preds["sample_id"].tolist(), reviewed)
+    flags = unflag_reviewed(THRESHOLD_RULES[threshold_method](scored), is_rev, len(classes), given)
+    return scored, flags, is_rev
+
+
+def _option_stats(method: str | Mapping[str, float], threshold_method: str, rule_used: str,
+                  distribution: Sequence[str], suggest_from: Sequence[str], ambiguity_margin: float,
+                  ambiguity_max_confidence: float, n_unmatched: int) -> dict:
+    """The options the audit ran with, as the stats record them. ``planted``/``retrain`` asked for
+    but handed over (their inputs missing) are recorded as ``noise_rate``, the rule that decided."""
+    return {
         "method": method if isinstance(method, str) else dict(method),
         "threshold_method": threshold_method if threshold_method not in ("planted", "retrain") or
-        flags.rule == threshold_method else "noise_rate",
+        rule_used == threshold_method else "noise_rate",
         "distribution": list(distribution),
         "suggest_from": list(suggest_from),
         "ambiguity_margin": float(ambiguity_margin),
         "ambiguity_max_confidence": float(ambiguity_max_confidence),
         "n_predictions_not_in_manifest": int(n_unmatched),
-    })
-    return audit, stats
+    }
 
 
 # ---------------------------------------------------------------------------------------------
