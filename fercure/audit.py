@@ -943,9 +943,9 @@ def build_audit(
 ) -> tuple[pd.DataFrame, dict]:
     """One audit row per manifest row, and the thresholds/statistics behind the flags.
 
-    The steps: ``align_predictions`` (rows, given labels) → ``score_step`` (label_score on one
-    scale) → the threshold rule (``THRESHOLD_RULES``) → ``suggest_step`` (suggestion, calibrated
-    bands) → ``ambiguity`` → ``verdict_table`` (the table, the reasons, the stats).
+    The steps: ``align_predictions`` (rows, given labels) → ``_score_and_flag`` (``score_step``:
+    label_score on one scale, then the rule of ``THRESHOLD_RULES``) → ``suggest_step`` (suggestion,
+    calibrated bands) → ``ambiguity`` → ``verdict_table`` (the table, the reasons, the stats).
 
     Parameters
     ----------
@@ -967,7 +967,6 @@ def build_audit(
         See ``ambiguity``.
     blur_threshold : float, optional
         Fixed blur cut; default is data-driven (``blur_issues``).
-
     reviewed : DataFrame, optional
         The run's trusted table (``fercure.trusted``): those rows are scored about their reviewed
         label and never flagged (``reviewed_step``).
@@ -995,10 +994,8 @@ def build_audit(
     classes = [str(c) for c in classes]
     as_given, manifest = manifest, with_reviewed_labels(manifest, reviewed)
     preds, rows, given, given_str, n_unmatched = align_predictions(manifest, predictions, classes)
-    probs, quality, group = score_step(preds, classes, given, method, distribution)
-    scored = Scored(quality, probs, given, group, preds, classes, rows, run_meta or {})
-    is_rev = reviewed_mask(preds["sample_id"].tolist(), reviewed)
-    flags = unflag_reviewed(THRESHOLD_RULES[threshold_method](scored), is_rev, len(classes), given)
+    scored, flags, is_rev = _score_and_flag(preds, rows, given, classes, method, distribution, threshold_method,
+                                            run_meta, reviewed)
     sugg_probs, suggested, sugg_conf, bands = suggest_step(preds, classes, given, flags.is_issue, suggest_from)
     is_amb, gap = ambiguity(sugg_probs, margin=ambiguity_margin, max_confidence=ambiguity_max_confidence)
     is_amb = is_amb & ~is_rev
@@ -1006,17 +1003,38 @@ def build_audit(
                                  given_str, blur_threshold)
     audit = reviewed_step(audit, as_given, reviewed)
     stats["reviewed"] = reviewed_stats(reviewed)
-    stats.update({
+    stats.update(_option_stats(method, threshold_method, flags.rule, distribution, suggest_from, ambiguity_margin,
+                               ambiguity_max_confidence, n_unmatched))
+    return audit, stats
+
+
+def _score_and_flag(preds: pd.DataFrame, rows: np.ndarray, given: np.ndarray, classes: list[str],
+                    method: str | Mapping[str, float], distribution: Sequence[str], threshold_method: str,
+                    run_meta: Mapping | None, reviewed: pd.DataFrame | None) -> tuple[Scored, Flags, np.ndarray]:
+    """``score_step`` then the threshold rule, reviewed rows unflagged: the scores, the flags and
+    which trained rows a reviewer decided (the suggestion and ambiguity steps need all three)."""
+    probs, quality, group = score_step(preds, classes, given, method, distribution)
+    scored = Scored(quality, probs, given, group, preds, classes, rows, run_meta or {})
+    is_rev = reviewed_mask(preds["sample_id"].tolist(), reviewed)
+    flags = unflag_reviewed(THRESHOLD_RULES[threshold_method](scored), is_rev, len(classes), given)
+    return scored, flags, is_rev
+
+
+def _option_stats(method: str | Mapping[str, float], threshold_method: str, rule_used: str,
+                  distribution: Sequence[str], suggest_from: Sequence[str], ambiguity_margin: float,
+                  ambiguity_max_confidence: float, n_unmatched: int) -> dict:
+    """The options the audit ran with, as the stats record them. ``planted``/``retrain`` asked for
+    but handed over (their inputs missing) are recorded as ``noise_rate``, the rule that decided."""
+    return {
         "method": method if isinstance(method, str) else dict(method),
         "threshold_method": threshold_method if threshold_method not in ("planted", "retrain") or
-        flags.rule == threshold_method else "noise_rate",
+        rule_used == threshold_method else "noise_rate",
         "distribution": list(distribution),
         "suggest_from": list(suggest_from),
         "ambiguity_margin": float(ambiguity_margin),
         "ambiguity_max_confidence": float(ambiguity_max_confidence),
         "n_predictions_not_in_manifest": int(n_unmatched),
-    })
-    return audit, stats
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1112,22 +1130,42 @@ def verdict_table(manifest: pd.DataFrame, s: Scored, flags: Flags, sugg_probs: n
                   sugg_conf: np.ndarray, bands: dict, is_amb: np.ndarray, gap: np.ndarray,
                   given_str: np.ndarray, blur_threshold: float | None) -> tuple[pd.DataFrame, dict]:
     """The audit table in manifest order (label columns, face-stage columns, reasons) and its stats."""
-    classes, preds, rows, given, probs, quality = s.classes, s.predictions, s.tiebreak, s.given, s.probs, s.quality
-    k, n_all = len(classes), len(manifest)
-    is_issue = flags.is_issue
+    classes, n_all = s.classes, len(manifest)
     t, joint, nr_counts = _cj_parts(s)
-    cj_issue, cj_class = find_label_issues_confident_joint(probs, given, t)
-    mix = fit_two_component_mixture(quality)
-    mix_issue = np.isfinite(quality) & (quality < mix.threshold)
+    cj_issue, cj_class = find_label_issues_confident_joint(s.probs, s.given, t)
+    mix = fit_two_component_mixture(s.quality)
     cut = _per_class_cut(flags, t)
+    audit = _label_columns(manifest, s, flags.is_issue, sugg_probs, suggested, sugg_conf, is_amb, gap, given_str)
+    face, blur_t = _face_columns(manifest, blur_threshold)
+    for name, values in face.items():
+        audit[name] = values
+    audit["reason"] = _reasons(audit, classes, t, _spread(cj_class, -1, s.tiebreak, n_all, int), mix.threshold,
+                               flags.counts, cut, flags.rule, blur_t, _col(manifest, "reason", ""))
+    stats = _verdict_stats(s, flags, t, joint, nr_counts, cut, mix, int(cj_issue.sum()), bands, blur_t, is_amb,
+                           suggested, face, n_all)
+    return audit, stats
+
+
+def _spread(values: np.ndarray, fill, rows: np.ndarray, n_all: int, dtype=None) -> np.ndarray:
+    """A per-trained-sample array laid out in manifest order (``rows``), ``fill`` elsewhere."""
+    out = np.full(n_all, fill, dtype=dtype if dtype is not None else np.asarray(values).dtype)
+    out[rows] = values
+    return out
+
+
+def _label_columns(manifest: pd.DataFrame, s: Scored, is_issue: np.ndarray, sugg_probs: np.ndarray,
+                   suggested: np.ndarray, sugg_conf: np.ndarray, is_amb: np.ndarray, gap: np.ndarray,
+                   given_str: np.ndarray) -> pd.DataFrame:
+    """The audit's label columns (scores, flags, suggestion, the run's signals, p_<class>) in manifest
+    order: the part of the table that comes from the run rather than from the face stage."""
+    classes, preds, rows, probs = s.classes, s.predictions, s.tiebreak, s.probs
+    n_all = len(manifest)
     ent = preds["uncertainty_entropy"].to_numpy(dtype=float) if "uncertainty_entropy" in preds.columns \
         else np.full(len(preds), np.nan)
     ent = np.where(np.isfinite(ent), ent, entropy(probs))  # the run's (ensemble) entropy, else ours
 
     def full(values: np.ndarray, fill, dtype=None) -> np.ndarray:
-        out = np.full(n_all, fill, dtype=dtype if dtype is not None else np.asarray(values).dtype)
-        out[rows] = values
-        return out
+        return _spread(values, fill, rows, n_all, dtype)
 
     def pred_col(name: str) -> np.ndarray:
         v = preds[name].to_numpy(dtype=float) if name in preds.columns else np.full(len(preds), np.nan)
@@ -1148,7 +1186,7 @@ def verdict_table(manifest: pd.DataFrame, s: Scored, flags: Flags, sugg_probs: n
         "predicted_label": full(pred_str, None, object),
         "suggested_label": full(sugg_str, None, object),
         "suggested_label_confidence": full(sugg_conf, np.nan, float),
-        "label_score": full(quality, np.nan, float),
+        "label_score": full(s.quality, np.nan, float),
         "is_label_issue": full(is_issue, False, bool),
         "ambiguous_score": full(np.clip(gap, 0, 1), np.nan, float),
         "is_ambiguous_issue": full(is_amb, False, bool),
@@ -1164,31 +1202,37 @@ def verdict_table(manifest: pd.DataFrame, s: Scored, flags: Flags, sugg_probs: n
     })
     for j, c in enumerate(classes):
         audit[f"p_{c}"] = full(probs[:, j], np.nan, float)
+    return audit
 
-    # --- face-stage columns and issues, carried over from the manifest
+
+def _face_columns(manifest: pd.DataFrame, blur_threshold: float | None) -> tuple[dict[str, np.ndarray], float]:
+    """The face-stage columns and issues carried over from the manifest, in table order, and the blur
+    cut used; they need no run, so they are computed apart from the label columns."""
     face_status = _col(manifest, "face_status", "ok")
-    audit["face_status"] = face_status
-    audit["face_score"] = _num(manifest, "face_score")
-    audit["sharpness"] = _num(manifest, "sharpness")
-    audit["duplicate_of"] = _col(manifest, "duplicate_of", "")
-    audit["store_index"] = _num(manifest, "store_index", -1).astype(np.int64)
-    is_dup = (face_status == "duplicate") | (audit["duplicate_of"].to_numpy() != "")
-    audit["is_duplicate_issue"] = is_dup
-    audit["duplicate_score"] = np.where(is_dup, 0.0, 1.0)
+    face_score, sharpness = _num(manifest, "face_score"), _num(manifest, "sharpness")
+    duplicate_of = _col(manifest, "duplicate_of", "")
+    is_dup = (face_status == "duplicate") | (duplicate_of != "")
     is_noface = face_status == "no_face"
-    audit["is_no_face_issue"] = is_noface
-    audit["no_face_score"] = np.where(is_noface, 0.0, np.nan_to_num(audit["face_score"].to_numpy(), nan=0.0))
-    is_blur, blur_t = blur_issues(audit["sharpness"].to_numpy(), blur_threshold)
-    audit["blur_score"] = sharpness_rank(audit["sharpness"].to_numpy())
-    audit["is_blur_issue"] = is_blur
-    audit["unreadable_score"] = np.where(face_status == "unreadable", 0.0, 1.0)
-    audit["is_unreadable_issue"] = face_status == "unreadable"
+    is_blur, blur_t = blur_issues(sharpness, blur_threshold)
+    cols = {
+        "face_status": face_status, "face_score": face_score, "sharpness": sharpness, "duplicate_of": duplicate_of,
+        "store_index": _num(manifest, "store_index", -1).astype(np.int64),
+        "is_duplicate_issue": is_dup, "duplicate_score": np.where(is_dup, 0.0, 1.0),
+        "is_no_face_issue": is_noface, "no_face_score": np.where(is_noface, 0.0, np.nan_to_num(face_score, nan=0.0)),
+        "blur_score": sharpness_rank(sharpness), "is_blur_issue": is_blur,
+        "unreadable_score": np.where(face_status == "unreadable", 0.0, 1.0),
+        "is_unreadable_issue": face_status == "unreadable",
+    }
+    return cols, blur_t
 
-    # --- why, in words
-    audit["reason"] = _reasons(audit, classes, t, full(cj_class, -1, int), mix.threshold, flags.counts, cut,
-                               flags.rule, blur_t, _col(manifest, "reason", ""))
 
-    tm = noise_transition_matrix(given, suggested, k)
+def _verdict_stats(s: Scored, flags: Flags, t: np.ndarray, joint: np.ndarray, nr_counts: np.ndarray,
+                   cut: np.ndarray, mix, n_cj_flagged: int, bands: dict, blur_t: float, is_amb: np.ndarray,
+                   suggested: np.ndarray, face: dict[str, np.ndarray], n_all: int) -> dict:
+    """The JSON-ready stats behind the table: thresholds of every rule, mixture fit, counts, per-class
+    rows, transition matrix (what ``stats`` documents in ``build_audit``)."""
+    classes, given, quality, is_issue, used = s.classes, s.given, s.quality, flags.is_issue, flags.rule
+    mix_issue = np.isfinite(quality) & (quality < mix.threshold)
     per_class = {
         c: {
             "n": int((given == j).sum()),
@@ -1199,8 +1243,7 @@ def verdict_table(manifest: pd.DataFrame, s: Scored, flags: Flags, sugg_probs: n
         }
         for j, c in enumerate(classes)
     }
-    used = flags.rule
-    stats = {
+    return {
         "threshold_method_used": used,
         "classes": classes,
         "class_thresholds": {c: _json_float(t[j]) for j, c in enumerate(classes)},
@@ -1209,7 +1252,7 @@ def verdict_table(manifest: pd.DataFrame, s: Scored, flags: Flags, sugg_probs: n
                     "means": [_json_float(m) for m in mix.means],
                     "weights": [_json_float(w) for w in mix.weights],
                     "n_flagged": int(mix_issue.sum())},
-        "confident_joint_n_flagged": int(cj_issue.sum()),
+        "confident_joint_n_flagged": n_cj_flagged,
         "model_strength": dict(s.run_meta.get("model_strength") or {}),
         "self_check": dict(s.run_meta.get("self_check") or {}),
         "noise_rate": {"n_issues": {c: int(flags.counts[j] if used in ("noise_rate", "planted") else nr_counts[j])
@@ -1226,16 +1269,15 @@ def verdict_table(manifest: pd.DataFrame, s: Scored, flags: Flags, sugg_probs: n
         "confidence_bands": bands,
         "blur_threshold": _json_float(blur_t),
         "n_samples": int(n_all),
-        "n_trained": int(len(preds)),
+        "n_trained": int(len(s.predictions)),
         "n_label_issues": int(is_issue.sum()),
         "n_ambiguous": int(is_amb.sum()),
-        "n_duplicate_issues": int(is_dup.sum()),
-        "n_no_face_issues": int(is_noface.sum()),
-        "n_blur_issues": int(is_blur.sum()),
+        "n_duplicate_issues": int(face["is_duplicate_issue"].sum()),
+        "n_no_face_issues": int(face["is_no_face_issue"].sum()),
+        "n_blur_issues": int(face["is_blur_issue"].sum()),
         "per_class": per_class,
-        "transition_matrix": tm.tolist(),
+        "transition_matrix": noise_transition_matrix(given, suggested, len(classes)).tolist(),
     }
-    return audit, stats
 
 
 def _nanmean(x: np.ndarray) -> float | None:

@@ -104,20 +104,9 @@ def run_audit(
     ws = workspace if isinstance(workspace, Workspace) else Workspace(Path(workspace))
     ws.require(ws.manifest, "prepare")
     run_id = run_id or ws.latest_run()
-    predictions_path = ws.run_dir(run_id) / "predictions.parquet"
-    if not predictions_path.exists():
-        raise AuditInputError(
-            f"{predictions_path} does not exist: run {run_id!r} did not finish (or no such run). "
-            f"Run `fercure train -w {ws.root}` (or --resume), or pick a finished run with --run.")
+    predictions_path = _predictions_path(ws, run_id)
     task = reporter.task("audit", 4)
-    manifest = read_table(ws.manifest)
-    predictions = read_table(predictions_path)
-    classes = _classes(ws, run_id, predictions_path)
-    for col in ("sample_id", "source_path", "label"):
-        if col not in manifest.columns:
-            raise AuditInputError(f"{ws.manifest} has no column {col!r}; re-run `fercure prepare`.")
-    if "sample_id" not in predictions.columns:
-        raise AuditInputError(f"{predictions_path} has no sample_id column; re-run `fercure train`.")
+    manifest, predictions, classes = _read_inputs(ws, run_id, predictions_path)
     task.advance()
 
     trusted = trusted_labels.read(ws.run_dir(run_id))  # the samples a reviewer decided (train --trusted)
@@ -130,45 +119,27 @@ def run_audit(
                               f"If the manifest changed after training, re-run `fercure train -w {ws.root}`.") from e
     task.advance()
 
-    thresholds = {k: stats[k] for k in THRESHOLD_KEYS if k in stats}
-    meta = {
-        "run_id": run_id, "classes": classes, "thresholds": thresholds,
-        "stats": {k: v for k, v in stats.items() if k not in THRESHOLD_KEYS},
-        "predictions": str(predictions_path),
-        "trusted": read_metadata(predictions_path).get("trusted") or {},
-    }
-    write_table(table, ws.audit, meta, table=schema.AUDIT)
+    thresholds = _write_audit(ws, table, stats, run_id, classes, predictions_path)
     task.advance()
 
     out_report: Path | None = None
     if write_report:
         out_report = Path(report_path) if report_path is not None else ws.report
-        crops = np.load(ws.store, mmap_mode="r") if ws.store.exists() else None
-        rejects = read_table(ws.rejects) if ws.rejects.exists() else None
-        # what `export-cleaned` with its default policy would do, shown on each card beside the decision
-        actions = export_core.apply_policy(table, classes, model_verdict=stats["model_strength"].get("verdict"))["action"]
-        html = render_report(table, stats, classes, crops=crops, run_id=run_id, manifest=manifest,
-                             rejects=rejects, actions=actions.tolist(), workspace=str(ws.root.resolve()),
-                             input_root=ws.prepared_inputs()[0])
-        atomic_write_text(out_report, html)
+        _write_report(ws, out_report, table, stats, classes, run_id, manifest)
     task.advance()
     task.close()
     verdict = stats["model_strength"].get("verdict")
     if verdict in ("weak", "too_weak"):
         reporter.log(f"audit-labels: {stats['model_strength'].get('message')}")
 
-    per_class = pd.DataFrame.from_dict(stats["per_class"], orient="index")
-    per_class.index.name = "class"
-    tm = pd.DataFrame(stats["transition_matrix"], index=pd.Index(classes, name="given"),
-                      columns=pd.Index(classes, name="suggested"))
     return AuditSummary(
         run_id=run_id,
         n_samples=stats["n_samples"],
         n_trained=stats["n_trained"],
         n_label_issues=stats["n_label_issues"],
         n_ambiguous=stats["n_ambiguous"],
-        per_class=per_class,
-        transition_matrix=tm,
+        per_class=_per_class_frame(stats),
+        transition_matrix=_transition_frame(stats, classes),
         thresholds=thresholds,
         face_issues={
             "duplicate": stats["n_duplicate_issues"], "no_face": stats["n_no_face_issues"],
@@ -181,6 +152,70 @@ def run_audit(
         model_strength=str(stats["model_strength"].get("message", "")),
         self_check=_self_check_rows(stats["self_check"]),
     )
+
+
+def _predictions_path(ws: Workspace, run_id: str) -> Path:
+    """The run's predictions table; a run without one did not finish, which the message says how to fix."""
+    predictions_path = ws.run_dir(run_id) / "predictions.parquet"
+    if not predictions_path.exists():
+        raise AuditInputError(
+            f"{predictions_path} does not exist: run {run_id!r} did not finish (or no such run). "
+            f"Run `fercure train -w {ws.root}` (or --resume), or pick a finished run with --run.")
+    return predictions_path
+
+
+def _read_inputs(ws: Workspace, run_id: str, predictions_path: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """Manifest, predictions and the run's classes, with the columns the audit needs checked up front so a
+    stale workspace fails with what to re-run rather than a KeyError deep in the scoring."""
+    manifest = read_table(ws.manifest)
+    predictions = read_table(predictions_path)
+    classes = _classes(ws, run_id, predictions_path)
+    for col in ("sample_id", "source_path", "label"):
+        if col not in manifest.columns:
+            raise AuditInputError(f"{ws.manifest} has no column {col!r}; re-run `fercure prepare`.")
+    if "sample_id" not in predictions.columns:
+        raise AuditInputError(f"{predictions_path} has no sample_id column; re-run `fercure train`.")
+    return manifest, predictions, classes
+
+
+def _write_audit(ws: Workspace, table: pd.DataFrame, stats: dict, run_id: str, classes: list[str],
+                 predictions_path: Path) -> dict:
+    """WS/audit.parquet with its metadata (the flag-deciding stats apart as "thresholds"); returns those."""
+    thresholds = {k: stats[k] for k in THRESHOLD_KEYS if k in stats}
+    meta = {
+        "run_id": run_id, "classes": classes, "thresholds": thresholds,
+        "stats": {k: v for k, v in stats.items() if k not in THRESHOLD_KEYS},
+        "predictions": str(predictions_path),
+        "trusted": read_metadata(predictions_path).get("trusted") or {},
+    }
+    write_table(table, ws.audit, meta, table=schema.AUDIT)
+    return thresholds
+
+
+def _write_report(ws: Workspace, out_report: Path, table: pd.DataFrame, stats: dict, classes: list[str],
+                  run_id: str, manifest: pd.DataFrame) -> None:
+    """The HTML report at ``out_report``, with the crops, rejects and default export actions it shows."""
+    crops = np.load(ws.store, mmap_mode="r") if ws.store.exists() else None
+    rejects = read_table(ws.rejects) if ws.rejects.exists() else None
+    # what `export-cleaned` with its default policy would do, shown on each card beside the decision
+    actions = export_core.apply_policy(table, classes, model_verdict=stats["model_strength"].get("verdict"))["action"]
+    html = render_report(table, stats, classes, crops=crops, run_id=run_id, manifest=manifest,
+                         rejects=rejects, actions=actions.tolist(), workspace=str(ws.root.resolve()),
+                         input_root=ws.prepared_inputs()[0])
+    atomic_write_text(out_report, html)
+
+
+def _per_class_frame(stats: dict) -> pd.DataFrame:
+    """``stats["per_class"]`` as the summary's table, one row per class."""
+    per_class = pd.DataFrame.from_dict(stats["per_class"], orient="index")
+    per_class.index.name = "class"
+    return per_class
+
+
+def _transition_frame(stats: dict, classes: list[str]) -> pd.DataFrame:
+    """``stats["transition_matrix"]`` labelled: rows the given label, columns the suggested one."""
+    return pd.DataFrame(stats["transition_matrix"], index=pd.Index(classes, name="given"),
+                        columns=pd.Index(classes, name="suggested"))
 
 
 def _self_check_rows(sc: dict) -> dict:

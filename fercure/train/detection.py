@@ -146,9 +146,7 @@ def aggregate(plan: RunPlan, members: Sequence[dict[str, Any]], retrain: dict[st
     pl, ho = plan.planted, plan.holdout
 
     def at_trained(values: np.ndarray) -> np.ndarray:
-        out = np.full(n, np.nan)
-        out[trained] = values
-        return out
+        return _at(n, trained, values)
 
     mean_p_train = at_trained(summ["mean_p_given"])
     std_train = at_trained(np.sqrt(summ["var_p_given"]))
@@ -194,46 +192,87 @@ def aggregate(plan: RunPlan, members: Sequence[dict[str, Any]], retrain: dict[st
         cols["mean_p_given_eval"] = pe
 
     # ---- fusion, fitted on planted flips (features about the training label) vs the rest
-    xf, knn_train = None, None
-    fit_rows = np.zeros(n, dtype=bool)
-    fit_rows[trained] = True
-    fusion = {"features": list(sg.FUSION_FEATURES), "fitted": False}
-    cols["fusion_quality"] = np.full(n, np.nan)
+    knn_train = None
     if config.knn and pl.sum() >= 10:
         # the fit needs the vote on the labels the first model trained on; it stays inside this function
         knn_train = sg.knn_label_distribution(emb, tl, c, k=config.knn, device=knn_dev)[np.arange(n), tl]
-        feats_train = {"mean_p_given": mean_p_train, "std_p_given": std_train,
-                       "aum": aum_train, "knn_agreement": knn_train,
-                       "class_adjusted": sg.class_adjusted(mean_p_train, tl, c), "forgetting": -forget_train}
+    on_train = {"mean_p": mean_p_train, "std": std_train, "aum": aum_train, "knn": knn_train, "forget": forget_train}
+    on_given = {"mean_p": mean_p, "std": std_p, "aum": aum, "knn": knn_agree, "forget": forget_given}
+    cols["fusion_quality"], fusion, fit_rows = _fusion_step(plan, trained, on_train, on_given, c)
+
+    # ---- the retrain's second opinion
+    suspect_score = mean_p.copy()  # trained: in-sample; probe: first model held out; planted: second model held out
+    if retrain is not None:
+        cols.update(_retrain_columns(retrain, given, rp))
+    cols["retrain_suspect"] = _retrain_suspects(plan, suspect_score, rp, retrain is not None, config.retrain_drop)
+
+    self_check = _self_check(pl, fit_rows, mean_p_train, knn_train, config.plant_rate, fusion)
+    strength = model_strength(eval_probs[ho], given[ho], c)
+    strength["planted_auroc"] = self_check.get("auroc_mean_p")
+    strength.update(verdict_of(strength))
+    return cols, self_check, strength
+
+
+def _at(n: int, positions: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``values`` (one per trained position) on all ``n`` samples, NaN for the rest."""
+    out = np.full(n, np.nan)
+    out[positions] = values
+    return out
+
+
+def _fusion_step(plan: RunPlan, trained: np.ndarray, on_train: dict[str, np.ndarray | None],
+                 on_given: dict[str, np.ndarray], c: int) -> tuple[np.ndarray, dict, np.ndarray]:
+    """The fused quality score: a logistic fit of planted flips vs the rest on features about the
+    *training* label (``on_train``; its ``knn`` None when there is no kNN or too few planted), applied
+    to the same features about the *given* label. Returns the column (NaN on planted rows and when
+    unfitted), the fit's record, and the trained rows with finite features (the self-check's rows)."""
+    n, pl, tl, given = len(plan.given), plan.planted, plan.train_labels, plan.given
+    xf = None
+    fit_rows = np.zeros(n, dtype=bool)
+    fit_rows[trained] = True
+    fusion = {"features": list(sg.FUSION_FEATURES), "fitted": False}
+    quality = np.full(n, np.nan)
+    if on_train["knn"] is not None:
+        feats_train = {"mean_p_given": on_train["mean_p"], "std_p_given": on_train["std"],
+                       "aum": on_train["aum"], "knn_agreement": on_train["knn"],
+                       "class_adjusted": sg.class_adjusted(on_train["mean_p"], tl, c), "forgetting": -on_train["forget"]}
         xf = sg.fusion_features(feats_train)
         fit_rows &= np.isfinite(xf).all(axis=1)
     if xf is not None and pl[fit_rows].sum() >= 10:
+        std_p, forget_given, mean_p = on_given["std"], on_given["forget"], on_given["mean_p"]
         feats_given = {"mean_p_given": mean_p, "std_p_given": np.where(np.isfinite(std_p), std_p, np.nanmean(std_p)),
-                       "aum": aum, "knn_agreement": knn_agree,
+                       "aum": on_given["aum"], "knn_agreement": on_given["knn"],
                        "class_adjusted": sg.class_adjusted(mean_p, given, c),
                        "forgetting": -np.where(np.isfinite(forget_given), forget_given, np.nanmean(forget_given))}
         w, b, mu, sd = sg.fit_logistic(xf[fit_rows], pl[fit_rows].astype(float))
         xg = sg.fusion_features(feats_given)
         prior = float(pl[fit_rows].mean())
         logit = sg.predict_logit(np.nan_to_num(xg, nan=0.0), w, b, mu, sd) - np.log(prior / (1 - prior))
-        cols["fusion_quality"] = nan_planted(1.0 / (1.0 + np.exp(np.clip(logit, -30, 30))))
+        quality = np.where(pl, np.nan, 1.0 / (1.0 + np.exp(np.clip(logit, -30, 30))))
         fusion.update(fitted=True, weights=[float(v) for v in w], bias=b, n_planted=int(pl[fit_rows].sum()))
+    return quality, fusion, fit_rows
 
-    # ---- the retrain's second opinion
-    group = estimator_group(plan)
-    suspect_score = mean_p.copy()  # trained: in-sample; probe: first model held out; planted: second model held out
-    if retrain is not None:
-        kept = retrain["trained"]
-        dropped = np.ones(n, dtype=bool)
-        dropped[kept] = False
-        s2 = np.full(n, np.nan)
-        s2[kept] = summarize([retrain["dynamics"]])["mean_p_given"]
-        s2[dropped] = rp[dropped, given[dropped]]
-        cols["retrain_p_given"] = s2
-        cols["retrain_held_out"] = dropped
-        cols["retrain_probs"] = rp
-    suspect = lowest_share_per_group(suspect_score, group, config.retrain_drop)
-    if retrain is not None and ho.any() and pl.any():
+
+def _retrain_columns(retrain: dict[str, Any], given: np.ndarray, rp: np.ndarray) -> dict[str, np.ndarray]:
+    """The second model's p(given) (in-sample where it trained, held out where it did not), which rows
+    it held out, and its class distributions."""
+    n = len(given)
+    kept = retrain["trained"]
+    dropped = np.ones(n, dtype=bool)
+    dropped[kept] = False
+    s2 = np.full(n, np.nan)
+    s2[kept] = summarize([retrain["dynamics"]])["mean_p_given"]
+    s2[dropped] = rp[dropped, given[dropped]]
+    return {"retrain_p_given": s2, "retrain_held_out": dropped, "retrain_probs": rp}
+
+
+def _retrain_suspects(plan: RunPlan, suspect_score: np.ndarray, rp: np.ndarray, has_retrain: bool,
+                      drop: float) -> np.ndarray:
+    """The rows the two-step rule calls suspect: the lowest ``drop`` share per estimator group, with
+    the planted rows' share matched to the probe's rate (see the comment inside)."""
+    given, pl, ho = plan.given, plan.planted, plan.holdout
+    suspect = lowest_share_per_group(suspect_score, estimator_group(plan), drop)
+    if has_retrain and ho.any() and pl.any():
         # A planted row has one flip-free view (the second model's), where a probe row has two
         # independent ones; picking its suspects by that same view and confirming with it would
         # over-flag the planted. The probe, held out of both models and drawn the same way, says
@@ -242,12 +281,15 @@ def aggregate(plan: RunPlan, members: Sequence[dict[str, Any]], retrain: dict[st
         disagree = np.argmax(np.nan_to_num(rp, nan=-1.0), axis=1) != given
         cut = matched_cut(rp[ho, given[ho]], disagree[ho], float((suspect & disagree)[ho].mean()))
         suspect[pl] = rp[pl, given[pl]] <= cut
-    cols["retrain_suspect"] = suspect
+    return suspect
 
-    # ---- self-check: how the first score ranks the planted flips among the trained samples
-    self_check: dict[str, Any] = {"n_planted": int(pl.sum()), "plant_rate": float(config.plant_rate)}
+
+def _self_check(pl: np.ndarray, rows: np.ndarray, mean_p_train: np.ndarray, knn_train: np.ndarray | None,
+                plant_rate: float, fusion: dict) -> dict[str, Any]:
+    """How the first score ranks the planted flips among the trained samples (``rows``): the run's
+    own evidence that its scores find wrong labels."""
+    self_check: dict[str, Any] = {"n_planted": int(pl.sum()), "plant_rate": float(plant_rate)}
     if pl.any():
-        rows = fit_rows
         self_check["auroc_mean_p"] = auroc(pl[rows], -mean_p_train[rows])
         self_check["auroc_knn"] = auroc(pl[rows], -knn_train[rows]) if knn_train is not None else None
         share = sg.estimate_error_share(mean_p_train[rows], pl[rows])
@@ -257,11 +299,7 @@ def aggregate(plan: RunPlan, members: Sequence[dict[str, Any]], retrain: dict[st
             cut = np.sort(mean_p_train[rows])[max(k - 1, 0)] if k > 0 else -np.inf
             self_check["recall_at_estimated_share"] = float((mean_p_train[rows & pl] <= cut).mean())
     self_check["fusion"] = fusion
-
-    strength = model_strength(eval_probs[ho], given[ho], c)
-    strength["planted_auroc"] = self_check.get("auroc_mean_p")
-    strength.update(verdict_of(strength))
-    return cols, self_check, strength
+    return self_check
 
 
 def hide_flips(predictions: pd.DataFrame, plan: RunPlan, classes: Sequence[str],
