@@ -12,16 +12,19 @@ on the probe) → ``ambiguity`` → ``verdict_table``. A new signal or rule is o
 Scores
 ------
 The audit's ``label_score`` column (computed by ``label_quality``) is in 0..1, low = the given label
-is likely wrong (cleanlab's convention; every ``<issue>_score`` column points the same way). The default (``method=
-"confidence"``) is the mean over training epochs of p(given label) — dataset cartography's
-*confidence*. On FER2013 with FER+ votes (benchmarks/fer2013-ferplus) one plain run's confidence
-reached AUROC 0.902 against 0.844 for confident learning on 5-fold out-of-fold probabilities, at a
-fifth of the cost. Other signals of the predictions table can be used alone or blended (see
-``label_quality``).
+is likely wrong (cleanlab's convention; every ``<issue>_score`` column points the same way). The
+audit's default (``DEFAULT_SCORE``) is ``confidence_variability``: the mean over training epochs of
+p(given label) plus its standard deviation, scaled to 0..1 — dataset cartography's *confidence* and
+*variability*: a wrong label stays low and steady, an ambiguous one swings. Other
+signals of the predictions table can be used alone or blended (see ``label_quality``); how each
+measured is in docs/METHODS.md and benchmarks/RESULTS.md (figures live there, not here).
 
 Thresholds (no ground truth)
 ----------------------------
-``threshold_method="noise_rate"`` (default): count with the confident joint, rank with the score —
+``threshold_method="retrain"`` (``DEFAULT_THRESHOLD``): a sample is an issue when the run's second
+model, trained without it, still finds its label suspect (``rule_retrain``); a run without the retrain
+falls back to ``noise_rate`` and ``stats["threshold_method_used"]`` says so.
+``threshold_method="noise_rate"``: count with the confident joint, rank with the score —
 cleanlab's count-then-rank rule in its per-class form (``find_label_issues(...,
 filter_by="prune_by_class")``; its default ``"prune_by_noise_rate"`` differs as noted below). (1)
 The confident joint C[given, confident class] is built on the audit distribution p̄ with the
@@ -48,34 +51,7 @@ labelled j, on the audit distribution p̄ (mean over epochs); a sample labelled 
 p̄_y < t_y and some other class k has p̄_k ≥ t_k — the off-diagonal of the confident joint.
 All three are always computed; provenance carries each one's count, so the alternatives show.
 
-Why noise_rate is the default. On real human label noise (benchmarks/bench_label_noise.py, FER2013
-labels vs FER+ votes, results in benchmarks/results/label_noise.json) both older rules failed, in a
-CPU small-scale run (1,500 images, 5 epochs, underfit models, error base rate 0.27): the mixture
-flagged 1.6% of samples (recall 0.02); the confident-joint fallback flagged about half the data
-with precision 0.25 — no better than random — while the score itself ranked best of all signals
-(AUROC 0.72). cleanlab's default count-then-rank on 5-fold out-of-fold probabilities gave the best
-F1 in that run (0.454, vs 0.33–0.38 for fercure's confident-joint flags). noise_rate applies that
-rule to fercure's in-sample p̄ and its best-measured score; that combination itself has not yet been
-measured on FER+, and the full-scale GPU run (the whole training set, well-trained models) is
-still open, so these are small-scale, underfit figures and may not carry over.
-
-Trade-off. How many are flagged comes from the confident joint; which ones, from the score. The
-count inherits the confident joint's biases: a run that memorises the given label keeps a
-mislabelled sample's true class below its threshold, so the count is low and flags are few but
-precise (synthetic, the generator in tests/test_audit.py: without memorisation the count was
-0.97–1.12× the planted number over 10 seeds at 10–30% noise, and at 20% noise precision 0.88–0.90,
-recall 0.95–0.96; with the generator's default memorisation pull 0.57–0.64× at 20% noise, precision
-≥ 0.99; with a strong pull 0.23–0.26×). An underfit run can do the opposite — the confident
-joint puts many clean samples off the diagonal (about half the data in the FER+ run above) and,
-calibrated, the count runs at least as high; there the ranking still decides which are flagged. On
-nearly clean data the confident joint finds few off-diagonals, so few are flagged (synthetic:
-≤ 0.5% on clean data, 0.9–3.4% at 2% noise) — better than the mixture, whose two components always
-split something (on two of three clean synthetic sets it flagged 40–47%; on the third its guard
-handed over to the confident joint). Use ``mixture`` when the run memorises strongly and the score
-separates the errors well (its flags are a cut on the score alone); ``confident_joint`` for the
-plain off-diagonal rule. The synthetic figures for the other two rules: on dynamics with a memorisation
-pull (20–30% noise) the confident joint recalled 0.2–0.6 of planted errors, the mixture 0.85–0.95;
-on clean data the mixture's split came out ~50/50 (Ashman separation ~1.0, vs ≥ 1.1 on noisy data).
+Which rule is the default, and why, is measured in benchmarks/RESULTS.md (audit variants).
 """
 
 from __future__ import annotations
@@ -231,9 +207,8 @@ def label_quality(signals: Mapping[str, np.ndarray], method: str | Mapping[str, 
     method : str or mapping str → float, default "confidence"
         A signal name (one of ``SIGNALS``) to use alone, or a mapping ``{signal: weight}`` to
         blend: the weighted mean of the finite signals of each sample (weights renormalised per
-        sample, so a missing ``oof`` does not drag a score down). ``"confidence"`` (mean p(given)
-        over epochs) is the default because it measured best on real human label noise (AUROC
-        0.902 on FER2013/FER+, vs 0.844 for confident learning); ``"aum"`` measured 0.903.
+        sample, so a missing ``oof`` does not drag a score down). This function's own default is
+        ``"confidence"`` (mean p(given) over epochs); the audit passes ``DEFAULT_SCORE``.
 
     Returns
     -------
