@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -793,6 +794,21 @@ class Scored:
     tiebreak: np.ndarray  # manifest position
     run_meta: Mapping
 
+    # The rule and the verdict's provenance both read these: computed once per audit.
+    @cached_property
+    def cj(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Class thresholds, confident joint (on the trained rows), calibrated per-class counts, class sizes."""
+        k = len(self.classes)
+        ref = _reference_rows(self)
+        t = per_class_thresholds(self.probs[ref], self.given[ref], k)
+        joint = confident_joint(self.probs[ref], self.given[ref], t, k)
+        sizes = np.bincount(self.given[np.isfinite(self.probs).all(axis=1)], minlength=k)
+        return t, joint, noise_rate_counts(joint, sizes), sizes
+
+    @cached_property
+    def mixture(self) -> "MixtureFit":
+        return fit_two_component_mixture(self.quality)
+
 
 @dataclass
 class Flags:
@@ -803,7 +819,6 @@ class Flags:
     counts: np.ndarray  # (K,) flagged per class
     cut: np.ndarray | None  # (K,) per-class score cut, or None when the rule is not a cut on the score
     global_cut: float | None = None  # one cut for every class (mixture)
-    detail: dict | None = None
 
 
 def score_step(preds: pd.DataFrame, classes: list[str], given: np.ndarray, method, distribution) -> tuple:
@@ -822,30 +837,23 @@ def _reference_rows(s: Scored) -> np.ndarray:
 
 def _cj_parts(s: Scored) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Class thresholds, confident joint (on the trained rows) and the calibrated per-class counts."""
-    k = len(s.classes)
-    ref = _reference_rows(s)
-    t = per_class_thresholds(s.probs[ref], s.given[ref], k)
-    joint = confident_joint(s.probs[ref], s.given[ref], t, k)
-    sizes = np.bincount(s.given[np.isfinite(s.probs).all(axis=1)], minlength=k)
-    return t, joint, noise_rate_counts(joint, sizes)
+    return s.cj[:3]
 
 
 def rule_noise_rate(s: Scored) -> Flags:
-    _, joint, counts = _cj_parts(s)
+    _, _, counts = _cj_parts(s)
     issue, cut = find_label_issues_noise_rate(s.quality, s.given, counts, tiebreak=s.tiebreak)
-    return Flags(issue, "noise_rate", counts, cut, detail={"confident_joint": joint.tolist()})
+    return Flags(issue, "noise_rate", counts, cut)
 
 
 def rule_planted(s: Scored) -> Flags:
     share = float(dict(s.run_meta.get("self_check") or {}).get("estimated_error_share") or np.nan)
     if not np.isfinite(share):
         return rule_noise_rate(s)  # a run without planted flips: the confident joint counts
-    _, joint, nr = _cj_parts(s)
-    k = len(s.classes)
-    sizes = np.bincount(s.given[np.isfinite(s.probs).all(axis=1)], minlength=k)
+    _, _, nr, sizes = s.cj
     counts = planted_counts(share, int(np.isfinite(s.quality).sum()), nr, sizes)
     issue, cut = find_label_issues_noise_rate(s.quality, s.given, counts, tiebreak=s.tiebreak)
-    return Flags(issue, "planted", counts, cut, detail={"confident_joint": joint.tolist()})
+    return Flags(issue, "planted", counts, cut)
 
 
 def rule_retrain(s: Scored) -> Flags:
@@ -856,7 +864,7 @@ def rule_retrain(s: Scored) -> Flags:
 
 
 def rule_mixture(s: Scored) -> Flags:
-    mix = fit_two_component_mixture(s.quality)
+    mix = s.mixture
     if not (mix.threshold > 0 and mix.weights[0] <= 0.5):
         return rule_confident_joint(s)  # degenerate, or the "low" component is the bulk of the data
     issue = np.isfinite(s.quality) & (s.quality < mix.threshold)
@@ -1043,7 +1051,7 @@ def unflag_reviewed(flags: Flags, is_reviewed: np.ndarray, n_classes: int, given
         return flags
     issue = flags.is_issue & ~is_reviewed
     counts = np.bincount(given[issue], minlength=n_classes) if flags.cut is None else flags.counts
-    return Flags(issue, flags.rule, counts, flags.cut, flags.global_cut, flags.detail)
+    return Flags(issue, flags.rule, counts, flags.cut, flags.global_cut)
 
 
 def reviewed_step(audit: pd.DataFrame, manifest: pd.DataFrame, reviewed: pd.DataFrame | None) -> pd.DataFrame:
@@ -1108,7 +1116,7 @@ def verdict_table(manifest: pd.DataFrame, s: Scored, flags: Flags, sugg_probs: n
     classes, n_all = s.classes, len(manifest)
     t, joint, nr_counts = _cj_parts(s)
     cj_issue, cj_class = find_label_issues_confident_joint(s.probs, s.given, t)
-    mix = fit_two_component_mixture(s.quality)
+    mix = s.mixture
     cut = _per_class_cut(flags, t)
     audit = _label_columns(manifest, s, flags.is_issue, sugg_probs, suggested, sugg_conf, is_amb, gap, given_str)
     face, blur_t = _face_columns(manifest, blur_threshold)

@@ -194,6 +194,11 @@ def bound_json(value, left_out: dict[str, int] | None = None, field: str = ""):
     return value
 
 
+def _left_out(left: dict[str, int]) -> dict[str, str]:
+    """``--json``'s note of what bounding left out: one wording for every command."""
+    return {k: f"{n} entries not listed here (the workspace's files hold them all)" for k, n in left.items()}
+
+
 def _emit(summary: object, title: str, workspace: object, as_json: bool) -> None:
     """The summary: JSON on stdout (``--json``), or tables, then where the outputs are and what
     to run next."""
@@ -206,8 +211,7 @@ def _emit(summary: object, title: str, workspace: object, as_json: bool) -> None
         left: dict[str, int] = {}
         data = bound_json(data, left)
         if left:
-            data["left_out"] = {k: f"{n} entries not listed here (the workspace's files hold them all)"
-                                for k, n in left.items()}
+            data["left_out"] = _left_out(left)
         typer.echo(json.dumps(data, ensure_ascii=False))
         return
     from fercure.console import console, text
@@ -689,7 +693,7 @@ def _demo_stages(data: Path, workspace: Path, limit: int | None, epochs: int, im
         left: dict[str, int] = {}
         stages = [bound_json(summary_json(s, t, workspace), left) for t, s in summaries]
         typer.echo(json.dumps({"stages": stages, "scorecard": card, "report": str(report),
-                               **({"left_out": left} if left else {})}, ensure_ascii=False, default=str))
+                               **({"left_out": _left_out(left)} if left else {})}, ensure_ascii=False, default=str))
     else:
         from fercure.report.page import export_command
 

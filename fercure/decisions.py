@@ -23,6 +23,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+# what the report's CSV writer and fercure's CSV export put a ' before (a cell a spreadsheet would run)
+from fercure.export import FORMULA_START
+
 ACTIONS = ("keep", "relabel", "drop", "accept")
 REVIEWER, FERCURE = "reviewer", "fercure"
 
@@ -51,8 +54,6 @@ def _cleaned_name(df: pd.DataFrame, key: str) -> str:
 # reading it whole (JSON objects, CSV dicts) would cost tens of times its size in memory.
 MIN_MAX_BYTES = 1 << 20
 BYTES_PER_SAMPLE = 512
-# What the report's CSV writer and fercure's CSV export put before a cell a spreadsheet would run.
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def max_bytes(n_samples: int) -> int:
@@ -66,7 +67,7 @@ def cell_text(value) -> str:
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return ""
     text = str(value).strip()
-    if text.startswith("'") and text[1:2] and text[1:].startswith(_FORMULA_START):
+    if text.startswith("'") and text[1:2] and text[1:].startswith(FORMULA_START):
         return text[1:]
     return text
 
@@ -111,6 +112,11 @@ def read_decisions(path: Path | str, limit: int | None = None) -> list[tuple[str
     except UnicodeDecodeError as e:
         raise DecisionsFileError(f"{path} is not UTF-8 text ({e}); save the decisions again from the report "
                                  "(CSV or JSON).") from e
+    return _records_from_text(path, text)
+
+
+def _records_from_text(path: Path, text: str) -> list[tuple[str, dict]]:
+    """``read_decisions`` on a text already read (and size-checked)."""
     stripped = text.lstrip()
     if path.suffix.lower() == ".json" or stripped.startswith(("[", "{")):
         try:
@@ -332,7 +338,7 @@ def read_trusted_file(path: Path | str, *, limit: int | None, path_ids: dict[str
                 f"{path} has neither an action column (a decisions file saved from the report: sample_id,action,"
                 f"label) nor a label column with a sample_id or path column (a table of verified labels); its "
                 f"header: {', '.join(header) or 'empty'}. Pass one of those.")
-    return read_decisions(path, limit), []
+    return _records_from_text(path, text), []
 
 
 def merge_trusted(parsed: Sequence[Decisions], given_of: dict[str, str]) -> Trusted:

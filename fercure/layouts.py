@@ -131,11 +131,11 @@ def png_bytes(crop: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def crop(store: np.ndarray | None, store_index) -> np.ndarray:
+def crop(store: np.ndarray, store_index) -> np.ndarray:
     """The aligned crop at ``store_index``; UnsafeRow when the store does not hold it."""
     i = int(store_index)
-    if store is None or not 0 <= i < len(store):
-        raise UnsafeRow(f"store_index {i} is outside the crop store ({0 if store is None else len(store)} crops)")
+    if not 0 <= i < len(store):  # _source has already handled a missing store
+        raise UnsafeRow(f"store_index {i} is outside the crop store ({len(store)} crops)")
     return store[i]
 
 
@@ -157,10 +157,11 @@ def _source(row, images: str, store, input_root: Path | None):
     return src, None
 
 
-def _inside(path: Path, dest: Path) -> bool:
-    """``path`` (not yet written) lies in ``dest``: its folder, links resolved, is inside it."""
-    parent, root = Path(os.path.realpath(path.parent)), Path(os.path.realpath(dest))
-    return parent == root or root in parent.parents
+def _inside(path: Path, dest_real: Path) -> bool:
+    """``path`` (not yet written) lies in ``dest_real`` (resolved once by the caller): its folder,
+    links resolved, is inside it."""
+    parent = Path(os.path.realpath(path.parent))
+    return parent == dest_real or dest_real in parent.parents
 
 
 def write_imagefolder(rows: pd.DataFrame, dest: Path, *, images: str, link: str, store: np.ndarray | None,
@@ -171,10 +172,11 @@ def write_imagefolder(rows: pd.DataFrame, dest: Path, *, images: str, link: str,
     are written. Every class of ``classes`` gets its folder in every split, empty or not, so that
     ImageFolder sees as many classes as the HF export's ClassLabel (see ``classes_json``)."""
     result, index = LayoutResult(), []
-    folders = folder_names([*classes, *rows["clean_label"].astype(str)])
+    folders = folder_names([*classes, *rows["clean_label"].astype(str).unique()])
     for split in sorted({str(s or "train") for s in rows["split"]}):
         for c in classes:
             (dest / folder_name(split) / folders[str(c)]).mkdir(parents=True, exist_ok=True)
+    dest_real = Path(os.path.realpath(dest))
     for row in rows.itertuples(index=False):
         split = folder_name(row.split or "train")
         label = folders[str(row.clean_label)]
@@ -185,7 +187,7 @@ def write_imagefolder(rows: pd.DataFrame, dest: Path, *, images: str, link: str,
             continue
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        if not _inside(target, dest) or os.path.lexists(target):
+        if not _inside(target, dest_real) or os.path.lexists(target):
             result.skipped.append(f"{row.source_path}: {rel.as_posix()} would leave the output or overwrite "
                                   "another sample's file; skipped")
             continue

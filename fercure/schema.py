@@ -31,7 +31,7 @@ FACE_STATUSES = ("ok", "no_face", "multiple_faces", "low_confidence", "too_small
 UNUSABLE_STATUSES = ("unreadable", "duplicate")
 ACTIONS = ("keep", "relabel", "drop", "review")
 DECIDED_BY = ("fercure", "reviewer")
-CROP_MODES = ("align", "as-given", "")
+CROP_MODE_VALUES = ("align", "as-given", "")
 
 STRING, INT64, INT32, FLOAT64, FLOAT32, BOOL = pa.string(), pa.int64(), pa.int32(), pa.float64(), pa.float32(), pa.bool_()
 FLOAT_LIST = pa.list_(pa.float64())
@@ -125,7 +125,7 @@ MANIFEST = Table(
         _c("detection_reason", STRING, "reason before duplicates were marked"),
         _c("crop_mode", STRING, "how the crop was cut: 'align' (5-point alignment) or 'as-given' (a square of the "
            "image's shorter side around the face, resized: a pre-cropped face, or no face); '' without a crop",
-           values=CROP_MODES, required=False),
+           values=CROP_MODE_VALUES, required=False),
         _c("crop_fill", FLOAT64, "share of the crop's pixels taken from beyond the image border (replicated "
            "border pixels, never black; 0 for as-given; NaN without a crop)", bounds=(0.0, 1.0), required=False),
     ),

@@ -15,7 +15,8 @@ package, and runs its own pipeline around them, with the same arithmetic as face
   over single-threaded worker threads (see ``_single_thread_pool``);
 * a face's result does not depend on which other images share its batch: every net call has one
   fixed shape (the last tile or box chunk is padded), runs single-threaded on CPU, and NMS of
-  fractional boxes runs image by image (see ``_fixed_rows`` and ``_nms_by_image``). Conv and GEMM
+  fractional boxes runs in float64 (see ``_fixed_rows``; ``batched_nms`` shifts each image's boxes
+  by image_index × (max + 1), which rounds float32 fractions by a batch-dependent amount). Conv and GEMM
   kernels pick their blocking from the batch size, and a different blocking rounds differently,
   which moved landmarks by ~1e-5 px and changed a crop's pixels between sharded and unsharded runs.
 
@@ -32,7 +33,7 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.ops import batched_nms, nms
+from torchvision.ops import batched_nms
 
 from fercure.device import resolve_device
 
@@ -180,20 +181,6 @@ def _fixed_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
     if n == rows:
         return x
     return torch.cat([x, x.new_zeros((rows - n,) + tuple(x.shape[1:]))])
-
-
-def _nms_by_image(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Per-image NMS, kept indices in input order.
-
-    torchvision's ``batched_nms`` separates images by adding image_index × (max coordinate + 1) to
-    the boxes; on fractional float32 boxes that rounds the coordinates by an amount that depends on
-    the batch, so an IoU near the threshold could flip with the batch-mates. Integer boxes (PNet's)
-    stay exact under that shift, so only the RNet stage needs this loop (one call per image)."""
-    keep = torch.zeros(boxes.shape[0], dtype=torch.bool, device=boxes.device)
-    for g in torch.unique(idxs).tolist():
-        sel = torch.nonzero(idxs == g).flatten()
-        keep[sel[nms(boxes[sel], scores[sel], threshold)]] = True
-    return torch.nonzero(keep).flatten()
 
 
 def _nms_min(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -486,7 +473,8 @@ class FaceDetector:
         boxes, inds, score, (reg,) = self._refine(self.nets.r, sat, boxes, inds, 24, w, h, t1, parallel)
         if boxes.shape[0] == 0:
             return [Detection.empty() for _ in range(bsz)]
-        keep = _nms_by_image(boxes, score, inds, 0.7)             # fractional boxes: exact per image
+        # float64: the per-image shift of fractional boxes is exact (see the module docstring); input order
+        keep = batched_nms(boxes.double(), score.double(), inds, 0.7).sort().values
         boxes = _rerec(_bbreg(boxes[keep], reg[keep]))
         inds = inds[keep]
 

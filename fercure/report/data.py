@@ -149,8 +149,8 @@ def review_rows(audit: pd.DataFrame, manifest: pd.DataFrame | None = None) -> tu
                               C.column(audit, "given", "").astype(str).tolist())
     for g in groups:  # the original of a conflicting group is listed beside its copies
         bits[g[0]] |= BIT["duplicate"]
-    if C.name(audit, "is_reviewed"):  # listed (the page hides them by default), never as issues
-        bits |= np.where(C.flag(audit, "is_reviewed").to_numpy(), BIT["reviewed"], 0)
+    # reviewed rows are listed (the page hides them by default), never as issues
+    bits |= np.where(C.flag(audit, "is_reviewed").to_numpy(), BIT["reviewed"], 0)
     return bits, np.flatnonzero(bits)
 
 
@@ -269,7 +269,7 @@ def review_progress(audit: pd.DataFrame, classes: Sequence[str], order: np.ndarr
     given = C.column(audit, "given", "").astype(str).to_numpy()
     probs = {c: _num(audit[f"p_{c}"]) for c in classes if f"p_{c}" in audit.columns}
     p_given = np.array([probs[given[r]][r] if given[r] in probs else np.nan for r in flagged], float)
-    reviewed = C.flag(audit, "is_reviewed").to_numpy() if C.name(audit, "is_reviewed") else np.zeros(len(audit), bool)
+    reviewed = C.flag(audit, "is_reviewed").to_numpy()
     return {"n_reviewed": int(reviewed.sum()), "n_flagged": int(len(flagged)),
             "next_cards": int(min(NEXT_CARDS, len(flagged))),
             "expected_errors_next": _round(expected_errors(p_given), 1)}

@@ -110,16 +110,17 @@ def run_audit(
     task.advance()
 
     trusted = trusted_labels.read(ws.run_dir(run_id))  # the samples a reviewer decided (train --trusted)
+    run_meta = read_metadata(predictions_path)
     try:
         table, stats = core.build_audit(manifest, predictions, classes, method=method,
                                         threshold_method=threshold_method,
-                                        run_meta=read_metadata(predictions_path), reviewed=trusted)
+                                        run_meta=run_meta, reviewed=trusted)
     except ValueError as e:
         raise AuditInputError(f"Cannot audit run {run_id!r} ({predictions_path}) against {ws.manifest}: {e}. "
                               f"If the manifest changed after training, re-run `fercure train -w {ws.root}`.") from e
     task.advance()
 
-    thresholds = _write_audit(ws, table, stats, run_id, classes, predictions_path)
+    thresholds = _write_audit(ws, table, stats, run_id, classes, predictions_path, run_meta.get("trusted") or {})
     task.advance()
 
     out_report: Path | None = None
@@ -179,14 +180,14 @@ def _read_inputs(ws: Workspace, run_id: str, predictions_path: Path) -> tuple[pd
 
 
 def _write_audit(ws: Workspace, table: pd.DataFrame, stats: dict, run_id: str, classes: list[str],
-                 predictions_path: Path) -> dict:
+                 predictions_path: Path, trusted: dict) -> dict:
     """WS/audit.parquet with its metadata (the flag-deciding stats apart as "thresholds"); returns those."""
     thresholds = {k: stats[k] for k in THRESHOLD_KEYS if k in stats}
     meta = {
         "run_id": run_id, "classes": classes, "thresholds": thresholds,
         "stats": {k: v for k, v in stats.items() if k not in THRESHOLD_KEYS},
         "predictions": str(predictions_path),
-        "trusted": read_metadata(predictions_path).get("trusted") or {},
+        "trusted": trusted,
     }
     write_table(table, ws.audit, meta, table=schema.AUDIT)
     return thresholds

@@ -136,9 +136,9 @@ def run_export(
     _check_outputs(ws, output, fmt, sidecar, force, decisions)
     audit_meta, audit, classes = _read_audit(ws)
     verdict = ((audit_meta.get("stats") or {}).get("model_strength") or {}).get("verdict")
+    _check_weak_drops(audit, policy, min_confidence, verdict, allow_weak_drop, notes)  # before the policy's work
     cleaned = core.apply_policy(audit, classes, policy, min_confidence=min_confidence,
                                 model_verdict=verdict)
-    _check_weak_drops(audit, policy, min_confidence, verdict, allow_weak_drop, notes)
     decided = _read_decisions(decisions, audit, classes) if decisions is not None else None
     if decided is not None:
         _check_decisions_applied(decided, strict)
@@ -275,8 +275,9 @@ def _write_layout(ws: Workspace, cleaned, output: Path, fmt: str, images: str, l
                         arrow_metadata={b"huggingface": layouts.hf_features(classes)})
     except ValueError as e:  # a value a layout cannot write
         raise ExportError(f"Cannot export {output}: {e}.") from None
-    empty = [c for c in classes if c not in set(rows["clean_label"].astype(str))]
-    if empty and fmt == "imagefolder":
+    present = set(rows["clean_label"].astype(str)) if fmt == "imagefolder" else set(classes)
+    empty = [c for c in classes if c not in present]
+    if empty:
         notes.append(f"No image left in class(es) {', '.join(map(repr, empty))}: their folders are written empty so "
                      "that every loader numbers the classes alike (classes.json); load with torchvision's "
                      "ImageFolder(..., allow_empty=True).")

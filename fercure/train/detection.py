@@ -164,9 +164,14 @@ def aggregate(plan: RunPlan, members: Sequence[dict[str, Any]], retrain: dict[st
     # an average of embeddings would mean nothing. Neighbours vote with their *given* labels (no
     # flip is counted); a planted sample's own place in that space was learnt with its flip.
     emb = members[0]["embedding"]
-    # the kNN goes where training went: `--device cpu` must not wake a GPU (None: the rank's GPU if any)
-    knn_dev = "cpu" if getattr(config, "device", "auto") == "cpu" else None
-    knn = sg.knn_label_distribution(emb, given, c, k=config.knn, device=knn_dev) if config.knn else np.full((n, c), np.nan)
+    # The kNN runs where training ran (`--device cpu` never wakes a GPU). The fusion fit also needs
+    # the vote on the labels the first model trained on: same neighbours, searched once.
+    fit_fusion = bool(config.knn) and pl.sum() >= 10
+    knn, knn_tl = np.full((n, c), np.nan), None
+    if config.knn:
+        votes = sg.knn_label_distributions(emb, [given, tl] if fit_fusion else [given], c, k=config.knn,
+                                           device=getattr(config, "device", "auto"))
+        knn, knn_tl = votes[0], (votes[1] if fit_fusion else None)
     knn[pl] = np.nan
 
     # about the given label: probe samples held out, planted samples by the second model
@@ -192,10 +197,7 @@ def aggregate(plan: RunPlan, members: Sequence[dict[str, Any]], retrain: dict[st
         cols["mean_p_given_eval"] = pe
 
     # ---- fusion, fitted on planted flips (features about the training label) vs the rest
-    knn_train = None
-    if config.knn and pl.sum() >= 10:
-        # the fit needs the vote on the labels the first model trained on; it stays inside this function
-        knn_train = sg.knn_label_distribution(emb, tl, c, k=config.knn, device=knn_dev)[np.arange(n), tl]
+    knn_train = knn_tl[np.arange(n), tl] if knn_tl is not None else None
     on_train = {"mean_p": mean_p_train, "std": std_train, "aum": aum_train, "knn": knn_train, "forget": forget_train}
     on_given = {"mean_p": mean_p, "std": std_p, "aum": aum, "knn": knn_agree, "forget": forget_given}
     cols["fusion_quality"], fusion, fit_rows = _fusion_step(plan, trained, on_train, on_given, c)

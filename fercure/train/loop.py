@@ -398,7 +398,8 @@ def _train_step(run: _Run, x: torch.Tensor, idx: torch.Tensor, m: int, epoch: in
     # pretext draws come from the rank's own stream: the shared one must stay in step
     out, aux = forward_with_aux(run.step_model, x, parts, st.aug_gen)
     weight = sample_weight(parts, out)
-    step = Step(idx=idx, labels=st.current[idx], epoch=epoch, weight=None if weight is None else weight.detach())
+    step = Step(idx=idx, labels=st.current[idx], epoch=epoch, weight=None if weight is None else weight.detach(),
+                fresh=m)
     z = out["logits"]
     for p in parts:
         z = p.transform_logits(out, z)

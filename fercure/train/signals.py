@@ -134,19 +134,19 @@ def knn_neighbours(e: torch.Tensor, k: int, queries: torch.Tensor, chunk: int = 
 
 
 def knn_device(device: str | torch.device | None = None) -> torch.device:
-    """Where the kNN runs: the given device, else the rank's GPU when there is one (and the
-    process group, if any, is NCCL's: a gloo group of CPU ranks gathers CPU tensors)."""
-    if device is not None:
-        return torch.device(device)
+    """Where the kNN runs: the given device (the training device; a bare 'cuda' is the rank's
+    GPU), else — None or 'auto' — the rank's GPU when there is one and the process group, if any,
+    is NCCL's (a gloo group of CPU ranks gathers CPU tensors)."""
     import torch.distributed as dist
 
     from fercure.train import distributed as dd
     world = dd.current()
+    if device is not None and str(device) != "auto":
+        return dd.rank_device(torch.device(device), world)
     gpu = torch.cuda.is_available() and (not world.distributed or dist.get_backend() == "nccl")
     return dd.rank_device(torch.device("cuda" if gpu else "cpu"), world)
 
 
-@torch.no_grad()
 def knn_label_distribution(embedding: np.ndarray, labels: np.ndarray, num_classes: int, k: int = 10,
                            chunk: int = 2048, *, key_block: int = 65536,
                            device: str | torch.device | None = None) -> np.ndarray:
@@ -156,12 +156,21 @@ def knn_label_distribution(embedding: np.ndarray, labels: np.ndarray, num_classe
     Exact search in blocks on the device (memory O(N·D + chunk·key_block + N·k)); under data
     parallelism each rank searches its share of the query chunks and the votes are gathered,
     so the N² work is done once in all, not once per rank."""
+    return knn_label_distributions(embedding, [labels], num_classes, k, chunk, key_block=key_block,
+                                   device=device)[0]
+
+
+@torch.no_grad()
+def knn_label_distributions(embedding: np.ndarray, label_sets, num_classes: int, k: int = 10,
+                            chunk: int = 2048, *, key_block: int = 65536,
+                            device: str | torch.device | None = None) -> list[np.ndarray]:
+    """``knn_label_distribution`` for several labellings of the same samples: the neighbours (the
+    N² part) are searched once, each labelling only votes."""
     from fercure.train import distributed as dd
 
     world = dd.current()
     dev = knn_device(device)
     e = F.normalize(torch.as_tensor(np.asarray(embedding), dtype=torch.float32).to(dev), dim=1)
-    y = torch.as_tensor(np.asarray(labels), dtype=torch.long).to(dev)
     n = e.shape[0]
     k = max(1, min(k, n - 1))
     starts = list(range(0, n, chunk))[world.rank::world.size]  # this rank's query chunks
@@ -169,10 +178,13 @@ def knn_label_distribution(embedding: np.ndarray, labels: np.ndarray, num_classe
         else torch.zeros(0, dtype=torch.long, device=dev)
     val, nb = knn_neighbours(e, k, queries, chunk=chunk, key_block=key_block)
     w = val.clamp_min(0.0) + 1e-6
-    votes = torch.zeros(len(queries), num_classes, device=dev).scatter_add_(1, y[nb], w)
+    votes = {}
+    for j, labels in enumerate(label_sets):
+        y = torch.as_tensor(np.asarray(labels), dtype=torch.long).to(dev)
+        votes[f"v{j}"] = torch.zeros(len(queries), num_classes, device=dev).scatter_add_(1, y[nb], w)
     if world.distributed:
-        votes = dd.gather_rows({"v": votes}, dd.chunk_owner(n, chunk, world, dev), world)["v"]
-    return (votes / votes.sum(dim=1, keepdim=True)).cpu().numpy()
+        votes = dd.gather_rows(votes, dd.chunk_owner(n, chunk, world, dev), world)
+    return [(v / v.sum(dim=1, keepdim=True)).cpu().numpy() for v in (votes[f"v{j}"] for j in range(len(votes)))]
 
 
 def class_adjusted(score: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:

@@ -18,6 +18,9 @@ class Step:
     epoch: int
     # (B,) detached per-sample weights a part gave this batch (``sample_weight``: SCN's α), or None
     weight: torch.Tensor | None = None
+    # the first ``fresh`` rows are new this epoch; the rest fill a fixed-shape step (``--compile``)
+    # with samples already trained: per-sample state is updated for the fresh rows only. None: all.
+    fresh: int | None = None
 
 
 @dataclass(frozen=True)

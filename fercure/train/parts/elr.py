@@ -32,7 +32,8 @@ class ElrPart(Part):
         p = torch.softmax(logits, dim=1).clamp(1e-4, 1.0 - 1e-4)
         with torch.no_grad():
             q = p.detach() / p.detach().sum(dim=1, keepdim=True)
-            self.targets[step.idx] = self.beta * self.targets[step.idx] + (1.0 - self.beta) * q
+            new = step.idx[:step.fresh]  # fill rows of a fixed-shape step were updated earlier this epoch
+            self.targets[new] = self.beta * self.targets[new] + (1.0 - self.beta) * q[:step.fresh]
         inner = (self.targets[step.idx] * p).sum(dim=1)
         return self.lam * torch.log((1.0 - inner).clamp_min(1e-4)).mean()
 
