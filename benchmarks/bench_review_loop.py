@@ -34,6 +34,7 @@ import argparse
 import concurrent.futures as cf
 import json
 import multiprocessing as mp
+import shutil
 import sys
 import tempfile
 import time
@@ -287,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     downstream("raw", raw)
     audit0, run_classes, verdict0 = fit_and_audit([])
     assert run_classes == classes, (run_classes, classes)
-    audit0.to_parquet(scratch / "audit-0.parquet")
+    shutil.copyfile(ws / "audit.parquet", scratch / "audit-0.parquet")  # with fercure's metadata
     answers.merge(truth[["sample_id", "label", "majority", "majority_votes"]], on="sample_id").to_csv(
         scratch / "answers.csv", index=False)
     reviewed: dict[str, list[list[str]]] = {m: [] for m in METHODS}
@@ -311,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         reviewed["fercure_retrain"].append(take(fercure_queue(audit_r, done), k))
         files.append(decisions_file(scratch / f"decisions-{r + 1}.csv", answers, reviewed["fercure_retrain"][-1]))
         audit_r, _, verdict_r = fit_and_audit(files)  # the loop: every decision so far trains the next run
-        audit_r.to_parquet(scratch / f"audit-{r + 1}.parquet")
+        shutil.copyfile(ws / "audit.parquet", scratch / f"audit-{r + 1}.parquet")
         rep.log(f"round {r + 1}: " + ", ".join(f"{m} {int(is_error.loc[reviewed[m][r]].sum())}/{k}" for m in METHODS))
     (scratch / "queues.json").write_text(json.dumps({"reviewed": reviewed, "fercure_queue_0": q0,
                                                      "cleanlab": cl_queue, "random": rand_queue}))

@@ -64,6 +64,9 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from fercure import review_calibration as rc
+from fercure.review_calibration import isotonic_fit
+
 # Signals that can make up label_score, each mapped to 0..1 with low = likely wrong.
 SIGNALS = ("confidence", "confidence_variability", "aum", "last", "self_confidence", "oof", "reliability",
            "importance", "retrain", "fusion", "knn", "eval")
@@ -713,24 +716,6 @@ BAND_ACCURACY = (0.0, 1.0 / 3.0, 0.5)
 MIN_CALIBRATION_ROWS = 30  # below this the probe says too little; the bands fall back to the lift rule
 
 
-def isotonic_fit(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Non-decreasing least-squares fit of y on x (pool adjacent violators).
-
-    Returns the sorted x and the fitted value at each; ``np.interp`` over them reads the fit."""
-    order = np.argsort(x, kind="stable")
-    xs, ys = np.asarray(x, float)[order], np.asarray(y, float)[order]
-    vals, wts, sizes = [], [], []
-    for v in ys:
-        vals.append(v), wts.append(1.0), sizes.append(1)
-        while len(vals) > 1 and vals[-2] > vals[-1]:
-            w = wts[-2] + wts[-1]
-            v2 = (vals[-2] * wts[-2] + vals[-1] * wts[-1]) / w
-            n2 = sizes[-2] + sizes[-1]
-            del vals[-1], wts[-1], sizes[-1]
-            vals[-1], wts[-1], sizes[-1] = v2, w, n2
-    return xs, np.repeat(vals, sizes)
-
-
 def confidence_bands(confidence: np.ndarray, correct: np.ndarray,
                      accuracy_cuts: Sequence[float] = BAND_ACCURACY) -> dict:
     """Band cuts on the suggestion confidence, set where the measured accuracy crosses each cut.
@@ -793,6 +778,7 @@ class Scored:
     classes: list[str]
     tiebreak: np.ndarray  # manifest position
     run_meta: Mapping
+    error_share: float = math.nan  # the share of wrong labels the run uses (``calibration_stats``)
 
     # The rule and the verdict's provenance both read these: computed once per audit.
     @cached_property
@@ -847,7 +833,9 @@ def rule_noise_rate(s: Scored) -> Flags:
 
 
 def rule_planted(s: Scored) -> Flags:
-    share = float(dict(s.run_meta.get("self_check") or {}).get("estimated_error_share") or np.nan)
+    """Flag as many rows as the run's error-share estimate says are wrong: the reviewed rows' estimate
+    when they reach across the ranks, else the planted flips' (``calibration_stats``)."""
+    share = s.error_share
     if not np.isfinite(share):
         return rule_noise_rate(s)  # a run without planted flips: the confident joint counts
     _, _, nr, sizes = s.cj
@@ -977,8 +965,9 @@ def build_audit(
     classes = [str(c) for c in classes]
     as_given, manifest = manifest, with_reviewed_labels(manifest, reviewed)
     preds, rows, given, given_str, n_unmatched = align_predictions(manifest, predictions, classes)
+    calibration = calibration_stats(run_meta or {}, reviewed)
     scored, flags, is_rev = _score_and_flag(preds, rows, given, classes, method, distribution, threshold_method,
-                                            run_meta, reviewed)
+                                            run_meta, reviewed, calibration["share"])
     sugg_probs, suggested, sugg_conf, bands = suggest_step(preds, classes, given, flags.is_issue, suggest_from)
     is_amb, gap = ambiguity(sugg_probs, margin=ambiguity_margin, max_confidence=ambiguity_max_confidence)
     is_amb = is_amb & ~is_rev
@@ -986,6 +975,7 @@ def build_audit(
                                  given_str, blur_threshold)
     audit = reviewed_step(audit, as_given, reviewed)
     stats["reviewed"] = reviewed_stats(reviewed)
+    stats["calibration"] = calibration
     stats.update(_option_stats(method, threshold_method, flags.rule, distribution, suggest_from, ambiguity_margin,
                                ambiguity_max_confidence, n_unmatched))
     return audit, stats
@@ -993,11 +983,13 @@ def build_audit(
 
 def _score_and_flag(preds: pd.DataFrame, rows: np.ndarray, given: np.ndarray, classes: list[str],
                     method: str | Mapping[str, float], distribution: Sequence[str], threshold_method: str,
-                    run_meta: Mapping | None, reviewed: pd.DataFrame | None) -> tuple[Scored, Flags, np.ndarray]:
+                    run_meta: Mapping | None, reviewed: pd.DataFrame | None,
+                    error_share: float | None) -> tuple[Scored, Flags, np.ndarray]:
     """``score_step`` then the threshold rule, reviewed rows unflagged: the scores, the flags and
     which trained rows a reviewer decided (the suggestion and ambiguity steps need all three)."""
     probs, quality, group = score_step(preds, classes, given, method, distribution)
-    scored = Scored(quality, probs, given, group, preds, classes, rows, run_meta or {})
+    scored = Scored(quality, probs, given, group, preds, classes, rows, run_meta or {},
+                    math.nan if error_share is None else float(error_share))
     is_rev = reviewed_mask(preds["sample_id"].tolist(), reviewed)
     flags = unflag_reviewed(THRESHOLD_RULES[threshold_method](scored), is_rev, len(classes), given)
     return scored, flags, is_rev
@@ -1071,6 +1063,33 @@ def reviewed_step(audit: pd.DataFrame, manifest: pd.DataFrame, reviewed: pd.Data
         audit.loc[mask, "reason"] = [f"{w}; {old}" if old else w for w, old in zip(said, audit.loc[mask, "reason"])]
         audit.loc[mask, ["is_label_issue", "is_ambiguous_issue"]] = False
     return audit
+
+
+def reviewed_errors(reviewed: pd.DataFrame) -> np.ndarray:
+    """(m,) bool: the reviewer found the given label wrong (relabelled it or dropped the sample)."""
+    return (reviewed["action"] != "keep").to_numpy(dtype=bool)
+
+
+def calibration_stats(run_meta: Mapping, reviewed: pd.DataFrame | None) -> dict:
+    """The error-share estimate and the self-check twice, side by side: from the planted flips (the
+    run's self-check) and from the reviewed rows (``fercure.review_calibration``), and which share the
+    run uses (``share``; None when neither exists). The reviewed AUROC is over the reviewed rows only,
+    at the ranks they had when reviewed: a queue's rows are the hardest to tell apart, so it reads
+    lower than a random sample's would."""
+    sc = dict(run_meta.get("self_check") or {})
+    planted_share = sc.get("estimated_error_share")
+    planted_share = float(planted_share) if planted_share is not None and np.isfinite(planted_share) else None
+    has_rank = reviewed is not None and len(reviewed) and "rank_when_reviewed" in reviewed.columns
+    rank = reviewed["rank_when_reviewed"].to_numpy(dtype=float) if has_rank else np.zeros(0)
+    err = reviewed_errors(reviewed) if has_rank else np.zeros(0, bool)
+    rev = rc.error_share(rank, err)
+    rev["auroc"] = rc.auroc(err, rank)
+    rev["curve"] = rc.curve_points(rank, err)
+    chosen = rc.choose(planted_share, rev)
+    return {"planted": {"share": planted_share, "auroc": _json_float(sc.get("auroc_mean_p") or np.nan),
+                        "n_planted": sc.get("n_planted")},
+            "reviewed": {k: (_json_float(v) if isinstance(v, float) else v) for k, v in rev.items()},
+            "used": chosen["used"], "share": chosen["share"]}
 
 
 def reviewed_stats(reviewed: pd.DataFrame | None) -> dict:

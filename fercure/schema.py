@@ -277,6 +277,9 @@ TRUSTED = Table(
         _c("label", STRING, "the reviewed label the run trained with (null for a drop)"),
         _c("given_label", STRING, "the label as given in the manifest"),
         _c("source", STRING, "the --trusted file and row the decision came from"),
+        _c("rank_when_reviewed", FLOAT64, "the rank of the sample's label_score among the scored rows of the audit "
+           "the reviewer worked from, in (0, 1), low = suspect (NaN: that audit did not score it)",
+           bounds=SCORE, required=False),
     ),
     metadata="run_id, trusted (the files in order, their counts)",
 )

@@ -10,6 +10,7 @@ Bad rows are named (file, row, fix) and skipped; a file none of whose rows appli
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,28 +19,63 @@ import numpy as np
 import pandas as pd
 
 from fercure import decisions as dec
+from fercure import review_calibration as rc
 from fercure import schema
 from fercure.progress import Reporter
-from fercure.workspace import Workspace, WorkspaceError, check_input_file, read_table, write_table
+from fercure.workspace import Workspace, WorkspaceError, check_input_file, read_metadata, read_table, write_table
 
 FILE = "trusted.parquet"  # in the run's folder
 HINT = ("Pass a decisions file saved from the review report (CSV or JSON), or a CSV table of verified labels "
         "with the header sample_id,label (or path,label).")
 
 
-def _suggestions(ws: Workspace, sample_ids: Sequence[str]) -> list:
-    """The current audit's suggestion per sample (what an ``accept`` decision means), None without one."""
-    out: list = [None] * len(sample_ids)
+def _current_audit(ws: Workspace) -> pd.DataFrame | None:
+    """The workspace's audit (the one the report the decisions came from shows), None without one."""
     if not ws.audit.exists():
-        return out
+        return None
     try:
-        audit = read_table(ws.audit)
+        return read_table(ws.audit)
     except WorkspaceError:
-        return out
-    if "suggested_label" not in audit.columns:
-        return out
+        return None
+
+
+def _suggestions(audit: pd.DataFrame | None, sample_ids: Sequence[str]) -> list:
+    """The current audit's suggestion per sample (what an ``accept`` decision means), None without one."""
+    if audit is None or "suggested_label" not in audit.columns:
+        return [None] * len(sample_ids)
     sugg = dict(zip(audit["sample_id"].astype(str), audit["suggested_label"]))
     return [sugg.get(s) for s in sample_ids]
+
+
+def ranks_when_reviewed(ws: Workspace, audit: pd.DataFrame | None, sample_ids: Sequence[str]) -> np.ndarray:
+    """(m,) the rank (``review_calibration.ranks_of``) each sample's label_score had in the audit the
+    reviewer worked from: the workspace's audit; for a sample that audit already shows as reviewed (an
+    earlier round), the rank its own run recorded then (its score since is about the reviewed label).
+    NaN where no audit scored it."""
+    out = np.full(len(sample_ids), np.nan)
+    if audit is None or "label_score" not in audit.columns:
+        return out
+    ids = audit["sample_id"].astype(str)
+    rank = pd.Series(rc.ranks_of(audit["label_score"].to_numpy(dtype=float)), index=ids.to_numpy())
+    if "is_reviewed" in audit.columns and audit["is_reviewed"].fillna(False).astype(bool).any():
+        earlier = _earlier_ranks(ws)
+        was = ids[audit["is_reviewed"].fillna(False).astype(bool).to_numpy()]
+        rank.loc[was.to_numpy()] = earlier.reindex(was.to_numpy()).to_numpy()
+    return rank.reindex(pd.Index(sample_ids, dtype=object)).to_numpy(dtype=float)
+
+
+def _earlier_ranks(ws: Workspace) -> pd.Series:
+    """sample_id → rank_when_reviewed from the trusted table of the run the workspace's audit is of."""
+    try:
+        run_id = str(read_metadata(ws.audit).get("run_id") or "")
+        # the metadata is data: only a run folder's own kind of name is followed
+        ok = re.fullmatch(r"[A-Za-z0-9_.-]+", run_id) is not None and run_id not in (".", "..")
+        t = read(ws.run_dir(run_id)) if ok else None
+    except (WorkspaceError, ValueError, OSError):
+        t = None
+    if t is None or "rank_when_reviewed" not in t.columns:
+        return pd.Series(dtype=float)
+    return pd.Series(t["rank_when_reviewed"].to_numpy(dtype=float), index=t["sample_id"].astype(str).to_numpy())
 
 
 def load(ws: Workspace, files: Sequence[str], classes: Sequence[str], reporter: Reporter) -> dec.Trusted | None:
@@ -52,7 +88,8 @@ def load(ws: Workspace, files: Sequence[str], classes: Sequence[str], reporter: 
     ids = manifest["sample_id"].astype(str).tolist()
     given = manifest["label"].astype(object).where(manifest["label"].notna(), "").astype(str).tolist()
     path_ids = dict(zip(manifest["source_path"].astype(str), ids)) if "source_path" in manifest.columns else {}
-    suggested = _suggestions(ws, ids)
+    audit = _current_audit(ws)
+    suggested = _suggestions(audit, ids)
     parsed = []
     for f in files:
         path = check_input_file(f, option="--trusted", hint=HINT)
@@ -70,6 +107,7 @@ def load(ws: Workspace, files: Sequence[str], classes: Sequence[str], reporter: 
                                  f"(or leave the file out) and run again:\n{listing}")
         parsed.append(d)
     trusted = dec.merge_trusted(parsed, dict(zip(ids, given)))
+    trusted.table["rank_when_reviewed"] = ranks_when_reviewed(ws, audit, trusted.table["sample_id"].tolist())
     for p in trusted.problems[:20]:
         reporter.log(f"train: --trusted {p}")
     if len(trusted.problems) > 20:

@@ -17,12 +17,13 @@ from typer.testing import CliRunner
 
 from fercure import audit as core
 from fercure import decisions as dec
+from fercure import review_calibration as rc
 from fercure.cli import app
 from fercure.train.config import TrainConfig
 from fercure.train.detection import plan_run
 from fercure.workspace import read_metadata, read_table
 
-from test_report import small_audit
+from test_report import payload_of, small_audit
 
 runner = CliRunner()
 CLASSES = ["happy", "sad"]
@@ -199,6 +200,14 @@ def test_train_trusted_end_to_end(audited: Path, tmp_path: Path):
     assert not preds.loc[[r_id, k_id], "planted"].any()
     assert read_metadata(run / "predictions.parquet")["trusted"]["n_reviewed"] == 3
     assert read_metadata(ws / "audit.parquet")["trusted"]["n_reviewed"] == 3
+    # each reviewed row keeps the rank its score had in the audit the reviewer worked from
+    rank_then = pd.Series(rc.ranks_of(audit["label_score"].to_numpy(float)), index=audit["sample_id"])
+    trusted = read_table(run / "trusted.parquet").set_index("sample_id")
+    assert np.allclose(trusted.loc[[r_id, k_id, d_id], "rank_when_reviewed"], rank_then.loc[[r_id, k_id, d_id]])
+    cal = read_metadata(ws / "audit.parquet")["stats"]["calibration"]
+    assert cal["reviewed"]["n_reviewed"] == 3 and cal["reviewed"]["n_errors"] == 2
+    assert cal["reviewed"]["share"] is None and "30 are needed" in cal["reviewed"]["why"]  # too few to calibrate
+    assert cal["used"] == ("planted" if cal["planted"]["share"] is not None else None)
 
     assert set(a.index[a["is_reviewed"]]) == {r_id, k_id, d_id}
     assert not a.loc[[r_id, k_id, d_id], "is_label_issue"].any()  # never flagged again
@@ -266,6 +275,9 @@ def test_decisions_saved_from_the_report_in_a_browser_teach_the_next_run(audited
         assert {c["id"] for c in tb.cards(driver)} == {accept["id"], drop["id"]}
         progress = driver.find_element(By.ID, "progress").text
         assert progress.startswith("Review progress: 2 samples reviewed")
+        spot = int(payload_of((audited / "report.html").read_text())["progress"]["n_spot_checks"])
+        Select(driver.find_element(By.ID, "f-cat")).select_by_value("spot_check")
+        assert spot > 0 and len(tb.cards(driver)) == spot  # random unflagged rows, offered for calibration
         assert f"{int(a['is_label_issue'].sum())} label issues still flagged" in progress
     finally:
         driver.quit()

@@ -9,11 +9,13 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from fercure import review_calibration as rc
 from fercure.report import columns as C
 from fercure.report.thumbs import THUMB_BUDGET, THUMB_SIZE, thumbnails
 
 # Flags of a listed row, one bit each (the page filters on them).
-FLAGS = ("label_issue", "ambiguous", "duplicate", "face", "blur", "dark", "bright", "low_contrast", "reviewed")
+FLAGS = ("label_issue", "ambiguous", "duplicate", "face", "blur", "dark", "bright", "low_contrast", "reviewed",
+         "spot_check")
 BIT = {f: 1 << i for i, f in enumerate(FLAGS)}
 QUALITY_FLAGS = ("blur", "dark", "bright", "low_contrast")
 
@@ -151,17 +153,41 @@ def review_rows(audit: pd.DataFrame, manifest: pd.DataFrame | None = None) -> tu
         bits[g[0]] |= BIT["duplicate"]
     # reviewed rows are listed (the page hides them by default), never as issues
     bits |= np.where(C.flag(audit, "is_reviewed").to_numpy(), BIT["reviewed"], 0)
+    bits[spot_checks(audit, bits)] |= BIT["spot_check"]
     return bits, np.flatnonzero(bits)
+
+
+SPOT_CARDS = 2 * rc.MIN_SPOT_CHECKS  # offered per report; the run needs MIN_SPOT_CHECKS of them decided
+SPOT_SHARE = 0.05  # at most this share of the scored rows (a small set is not worth calibrating this way)
+
+
+def spot_checks(audit: pd.DataFrame, bits: np.ndarray, n: int = SPOT_CARDS) -> np.ndarray:
+    """Positions of ``n`` random scored rows, neither flagged nor reviewed: cards that let a reviewer's
+    decisions estimate the share of wrong labels over every rank, not only the queue's
+    (``fercure.review_calibration``). The draw depends on the sample ids only, so a reload or a
+    re-render offers the same cards."""
+    score = _num(C.column(audit, "score", np.nan))
+    rank = rc.ranks_of(score)
+    busy = (bits & (BIT["label_issue"] | BIT["ambiguous"] | BIT["reviewed"])) > 0
+    cand = np.flatnonzero(np.isfinite(rank) & ~busy)
+    n = min(n, int(SPOT_SHARE * np.isfinite(rank).sum()))
+    if not len(cand) or n <= 0:
+        return np.zeros(0, np.int64)
+    ids = C.column(audit, "id").astype(str).to_numpy()[cand]
+    cand = cand[np.argsort(ids, kind="stable")]
+    return np.sort(np.random.default_rng(0).permutation(cand)[:n])
 
 
 def review_order(audit: pd.DataFrame, listed: np.ndarray, bits: np.ndarray) -> np.ndarray:
     """Listed rows in the order a person should see them (and thumbnails are spent): label issues
-    by score (worst first), then ambiguous by top-2 margin, then duplicates, face and quality."""
+    by score (worst first), then ambiguous by top-2 margin, then spot checks, duplicates, face and
+    quality; reviewed rows last."""
     score = _num(C.column(audit, "score", np.nan))[listed]
     margin = _num(C.column(audit, "margin", np.nan))[listed]
     b = bits[listed]
     tier = np.select([b & BIT["reviewed"] > 0, b & BIT["label_issue"] > 0, b & BIT["ambiguous"] > 0,
-                      b & BIT["duplicate"] > 0, b & BIT["face"] > 0], [5, 0, 1, 2, 3], default=4)
+                      b & BIT["spot_check"] > 0, b & BIT["duplicate"] > 0, b & BIT["face"] > 0],
+                     [6, 0, 1, 2, 3, 4], default=5)
     key2 = np.where(tier == 0, score, np.where(tier == 1, margin, 0.0))
     return listed[np.lexsort((listed, np.nan_to_num(key2, nan=2.0), tier))]
 
@@ -238,7 +264,7 @@ def build_payload(
         "rows": rows,
         "dup_groups": [[pos[i] for i in g if i in pos] for g in groups],
         "counts": flag_counts(bits),
-        "progress": review_progress(audit, classes, order, bits),
+        "progress": review_progress(audit, classes, order, bits, stats.get("calibration")),
         "thumbs": {"n": with_thumb, "n_with_crop": with_crop if crops is not None else 0, "size": thumb_size,
                    "budget_bytes": thumb_budget},
     }
@@ -262,14 +288,26 @@ def expected_errors(p_given: np.ndarray, n: int = NEXT_CARDS) -> float:
     return float(np.sum(1.0 - np.where(np.isfinite(p), p, 0.5)))
 
 
-def review_progress(audit: pd.DataFrame, classes: Sequence[str], order: np.ndarray, bits: np.ndarray) -> dict:
-    """Where the reviewer stands: samples reviewed, label issues still flagged, and the errors the next
-    ``NEXT_CARDS`` flagged cards (in review order) are expected to hold."""
+def review_progress(audit: pd.DataFrame, classes: Sequence[str], order: np.ndarray, bits: np.ndarray,
+                    calibration: dict | None = None) -> dict:
+    """Where the reviewer stands: samples reviewed, label issues still flagged, spot checks offered, and
+    the errors the next ``NEXT_CARDS`` flagged cards (in review order) are expected to hold: read off
+    the reviewed rows' P(error | rank) when the run has one (``expected_from`` "reviewed"), else the
+    audit distribution's sum of 1 − p(given) ("model", uncalibrated)."""
     flagged = order[(bits[order] & BIT["label_issue"]) > 0]
-    given = C.column(audit, "given", "").astype(str).to_numpy()
-    probs = {c: _num(audit[f"p_{c}"]) for c in classes if f"p_{c}" in audit.columns}
-    p_given = np.array([probs[given[r]][r] if given[r] in probs else np.nan for r in flagged], float)
+    nxt = flagged[:NEXT_CARDS]
+    curve = ((calibration or {}).get("reviewed") or {}).get("curve")
+    if curve:
+        rank = rc.ranks_of(_num(C.column(audit, "score", np.nan)))
+        expected, source = rc.expected_from_curve(curve, rank[nxt]), "reviewed"
+    else:
+        given = C.column(audit, "given", "").astype(str).to_numpy()
+        probs = {c: _num(audit[f"p_{c}"]) for c in classes if f"p_{c}" in audit.columns}
+        p_given = np.array([probs[given[r]][r] if given[r] in probs else np.nan for r in nxt], float)
+        expected, source = expected_errors(p_given), "model"
     reviewed = C.flag(audit, "is_reviewed").to_numpy()
+    cal = calibration or {}
     return {"n_reviewed": int(reviewed.sum()), "n_flagged": int(len(flagged)),
-            "next_cards": int(min(NEXT_CARDS, len(flagged))),
-            "expected_errors_next": _round(expected_errors(p_given), 1)}
+            "n_spot_checks": int(((bits & BIT["spot_check"]) > 0).sum()),
+            "next_cards": int(len(nxt)), "expected_errors_next": _round(expected, 1), "expected_from": source,
+            "n_calibration_rows": int(((cal.get("reviewed") or {}).get("n_reviewed")) or 0)}

@@ -137,7 +137,7 @@ def _strength(stats: dict) -> str:
     return (f'<div class="verdict v-{_e(verdict)}" id="verdict">Model strength: <b>{_e(verdict)}</b> — '
             f'{_e(ms.get("message", "not measured"))}{_e(hint)}'
             + (f'<br><span class="muted">Self-check: {_e("; ".join(bits))}.</span>' if bits else "")
-            + "</div>")
+            + _error_share_line(stats) + "</div>")
 
 
 def _threshold_line(stats: dict) -> str:
@@ -268,6 +268,7 @@ _CONTROLS = """
  <option value="ambiguous">ambiguous</option><option value="duplicate">duplicates (and first copies)</option>
  <option value="face">face problems</option><option value="quality">image quality issues</option>
  <option value="reviewed">reviewed (train --trusted)</option>
+ <option value="spot_check">spot checks (random unflagged rows)</option>
  <option value="all">everything listed</option></select></label>
 <label>given <select id="f-given"><option value="">any</option></select></label>
 <label>suggested <select id="f-sugg"><option value="">any</option></select></label>
@@ -310,13 +311,46 @@ _BAR = """
 
 
 def _progress_line(p: dict) -> str:
-    """Where the review stands: reviewed (hidden unless asked for), still flagged, what the next cards hold."""
-    nxt = (f"; the next {p['next_cards']} flagged cards are expected to hold about {p['expected_errors_next']:g} "
-           "wrong labels (the sum of 1 − p(given) of the audit distribution: the model's estimate, not a count)"
-           if p["next_cards"] else "")
+    """Where the review stands: reviewed (hidden unless asked for), still flagged, what the next cards
+    hold (from the reviewed cards when the run has enough of them), the spot checks on offer."""
+    if not p["next_cards"]:
+        nxt = ""
+    elif p.get("expected_from") == "reviewed":
+        nxt = (f"; the next {p['next_cards']} flagged cards are expected to hold about {p['expected_errors_next']:g} "
+               f"wrong labels (read off how often the {p['n_calibration_rows']} reviewed cards were wrong at the same "
+               "score ranks)")
+    else:
+        nxt = (f"; the next {p['next_cards']} flagged cards are expected to hold about {p['expected_errors_next']:g} "
+               "wrong labels (the sum of 1 − p(given) of the audit distribution: the model's estimate, not a count; "
+               "once the run has reviewed cards, they give this figure)")
+    spot = (f" {p['n_spot_checks']} spot-check cards (random rows the queue does not reach: show "
+            f"&ldquo;spot checks&rdquo;) let your decisions estimate the share of wrong labels in the next run."
+            if p.get("n_spot_checks") else "")
     return (f'<p class="verdict" id="progress">Review progress: <b>{p["n_reviewed"]}</b> samples reviewed '
             f'(train --trusted; hidden from the list: show &ldquo;reviewed&rdquo; to see them), '
-            f'<b>{p["n_flagged"]}</b> label issues still flagged{_e(nxt)}.</p>')
+            f'<b>{p["n_flagged"]}</b> label issues still flagged{_e(nxt)}.{spot}</p>')
+
+
+def _error_share_line(stats: dict) -> str:
+    """The two estimates of the share of wrong labels side by side, and the one the run used."""
+    cal = stats.get("calibration") or {}
+    if not cal:
+        return ""
+    pl, rv = cal.get("planted") or {}, cal.get("reviewed") or {}
+    planted = (f"planted flips {_fmt(100 * pl['share'], 0)}%" if pl.get("share") is not None
+               else "planted flips: none in this run")
+    if rv.get("share") is not None:
+        reviewed = (f"reviewed cards {_fmt(100 * rv['share'], 0)}% (± {_fmt(100 * (rv.get('standard_error') or 0), 0)}; "
+                    f"{rv['n_reviewed']} reviewed, {rv['n_errors']} wrong, {rv['n_spot_checks']} spot checks)")
+    elif rv.get("n_reviewed"):
+        reviewed = f"reviewed cards: not yet — {rv.get('why')}"
+    else:
+        reviewed = "reviewed cards: none yet (train --trusted with a saved decisions file)"
+    used = {"reviewed": "the reviewed cards'", "planted": "the planted flips'"}.get(cal.get("used"), "neither")
+    auroc = (f" Among the reviewed cards the score put the wrong labels first at AUROC {_fmt(rv['auroc'])}."
+             if rv.get("auroc") is not None else "")
+    return (f'<br><span class="muted" id="error-share">Share of wrong labels: {_e(planted)}; {_e(reviewed)}. '
+            f'This audit uses {used} estimate (the <code>planted</code> threshold rule reads it).{_e(auroc)}</span>')
 
 
 def decisions_stem(run_id: str | None) -> str:

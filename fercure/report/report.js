@@ -10,7 +10,7 @@
   var QUALITY = BIT.blur | BIT.dark | BIT.bright | BIT.low_contrast;
   var FLAG_TEXT = {label_issue: 'label issue', ambiguous: 'ambiguous', duplicate: 'duplicate', face: 'face problem',
                    blur: 'blurry', dark: 'too dark', bright: 'too bright', low_contrast: 'low contrast',
-                   reviewed: 'reviewed'};
+                   reviewed: 'reviewed', spot_check: 'spot check'};
   var ACTION_TEXT = {keep: 'keep', relabel: 'relabel', drop: 'drop', review: 'leave for review'};
 
   var rows = R.id.map(function (id, i) {

@@ -61,6 +61,7 @@ class AuditSummary:
     model_verdict: str = "unknown"  # ok | weak | too_weak | unknown (see fercure.train.detection)
     model_strength: str = ""  # the verdict in a sentence: probe accuracy vs chance, planted flips
     self_check: dict = field(default_factory=dict)  # planted flips: how many, how well ranked
+    error_share: dict = field(default_factory=dict)  # planted vs reviewed estimate, and the one used
 
     @property
     def warning(self) -> str | None:
@@ -152,6 +153,7 @@ def run_audit(
         model_verdict=str(stats["model_strength"].get("verdict", "unknown")),
         model_strength=str(stats["model_strength"].get("message", "")),
         self_check=_self_check_rows(stats["self_check"]),
+        error_share=_error_share_rows(stats["calibration"]),
     )
 
 
@@ -217,6 +219,17 @@ def _transition_frame(stats: dict, classes: list[str]) -> pd.DataFrame:
     """``stats["transition_matrix"]`` labelled: rows the given label, columns the suggested one."""
     return pd.DataFrame(stats["transition_matrix"], index=pd.Index(classes, name="given"),
                         columns=pd.Index(classes, name="suggested"))
+
+
+def _error_share_rows(cal: dict) -> dict:
+    """The share of wrong labels as the planted flips and the reviewed rows estimate it, side by side."""
+    rv = cal.get("reviewed") or {}
+    return {"planted flips": cal["planted"]["share"] if cal.get("planted") else None,
+            "reviewed rows": rv.get("share"),
+            "reviewed rows (n, wrong, spot checks)": [rv.get("n_reviewed", 0), rv.get("n_errors", 0),
+                                                     rv.get("n_spot_checks", 0)],
+            "why not reviewed": rv.get("why") if rv.get("share") is None and rv.get("n_reviewed") else None,
+            "used": cal.get("used")}
 
 
 def _self_check_rows(sc: dict) -> dict:
