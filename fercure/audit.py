@@ -965,7 +965,7 @@ def build_audit(
     classes = [str(c) for c in classes]
     as_given, manifest = manifest, with_reviewed_labels(manifest, reviewed)
     preds, rows, given, given_str, n_unmatched = align_predictions(manifest, predictions, classes)
-    calibration = calibration_stats(run_meta or {}, reviewed)
+    calibration = calibration_stats(run_meta or {}, reviewed, len(preds))
     scored, flags, is_rev = _score_and_flag(preds, rows, given, classes, method, distribution, threshold_method,
                                             run_meta, reviewed, calibration["share"])
     sugg_probs, suggested, sugg_conf, bands = suggest_step(preds, classes, given, flags.is_issue, suggest_from)
@@ -1070,26 +1070,32 @@ def reviewed_errors(reviewed: pd.DataFrame) -> np.ndarray:
     return (reviewed["action"] != "keep").to_numpy(dtype=bool)
 
 
-def calibration_stats(run_meta: Mapping, reviewed: pd.DataFrame | None) -> dict:
-    """The error-share estimate and the self-check twice, side by side: from the planted flips (the
-    run's self-check) and from the reviewed rows (``fercure.review_calibration``), and which share the
-    run uses (``share``; None when neither exists). The reviewed AUROC is over the reviewed rows only,
-    at the ranks they had when reviewed: a queue's rows are the hardest to tell apart, so it reads
-    lower than a random sample's would."""
+def calibration_stats(run_meta: Mapping, reviewed: pd.DataFrame | None, n_trained: int) -> dict:
+    """The share of wrong labels twice, side by side: from the planted flips (the run's self-check) and
+    from the reviewed rows (``fercure.review_calibration``: exact on the queue's cards, the spot checks
+    for the rest), and which share the run uses (``share``; None when neither exists). Also the error
+    rate of the latest queue cards (what the next ones hold) and the reviewed rows' AUROC at the ranks
+    they had when reviewed: mostly a queue's low ranks, so no match for the planted flips' AUROC."""
     sc = dict(run_meta.get("self_check") or {})
     planted_share = sc.get("estimated_error_share")
     planted_share = float(planted_share) if planted_share is not None and np.isfinite(planted_share) else None
-    has_rank = reviewed is not None and len(reviewed) and "rank_when_reviewed" in reviewed.columns
-    rank = reviewed["rank_when_reviewed"].to_numpy(dtype=float) if has_rank else np.zeros(0)
-    err = reviewed_errors(reviewed) if has_rank else np.zeros(0, bool)
-    rev = rc.error_share(rank, err)
+    r = reviewed if reviewed is not None and len(reviewed) else None
+    err = reviewed_errors(r) if r is not None else np.zeros(0, bool)
+
+    def col(name: str, fill, dtype) -> np.ndarray:
+        return (r[name].fillna(fill).to_numpy(dtype=dtype) if r is not None and name in r.columns
+                else np.full(len(err), fill, dtype=dtype))
+
+    rank, spot, rnd = col("rank_when_reviewed", np.nan, float), col("spot_check", False, bool), col("review_round", 0, int)
+    n_drops = int((r["action"] == "drop").sum()) if r is not None else 0
+    rev = rc.error_share(err, spot, n_trained + n_drops)
     rev["auroc"] = rc.auroc(err, rank)
-    rev["curve"] = rc.curve_points(rank, err)
-    chosen = rc.choose(planted_share, rev)
+    rev["recent_queue"] = rc.recent_queue_rate(rank, err, spot, latest=rnd == rnd.max() if len(rnd) else None)
+    used, share = rc.choose(planted_share, rev["share"])
     return {"planted": {"share": planted_share, "auroc": _json_float(sc.get("auroc_mean_p") or np.nan),
                         "n_planted": sc.get("n_planted")},
             "reviewed": {k: (_json_float(v) if isinstance(v, float) else v) for k, v in rev.items()},
-            "used": chosen["used"], "share": chosen["share"]}
+            "used": used, "share": share}
 
 
 def reviewed_stats(reviewed: pd.DataFrame | None) -> dict:

@@ -280,6 +280,9 @@ TRUSTED = Table(
         _c("rank_when_reviewed", FLOAT64, "the rank of the sample's label_score among the scored rows of the audit "
            "the reviewer worked from, in (0, 1), low = suspect (NaN: that audit did not score it)",
            bounds=SCORE, required=False),
+        _c("spot_check", BOOL, "the report offered the sample as a spot check (a random draw among the rows not "
+           "reviewed yet)", required=False),
+        _c("review_round", INT64, "which --trusted file the decision came from, 1-based", required=False),
     ),
     metadata="run_id, trusted (the files in order, their counts)",
 )

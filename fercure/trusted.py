@@ -47,25 +47,35 @@ def _suggestions(audit: pd.DataFrame | None, sample_ids: Sequence[str]) -> list:
     return [sugg.get(s) for s in sample_ids]
 
 
-def ranks_when_reviewed(ws: Workspace, audit: pd.DataFrame | None, sample_ids: Sequence[str]) -> np.ndarray:
-    """(m,) the rank (``review_calibration.ranks_of``) each sample's label_score had in the audit the
-    reviewer worked from: the workspace's audit; for a sample that audit already shows as reviewed (an
-    earlier round), the rank its own run recorded then (its score since is about the reviewed label).
-    NaN where no audit scored it."""
-    out = np.full(len(sample_ids), np.nan)
+REVIEW_COLUMNS = ("rank_when_reviewed", "spot_check")  # what the audit the reviewer saw said of a row
+
+
+def review_context(ws: Workspace, audit: pd.DataFrame | None, sample_ids: Sequence[str]) -> pd.DataFrame:
+    """Per sample (rows in ``sample_ids`` order): the rank (``review_calibration.ranks_of``) its
+    label_score had in the audit the reviewer worked from (the workspace's), and whether the report
+    offered it as a spot check. A sample that audit already shows as reviewed (an earlier round) keeps
+    what its own run recorded then. NaN rank / False where no audit scored it."""
+    out = pd.DataFrame({"rank_when_reviewed": np.nan, "spot_check": False}, index=pd.Index(sample_ids, dtype=object))
     if audit is None or "label_score" not in audit.columns:
-        return out
-    ids = audit["sample_id"].astype(str)
-    rank = pd.Series(rc.ranks_of(audit["label_score"].to_numpy(dtype=float)), index=ids.to_numpy())
-    if "is_reviewed" in audit.columns and audit["is_reviewed"].fillna(False).astype(bool).any():
-        earlier = _earlier_ranks(ws)
-        was = ids[audit["is_reviewed"].fillna(False).astype(bool).to_numpy()]
-        rank.loc[was.to_numpy()] = earlier.reindex(was.to_numpy()).to_numpy()
-    return rank.reindex(pd.Index(sample_ids, dtype=object)).to_numpy(dtype=float)
+        return out.astype({"rank_when_reviewed": float, "spot_check": bool})
+    ids = audit["sample_id"].astype(str).to_numpy()
+    score = audit["label_score"].to_numpy(dtype=float)
+    was = audit["is_reviewed"].fillna(False).astype(bool).to_numpy() if "is_reviewed" in audit.columns \
+        else np.zeros(len(audit), bool)
+    spot = np.zeros(len(audit), bool)
+    spot[rc.spot_checks(ids, np.isfinite(score) & ~was)] = True  # the report's own draw
+    rank = rc.ranks_of(score)
+    if was.any():  # what a reviewed row was when reviewed; unknown (NaN, not a spot check) without its run
+        earlier = _earlier_context(ws).reindex(ids[was])
+        rank[was] = earlier["rank_when_reviewed"].to_numpy(dtype=float)
+        spot[was] = earlier["spot_check"].fillna(False).to_numpy(dtype=bool)
+    now = pd.DataFrame({"rank_when_reviewed": rank, "spot_check": spot}, index=ids).reindex(out.index)
+    return now.fillna({"spot_check": False}).astype({"rank_when_reviewed": float, "spot_check": bool})
 
 
-def _earlier_ranks(ws: Workspace) -> pd.Series:
-    """sample_id → rank_when_reviewed from the trusted table of the run the workspace's audit is of."""
+def _earlier_context(ws: Workspace) -> pd.DataFrame:
+    """sample_id → REVIEW_COLUMNS from the trusted table of the run the workspace's audit is of."""
+    empty = pd.DataFrame({"rank_when_reviewed": pd.Series(dtype=float), "spot_check": pd.Series(dtype=bool)})
     try:
         run_id = str(read_metadata(ws.audit).get("run_id") or "")
         # the metadata is data: only a run folder's own kind of name is followed
@@ -73,9 +83,9 @@ def _earlier_ranks(ws: Workspace) -> pd.Series:
         t = read(ws.run_dir(run_id)) if ok else None
     except (WorkspaceError, ValueError, OSError):
         t = None
-    if t is None or "rank_when_reviewed" not in t.columns:
-        return pd.Series(dtype=float)
-    return pd.Series(t["rank_when_reviewed"].to_numpy(dtype=float), index=t["sample_id"].astype(str).to_numpy())
+    if t is None or not set(REVIEW_COLUMNS) <= set(t.columns):
+        return empty
+    return t.set_index(t["sample_id"].astype(str))[list(REVIEW_COLUMNS)].astype({"spot_check": bool})
 
 
 def load(ws: Workspace, files: Sequence[str], classes: Sequence[str], reporter: Reporter) -> dec.Trusted | None:
@@ -107,7 +117,14 @@ def load(ws: Workspace, files: Sequence[str], classes: Sequence[str], reporter: 
                                  f"(or leave the file out) and run again:\n{listing}")
         parsed.append(d)
     trusted = dec.merge_trusted(parsed, dict(zip(ids, given)))
-    trusted.table["rank_when_reviewed"] = ranks_when_reviewed(ws, audit, trusted.table["sample_id"].tolist())
+    context = review_context(ws, audit, trusted.table["sample_id"].tolist())
+    for col in REVIEW_COLUMNS:
+        trusted.table[col] = context[col].to_numpy()
+    # the --trusted file each decision came from, 1-based: the last is the latest round of review
+    src = trusted.table["source"].astype(str)
+    trusted.table["review_round"] = np.zeros(len(src), np.int64)
+    for i, d in enumerate(parsed, start=1):
+        trusted.table.loc[src.str.startswith(f"{d.file} ").to_numpy(), "review_round"] = i
     for p in trusted.problems[:20]:
         reporter.log(f"train: --trusted {p}")
     if len(trusted.problems) > 20:

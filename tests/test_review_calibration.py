@@ -14,13 +14,11 @@ from fercure.report import data as rd
 from test_report import CLASSES, small_audit
 
 
-def population(n: int = 20_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Ranks and errors of a data set whose wrong labels sit mostly at the low ranks: P(error) 0.6
-    below rank 0.1, 0.2 above (a true share of 0.24)."""
+def population(n: int = 20_000, seed: int = 0) -> np.ndarray:
+    """Errors of a data set ordered like a queue: P(error) 0.6 in its first tenth, 0.2 after (a true
+    share of 0.24)."""
     rng = np.random.default_rng(seed)
-    rank = (np.arange(n) + 0.5) / n
-    err = rng.random(n) < np.where(rank < 0.1, 0.6, 0.2)
-    return rank, err
+    return rng.random(n) < np.where(np.arange(n) < n // 10, 0.6, 0.2)
 
 
 def test_ranks_share_ties_and_keep_nan():
@@ -30,50 +28,51 @@ def test_ranks_share_ties_and_keep_nan():
     assert np.allclose(r[[2, 0, 3, 4]], [0.125, 0.5, 0.5, 0.875])
 
 
-def test_a_queue_and_spot_checks_estimate_the_share_a_queue_alone_does_not():
-    rank, err = population()
-    queue = np.arange(400)  # the lowest ranks, as the report's queue shows them
-    share_q = rc.error_share(rank[queue], err[queue])
-    assert share_q["share"] is None and "spot checks" in share_q["why"]  # the queue reaches 2 % of the ranks
+@pytest.mark.parametrize("queue_cards", [0, 400, 1000])
+def test_spot_checks_estimate_the_share_whatever_the_queue_found(queue_cards):
+    err = population()
+    n = len(err)
     rng = np.random.default_rng(1)
-    unlisted = np.arange(400, len(rank))
     estimates = []
-    for _ in range(20):
-        spot = rng.choice(unlisted, size=60, replace=False)
+    for _ in range(200):
+        spot = rng.choice(n, size=60, replace=False)  # the spot checks: random rows, drawn before the review
+        queue = np.setdiff1d(np.arange(queue_cards), spot)  # the queue's cards that were not spot checks
         rows = np.r_[queue, spot]
-        est = rc.error_share(rank[rows], err[rows])
-        assert est["n_spot_checks"] >= rc.MIN_SPOT_CHECKS and est["why"] is None
+        est = rc.error_share(err[rows], np.r_[np.zeros(len(queue), bool), np.ones(len(spot), bool)], n)
+        assert est["n_spot_checks"] == 60 and est["why"] is None
         estimates.append(est["share"])
-    assert abs(np.median(estimates) - err.mean()) < 0.03  # not the queue's own error rate (≈ 0.6)
-    # the queue alone, read without the minimums, would say far more than the truth
-    assert rc.share_over_ranks(rank[queue], err[queue])[0] > 0.5
+    # not pulled toward the queue's 0.6: off by at most the spot checks that fell in the queue's stretch
+    # (queue share × the rates' difference, see review_calibration.error_share) and the draws' noise
+    assert abs(np.mean(estimates) - err.mean()) < queue_cards / n * 0.4 + 0.006
+    assert abs(np.mean(estimates) - err.mean()) < 0.03
 
 
-def test_too_few_reviewed_rows_say_so():
-    out = rc.error_share(np.array([0.1, 0.5, 0.9]), np.array([True, False, False]))
-    assert out["share"] is None and out["n_reviewed"] == 3 and f"{rc.MIN_REVIEWED} are needed" in out["why"]
+def test_without_spot_checks_there_is_no_reviewed_share():
+    err = population()
+    out = rc.error_share(err[:400], np.zeros(400, bool), len(err))
+    assert out["share"] is None and out["n_reviewed"] == 400 and "spot checks" in out["why"]
+    assert rc.choose(0.4, out["share"]) == ("planted", 0.4)
+    assert rc.choose(None, None) == (None, None) and rc.choose(0.4, 0.25) == ("reviewed", 0.25)
 
 
-def test_the_local_error_rate_never_rises_with_rank_and_stays_local():
-    xs, fit = rc.local_error_rate(np.array([0.9, 0.1, 0.2, 0.5, 0.6]), np.array([True, False, True, True, False]), k=2)
-    assert np.all(np.diff(fit) <= 1e-12) and list(xs) == sorted(xs)
-    # a dense queue of errors at the low ranks keeps its own rate at its end, whatever lies far above
-    rank = np.r_[np.linspace(0.0, 0.02, 200), np.linspace(0.3, 1.0, 50)]
-    err = np.r_[np.ones(200, bool), np.zeros(50, bool)]
-    xs, fit = rc.local_error_rate(rank, err)
-    assert fit[199] == 1.0 and fit[-1] == 0.0
+def test_the_next_cards_are_read_off_the_latest_queue_cards():
+    rank = np.r_[np.linspace(0.0, 0.02, 100), np.linspace(0.1, 0.9, 40)]
+    err = np.r_[np.zeros(50, bool), np.ones(50, bool), np.zeros(40, bool)]  # the queue got better with depth
+    spot = np.r_[np.zeros(100, bool), np.ones(40, bool)]
+    out = rc.recent_queue_rate(rank, err, spot)
+    assert out == {"rate": 1.0, "n": rc.RECENT_CARDS}  # the last 50 queue cards, not the spot checks
+    assert rc.recent_queue_rate(rank[:10], err[:10], spot[:10])["rate"] is None
+    latest = np.r_[np.zeros(60, bool), np.ones(80, bool)]  # a later round: its own queue cards
+    assert rc.recent_queue_rate(rank, err, spot, latest)["n"] == 40
 
 
-def test_expected_errors_from_the_curve():
-    rank, err = population()
-    rows = np.r_[np.arange(500), np.flatnonzero(rank > 0.3)[::200]]
-    nxt = rank[500:600]  # the next 100 cards: still in the 0.6 stretch
-    exp = rc.expected_errors(rank[rows], err[rows], nxt)
-    assert 50 < exp < 70
-    assert rc.expected_errors(rank[:5], err[:5], nxt) is None
-    curve = rc.curve_points(rank[rows], err[rows])
-    assert rc.expected_from_curve(curve, nxt) == pytest.approx(exp)
-    assert len(curve["rank"]) < len(rows)  # runs of one value kept by their ends
+def test_spot_checks_are_a_fixed_draw_of_the_eligible_rows():
+    ids = [f"s{i}" for i in range(2000)]
+    eligible = np.arange(2000) % 3 != 0
+    a = rc.spot_checks(ids, eligible)
+    assert len(a) == rc.SPOT_CARDS and eligible[a].all()
+    assert np.array_equal(a, rc.spot_checks(ids, eligible))
+    assert len(rc.spot_checks(ids[:100], np.ones(100, bool))) == 5  # at most SPOT_SHARE of a small set
 
 
 def test_auroc_of_reviewed_rows():
@@ -82,46 +81,68 @@ def test_auroc_of_reviewed_rows():
     assert rc.auroc(np.array([True, True]), np.array([0.1, 0.2])) is None
 
 
-def reviewed_table(table: pd.DataFrame, ids, errors, ranks) -> pd.DataFrame:
+def reviewed_table(table: pd.DataFrame, ids, errors, spot) -> pd.DataFrame:
     g = table.set_index("sample_id")["given_label"]
     return pd.DataFrame({"sample_id": ids, "action": np.where(errors, "drop", "keep"),
                          "label": [None if e else g[i] for i, e in zip(ids, errors)],
                          "given_label": [g[i] for i in ids], "source": "test row 2",
-                         "rank_when_reviewed": ranks})
+                         "rank_when_reviewed": np.linspace(0.01, 0.99, len(ids)), "spot_check": spot,
+                         "review_round": 1})
 
 
-def test_the_planted_rule_reads_the_reviewed_share_when_the_reviewed_rows_reach_across():
+def test_the_planted_rule_reads_the_reviewed_share_once_spot_checks_are_decided():
     man, preds, _ = small_audit(n=600, seed=3)
     meta = {"self_check": {"n_planted": 18, "estimated_error_share": 0.40, "auroc_mean_p": 0.9}}
     before, st0 = core.build_audit(man, preds, CLASSES, threshold_method="planted", run_meta=meta)
     assert st0["calibration"]["used"] == "planted" and st0["calibration"]["share"] == 0.40
-    # 100 reviewed rows spread over every rank, one in ten wrong: the reviewed share ≈ 0.1
-    ids = before["sample_id"].to_numpy()[::6][:100]
-    rng = np.random.default_rng(0)
-    ranks = (np.arange(100) + 0.5) / 100
-    errors = rng.random(100) < 0.1
+    # 60 reviewed rows: 10 queue cards (all wrong) and 50 spot checks, 5 of them wrong
+    ids = before["sample_id"].to_numpy()[::10][:60]
+    errors = np.r_[np.ones(10, bool), np.arange(50) % 10 == 0]
+    spot = np.r_[np.zeros(10, bool), np.ones(50, bool)]
     after, st1 = core.build_audit(man, preds, CLASSES, threshold_method="planted", run_meta=meta,
-                                  reviewed=reviewed_table(before, ids, errors, ranks))
+                                  reviewed=reviewed_table(before, ids, errors, spot))
     cal = st1["calibration"]
     assert cal["used"] == "reviewed" and cal["planted"]["share"] == 0.40
-    assert cal["reviewed"]["share"] == pytest.approx(cal["share"]) and cal["share"] < 0.2
-    assert cal["reviewed"]["n_reviewed"] == 100 and cal["reviewed"]["curve"]
+    n_rows = int(before["trained"].sum()) + int(errors.sum())  # the scored rows and the reviewed drops
+    assert cal["share"] == pytest.approx((10 + 0.1 * (n_rows - 10)) / n_rows)
+    assert cal["reviewed"]["n_spot_checks"] == 50 and cal["reviewed"]["spot_check_error_rate"] == pytest.approx(0.1)
     # fewer flags with the smaller share (the reviewed rows themselves are never flagged)
     assert after["is_label_issue"].sum() < 0.6 * before["is_label_issue"].sum()
 
 
-def test_the_report_offers_spot_checks_past_the_queue_and_reads_the_curve():
+def test_the_report_offers_spot_checks_and_reads_the_latest_queue_cards():
     man, preds, _ = small_audit(n=2000, seed=5)
     table, stats = core.build_audit(man, preds, CLASSES)
     bits, listed = rd.review_rows(table)
     spot = np.flatnonzero(bits & rd.BIT["spot_check"])
-    rank = rc.ranks_of(table["label_score"].to_numpy(float))
-    assert len(spot) == rd.SPOT_CARDS
-    assert not table.loc[spot, ["is_label_issue", "is_ambiguous_issue"]].any().any() and rank[spot].max() > 0.5
+    assert len(spot) == rc.SPOT_CARDS and table.loc[spot, "trained"].all()
+    assert table.loc[spot, "is_label_issue"].any() and not table.loc[spot, "is_label_issue"].all()  # flagged or not
     assert np.array_equal(spot, np.flatnonzero(rd.review_rows(table)[0] & rd.BIT["spot_check"]))  # the same cards
     order = rd.review_order(table, listed, bits)
     p = rd.review_progress(table, CLASSES, order, bits, stats["calibration"])
-    assert p["expected_from"] == "model" and p["n_spot_checks"] == rd.SPOT_CARDS
-    flat = {"reviewed": {"curve": {"rank": [0.0, 1.0], "p_error": [0.25, 0.25]}, "n_reviewed": 80}}
-    p = rd.review_progress(table, CLASSES, order, bits, flat)
+    assert p["expected_from"] == "model" and p["n_spot_checks"] == rc.SPOT_CARDS
+    recent = {"reviewed": {"recent_queue": {"rate": 0.25, "n": 50}}}
+    p = rd.review_progress(table, CLASSES, order, bits, recent)
     assert p["expected_from"] == "reviewed" and p["expected_errors_next"] == pytest.approx(0.25 * p["next_cards"])
+
+
+def test_a_row_reviewed_in_an_earlier_round_keeps_the_rank_and_spot_flag_it_had_then(tmp_path):
+    from fercure import schema, trusted
+    from fercure.workspace import Workspace, write_table
+
+    ws = Workspace(tmp_path / "ws")
+    ws.run_dir("r1").mkdir(parents=True)
+    audit = pd.DataFrame({"sample_id": ["a", "b", "c", "d"], "label_score": [0.9, 0.1, 0.5, np.nan],
+                          "is_reviewed": [True, False, False, False]})
+    write_table(audit, ws.audit, {"run_id": "r1"})
+    # run r1 trained with "a" reviewed: its score since is about the reviewed label, not what was seen
+    write_table(pd.DataFrame({"sample_id": ["a"], "action": ["relabel"], "label": ["sad"], "given_label": ["happy"],
+                              "source": ["f.csv row 2"], "rank_when_reviewed": [0.05], "spot_check": [True],
+                              "review_round": [1]}), ws.run_dir("r1") / "trusted.parquet", table=schema.TRUSTED)
+    ctx = trusted.review_context(ws, audit, ["a", "b", "d", "zz"])
+    assert ctx.loc["a"].tolist() == [0.05, True]  # from its own round
+    assert ctx.at["b", "rank_when_reviewed"] == pytest.approx(1 / 6)  # lowest of the three scored rows
+    assert np.isnan(ctx.at["d", "rank_when_reviewed"]) and np.isnan(ctx.at["zz", "rank_when_reviewed"])
+    # a run id that is not a run folder's kind of name is not followed
+    write_table(audit, ws.audit, {"run_id": "../../etc"})
+    assert np.isnan(trusted.review_context(ws, audit, ["a"]).at["a", "rank_when_reviewed"])

@@ -201,12 +201,17 @@ def test_train_trusted_end_to_end(audited: Path, tmp_path: Path):
     assert read_metadata(run / "predictions.parquet")["trusted"]["n_reviewed"] == 3
     assert read_metadata(ws / "audit.parquet")["trusted"]["n_reviewed"] == 3
     # each reviewed row keeps the rank its score had in the audit the reviewer worked from
+    # and whether the report offered it as a spot check (the same draw as the report's)
     rank_then = pd.Series(rc.ranks_of(audit["label_score"].to_numpy(float)), index=audit["sample_id"])
+    spot_then = set(audit["sample_id"].to_numpy()[rc.spot_checks(audit["sample_id"].to_numpy(),
+                                                                  audit["label_score"].notna().to_numpy())])
     trusted = read_table(run / "trusted.parquet").set_index("sample_id")
     assert np.allclose(trusted.loc[[r_id, k_id, d_id], "rank_when_reviewed"], rank_then.loc[[r_id, k_id, d_id]])
+    assert trusted["spot_check"].to_dict() == {i: i in spot_then for i in trusted.index}
+    assert trusted.loc[[k_id, d_id], "review_round"].tolist() == [1, 1] and trusted.at[r_id, "review_round"] == 2
     cal = read_metadata(ws / "audit.parquet")["stats"]["calibration"]
     assert cal["reviewed"]["n_reviewed"] == 3 and cal["reviewed"]["n_errors"] == 2
-    assert cal["reviewed"]["share"] is None and "30 are needed" in cal["reviewed"]["why"]  # too few to calibrate
+    assert cal["reviewed"]["share"] is None and "of the 30 spot checks needed" in cal["reviewed"]["why"]
     assert cal["used"] == ("planted" if cal["planted"]["share"] is not None else None)
 
     assert set(a.index[a["is_reviewed"]]) == {r_id, k_id, d_id}

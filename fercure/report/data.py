@@ -153,29 +153,15 @@ def review_rows(audit: pd.DataFrame, manifest: pd.DataFrame | None = None) -> tu
         bits[g[0]] |= BIT["duplicate"]
     # reviewed rows are listed (the page hides them by default), never as issues
     bits |= np.where(C.flag(audit, "is_reviewed").to_numpy(), BIT["reviewed"], 0)
-    bits[spot_checks(audit, bits)] |= BIT["spot_check"]
+    bits[spot_checks(audit, bits)] |= BIT["spot_check"]  # after the reviewed bit: never a reviewed row
     return bits, np.flatnonzero(bits)
 
 
-SPOT_CARDS = 2 * rc.MIN_SPOT_CHECKS  # offered per report; the run needs MIN_SPOT_CHECKS of them decided
-SPOT_SHARE = 0.05  # at most this share of the scored rows (a small set is not worth calibrating this way)
-
-
-def spot_checks(audit: pd.DataFrame, bits: np.ndarray, n: int = SPOT_CARDS) -> np.ndarray:
-    """Positions of ``n`` random scored rows, neither flagged nor reviewed: cards that let a reviewer's
-    decisions estimate the share of wrong labels over every rank, not only the queue's
-    (``fercure.review_calibration``). The draw depends on the sample ids only, so a reload or a
-    re-render offers the same cards."""
-    score = _num(C.column(audit, "score", np.nan))
-    rank = rc.ranks_of(score)
-    busy = (bits & (BIT["label_issue"] | BIT["ambiguous"] | BIT["reviewed"])) > 0
-    cand = np.flatnonzero(np.isfinite(rank) & ~busy)
-    n = min(n, int(SPOT_SHARE * np.isfinite(rank).sum()))
-    if not len(cand) or n <= 0:
-        return np.zeros(0, np.int64)
-    ids = C.column(audit, "id").astype(str).to_numpy()[cand]
-    cand = cand[np.argsort(ids, kind="stable")]
-    return np.sort(np.random.default_rng(0).permutation(cand)[:n])
+def spot_checks(audit: pd.DataFrame, bits: np.ndarray) -> np.ndarray:
+    """Positions of the spot checks (``review_calibration.spot_checks``): random scored rows no reviewer
+    decided yet, flagged or not, so that the decisions speak for every row, not only the queue's."""
+    scored = np.isfinite(_num(C.column(audit, "score", np.nan)))
+    return rc.spot_checks(C.column(audit, "id").astype(str).to_numpy(), scored & ((bits & BIT["reviewed"]) == 0))
 
 
 def review_order(audit: pd.DataFrame, listed: np.ndarray, bits: np.ndarray) -> np.ndarray:
@@ -291,23 +277,21 @@ def expected_errors(p_given: np.ndarray, n: int = NEXT_CARDS) -> float:
 def review_progress(audit: pd.DataFrame, classes: Sequence[str], order: np.ndarray, bits: np.ndarray,
                     calibration: dict | None = None) -> dict:
     """Where the reviewer stands: samples reviewed, label issues still flagged, spot checks offered, and
-    the errors the next ``NEXT_CARDS`` flagged cards (in review order) are expected to hold: read off
-    the reviewed rows' P(error | rank) when the run has one (``expected_from`` "reviewed"), else the
-    audit distribution's sum of 1 − p(given) ("model", uncalibrated)."""
+    the errors the next ``NEXT_CARDS`` flagged cards (in review order) are expected to hold: the error
+    rate of the latest reviewed queue cards when the run has enough of them (``expected_from``
+    "reviewed"), else the audit distribution's sum of 1 − p(given) ("model", uncalibrated)."""
     flagged = order[(bits[order] & BIT["label_issue"]) > 0]
     nxt = flagged[:NEXT_CARDS]
-    curve = ((calibration or {}).get("reviewed") or {}).get("curve")
-    if curve:
-        rank = rc.ranks_of(_num(C.column(audit, "score", np.nan)))
-        expected, source = rc.expected_from_curve(curve, rank[nxt]), "reviewed"
+    recent = ((calibration or {}).get("reviewed") or {}).get("recent_queue") or {}
+    if recent.get("rate") is not None:
+        expected, source = recent["rate"] * len(nxt), "reviewed"
     else:
         given = C.column(audit, "given", "").astype(str).to_numpy()
         probs = {c: _num(audit[f"p_{c}"]) for c in classes if f"p_{c}" in audit.columns}
         p_given = np.array([probs[given[r]][r] if given[r] in probs else np.nan for r in nxt], float)
         expected, source = expected_errors(p_given), "model"
     reviewed = C.flag(audit, "is_reviewed").to_numpy()
-    cal = calibration or {}
     return {"n_reviewed": int(reviewed.sum()), "n_flagged": int(len(flagged)),
             "n_spot_checks": int(((bits & BIT["spot_check"]) > 0).sum()),
             "next_cards": int(len(nxt)), "expected_errors_next": _round(expected, 1), "expected_from": source,
-            "n_calibration_rows": int(((cal.get("reviewed") or {}).get("n_reviewed")) or 0)}
+            "n_recent_cards": int(recent.get("n") or 0)}

@@ -317,14 +317,13 @@ def _progress_line(p: dict) -> str:
         nxt = ""
     elif p.get("expected_from") == "reviewed":
         nxt = (f"; the next {p['next_cards']} flagged cards are expected to hold about {p['expected_errors_next']:g} "
-               f"wrong labels (read off how often the {p['n_calibration_rows']} reviewed cards were wrong at the same "
-               "score ranks)")
+               f"wrong labels (the share of the last {p['n_recent_cards']} queue cards you reviewed that were wrong)")
     else:
         nxt = (f"; the next {p['next_cards']} flagged cards are expected to hold about {p['expected_errors_next']:g} "
                "wrong labels (the sum of 1 − p(given) of the audit distribution: the model's estimate, not a count; "
-               "once the run has reviewed cards, they give this figure)")
-    spot = (f" {p['n_spot_checks']} spot-check cards (random rows the queue does not reach: show "
-            f"&ldquo;spot checks&rdquo;) let your decisions estimate the share of wrong labels in the next run."
+               "once the run has 30 reviewed queue cards, their error rate gives this figure)")
+    spot = (f" {p['n_spot_checks']} spot-check cards (random rows, flagged or not: show &ldquo;spot checks&rdquo;) "
+            "let your decisions estimate the share of wrong labels in the next run: decide all of them."
             if p.get("n_spot_checks") else "")
     return (f'<p class="verdict" id="progress">Review progress: <b>{p["n_reviewed"]}</b> samples reviewed '
             f'(train --trusted; hidden from the list: show &ldquo;reviewed&rdquo; to see them), '
@@ -340,13 +339,14 @@ def _error_share_line(stats: dict) -> str:
     planted = (f"planted flips {_fmt(100 * pl['share'], 0)}%" if pl.get("share") is not None
                else "planted flips: none in this run")
     if rv.get("share") is not None:
-        reviewed = (f"reviewed cards {_fmt(100 * rv['share'], 0)}% (± {_fmt(100 * (rv.get('standard_error') or 0), 0)}; "
-                    f"{rv['n_reviewed']} reviewed, {rv['n_errors']} wrong, {rv['n_spot_checks']} spot checks)")
+        reviewed = (f"your decisions {_fmt(100 * rv['share'], 0)}% (± {_fmt(100 * (rv.get('standard_error') or 0), 0)}; "
+                    f"{rv['n_reviewed']} reviewed, {rv['n_errors']} wrong; {rv['n_spot_checks']} spot checks, "
+                    f"{_fmt(100 * rv['spot_check_error_rate'], 0)}% of them wrong)")
     elif rv.get("n_reviewed"):
-        reviewed = f"reviewed cards: not yet — {rv.get('why')}"
+        reviewed = f"your decisions: not yet — {rv.get('why')}"
     else:
-        reviewed = "reviewed cards: none yet (train --trusted with a saved decisions file)"
-    used = {"reviewed": "the reviewed cards'", "planted": "the planted flips'"}.get(cal.get("used"), "neither")
+        reviewed = "your decisions: none yet (train --trusted with a saved decisions file)"
+    used = {"reviewed": "your decisions'", "planted": "the planted flips'"}.get(cal.get("used"), "neither")
     auroc = (f" Among the reviewed cards the score put the wrong labels first at AUROC {_fmt(rv['auroc'])}."
              if rv.get("auroc") is not None else "")
     return (f'<br><span class="muted" id="error-share">Share of wrong labels: {_e(planted)}; {_e(reviewed)}. '

@@ -228,6 +228,7 @@ def _error_share_rows(cal: dict) -> dict:
             "reviewed rows": rv.get("share"),
             "reviewed rows (n, wrong, spot checks)": [rv.get("n_reviewed", 0), rv.get("n_errors", 0),
                                                      rv.get("n_spot_checks", 0)],
+            "spot checks wrong": rv.get("spot_check_error_rate"),
             "why not reviewed": rv.get("why") if rv.get("share") is None and rv.get("n_reviewed") else None,
             "used": cal.get("used")}
 
