@@ -11,9 +11,9 @@ error against the reviewer's own error share over all scored rows (median and 90
 ``fercure.review_calibration``'s minimum). Then, after reviewing the queue's first 100 / 200 / 300
 cards: the errors expected among the next 100 (the last 50 reviewed cards' error rate, and the model's
 own sum of 1 − p(given)) against the count.
-Last, the queue orders of issue 18, part 3 on the first audit (the report's queue, label_score alone,
-class-balanced, expected change of the final label; cleanlab's and the random order when the kept
-folder has them): errors per 100 cards over the first 100, 200 and 400 cards.
+Last, the queue orders of issue 18, part 3 on every kept audit (the report's queue, label_score alone,
+class-balanced, expected change of the final label; on the first audit also cleanlab's and the random
+order when the kept folder has them): errors per 100 cards over the first 100, 200 and 400 cards.
 
     .venv/bin/python benchmarks/bench_review_calibration.py --kept /path/to/keep
 
@@ -116,18 +116,22 @@ def main(argv: list[str] | None = None) -> int:
                     "expected_one_minus_p_given": float(one_minus.loc[after].sum())})
         print(f"after {n} queue cards: next 100 hold {nxt[-1]['actual']} errors; the last {recent['n']} reviewed "
               f"say {exp:.1f}; 1 - p(given) says {nxt[-1]['expected_one_minus_p_given']:.1f}")
-    # queue orders on the first audit (issue 18, part 3): errors per 100 cards over the first n cards
-    orders = queue_orders(audit)
-    kept_queues = args.kept / "queues.json"
-    if kept_queues.exists():
-        q = json.loads(kept_queues.read_text())
-        orders.update(cleanlab=q["cleanlab"], random=q["random"])
+    # queue orders (issue 18, part 3): errors per 100 cards over the first n cards, on every kept audit
+    # (the first, and the retrained rounds' with the reviewed rows left out)
     errs = answers.set_index("sample_id")["action"] != "keep"
-    order_rows = {name: {str(n): float(100 * errs.reindex(o[:n]).fillna(False).mean()) for n in (100, 200, 400)}
-                  for name, o in orders.items()}
-    for name, row in order_rows.items():
-        print(f"order {name:16s} errors per 100 cards over the first 100 / 200 / 400: "
-              + " / ".join(f"{v:.1f}" for v in row.values()))
+    order_rows: dict[str, dict] = {}
+    for path in sorted(args.kept.glob("audit-*.parquet")):
+        a = pd.read_parquet(path)
+        orders = queue_orders(a)
+        kept_queues = args.kept / "queues.json"
+        if path.name == "audit-0.parquet" and kept_queues.exists():
+            q = json.loads(kept_queues.read_text())
+            orders.update(cleanlab=q["cleanlab"], random=q["random"])
+        order_rows[path.stem] = {name: {str(n): float(100 * errs.reindex(o[:n]).fillna(False).mean())
+                                        for n in (100, 200, 400)} for name, o in orders.items()}
+        for name, row in order_rows[path.stem].items():
+            print(f"{path.stem} order {name:16s} errors per 100 cards over the first 100 / 200 / 400: "
+                  + " / ".join(f"{v:.1f}" for v in row.values()))
     payload = {"device_name": "none (replays saved tables)", "date": common.today(), **common.git_commit(),
                "command": command, "kept": str(args.kept), "n_scored": int(len(rank)), "true_error_share": truth,
                "planted_estimate": planted, "draws": args.draws,

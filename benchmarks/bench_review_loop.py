@@ -101,7 +101,8 @@ def queue_orders(audit: pd.DataFrame) -> dict[str, list[str]]:
     """Candidate orders of the first audit's rows (no extra fit): the report's queue; label_score alone;
     class-balanced (round-robin over given classes, each by label_score); expected change of the final
     label (flagged rows first, by the suggestion's confidence, highest first)."""
-    a = audit[audit["trained"].astype(bool)].copy()
+    reviewed = audit["is_reviewed"].fillna(False).astype(bool) if "is_reviewed" in audit.columns else False
+    a = audit[audit["trained"].astype(bool) & ~reviewed].copy()
     a["_s"] = a["label_score"].fillna(2.0)
     by_score = a.sort_values("_s", kind="stable")
     a["_rank"] = by_score.groupby("given_label").cumcount().reindex(a.index)

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from fercure import __version__
+from fercure import review_calibration as rc
 from fercure.report import columns as C
 from fercure.report.data import (LOW_CONTRAST, QUALITY_FLAGS, TOO_BRIGHT, TOO_DARK, balance_note,
                                  build_payload, reliability_bins)
@@ -268,7 +269,7 @@ _CONTROLS = """
  <option value="ambiguous">ambiguous</option><option value="duplicate">duplicates (and first copies)</option>
  <option value="face">face problems</option><option value="quality">image quality issues</option>
  <option value="reviewed">reviewed (train --trusted)</option>
- <option value="spot_check">spot checks (random unflagged rows)</option>
+ <option value="spot_check">spot checks (random rows)</option>
  <option value="all">everything listed</option></select></label>
 <label>given <select id="f-given"><option value="">any</option></select></label>
 <label>suggested <select id="f-sugg"><option value="">any</option></select></label>
@@ -321,7 +322,7 @@ def _progress_line(p: dict) -> str:
     else:
         nxt = (f"; the next {p['next_cards']} flagged cards are expected to hold about {p['expected_errors_next']:g} "
                "wrong labels (the sum of 1 − p(given) of the audit distribution: the model's estimate, not a count; "
-               "once the run has 30 reviewed queue cards, their error rate gives this figure)")
+               f"once the run has {rc.MIN_RECENT_CARDS} reviewed queue cards, their error rate gives this figure)")
     spot = (f" {p['n_spot_checks']} spot-check cards (random rows, flagged or not: show &ldquo;spot checks&rdquo;) "
             "let your decisions estimate the share of wrong labels in the next run: decide all of them."
             if p.get("n_spot_checks") else "")
