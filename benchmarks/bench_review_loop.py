@@ -290,8 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     audit0, run_classes, verdict0 = fit_and_audit([])
     assert run_classes == classes, (run_classes, classes)
     shutil.copyfile(ws / "audit.parquet", scratch / "audit-0.parquet")  # with fercure's metadata
-    answers.merge(truth[["sample_id", "label", "majority", "majority_votes"]], on="sample_id").to_csv(
-        scratch / "answers.csv", index=False)
+    answers.rename(columns={"label": "reviewer_label"}).merge(
+        truth[["sample_id", "label", "majority", "majority_votes"]], on="sample_id").to_csv(
+        scratch / "answers.csv", index=False)  # label: the given one
     reviewed: dict[str, list[list[str]]] = {m: [] for m in METHODS}
     oof = oof_job.result()
     np.save(scratch / "oof_probs.npy", oof)

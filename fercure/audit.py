@@ -1207,6 +1207,7 @@ def _label_columns(manifest: pd.DataFrame, s: Scored, is_issue: np.ndarray, sugg
         if "scn_label" in preds.columns else np.full(n_all, None, object),
         "aum": pred_col("aum"),
         "oof_p_given": pred_col("oof_p_given"),
+        "retrain_p_given": pred_col("retrain_p_given"),
     })
     for j, c in enumerate(classes):
         audit[f"p_{c}"] = full(probs[:, j], np.nan, float)

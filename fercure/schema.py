@@ -241,6 +241,8 @@ AUDIT = Table(
         _c("scn_label", STRING, "from predictions"),
         _c("aum", FLOAT64, "from predictions"),
         _c("oof_p_given", FLOAT64, "from predictions"),
+        _c("retrain_p_given", FLOAT64, "from predictions: the second model's p(given), held out for its suspects, the "
+           "probe and the planted rows (NaN without a retrain); the review queue's order", required=False),
         _c("p", FLOAT64, "the audit distribution (NaN when not trained)", per_class=True, bounds=SCORE),
         _c("face_status", STRING, "from the manifest", values=FACE_STATUSES),
         _c("face_score", FLOAT64, "from the manifest"),

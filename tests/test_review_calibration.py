@@ -146,3 +146,21 @@ def test_a_row_reviewed_in_an_earlier_round_keeps_the_rank_and_spot_flag_it_had_
     # a run id that is not a run folder's kind of name is not followed
     write_table(audit, ws.audit, {"run_id": "../../etc"})
     assert np.isnan(trusted.review_context(ws, audit, ["a"]).at["a", "rank_when_reviewed"])
+
+
+def test_the_queue_follows_the_held_out_view_when_every_flagged_row_has_one():
+    man, preds, _ = small_audit(n=600, seed=3)
+    table, _ = core.build_audit(man, preds, CLASSES)
+    flagged = np.flatnonzero(table["is_label_issue"].to_numpy())
+    assert len(flagged) > 10
+    rng = np.random.default_rng(0)
+    table["retrain_p_given"] = np.where(table["is_label_issue"], rng.random(len(table)), np.nan)
+    bits, listed = rd.review_rows(table)
+    order = rd.review_order(table, listed, bits)
+    first = order[: len(flagged)]
+    assert set(first) == set(flagged)
+    assert np.all(np.diff(table["retrain_p_given"].to_numpy()[first]) >= 0)  # lowest held-out p(given) first
+    # one flagged row without the held-out view: the label score orders the queue
+    table.loc[flagged[0], "retrain_p_given"] = np.nan
+    first = rd.review_order(table, listed, bits)[: len(flagged)]
+    assert np.all(np.diff(table["label_score"].to_numpy()[first]) >= 0)

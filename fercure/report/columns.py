@@ -15,6 +15,7 @@ AUDIT_COLUMNS: dict[str, tuple[str, ...]] = {
     "suggested": ("suggested_label",),  # not predicted_label: that is the argmax, even for a clean label
     "confidence": ("suggested_label_confidence",),
     "score": ("label_score", "label_quality"),
+    "held_out_p": ("retrain_p_given",),  # the second model's p(given), held out for the rows it flagged
     "is_issue": ("is_label_issue",),
     "is_ambiguous": ("is_ambiguous_issue", "is_ambiguous"),
     "margin": ("ambiguous_score", "top2_margin"),  # top-2 gap: low = ambiguous

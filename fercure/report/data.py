@@ -164,13 +164,22 @@ def spot_checks(audit: pd.DataFrame, bits: np.ndarray) -> np.ndarray:
     return rc.spot_checks(C.column(audit, "id").astype(str).to_numpy(), scored & ((bits & BIT["reviewed"]) == 0))
 
 
+def queue_key(audit: pd.DataFrame, flagged: np.ndarray) -> np.ndarray:
+    """What orders the label issues, low first: the second model's held-out p(given) when every
+    flagged row has one (the default retrain rule flags only rows that model held out), else the
+    label score. The held-out view found the most wrong labels per card reviewed
+    (benchmarks/RESULTS.md, "What to review next")."""
+    held = _num(C.column(audit, "held_out_p", np.nan))
+    return held if len(flagged) and np.isfinite(held[flagged]).all() else _num(C.column(audit, "score", np.nan))
+
+
 def review_order(audit: pd.DataFrame, listed: np.ndarray, bits: np.ndarray) -> np.ndarray:
     """Listed rows in the order a person should see them (and thumbnails are spent): label issues
-    by score (worst first), then ambiguous by top-2 margin, then spot checks, duplicates, face and
-    quality; reviewed rows last."""
-    score = _num(C.column(audit, "score", np.nan))[listed]
-    margin = _num(C.column(audit, "margin", np.nan))[listed]
+    by ``queue_key`` (most likely wrong first), then ambiguous by top-2 margin, then spot checks,
+    duplicates, face and quality; reviewed rows last."""
     b = bits[listed]
+    score = queue_key(audit, listed[(b & BIT["label_issue"]) > 0])[listed]
+    margin = _num(C.column(audit, "margin", np.nan))[listed]
     tier = np.select([b & BIT["reviewed"] > 0, b & BIT["label_issue"] > 0, b & BIT["ambiguous"] > 0,
                       b & BIT["spot_check"] > 0, b & BIT["duplicate"] > 0, b & BIT["face"] > 0],
                      [6, 0, 1, 2, 3, 4], default=5)
