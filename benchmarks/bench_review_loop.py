@@ -209,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-train", type=int, default=None, help="override the scale's subset size")
     ap.add_argument("--epochs", type=int, default=None, help="override the scale's epochs")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "review_loop.json")
+    ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                    help="the arms to run (cleanlab's folds are trained only with the cleanlab arm)")
+    ap.add_argument("--raw-downstream", action=argparse.BooleanOptionalAction, default=True,
+                    help="train the downstream model of the raw labels too")
     ap.add_argument("--keep", type=Path, default=None,
                     help="folder for the workspace and the tables behind the figures (default: a new temp folder)")
     ap.add_argument("--side-worker", action=argparse.BooleanOptionalAction, default=None,
@@ -266,8 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     given = truth["label"].map(cidx).to_numpy(dtype=np.int64)
     # cleanlab: self-confidence on K-fold out-of-fold probabilities (same backbone, size and epochs)
     store = np.asarray(np.load(ws / "faces" / "crops.npy", mmap_mode="r"))
-    oof_job = side.submit(_side_oof, args, cfg, device, store, truth["store_index"].to_numpy(np.int64), given,
-                          classes)
+    methods = tuple(m for m in METHODS if m in args.methods)
+    oof_job = (side.submit(_side_oof, args, cfg, device, store, truth["store_index"].to_numpy(np.int64), given,
+                           classes) if "cleanlab" in methods else None)
     test = load_split(args.data, "publictest")
     eligible = test[test["majority"].notna() & (test["majority_votes"] >= 5)].reset_index(drop=True)
     ev = eligible.iloc[stratified_subset(eligible["majority"].to_numpy(), cfg["test_limit"], seed=0)]
@@ -286,36 +291,41 @@ def main(argv: list[str] | None = None) -> int:
         downstream_jobs[name] = job
 
     raw = pd.Series(truth["label"].to_numpy(dtype=object), index=truth["sample_id"].to_numpy())
-    downstream("raw", raw)
+    if args.raw_downstream:
+        downstream("raw", raw)
     audit0, run_classes, verdict0 = fit_and_audit([])
     assert run_classes == classes, (run_classes, classes)
     shutil.copyfile(ws / "audit.parquet", scratch / "audit-0.parquet")  # with fercure's metadata
     answers.rename(columns={"label": "reviewer_label"}).merge(
         truth[["sample_id", "label", "majority", "majority_votes"]], on="sample_id").to_csv(
         scratch / "answers.csv", index=False)  # label: the given one
-    reviewed: dict[str, list[list[str]]] = {m: [] for m in METHODS}
-    oof = oof_job.result()
-    np.save(scratch / "oof_probs.npy", oof)
-    cl_queue = truth["sample_id"].to_numpy()[np.argsort(oof[np.arange(len(given)), given], kind="stable")].tolist()
+    reviewed: dict[str, list[list[str]]] = {m: [] for m in methods}
+    cl_queue: list[str] = []
+    if oof_job is not None:
+        oof = oof_job.result()
+        np.save(scratch / "oof_probs.npy", oof)
+        cl_queue = truth["sample_id"].to_numpy()[np.argsort(oof[np.arange(len(given)), given], kind="stable")].tolist()
     rand_queue = truth["sample_id"].to_numpy()[np.random.default_rng(args.seed).permutation(len(truth))].tolist()
     q0 = fercure_queue(audit0, set())
 
     # the arms without a retrain review their whole queue's head now; their downstream fits go to the side
+    no_retrain = [m for m in ("fercure_queue", "cleanlab", "random") if m in methods]
     for m, q in (("fercure_queue", q0), ("cleanlab", cl_queue), ("random", rand_queue)):
-        reviewed[m] = [q[r * k:(r + 1) * k] for r in range(args.rounds)]
+        if m in methods:
+            reviewed[m] = [q[r * k:(r + 1) * k] for r in range(args.rounds)]
     finals: dict[str, pd.Series] = {"raw": raw}
-    for m in ("fercure_queue", "cleanlab", "random"):
+    for m in no_retrain:
         finals[m] = final_labels(audit0, classes, verdict0, answers, [s for rnd in reviewed[m] for s in rnd])
         downstream(m, finals[m])
     audit_r, verdict_r = audit0, verdict0
     files: list[Path] = []
-    for r in range(args.rounds):
+    for r in range(args.rounds if "fercure_retrain" in methods else 0):
         done = {s for rnd in reviewed["fercure_retrain"] for s in rnd}
         reviewed["fercure_retrain"].append(take(fercure_queue(audit_r, done), k))
         files.append(decisions_file(scratch / f"decisions-{r + 1}.csv", answers, reviewed["fercure_retrain"][-1]))
         audit_r, _, verdict_r = fit_and_audit(files)  # the loop: every decision so far trains the next run
         shutil.copyfile(ws / "audit.parquet", scratch / f"audit-{r + 1}.parquet")
-        rep.log(f"round {r + 1}: " + ", ".join(f"{m} {int(is_error.loc[reviewed[m][r]].sum())}/{k}" for m in METHODS))
+        rep.log(f"round {r + 1}: " + ", ".join(f"{m} {int(is_error.loc[reviewed[m][r]].sum())}/{k}" for m in methods))
     (scratch / "queues.json").write_text(json.dumps({"reviewed": reviewed, "fercure_queue_0": q0,
                                                      "cleanlab": cl_queue, "random": rand_queue}))
 
@@ -327,10 +337,11 @@ def main(argv: list[str] | None = None) -> int:
     out["queue_orders"] = {name: float(100 * is_error.reindex(q[:n_cards]).fillna(False).mean())
                            for name, q in queue_orders(audit0).items()}
     rep.log(f"errors per 100 cards over the first {n_cards}, by order: {out['queue_orders']}")
-    finals["fercure_retrain"] = final_labels(audit_r, classes, verdict_r, answers,
-                                             [s for rnd in reviewed["fercure_retrain"] for s in rnd])
-    downstream("fercure_retrain", finals["fercure_retrain"], here=True)
-    for m in METHODS:
+    if "fercure_retrain" in methods:
+        finals["fercure_retrain"] = final_labels(audit_r, classes, verdict_r, answers,
+                                                 [s for rnd in reviewed["fercure_retrain"] for s in rnd])
+        downstream("fercure_retrain", finals["fercure_retrain"], here=True)
+    for m in methods:
         out[m] = {"errors_per_100_cards": [float(100 * is_error.loc[rnd].mean()) for rnd in reviewed[m]],
                   **label_accuracy(finals[m], truth)}
     pd.DataFrame({m: finals[m].reindex(truth["sample_id"].to_numpy()).to_numpy() for m in finals},
@@ -347,10 +358,10 @@ def main(argv: list[str] | None = None) -> int:
                "command": command, "scale": args.scale, "settings": cfg,
                "total_seconds": time.perf_counter() - t0, "results": out}
     common.merge_results(args.out, common.device_kind(device), payload)
-    for m in ("raw",) + METHODS:
+    for m in ("raw",) + methods:
         r = out[m]
         print(f"{m:16s} errors/100 cards {r.get('errors_per_100_cards', '-')}  label accuracy "
-              f"{r['accuracy']:.3f}  downstream {r['downstream_accuracy']:.3f}")
+              f"{r['accuracy']:.3f}  downstream {r.get('downstream_accuracy', float('nan')):.3f}")
     print(f"results merged into {args.out} ({payload['total_seconds']:.0f}s)")
     return 0
 
