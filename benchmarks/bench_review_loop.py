@@ -230,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, k) is not None:
             cfg[k] = getattr(args, k)
     t0 = time.perf_counter()
+    started_at = common.git_commit()  # the code that runs: later commits during a long run do not count
     rep = LogReporter(t0)
     device = str(resolve_device(args.device))
     b = _B(args, cfg, device, rep)
@@ -354,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         rep.log(f"downstream {name}: {acc:.3f}")
     side.shutdown()
 
-    payload = {"device_name": common.device_name(device), "date": common.today(), **common.git_commit(),
+    payload = {"device_name": common.device_name(device), "date": common.today(), **started_at,
                "command": command, "scale": args.scale, "settings": cfg,
                "total_seconds": time.perf_counter() - t0, "results": out}
     common.merge_results(args.out, common.device_kind(device), payload)
