@@ -68,6 +68,16 @@ def ranks_of(score: np.ndarray) -> np.ndarray:
     return out
 
 
+def queue_key(label_score: np.ndarray, held_out_p: np.ndarray, flagged: np.ndarray) -> np.ndarray:
+    """What orders the review queue's label issues, low first: the second model's held-out p(given)
+    when every flagged row has one (the default retrain rule flags only rows that model held out),
+    else the label score. The held-out view found the most wrong labels per card reviewed
+    (benchmarks/RESULTS.md, "What to review next")."""
+    held = np.asarray(held_out_p, float)
+    flagged = np.asarray(flagged, bool)
+    return held if flagged.any() and np.isfinite(held[flagged]).all() else np.asarray(label_score, float)
+
+
 def spot_checks(sample_ids: Sequence[str], eligible: np.ndarray) -> np.ndarray:
     """Positions of the spot checks: ``SPOT_CARDS`` rows (at most ``SPOT_SHARE`` of the eligible)
     drawn at random among the ``eligible`` ones (scored, not reviewed yet). The draw depends on the

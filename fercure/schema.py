@@ -279,8 +279,8 @@ TRUSTED = Table(
         _c("label", STRING, "the reviewed label the run trained with (null for a drop)"),
         _c("given_label", STRING, "the label as given in the manifest"),
         _c("source", STRING, "the --trusted file and row the decision came from"),
-        _c("rank_when_reviewed", FLOAT64, "the rank of the sample's label_score among the scored rows of the audit "
-           "the reviewer worked from, in (0, 1), low = suspect (NaN: that audit did not score it)",
+        _c("rank_when_reviewed", FLOAT64, "the sample's rank by the review queue's key (the held-out p(given), else "
+           "the label score) in the audit the reviewer worked from, in (0, 1), low = suspect (NaN: not scored)",
            bounds=SCORE, required=False),
         _c("spot_check", BOOL, "the report offered the sample as a spot check (a random draw among the rows not "
            "reviewed yet)", required=False),

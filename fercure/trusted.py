@@ -51,20 +51,25 @@ REVIEW_COLUMNS = ("rank_when_reviewed", "spot_check")  # what the audit the revi
 
 
 def review_context(ws: Workspace, audit: pd.DataFrame | None, sample_ids: Sequence[str]) -> pd.DataFrame:
-    """Per sample (rows in ``sample_ids`` order): the rank (``review_calibration.ranks_of``) its
-    label_score had in the audit the reviewer worked from (the workspace's), and whether the report
-    offered it as a spot check. A sample that audit already shows as reviewed (an earlier round) keeps
+    """Per sample (rows in ``sample_ids`` order): its rank (``review_calibration.ranks_of``) by the
+    review queue's key (``review_calibration.queue_key``) in the audit the reviewer worked from (the
+    workspace's), and whether the report offered it as a spot check. A sample that audit already shows as reviewed (an earlier round) keeps
     what its own run recorded then. NaN rank / False where no audit scored it."""
     out = pd.DataFrame({"rank_when_reviewed": np.nan, "spot_check": False}, index=pd.Index(sample_ids, dtype=object))
     if audit is None or "label_score" not in audit.columns:
         return out.astype({"rank_when_reviewed": float, "spot_check": bool})
     ids = audit["sample_id"].astype(str).to_numpy()
     score = audit["label_score"].to_numpy(dtype=float)
-    was = audit["is_reviewed"].fillna(False).astype(bool).to_numpy() if "is_reviewed" in audit.columns \
-        else np.zeros(len(audit), bool)
+
+    def flags(name: str) -> np.ndarray:
+        return audit[name].fillna(False).astype(bool).to_numpy() if name in audit.columns else np.zeros(len(audit), bool)
+
+    was = flags("is_reviewed")
     spot = np.zeros(len(audit), bool)
     spot[rc.spot_checks(ids, np.isfinite(score) & ~was)] = True  # the report's own draw
-    rank = rc.ranks_of(score)
+    held = audit["retrain_p_given"].to_numpy(dtype=float) if "retrain_p_given" in audit.columns \
+        else np.full(len(audit), np.nan)
+    rank = rc.ranks_of(rc.queue_key(score, held, flags("is_label_issue") & ~was))  # the queue's own order
     if was.any():  # what a reviewed row was when reviewed; unknown (NaN, not a spot check) without its run
         earlier = _earlier_context(ws).reindex(ids[was])
         rank[was] = earlier["rank_when_reviewed"].to_numpy(dtype=float)

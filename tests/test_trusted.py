@@ -202,7 +202,10 @@ def test_train_trusted_end_to_end(audited: Path, tmp_path: Path):
     assert read_metadata(ws / "audit.parquet")["trusted"]["n_reviewed"] == 3
     # each reviewed row keeps the rank its score had in the audit the reviewer worked from
     # and whether the report offered it as a spot check (the same draw as the report's)
-    rank_then = pd.Series(rc.ranks_of(audit["label_score"].to_numpy(float)), index=audit["sample_id"])
+    key = rc.queue_key(audit["label_score"].to_numpy(float), audit["retrain_p_given"].to_numpy(float),
+                       audit["is_label_issue"].to_numpy(bool))
+    assert np.array_equal(key, audit["retrain_p_given"].to_numpy(float), equal_nan=True)  # the retrain rule's queue
+    rank_then = pd.Series(rc.ranks_of(key), index=audit["sample_id"])
     spot_then = set(audit["sample_id"].to_numpy()[rc.spot_checks(audit["sample_id"].to_numpy(),
                                                                   audit["label_score"].notna().to_numpy())])
     trusted = read_table(run / "trusted.parquet").set_index("sample_id")

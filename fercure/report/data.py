@@ -165,12 +165,10 @@ def spot_checks(audit: pd.DataFrame, bits: np.ndarray) -> np.ndarray:
 
 
 def queue_key(audit: pd.DataFrame, flagged: np.ndarray) -> np.ndarray:
-    """What orders the label issues, low first: the second model's held-out p(given) when every
-    flagged row has one (the default retrain rule flags only rows that model held out), else the
-    label score. The held-out view found the most wrong labels per card reviewed
-    (benchmarks/RESULTS.md, "What to review next")."""
-    held = _num(C.column(audit, "held_out_p", np.nan))
-    return held if len(flagged) and np.isfinite(held[flagged]).all() else _num(C.column(audit, "score", np.nan))
+    """``review_calibration.queue_key`` of the audit's rows (``flagged``: positions of the label issues)."""
+    mask = np.zeros(len(audit), bool)
+    mask[flagged] = True
+    return rc.queue_key(_num(C.column(audit, "score", np.nan)), _num(C.column(audit, "held_out_p", np.nan)), mask)
 
 
 def review_order(audit: pd.DataFrame, listed: np.ndarray, bits: np.ndarray) -> np.ndarray:
