@@ -12,8 +12,9 @@ error against the reviewer's own error share over all scored rows (median and 90
 cards: the errors expected among the next 100 (the last 50 reviewed cards' error rate, and the model's
 own sum of 1 − p(given)) against the count.
 Last, the queue orders of issue 18, part 3 on every kept audit (the report's queue, label_score alone,
-class-balanced, expected change of the final label; on the first audit also cleanlab's and the random
-order when the kept folder has them): errors per 100 cards over the first 100, 200 and 400 cards.
+class-balanced, expected change of the final label, the second model's held-out p(given); on the first
+audit also cleanlab's and the random order when the kept folder has them): errors per 100 cards over
+the first 100, 200 and 400 cards.
 
     .venv/bin/python benchmarks/bench_review_calibration.py --kept /path/to/keep
 
@@ -58,6 +59,22 @@ def replay(is_error: pd.Series, queue: list[str], n_queue: int, n_spot: int, rng
         rest = len(is_error) - len(head)
         return (err[~is_spot].sum() + err[is_spot].mean() * rest) / len(is_error)
     return rc.error_share(err, is_spot, len(is_error))["share"]
+
+
+def held_out_order(audit: pd.DataFrame, predictions: Path | None) -> list[str]:
+    """The label issues by the second model's held-out p(given), lowest first, then the other scored
+    rows by label score; reviewed rows left out. An audit written before it carried retrain_p_given
+    takes it from its run's predictions (``predictions``)."""
+    a = audit[audit["trained"].astype(bool)].copy()
+    if "is_reviewed" in a.columns:
+        a = a[~a["is_reviewed"].fillna(False).astype(bool)]
+    if "retrain_p_given" not in a.columns and predictions is not None:
+        held = pd.read_parquet(predictions, columns=["sample_id", "retrain_p_given"])
+        a = a.merge(held, on="sample_id", how="left")
+    key = a["retrain_p_given"].to_numpy(dtype=float) if "retrain_p_given" in a.columns else np.full(len(a), np.nan)
+    flagged = a["is_label_issue"].astype(bool).to_numpy()
+    key = np.where(flagged, np.nan_to_num(key, nan=2.0), 3.0 + a["label_score"].fillna(2.0).to_numpy())
+    return a["sample_id"].astype(str).to_numpy()[np.argsort(key, kind="stable")].tolist()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,9 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     # (the first, and the retrained rounds' with the reviewed rows left out)
     errs = answers.set_index("sample_id")["action"] != "keep"
     order_rows: dict[str, dict] = {}
-    for path in sorted(args.kept.glob("audit-*.parquet")):
+    runs = sorted(p for p in (args.kept / "ws" / "runs").iterdir() if (p / "predictions.parquet").exists())
+    for i, path in enumerate(sorted(args.kept.glob("audit-*.parquet"))):
         a = pd.read_parquet(path)
         orders = queue_orders(a)
+        orders["held_out"] = held_out_order(a, runs[i] / "predictions.parquet" if i < len(runs) else None)
         kept_queues = args.kept / "queues.json"
         if path.name == "audit-0.parquet" and kept_queues.exists():
             q = json.loads(kept_queues.read_text())
