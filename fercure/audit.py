@@ -65,7 +65,7 @@ import numpy as np
 import pandas as pd
 
 from fercure import review_calibration as rc
-from fercure.review_calibration import isotonic_fit
+from fercure.metrics import auroc
 
 # Signals that can make up label_score, each mapped to 0..1 with low = likely wrong.
 SIGNALS = ("confidence", "confidence_variability", "aum", "last", "self_confidence", "oof", "reliability",
@@ -716,6 +716,24 @@ BAND_ACCURACY = (0.0, 1.0 / 3.0, 0.5)
 MIN_CALIBRATION_ROWS = 30  # below this the probe says too little; the bands fall back to the lift rule
 
 
+def isotonic_fit(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Non-decreasing least-squares fit of y on x (pool adjacent violators).
+
+    Returns the sorted x and the fitted value at each; ``np.interp`` over them reads the fit."""
+    order = np.argsort(x, kind="stable")
+    xs, ys = np.asarray(x, float)[order], np.asarray(y, float)[order]
+    vals, wts, sizes = [], [], []
+    for v in ys:
+        vals.append(v), wts.append(1.0), sizes.append(1)
+        while len(vals) > 1 and vals[-2] > vals[-1]:
+            w = wts[-2] + wts[-1]
+            v2 = (vals[-2] * wts[-2] + vals[-1] * wts[-1]) / w
+            n2 = sizes[-2] + sizes[-1]
+            del vals[-1], wts[-1], sizes[-1]
+            vals[-1], wts[-1], sizes[-1] = v2, w, n2
+    return xs, np.repeat(vals, sizes)
+
+
 def confidence_bands(confidence: np.ndarray, correct: np.ndarray,
                      accuracy_cuts: Sequence[float] = BAND_ACCURACY) -> dict:
     """Band cuts on the suggestion confidence, set where the measured accuracy crosses each cut.
@@ -1089,7 +1107,7 @@ def calibration_stats(run_meta: Mapping, reviewed: pd.DataFrame | None, n_traine
     rank, spot, rnd = col("rank_when_reviewed", np.nan, float), col("spot_check", False, bool), col("review_round", 0, int)
     n_drops = int((r["action"] == "drop").sum()) if r is not None else 0
     rev = rc.error_share(err, spot, n_trained + n_drops)
-    rev["auroc"] = rc.auroc(err, rank)
+    rev["auroc"] = _json_float(auroc(err, -rank))  # low rank = suspect
     rev["recent_queue"] = rc.recent_queue_rate(rank, err, spot, latest=rnd == rnd.max() if len(rnd) else None)
     used, share = rc.choose(planted_share, rev["share"])
     return {"planted": {"share": planted_share, "auroc": _json_float(sc.get("auroc_mean_p") or np.nan),

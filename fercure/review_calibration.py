@@ -1,4 +1,4 @@
-"""What a reviewer's decisions say about a run (pure numpy): the share of wrong labels, and how many
+"""What a reviewer's decisions say about a run (pure functions): the share of wrong labels, and how many
 wrong labels the next cards hold.
 
 Each reviewed row carries its verdict, an error (relabelled or dropped) or a confirmed label (kept),
@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 
 # The minimums, set by replaying reviews on the reference benchmark (benchmarks/RESULTS.md, "Reviewed
 # rows calibrate the run").
@@ -32,40 +33,11 @@ RECENT_CARDS = 50  # the latest queue cards whose error rate predicts the next c
 MIN_RECENT_CARDS = 30  # queue cards before that prediction replaces the model's
 
 
-def isotonic_fit(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Non-decreasing least-squares fit of y on x (pool adjacent violators).
-
-    Returns the sorted x and the fitted value at each; ``np.interp`` over them reads the fit."""
-    order = np.argsort(x, kind="stable")
-    xs, ys = np.asarray(x, float)[order], np.asarray(y, float)[order]
-    vals, wts, sizes = [], [], []
-    for v in ys:
-        vals.append(v), wts.append(1.0), sizes.append(1)
-        while len(vals) > 1 and vals[-2] > vals[-1]:
-            w = wts[-2] + wts[-1]
-            v2 = (vals[-2] * wts[-2] + vals[-1] * wts[-1]) / w
-            n2 = sizes[-2] + sizes[-1]
-            del vals[-1], wts[-1], sizes[-1]
-            vals[-1], wts[-1], sizes[-1] = v2, w, n2
-    return xs, np.repeat(vals, sizes)
-
-
 def ranks_of(score: np.ndarray) -> np.ndarray:
     """Mid-rank of each finite score among the finite ones, scaled into (0, 1); NaN stays NaN.
     Ties share their mean rank, so the rank does not depend on row order."""
-    s = np.asarray(score, float)
-    out = np.full(len(s), np.nan)
-    ok = np.isfinite(s)
-    n = int(ok.sum())
-    if n:
-        order = np.argsort(s[ok], kind="stable")
-        sorted_s = s[ok][order]
-        starts = np.flatnonzero(np.r_[True, sorted_s[1:] != sorted_s[:-1]])  # runs of equal scores
-        ends = np.r_[starts[1:], n]
-        r = np.empty(n)
-        r[order] = np.repeat((starts + ends - 1) / 2.0, ends - starts)
-        out[ok] = (r + 0.5) / n
-    return out
+    s = pd.Series(np.asarray(score, float)).where(lambda v: np.isfinite(v))
+    return ((s.rank(method="average") - 0.5) / max(int(s.notna().sum()), 1)).to_numpy(dtype=float, copy=True)
 
 
 def queue_key(label_score: np.ndarray, held_out_p: np.ndarray, flagged: np.ndarray) -> np.ndarray:
@@ -78,11 +50,11 @@ def queue_key(label_score: np.ndarray, held_out_p: np.ndarray, flagged: np.ndarr
     return held if flagged.any() and np.isfinite(held[flagged]).all() else np.asarray(label_score, float)
 
 
-def spot_checks(sample_ids: Sequence[str], eligible: np.ndarray) -> np.ndarray:
+def spot_checks(sample_ids: Sequence[str], score: np.ndarray, reviewed: np.ndarray) -> np.ndarray:
     """Positions of the spot checks: ``SPOT_CARDS`` rows (at most ``SPOT_SHARE`` of the eligible)
-    drawn at random among the ``eligible`` ones (scored, not reviewed yet). The draw depends on the
-    sample ids only, so the report and the next ``train --trusted`` find the same cards."""
-    cand = np.flatnonzero(np.asarray(eligible, bool))
+    drawn at random among the scored rows not reviewed yet. The draw depends on the sample ids only,
+    so the report and the next ``train --trusted`` find the same cards."""
+    cand = np.flatnonzero(np.isfinite(np.asarray(score, float)) & ~np.asarray(reviewed, bool))
     n = min(SPOT_CARDS, int(SPOT_SHARE * len(cand)))
     if not len(cand) or n <= 0:
         return np.zeros(0, np.int64)
@@ -133,21 +105,6 @@ def recent_queue_rate(rank: np.ndarray, is_error: np.ndarray, is_spot: np.ndarra
         return {"rate": None, "n": int(len(idx))}
     last = idx[np.argsort(rank[idx], kind="stable")][-RECENT_CARDS:]
     return {"rate": float(np.asarray(is_error, bool)[last].mean()), "n": int(len(last))}
-
-
-def auroc(is_error: np.ndarray, rank: np.ndarray) -> float | None:
-    """How well the rank put the reviewed errors before the confirmed labels (Mann-Whitney; ties
-    half); None without both kinds."""
-    rank = np.asarray(rank, float)
-    err = np.asarray(is_error, bool)
-    ok = np.isfinite(rank)
-    pos, neg = rank[ok & err], rank[ok & ~err]
-    if not len(pos) or not len(neg):
-        return None
-    r = ranks_of(np.r_[pos, neg]) * (len(pos) + len(neg)) - 0.5  # 0-based mid-ranks
-    # low rank = suspect: an error should rank below a confirmed label
-    u = r[len(pos):].sum() - len(neg) * (len(neg) - 1) / 2.0
-    return float(u / (len(pos) * len(neg)))
 
 
 def choose(planted_share: float | None, reviewed_share: float | None) -> tuple[str | None, float | None]:

@@ -66,7 +66,7 @@ def review_context(ws: Workspace, audit: pd.DataFrame | None, sample_ids: Sequen
 
     was = flags("is_reviewed")
     spot = np.zeros(len(audit), bool)
-    spot[rc.spot_checks(ids, np.isfinite(score) & ~was)] = True  # the report's own draw
+    spot[rc.spot_checks(ids, score, was)] = True  # the report's own draw
     held = audit["retrain_p_given"].to_numpy(dtype=float) if "retrain_p_given" in audit.columns \
         else np.full(len(audit), np.nan)
     rank = rc.ranks_of(rc.queue_key(score, held, flags("is_label_issue") & ~was))  # the queue's own order

@@ -69,16 +69,21 @@ def test_the_next_cards_are_read_off_the_latest_queue_cards():
 def test_spot_checks_are_a_fixed_draw_of_the_eligible_rows():
     ids = [f"s{i}" for i in range(2000)]
     eligible = np.arange(2000) % 3 != 0
-    a = rc.spot_checks(ids, eligible)
+    score, none = np.where(eligible, 0.5, np.nan), np.zeros(2000, bool)
+    a = rc.spot_checks(ids, score, none)
     assert len(a) == rc.SPOT_CARDS and eligible[a].all()
-    assert np.array_equal(a, rc.spot_checks(ids, eligible))
-    assert len(rc.spot_checks(ids[:100], np.ones(100, bool))) == 5  # at most SPOT_SHARE of a small set
+    assert np.array_equal(a, rc.spot_checks(ids, score, none))
+    assert not set(rc.spot_checks(ids, score, np.arange(2000) % 2 == 0)) & set(range(0, 2000, 2))  # never reviewed
+    assert len(rc.spot_checks(ids[:100], np.ones(100), np.zeros(100, bool))) == 5  # at most SPOT_SHARE of a small set
 
 
 def test_auroc_of_reviewed_rows():
-    assert rc.auroc(np.array([True, True, False, False]), np.array([0.1, 0.2, 0.3, 0.4])) == 1.0
-    assert rc.auroc(np.array([True, True, False, False]), np.array([0.4, 0.3, 0.2, 0.1])) == 0.0
-    assert rc.auroc(np.array([True, True]), np.array([0.1, 0.2])) is None
+    """The audit's reviewed AUROC: fercure.metrics.auroc with a low rank counting as suspect."""
+    from fercure.metrics import auroc
+
+    assert auroc(np.array([True, True, False, False]), -np.array([0.1, 0.2, 0.3, 0.4])) == 1.0
+    assert auroc(np.array([True, True, False, False]), -np.array([0.4, 0.3, 0.2, 0.1])) == 0.0
+    assert np.isnan(auroc(np.array([True, True]), -np.array([0.1, 0.2])))
 
 
 def reviewed_table(table: pd.DataFrame, ids, errors, spot) -> pd.DataFrame:
@@ -106,6 +111,11 @@ def test_the_planted_rule_reads_the_reviewed_share_once_spot_checks_are_decided(
     n_rows = int(before["trained"].sum()) + int(errors.sum())  # the scored rows and the reviewed drops
     assert cal["share"] == pytest.approx((10 + 0.1 * (n_rows - 10)) / n_rows)
     assert cal["reviewed"]["n_spot_checks"] == 50 and cal["reviewed"]["spot_check_error_rate"] == pytest.approx(0.1)
+    from fercure.metrics import auroc
+
+    # the reviewed AUROC: the queue's errors sit at the lowest ranks
+    assert cal["reviewed"]["auroc"] == pytest.approx(auroc(errors, -np.linspace(0.01, 0.99, 60)))
+    assert cal["reviewed"]["auroc"] > 0.7
     # fewer flags with the smaller share (the reviewed rows themselves are never flagged)
     assert after["is_label_issue"].sum() < 0.6 * before["is_label_issue"].sum()
 

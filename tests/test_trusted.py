@@ -207,7 +207,8 @@ def test_train_trusted_end_to_end(audited: Path, tmp_path: Path):
     assert np.array_equal(key, audit["retrain_p_given"].to_numpy(float), equal_nan=True)  # the retrain rule's queue
     rank_then = pd.Series(rc.ranks_of(key), index=audit["sample_id"])
     spot_then = set(audit["sample_id"].to_numpy()[rc.spot_checks(audit["sample_id"].to_numpy(),
-                                                                  audit["label_score"].notna().to_numpy())])
+                                                                  audit["label_score"].to_numpy(float),
+                                                                  np.zeros(len(audit), bool))])
     trusted = read_table(run / "trusted.parquet").set_index("sample_id")
     assert np.allclose(trusted.loc[[r_id, k_id, d_id], "rank_when_reviewed"], rank_then.loc[[r_id, k_id, d_id]])
     assert trusted["spot_check"].to_dict() == {i: i in spot_then for i in trusted.index}

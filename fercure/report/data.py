@@ -160,8 +160,8 @@ def review_rows(audit: pd.DataFrame, manifest: pd.DataFrame | None = None) -> tu
 def spot_checks(audit: pd.DataFrame, bits: np.ndarray) -> np.ndarray:
     """Positions of the spot checks (``review_calibration.spot_checks``): random scored rows no reviewer
     decided yet, flagged or not, so that the decisions speak for every row, not only the queue's."""
-    scored = np.isfinite(_num(C.column(audit, "score", np.nan)))
-    return rc.spot_checks(C.column(audit, "id").astype(str).to_numpy(), scored & ((bits & BIT["reviewed"]) == 0))
+    return rc.spot_checks(C.column(audit, "id").astype(str).to_numpy(), _num(C.column(audit, "score", np.nan)),
+                          (bits & BIT["reviewed"]) > 0)
 
 
 def queue_key(audit: pd.DataFrame, flagged: np.ndarray) -> np.ndarray:
@@ -176,12 +176,12 @@ def review_order(audit: pd.DataFrame, listed: np.ndarray, bits: np.ndarray) -> n
     by ``queue_key`` (most likely wrong first), then ambiguous by top-2 margin, then spot checks,
     duplicates, face and quality; reviewed rows last."""
     b = bits[listed]
-    score = queue_key(audit, listed[(b & BIT["label_issue"]) > 0])[listed]
+    key = queue_key(audit, listed[(b & BIT["label_issue"]) > 0])[listed]
     margin = _num(C.column(audit, "margin", np.nan))[listed]
     tier = np.select([b & BIT["reviewed"] > 0, b & BIT["label_issue"] > 0, b & BIT["ambiguous"] > 0,
                       b & BIT["spot_check"] > 0, b & BIT["duplicate"] > 0, b & BIT["face"] > 0],
                      [6, 0, 1, 2, 3, 4], default=5)
-    key2 = np.where(tier == 0, score, np.where(tier == 1, margin, 0.0))
+    key2 = np.where(tier == 0, key, np.where(tier == 1, margin, 0.0))
     return listed[np.lexsort((listed, np.nan_to_num(key2, nan=2.0), tier))]
 
 
