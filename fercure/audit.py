@@ -64,6 +64,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from fercure import exposure
 from fercure import review_calibration as rc
 from fercure.metrics import auroc
 
@@ -1250,6 +1251,10 @@ def _face_columns(manifest: pd.DataFrame, blur_threshold: float | None) -> tuple
         "unreadable_score": np.where(face_status == "unreadable", 0.0, 1.0),
         "is_unreadable_issue": face_status == "unreadable",
     }
+    brightness, contrast = _num(manifest, "brightness"), _num(manifest, "contrast")
+    hits, scores = exposure.exposure_issues(brightness, contrast), exposure.exposure_scores(brightness, contrast)
+    for issue in exposure.ISSUES:
+        cols[f"is_{issue}_issue"], cols[f"{issue}_score"] = hits[issue], scores[issue]
     return cols, blur_t
 
 
@@ -1302,6 +1307,7 @@ def _verdict_stats(s: Scored, flags: Flags, t: np.ndarray, joint: np.ndarray, nr
         "n_duplicate_issues": int(face["is_duplicate_issue"].sum()),
         "n_no_face_issues": int(face["is_no_face_issue"].sum()),
         "n_blur_issues": int(face["is_blur_issue"].sum()),
+        **{f"n_{issue}_issues": int(face[f"is_{issue}_issue"].sum()) for issue in exposure.ISSUES},
         "per_class": per_class,
         "transition_matrix": noise_transition_matrix(given, suggested, len(classes)).tolist(),
     }

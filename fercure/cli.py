@@ -481,12 +481,16 @@ def train(
     "audit-labels",
     epilog=_examples("Examples:\n\n  fercure audit-labels -w ws\n\n"
                      "  fercure audit-labels -w ws --report audit.html \\\n\n"
-                     "      --run 20261122-1200-resnet18-ab12"),
+                     "      --run 20261122-1200-resnet18-ab12\n\n"
+                     "  # your own model's out-of-fold probabilities and embeddings, no train run\n\n"
+                     "  fercure audit-labels -w ws --pred-probs oof.csv --features emb.npy"),
 )
 def audit_labels(
     workspace: Path = WorkspaceOpt,
-    run: Optional[str] = typer.Option(None, help="Run id under WS/runs (default: the latest)."),
+    run: Optional[str] = typer.Option(None, help="Run id under WS/runs (default: the latest; 'none': audit from --pred-probs / --features alone)."),
     report: Optional[Path] = typer.Option(None, help="Where to write the HTML report (default WS/report.html)."),
+    pred_probs: Optional[Path] = typer.Option(None, "--pred-probs", help="Your model's out-of-sample class probabilities (Parquet, CSV or .npy): keyed by sample_id or path, one column per class; a .npy in manifest order. Audits without a run, or joins the run's signals."),
+    features: Optional[Path] = typer.Option(None, "--features", help="Your model's embeddings (Parquet, CSV or .npy, keyed as --pred-probs): neighbours' label agreement and an outlier score."),
     score: str = typer.Option(DEFAULT_SCORE, help="label_score signal: retrain (first and second model averaged), confidence (mean p(given) over epochs), confidence_variability (mean + std), aum, knn (neighbour label agreement), fusion (fitted on planted flips), eval, last, self_confidence, oof, reliability, importance."),
     threshold_method: ThresholdMethod = typer.Option(ThresholdMethod(DEFAULT_THRESHOLD), help="How is_label_issue is decided without ground truth (docs/METHODS.md)."),
     force: bool = typer.Option(False, help="Overwrite an existing --report file (the default WS/report.html is always rewritten)."),
@@ -510,7 +514,7 @@ def audit_labels(
         except FercureError as e:
             _fail(str(e))
         _run(run_audit, "audit-labels", as_json=json_out, workspace=workspace, run_id=run, report_path=report,
-             method=score, threshold_method=threshold_method.value)
+             method=score, threshold_method=threshold_method.value, pred_probs=pred_probs, features=features)
 
 
 @app.command(

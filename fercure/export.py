@@ -79,6 +79,10 @@ BASE_COLUMNS = [
     "store_index",
 ]
 
+# Carried from the audit as they are (absent from audits written before them).
+CARRIED_COLUMNS = ("evidence", "is_outlier_issue", "is_dark_issue", "is_bright_issue", "is_low_contrast_issue",
+                   "outlier_score")
+
 # action per policy for each situation, in the order of the rules table
 _RULES = {
     "face": {"relabel": "drop", "drop": "drop", "flag": "review", "soft": "drop"},
@@ -176,6 +180,9 @@ def apply_policy(audit: pd.DataFrame, classes: Sequence[str], policy: str = "rel
         "face_status": audit["face_status"].astype(str).to_numpy(),
         "store_index": _optional(audit, "store_index", -1).astype(np.int64),
     })
+    for name in CARRIED_COLUMNS:  # the audit's other issues and evidence, when it has them
+        if name in audit.columns:
+            out[name] = audit[name].to_numpy()
     probs = np.column_stack([
         audit[f"p_{c}"].to_numpy(dtype=float) if f"p_{c}" in audit.columns else np.full(len(audit), np.nan)
         for c in classes
@@ -259,6 +266,19 @@ def neutralise_formulas(df: pd.DataFrame) -> pd.DataFrame:
         if out[col].dtype == object or pd.api.types.is_string_dtype(out[col]):
             out[col] = out[col].map(lambda v: "'" + v if isinstance(v, str) and v.startswith(FORMULA_START) else v)
     return out
+
+
+def issue_counts(audit: pd.DataFrame) -> dict[str, int]:
+    """Rows per ``is_<issue>_issue`` column of the audit, by issue name (every issue it has, zeros included)."""
+    return {c[len("is_"):-len("_issue")]: int(audit[c].fillna(False).astype(bool).sum())
+            for c in audit.columns if c.startswith("is_") and c.endswith("_issue")}
+
+
+def evidence_counts(audit: pd.DataFrame) -> dict[str, int]:
+    """Rows per value of the audit's ``evidence`` column (empty for an audit written before it)."""
+    if "evidence" not in audit.columns:
+        return {}
+    return {str(k): int(v) for k, v in audit["evidence"].astype(str).value_counts().items()}
 
 
 def action_counts(cleaned: pd.DataFrame) -> dict[str, int]:

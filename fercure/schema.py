@@ -32,6 +32,11 @@ UNUSABLE_STATUSES = ("unreadable", "duplicate")
 ACTIONS = ("keep", "relabel", "drop", "review")
 DECIDED_BY = ("fercure", "reviewer")
 CROP_MODE_VALUES = ("align", "as-given", "")
+# What a row's label verdict rests on (fercure.evidence.evidence_label): the sources joined by "+"
+# in this order (fercure's own run alone reads "fercure run"); "not scored" when none scored it.
+EVIDENCE_SOURCES = ("pred-probs", "fercure", "features")
+EVIDENCE = ("fercure run", "pred-probs", "features", "pred-probs+fercure", "pred-probs+features",
+            "fercure+features", "pred-probs+fercure+features", "not scored")
 
 STRING, INT64, INT32, FLOAT64, FLOAT32, BOOL = pa.string(), pa.int64(), pa.int32(), pa.float64(), pa.float32(), pa.bool_()
 FLOAT_LIST = pa.list_(pa.float64())
@@ -221,7 +226,7 @@ AUDIT = Table(
         _c("source_path", STRING, "posix path relative to the input root", nullable=False),
         _c("split", STRING, "as in the manifest"),
         _c("given_label", STRING, "the label as given"),
-        _c("trained", BOOL, "the run trained (and so scored) this sample"),
+        _c("trained", BOOL, "the sample was scored: the run trained it, or --pred-probs / --features gave it"),
         _c("predicted_label", STRING, "the most probable class of the suggestion distribution, flagged or not (cleanlab's "
            "predicted_label; null when not trained)"),
         _c("suggested_label", STRING, "the replacement for a flagged label: the most probable other class; "
@@ -258,6 +263,19 @@ AUDIT = Table(
         _c("is_blur_issue", BOOL, "sharpness below the cut in the metadata (stats.blur_threshold)"),
         _c("unreadable_score", FLOAT64, "0 when the file could not be decoded, 1 otherwise", bounds=SCORE),
         _c("is_unreadable_issue", BOOL, "the file could not be decoded"),
+        _c("is_dark_issue", BOOL, "the crop's mean grey level is below fercure.exposure.TOO_DARK", required=False),
+        _c("dark_score", FLOAT64, "brightness / 255 (NaN: no crop)", bounds=SCORE, required=False),
+        _c("is_bright_issue", BOOL, "the crop's mean grey level is above fercure.exposure.TOO_BRIGHT", required=False),
+        _c("bright_score", FLOAT64, "1 − brightness / 255 (NaN: no crop)", bounds=SCORE, required=False),
+        _c("is_low_contrast_issue", BOOL, "the crop's grey standard deviation is below fercure.exposure.LOW_CONTRAST",
+           required=False),
+        _c("low_contrast_score", FLOAT64, "contrast / 127.5 (NaN: no crop)", bounds=SCORE, required=False),
+        _c("outlier_score", FLOAT64, "exp(−mean cosine distance to the k nearest neighbours in the --features "
+           "embedding ÷ its class's median): low = likely an outlier (NaN without --features)", bounds=SCORE,
+           required=False),
+        _c("is_outlier_issue", BOOL, "that distance is past its class's far-out fence (Q3 + 3 IQR of the log distances)", required=False),
+        _c("evidence", STRING, "what the row's label verdict rests on: fercure's run, the --pred-probs file, the "
+           "--features embedding, joined by +", values=EVIDENCE, required=False),
         _c("reason", STRING, "why, in words, with the numbers behind each flag"),
         _c("is_reviewed", BOOL, "a reviewer decided this sample (the run's --trusted files): never flagged",
            required=False),
@@ -314,11 +332,15 @@ CLEANED = Table(
         _c("face_status", STRING, "from the audit", values=FACE_STATUSES),
         _c("store_index", INT64, "row of the workspace's faces/crops.npy holding the aligned crop (-1: none)",
            nullable=False),
+        _c("evidence", STRING, "from the audit: what the label verdict rests on", values=EVIDENCE, required=False),
+        *(_c(f"is_{issue}_issue", BOOL, "from the audit", required=False) for issue in ("outlier", "dark", "bright",
+                                                                                      "low_contrast")),
+        _c("outlier_score", FLOAT64, "from the audit: low = likely an outlier", bounds=SCORE, required=False),
         _c("p", FLOAT64, "the audit's distribution, or soft training targets under --policy soft",
            per_class=True, bounds=SCORE),
     ),
     metadata="the provenance: run_id, policy, min_confidence, model_strength, classes, thresholds, "
-             "actions, audit (path), audit_fercure_version, decided_by (rows per decider), decisions (file, "
+             "actions, issues (rows per is_<issue>_issue of the audit), evidence (rows per evidence), audit (path), audit_fercure_version, decided_by (rows per decider), decisions (file, "
              "applied, skipped rows and why), input_root (absolute: source_path is relative to it), crop_store "
              "(absolute path of the crops store_index points into)",
 )

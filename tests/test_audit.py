@@ -450,9 +450,14 @@ def test_every_issue_has_a_score_in_0_1_with_low_worse_and_a_decision():
     man.loc[401, ["face_status", "duplicate_of"]] = ["duplicate", "s0001"]
     man["sharpness"] = np.exp(np.random.default_rng(5).normal(5, 0.2, 402))
     man.loc[7, "sharpness"] = 0.01
+    man["brightness"], man["contrast"] = 120.0, 40.0
+    man.loc[[3, 4, 5], "brightness"] = [10.0, 250.0, np.nan]  # too dark, too bright, not measured
+    man.loc[6, "contrast"] = 2.0
     out, _ = audit.build_audit(man, predictions_table(p, given, ids), CLASSES, method="confidence")
     issues = sorted(c[3:-6] for c in out.columns if c.startswith("is_") and c.endswith("_issue"))
-    assert issues == ["ambiguous", "blur", "duplicate", "label", "no_face", "unreadable"]
+    assert issues == ["ambiguous", "blur", "bright", "dark", "duplicate", "label", "low_contrast", "no_face",
+                      "unreadable"]
+    assert [np.flatnonzero(out[f"is_{k}_issue"]).tolist() for k in ("dark", "bright", "low_contrast")] == [[3], [4], [6]]
     for name in issues:
         score, flag = out[f"{name}_score"].to_numpy(float), out[f"is_{name}_issue"].to_numpy(bool)
         finite = np.isfinite(score)

@@ -129,9 +129,10 @@ def test_a_file_changed_after_writing_is_refused_on_read(tmp_path):
 def test_every_workspace_table_of_a_real_chain_meets_its_contract(tmp_path):
     """The columns the stages write are exactly the declared ones (pipeline tables built in tests
     elsewhere are checked on write; this pins the declared names to the stage code)."""
-    from fercure.export import BASE_COLUMNS
+    from fercure.export import BASE_COLUMNS, CARRIED_COLUMNS
     from fercure.train.dynamics import DYNAMICS_COLUMNS
 
     assert DYNAMICS_COLUMNS == schema.DYNAMICS.column_names()
-    # the policy's columns, and decided_by, which fercure.decisions adds after the policy
-    assert set(BASE_COLUMNS) | {"decided_by", "p_angry", "p_happy"} == set(schema.CLEANED.column_names(CLASSES))
+    # the policy's columns, the audit's it carries, and decided_by, which fercure.decisions adds after the policy
+    assert set(BASE_COLUMNS) | set(CARRIED_COLUMNS) | {"decided_by", "p_angry", "p_happy"} == \
+        set(schema.CLEANED.column_names(CLASSES))

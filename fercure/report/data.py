@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 
 from fercure import review_calibration as rc
+from fercure.exposure import LOW_CONTRAST, TOO_BRIGHT, TOO_DARK, exposure_issues  # noqa: F401 (re-exported)
+from fercure.health import IMBALANCE_RATIO
 from fercure.report import columns as C
 from fercure.report.thumbs import THUMB_BUDGET, THUMB_SIZE, thumbnails
 
@@ -19,9 +21,7 @@ FLAGS = ("label_issue", "ambiguous", "duplicate", "face", "blur", "dark", "brigh
 BIT = {f: 1 << i for i, f in enumerate(FLAGS)}
 QUALITY_FLAGS = ("blur", "dark", "bright", "low_contrast")
 
-# Exposure cuts on prepare's brightness (grey mean) and contrast (grey std), 0..255: a crop this
-# dark, bright or flat shows too little of the face to read an expression.
-TOO_DARK, TOO_BRIGHT, LOW_CONTRAST = 40.0, 215.0, 15.0
+# Exposure cuts and issues are the audit's (fercure.exposure); the page reads them from there.
 
 BANDS = ("guess", "lead", "likely")
 
@@ -52,14 +52,6 @@ def confidence_band(confidence: float | None, n_classes: int, verdict: str | Non
     if verdict == "weak" and band == "likely":
         return "lead"
     return band
-
-
-def exposure_issues(brightness: np.ndarray, contrast: np.ndarray) -> dict[str, np.ndarray]:
-    """too dark / too bright / low contrast per crop (NaN measurements → no issue)."""
-    b = np.asarray(brightness, dtype=float)
-    c = np.asarray(contrast, dtype=float)
-    with np.errstate(invalid="ignore"):
-        return {"dark": b < TOO_DARK, "bright": b > TOO_BRIGHT, "low_contrast": c < LOW_CONTRAST}
 
 
 def reliability_bins(probs: np.ndarray, given: np.ndarray, n_bins: int = 10) -> tuple[list[dict], float | None]:
@@ -95,9 +87,6 @@ def duplicate_groups(ids: Sequence[str], duplicate_of: Sequence[str], labels: Se
         if isinstance(orig, str) and orig and orig in pos:
             groups.setdefault(pos[orig], [pos[orig]]).append(i)
     return [g for g in groups.values() if len({str(labels[i]) for i in g}) > 1]
-
-
-IMBALANCE_RATIO = 10.0  # largest / smallest class: past this the small class's flags rest on few samples
 
 
 def balance_note(counts: dict[str, int]) -> str | None:

@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 
 from fercure import audit as core
+from fercure import evidence as ev_core
 from fercure import export as export_core
-from fercure import schema
+from fercure import health, schema
 from fercure import trusted as trusted_labels
 from fercure.progress import NULL, Reporter
 from fercure.report import render_report
@@ -42,9 +43,14 @@ class AuditInputError(WorkspaceError):
     """The run's predictions do not fit the manifest or the options (message says what to do)."""
 
 
+NO_RUN = "none"  # --run none: audit from --pred-probs / --features alone, even where a run exists
+# Signals that need no run (the others read a run's training dynamics).
+NO_RUN_SIGNALS = ("self_confidence", "knn")
+
+
 @dataclass
 class AuditSummary:
-    run_id: str
+    run_id: str | None  # None: audited from --pred-probs / --features without a run
     n_samples: int  # manifest rows = audit rows
     n_trained: int
     n_label_issues: int
@@ -62,11 +68,18 @@ class AuditSummary:
     model_strength: str = ""  # the verdict in a sentence: probe accuracy vs chance, planted flips
     self_check: dict = field(default_factory=dict)  # planted flips: how many, how well ranked
     error_share: dict = field(default_factory=dict)  # planted vs reviewed estimate, and the one used
+    evidence: dict[str, int] = field(default_factory=dict)  # audit rows per evidence (fercure run, pred-probs, …)
+    # label health (fercure.health.HealthSummary.as_dict): per class share of wrong labels, overall figure
+    health_summary: dict = field(default_factory=dict)
+    # what to say about --pred-probs / --features (renormalised rows, in-sample, fallbacks): via ``warning``
+    evidence_notes: list[str] = field(default_factory=list, metadata={"hidden": True})
 
     @property
     def warning(self) -> str | None:
-        """What the terminal shows in red/yellow under the summary when the model is not strong."""
-        return self.model_strength if self.model_verdict in ("weak", "too_weak") else None
+        """What the terminal shows under the summary: a model that is not strong, and what the
+        --pred-probs / --features files needed (renormalised, in-sample, a rule that fell back)."""
+        parts = ([self.model_strength] if self.model_verdict in ("weak", "too_weak") else []) + self.evidence_notes
+        return "\n".join(parts) or None
 
 
 def _classes(ws: Workspace, run_id: str, predictions_path: Path) -> list[str]:
@@ -94,31 +107,46 @@ def run_audit(
     method: str | Mapping[str, float] = core.DEFAULT_SCORE,
     threshold_method: str = core.DEFAULT_THRESHOLD,
     write_report: bool = True,
+    pred_probs: Path | str | None = None,
+    features: Path | str | None = None,
 ) -> AuditSummary:
-    """Score every manifest sample's label with run ``run_id`` (default: the latest finished run).
+    """Score every manifest sample's label with run ``run_id`` (default: the latest finished run),
+    the user's ``pred_probs`` file, their ``features`` file, or any of them joined (``fercure.evidence``).
 
-    Writes WS/audit.parquet (Parquet metadata: run_id, thresholds, classes, stats) and, unless
-    ``write_report`` is False, the HTML report at ``report_path`` (default WS/report.html).
+    With ``pred_probs`` or ``features`` and no finished run (or ``run_id="none"``) the audit needs
+    no run. Writes WS/audit.parquet (Parquet metadata: run_id, thresholds, classes, stats) and,
+    unless ``write_report`` is False, the HTML report at ``report_path`` (default WS/report.html).
     ``method`` and ``threshold_method`` are passed to ``fercure.audit.build_audit``.
     """
     start = time.perf_counter()
     ws = workspace if isinstance(workspace, Workspace) else Workspace(Path(workspace))
     ws.require(ws.manifest, "prepare")
-    run_id = run_id or ws.latest_run()
-    predictions_path = _predictions_path(ws, run_id)
+    external = pred_probs is not None or features is not None
+    run_id = _which_run(ws, run_id, external)
     task = reporter.task("audit", 4)
-    manifest, predictions, classes = _read_inputs(ws, run_id, predictions_path)
+    if run_id is not None:
+        predictions_path = _predictions_path(ws, run_id)
+        manifest, predictions, classes = _read_inputs(ws, run_id, predictions_path)
+        run_meta = read_metadata(predictions_path)
+        trusted = trusted_labels.read(ws.run_dir(run_id))  # the samples a reviewer decided (train --trusted)
+    else:
+        predictions_path, predictions, run_meta, trusted = None, None, {}, None
+        manifest, classes = _read_manifest(ws)
+    ev = _read_evidence(ws, manifest, classes, pred_probs, features, reporter)  # refused files: nothing written
     task.advance()
 
-    trusted = trusted_labels.read(ws.run_dir(run_id))  # the samples a reviewer decided (train --trusted)
-    run_meta = read_metadata(predictions_path)
+    method, threshold_method = _options_for(ev, run_id, method, threshold_method)
+    distribution, suggest_from = ev_core.distribution_families(ev, run_id is not None)
+    preds = ev_core.predictions_table(manifest, classes, ev, predictions) if external else predictions
+    where = f"run {run_id!r} ({predictions_path})" if run_id else "the given files"
     try:
-        table, stats = core.build_audit(manifest, predictions, classes, method=method,
-                                        threshold_method=threshold_method,
-                                        run_meta=run_meta, reviewed=trusted)
+        table, stats = core.build_audit(manifest, preds, classes, method=method,
+                                        threshold_method=threshold_method, distribution=distribution,
+                                        suggest_from=suggest_from, run_meta=run_meta, reviewed=trusted)
     except ValueError as e:
-        raise AuditInputError(f"Cannot audit run {run_id!r} ({predictions_path}) against {ws.manifest}: {e}. "
+        raise AuditInputError(f"Cannot audit {where} against {ws.manifest}: {e}. "
                               f"If the manifest changed after training, re-run `fercure train -w {ws.root}`.") from e
+    _add_evidence(table, stats, manifest, classes, ev, predictions, run_id)
     task.advance()
 
     thresholds = _write_audit(ws, table, stats, run_id, classes, predictions_path, run_meta.get("trusted") or {})
@@ -146,6 +174,7 @@ def run_audit(
         face_issues={
             "duplicate": stats["n_duplicate_issues"], "no_face": stats["n_no_face_issues"],
             "blur": stats["n_blur_issues"], "unreadable": int(table["is_unreadable_issue"].sum()),
+            **{issue: int(table[f"is_{issue}_issue"].sum()) for issue in ("dark", "bright", "low_contrast", "outlier")},
         },
         audit_path=ws.audit,
         report_path=out_report,
@@ -154,7 +183,106 @@ def run_audit(
         model_strength=str(stats["model_strength"].get("message", "")),
         self_check=_self_check_rows(stats["self_check"]),
         error_share=_error_share_rows(stats["calibration"]),
+        evidence=dict(stats["evidence"]["rows"]),
+        health_summary=stats["health_summary"],
+        evidence_notes=ev.warnings + ev.notes,
     )
+
+
+def _which_run(ws: Workspace, run_id: str | None, external: bool) -> str | None:
+    """The run to audit with: the one named, else the latest; none for ``--run none`` or when files
+    were given and the workspace has no finished run."""
+    if run_id == NO_RUN:
+        if not external:
+            raise AuditInputError(f"--run {NO_RUN} audits from --pred-probs / --features alone: pass one of them, "
+                                  f"or name a run of {ws.runs_dir}.")
+        return None
+    if run_id is None and external and not (ws.runs_dir / "LATEST").exists():
+        return None
+    return run_id or ws.latest_run()
+
+
+def _read_manifest(ws: Workspace) -> tuple[pd.DataFrame, list[str]]:
+    """The manifest and its classes, for an audit without a run."""
+    manifest = read_table(ws.manifest)
+    for col in ("sample_id", "source_path", "label"):
+        if col not in manifest.columns:
+            raise AuditInputError(f"{ws.manifest} has no column {col!r}; re-run `fercure prepare`.")
+    classes = read_metadata(ws.manifest).get("classes")
+    if not classes:
+        raise AuditInputError(f"{ws.manifest} names no classes; re-run `fercure prepare` with a label file.")
+    return manifest, [str(c) for c in classes]
+
+
+def _read_evidence(ws: Workspace, manifest: pd.DataFrame, classes: list[str], pred_probs, features,
+                   reporter: Reporter) -> ev_core.Evidence:
+    """The --pred-probs / --features files, checked (``fercure.evidence``), with what to say about them."""
+    ev = ev_core.Evidence()
+    root = ws.prepared_inputs()[0] if pred_probs is not None or features is not None else None
+    if pred_probs is not None:
+        ev.pred_probs = ev_core.load_pred_probs(pred_probs, manifest, classes, input_root=root)
+        if ev.pred_probs.n_renormalised:
+            ev.notes.append(f"{pred_probs}: {ev.pred_probs.n_renormalised:,} row(s) did not sum to 1 exactly (off "
+                            f"by at most {ev.pred_probs.max_sum_error:.2g}, within the {ev_core.SUM_TOLERANCE:g} "
+                            f"rounding allows) and were renormalised.")
+        warn = ev_core.in_sample_warning(ev.pred_probs)
+        if warn:
+            ev.warnings.append(warn)
+            reporter.log(f"audit-labels: {warn}")
+    if features is not None:
+        ev.features = ev_core.load_features(features, manifest, classes, input_root=root)
+        ev.feature_signals = ev_core.feature_signals(ev.features, manifest, classes)
+    return ev
+
+
+def _options_for(ev: ev_core.Evidence, run_id: str | None, method, threshold_method: str):
+    """The score and rule the evidence allows, and a note where they differ from what was asked.
+
+    Without a run the label score is the file's p(given) (``self_confidence``; the neighbours'
+    agreement, ``knn``, with features alone) and the retrain / planted rules, which need fercure's
+    run, hand over to the confident joint's noise-rate count. With a run and --pred-probs the
+    score is the run's score and the file's p(given) averaged."""
+    if ev.pred_probs is None and ev.features is None:
+        return method, threshold_method
+    if run_id is None:
+        own = "self_confidence" if ev.pred_probs is not None else "knn"
+        if method == core.DEFAULT_SCORE:
+            method = own
+        elif not (isinstance(method, str) and method in NO_RUN_SIGNALS):
+            raise AuditInputError(f"--score {method} reads a fercure run's training; without a run choose one of "
+                                  f"{', '.join(NO_RUN_SIGNALS)} (or train first: `fercure train`).")
+        if threshold_method in ("retrain", "planted"):
+            ev.notes.append(f"No fercure run: the {threshold_method} rule needs one (a second model, planted "
+                            f"flips), so the confident joint's noise-rate count decides which labels are issues.")
+        return method, threshold_method
+    if ev.pred_probs is not None and isinstance(method, str) and method != "self_confidence":
+        return {method: 1.0, "self_confidence": 1.0}, threshold_method
+    return method, threshold_method
+
+
+def _add_evidence(table: pd.DataFrame, stats: dict, manifest: pd.DataFrame, classes: list[str],
+                  ev: ev_core.Evidence, predictions: pd.DataFrame | None, run_id: str | None) -> None:
+    """The audit's columns and stats that are not about one run: the outlier score (from --features),
+    each row's evidence, the label-health summary."""
+    n = len(table)
+    score, is_out = np.full(n, np.nan), np.zeros(n, bool)
+    if ev.feature_signals is not None:
+        fs = ev.feature_signals
+        score[fs.positions], is_out[fs.positions] = fs.outliers.score, fs.outliers.is_issue
+    table["outlier_score"], table["is_outlier_issue"] = score, is_out
+    if ev.pred_probs is None and ev.features is None:
+        table["evidence"] = np.where(table["trained"].to_numpy(bool), "fercure run", "not scored")
+    else:
+        table["evidence"] = ev_core.evidence_column(manifest, table["trained"].to_numpy(bool), ev, predictions)
+    # the reason column stays last, as the contract lists it
+    table.insert(len(table.columns) - 1, "reason", table.pop("reason"))
+    stats["n_outlier_issues"] = int(is_out.sum())
+    stats["evidence"] = {**ev.as_dict(), "run_id": run_id,
+                         "rows": {str(k): int(v) for k, v in table["evidence"].value_counts().items()}}
+    cidx = {c: i for i, c in enumerate(classes)}
+    given = np.array([cidx.get(str(g), -1) for g in table["given_label"]], dtype=np.int64)
+    probs = table[[f"p_{c}" for c in classes]].to_numpy(dtype=float)
+    stats["health_summary"] = health.health_summary(probs, given, classes).as_dict()
 
 
 def _predictions_path(ws: Workspace, run_id: str) -> Path:
@@ -181,14 +309,14 @@ def _read_inputs(ws: Workspace, run_id: str, predictions_path: Path) -> tuple[pd
     return manifest, predictions, classes
 
 
-def _write_audit(ws: Workspace, table: pd.DataFrame, stats: dict, run_id: str, classes: list[str],
-                 predictions_path: Path, trusted: dict) -> dict:
+def _write_audit(ws: Workspace, table: pd.DataFrame, stats: dict, run_id: str | None, classes: list[str],
+                 predictions_path: Path | None, trusted: dict) -> dict:
     """WS/audit.parquet with its metadata (the flag-deciding stats apart as "thresholds"); returns those."""
     thresholds = {k: stats[k] for k in THRESHOLD_KEYS if k in stats}
     meta = {
         "run_id": run_id, "classes": classes, "thresholds": thresholds,
         "stats": {k: v for k, v in stats.items() if k not in THRESHOLD_KEYS},
-        "predictions": str(predictions_path),
+        "predictions": str(predictions_path) if predictions_path else None,
         "trusted": trusted,
     }
     write_table(table, ws.audit, meta, table=schema.AUDIT)
@@ -196,7 +324,7 @@ def _write_audit(ws: Workspace, table: pd.DataFrame, stats: dict, run_id: str, c
 
 
 def _write_report(ws: Workspace, out_report: Path, table: pd.DataFrame, stats: dict, classes: list[str],
-                  run_id: str, manifest: pd.DataFrame) -> None:
+                  run_id: str | None, manifest: pd.DataFrame) -> None:
     """The HTML report at ``out_report``, with the crops, rejects and default export actions it shows."""
     crops = np.load(ws.store, mmap_mode="r") if ws.store.exists() else None
     rejects = read_table(ws.rejects) if ws.rejects.exists() else None

@@ -61,6 +61,7 @@ class ExportSummary:
     provenance_path: Path | None  # the sidecar JSON (CSV, imagefolder); None when inside the Parquet
     seconds: float
     decided_by_reviewer: int = 0  # rows whose action a --decisions file set
+    issues: dict[str, int] = field(default_factory=dict)  # rows per is_<issue>_issue of the audit
     # decisions skipped, each with file, row and fix: shown through ``warning``, not as a table row
     decision_problems: list[str] = field(default_factory=list, metadata={"hidden": True})
     n_images: int | None = None  # imagefolder / hf: images written
@@ -145,7 +146,8 @@ def run_export(
     from_training = reviewed_in_audit(audit, audit_meta.get("run_id"))  # train --trusted; a --decisions file outranks it
     cleaned = reviewed.apply(cleaned, reviewed.combine(from_training, decided), classes, soft=policy == "soft")
     counts = core.action_counts(cleaned)
-    provenance = _provenance(ws, audit_meta, cleaned, decided, policy, min_confidence, verdict, classes, counts, fmt)
+    provenance = _provenance(ws, audit_meta, cleaned, decided, policy, min_confidence, verdict, classes, counts, fmt,
+                             audit)
     n_images, skipped = None, []
     if fmt == "parquet":
         write_table(cleaned, output, provenance, table=schema.CLEANED)
@@ -161,7 +163,7 @@ def run_export(
             sidecar = output / "provenance.json"
     return ExportSummary(
         output=output, fmt=fmt, policy=policy, run_id=provenance["run_id"], n_rows=len(cleaned),
-        actions=counts, provenance_path=sidecar, seconds=time.perf_counter() - start,
+        actions=counts, issues=provenance["issues"], provenance_path=sidecar, seconds=time.perf_counter() - start,
         decided_by_reviewer=provenance["decided_by"][reviewed.REVIEWER],
         decision_problems=[str(p) for p in decided.problems] if decided else [],
         n_images=n_images, skipped=skipped, notes=notes,
@@ -232,7 +234,7 @@ def _check_weak_drops(audit, policy: str, min_confidence: float, verdict: str | 
 
 
 def _provenance(ws: Workspace, audit_meta: dict, cleaned, decided, policy: str, min_confidence: float,
-                verdict: str | None, classes: list[str], counts: dict, fmt: str) -> dict:
+                verdict: str | None, classes: list[str], counts: dict, fmt: str, audit) -> dict:
     return {
         "run_id": audit_meta.get("run_id"),
         "thresholds": audit_meta.get("thresholds", {}),
@@ -242,6 +244,8 @@ def _provenance(ws: Workspace, audit_meta: dict, cleaned, decided, policy: str, 
         "classes": list(classes),
         "soft_labels": "training targets" if policy == "soft" else "model distribution",
         "actions": counts,
+        "issues": core.issue_counts(audit),
+        "evidence": core.evidence_counts(audit),
         "audit": str(ws.audit.resolve()),
         "audit_fercure_version": audit_meta.get("fercure_version"),
         "decided_by": {who: int((cleaned[reviewed.CLEANED["decided_by"]] == who).sum())
