@@ -68,7 +68,9 @@ def test_prepared_workspace_is_audited_from_pred_probs_without_a_run(prepared, t
     assert "No fercure run" in summary["warning"] and "noise-rate" in summary["warning"]
     given = audit["given_label"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
     assert audit["label_score"].to_numpy() == pytest.approx(good_probs(true)[np.arange(N), given])  # p(given)
-    assert ws.report.exists()
+    page = ws.report.read_text(encoding="utf-8")
+    assert "Evidence per row: 60 on pred-probs" in page and "Overall label health" in page
+    assert summary["health_summary"]["overall_label_health_score"] == pytest.approx(0.8)  # 12 of 60 wrong
 
 
 @pytest.mark.parametrize("form", ["path-parquet", "npy"])

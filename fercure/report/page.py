@@ -141,6 +141,43 @@ def _strength(stats: dict) -> str:
             + _error_share_line(stats) + "</div>")
 
 
+def _evidence_and_health(stats: dict) -> str:
+    """What the verdicts rest on (a run, the user's --pred-probs / --features) and the label health:
+    per class the estimated share of wrong labels with its interval, and one overall figure."""
+    ev = stats.get("evidence") or {}
+    rows = ev.get("rows") or {}
+    parts = []
+    if rows:
+        said = ", ".join(f"{_count(n)} on {_e(k)}" for k, n in sorted(rows.items(), key=lambda kv: -kv[1]))
+        files = [f"{name} {_e(ev[key])}" for key, name in (("pred_probs", "--pred-probs"), ("features", "--features"))
+                 if ev.get(key)]
+        parts.append(f"<p id='evidence'>Evidence per row: {said}" + (f" ({'; '.join(files)})" if files else "")
+                     + ".</p>")
+    for line in list(ev.get("warnings") or []) + list(ev.get("notes") or []):
+        parts.append(f'<p class="verdict v-weak">{_e(line)}</p>')
+    if stats.get("n_outlier_issues"):
+        parts.append(f"<p>{_count(stats['n_outlier_issues'])} outlier(s) in the --features embedding (outlier_score: "
+                     f"distance to the nearest neighbours against the class's typical distance; is_outlier_issue "
+                     f"in WS/audit.parquet).</p>")
+    h = stats.get("health_summary") or {}
+    if h.get("n_scored"):
+        lo, hi = h.get("overall_interval") or (None, None)
+        parts.append(f"<p id='health'>Overall label health: <b>{_fmt(h.get('overall_label_health_score'))}</b> "
+                     f"(95% interval {_fmt(lo)}–{_fmt(hi)}): one minus the estimated share of wrong labels, "
+                     f"as cleanlab's <code>health_summary</code> names it.</p>")
+        trows = []
+        for c, d in (h.get("classes") or {}).items():
+            nlo, nhi = d.get("label_noise_interval") or (None, None)
+            notes = [w for w, on in (("underperforming", d.get("underperforming")), ("imbalanced", d.get("imbalanced")))
+                     if on]
+            trows.append([_e(c), _count(d.get("n", 0)), _fmt(d.get("label_noise")), f"{_fmt(nlo)}–{_fmt(nhi)}",
+                          _fmt(d.get("agreement")), _e(", ".join(notes))])
+        parts.append(_table(["class", "scored", "est. share wrong", "95% interval", "top class = given",
+                             "dataset-level issue"], trows)
+                     + f"<p class='muted'>{_e(h.get('method', ''))}.</p>")
+    return "".join(parts)
+
+
 def _threshold_line(stats: dict) -> str:
     used = stats.get("threshold_method_used", stats.get("threshold_method"))
     mix_t = (stats.get("mixture") or {}).get("threshold")
@@ -485,6 +522,7 @@ def _page_html(audit: pd.DataFrame, stats: dict, classes: list[str], payload: di
 is_label_issue: {_e(_threshold_line(stats))} · ambiguous: top-2 gap &lt; {_fmt(stats.get('ambiguity_margin'))}
 and top-1 &lt; {_fmt(stats.get('ambiguity_max_confidence'))}</p>
 {_strength(stats)}
+{_evidence_and_health(stats)}
 <div>{kpi_html}</div>
 <nav class="muted">Jump to: <a href="#review">the review list</a> · <a href="#per-class">per class</a> ·
 <a href="#matrix">transition matrix</a> · <a href="#calibration">calibration</a> · <a href="#face-stage">face stage</a> ·
