@@ -20,6 +20,7 @@ import typer
 from fercure import __version__
 from fercure.audit import DEFAULT_SCORE, DEFAULT_THRESHOLD, THRESHOLD_METHODS
 from fercure.export import FORMATS, POLICIES
+from fercure.handoff import DEFAULT_IMAGE_URL
 from fercure.faces.align import CROP_MODES
 from fercure.faces.quality import MULTI_FACE_POLICIES, NO_FACE_POLICIES
 from fercure.layouts import IMAGE_SOURCES, LINKS
@@ -422,7 +423,7 @@ def train(
     folds: int = typer.Option(TRAIN_DEFAULTS["folds"], min=0, help="Cross-fitting folds for out-of-sample probabilities (0: off)."),
     resume: bool = typer.Option(False, help="Continue the latest unfinished run from its last epoch checkpoint."),
     store: StoreMode = typer.Option(StoreMode(TRAIN_DEFAULTS["store"]), help="Crops resident on the device, or streamed from the memory-mapped store per batch (auto: stream when they would take over half the free memory)."),
-    trusted: list[Path] = typer.Option([], "--trusted", help="A reviewer's decisions (CSV or JSON saved from the review report) or a CSV of verified labels (sample_id,label or path,label); repeatable, the later decision for a sample wins. Reviewed samples train with their reviewed label (dropped ones leave the run) and are never flagged again."),
+    trusted: list[Path] = typer.Option([], "--trusted", help="A reviewer's decisions (CSV or JSON saved from the review report, a Label Studio JSON export or a CVAT for images 1.1 XML) or a CSV of verified labels (sample_id,label or path,label); repeatable, the later decision for a sample wins. Reviewed samples train with their reviewed label (dropped ones leave the run) and are never flagged again."),
     nproc: int = typer.Option(1, min=1, help="Train data-parallel with this many processes on this machine (fercure starts them and they stop with it; one per GPU, or CPU processes over gloo). For several machines run torchrun yourself (README, Scaling out)."),
     wait: bool = WaitOpt,
     json_out: bool = JsonOpt,
@@ -528,17 +529,22 @@ def audit_labels(
     "  fercure export-cleaned -w ws -o cleaned-images --format imagefolder \\\n\n"
     "      --images originals --link copy\n\n"
     "  # for datasets.load_dataset(\"parquet\", ...)\n\n"
-    "  fercure export-cleaned -w ws -o cleaned-hf.parquet --format hf"),
+    "  fercure export-cleaned -w ws -o cleaned-hf.parquet --format hf\n\n"
+    "  # 200 queue cards for Label Studio; its JSON export comes back\n\n"
+    "  fercure export-cleaned -w ws -o ls-queue --format label-studio --cards 200\n\n"
+    "  fercure export-cleaned -w ws -o cleaned.parquet --decisions ls-export.json"),
 )
 def export_cleaned(
     workspace: Path = WorkspaceOpt,
-    output: Path = typer.Option(..., "--output", "-o", help="File to write (a folder for --format imagefolder)."),
+    output: Path = typer.Option(..., "--output", "-o", help="File to write (a folder for --format imagefolder, label-studio or cvat)."),
     policy: Policy = typer.Option(Policy.relabel, help="What to do with label issues: relabel, drop, flag (review only), soft (soft labels for ambiguous)."),
-    format: Format = typer.Option(Format.parquet, "--format", help="parquet (the cleaned table), csv (with a provenance JSON beside it), imagefolder (OUT/<split>/<class>/ image files for torchvision's ImageFolder and datasets' imagefolder) or hf (Parquet with an Image column and ClassLabel names for datasets.load_dataset('parquet'))."),
-    images: Images = typer.Option(Images.crops, "--images", help="imagefolder / hf: the aligned face crops (PNG) or the original files."),
-    link: Link = typer.Option(Link.symlink, "--link", help="imagefolder with --images originals: symlink the originals or copy them."),
+    format: Format = typer.Option(Format.parquet, "--format", help="parquet (the cleaned table), csv (with a provenance JSON beside it), imagefolder (OUT/<split>/<class>/ image files for torchvision's ImageFolder and datasets' imagefolder) hf (Parquet with an Image column and ClassLabel names for datasets.load_dataset('parquet')), label-studio (the review queue as Label Studio tasks with fercure's suggestions as scored predictions, and their labelling config) or cvat (the queue as a CVAT for images 1.1 task: images and annotations.xml)."),
+    images: Images = typer.Option(Images.crops, "--images", help="imagefolder / hf / label-studio / cvat: the aligned face crops (PNG) or the original files."),
+    link: Link = typer.Option(Link.symlink, "--link", help="imagefolder / label-studio / cvat with --images originals: symlink the originals or copy them."),
+    cards: Optional[int] = typer.Option(None, "--cards", help="label-studio / cvat: hand over the first N cards of the review queue (default: the whole queue)."),
+    image_url: str = typer.Option(DEFAULT_IMAGE_URL, "--image-url", help="label-studio: what each task's image reference starts with, followed by the image's path inside --output (default: Label Studio's local-files URL, with LOCAL_FILES_DOCUMENT_ROOT set to the --output folder; e.g. http://localhost:8081/ for a web server on that folder)."),
     force: bool = typer.Option(False, help="Overwrite an existing output file, or an earlier imagefolder export (never a folder fercure did not write)."),
-    decisions: Optional[Path] = typer.Option(None, "--decisions", help="A reviewer's decisions (CSV or JSON saved from the review report): each overrides fercure's action for its sample; invalid rows are listed and skipped (the export fails when none applies)."),
+    decisions: Optional[Path] = typer.Option(None, "--decisions", help="A reviewer's decisions (CSV or JSON saved from the review report, a Label Studio JSON export or a CVAT for images 1.1 XML of a label-studio / cvat export): each overrides fercure's action for its sample; invalid rows are listed and skipped (the export fails when none applies)."),
     strict: bool = typer.Option(False, "--strict", help="Fail, writing nothing, when any --decisions row cannot be applied."),
     allow_weak_drop: bool = typer.Option(False, "--allow-weak-drop", help="With --policy drop on a model the audit judged weak: drop its flagged rows anyway (refused without it)."),
     wait: bool = WaitOpt,
@@ -554,7 +560,7 @@ def export_cleaned(
         try:
             summary = run_export(workspace, output, policy=policy.value, fmt=format.value, force=force,
                                  decisions=decisions, images=images.value, link=link.value, strict=strict,
-                                 allow_weak_drop=allow_weak_drop)
+                                 allow_weak_drop=allow_weak_drop, cards=cards, image_url=image_url)
         except FercureError as e:
             _fail(str(e))
     _emit(summary, "export-cleaned", workspace, json_out)

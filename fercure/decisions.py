@@ -1,8 +1,10 @@
 """A reviewer's decisions (saved from the review report) → overrides of fercure's export actions.
 
 A decisions file is CSV (``sample_id,action,label[,given_label]``) or JSON (a list of such
-objects, or ``{"decisions": [...]}``). ``action`` is ``keep``, ``drop``, ``relabel`` (to ``label``)
-or ``accept`` (relabel to fercure's suggestion). ``given_label``, when present, must match the
+objects, or ``{"decisions": [...]}``), or an annotation tool's export of the queue fercure handed
+over (a Label Studio JSON export, a CVAT for images 1.1 XML: ``fercure.handoff``, told by
+content). ``action`` is ``keep``, ``drop``, ``relabel`` (to ``label``) or ``accept`` (relabel to
+fercure's suggestion). ``given_label``, when present, must match the
 audit's: a decision made on another dataset or before the labels changed is not applied blind.
 
 Bad rows are reported one by one (file, row, what to do) and skipped; the others still apply.
@@ -24,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 # what the report's CSV writer and fercure's CSV export put a ' before (a cell a spreadsheet would run)
+from fercure import handoff
 from fercure.export import FORMULA_START
 
 ACTIONS = ("keep", "relabel", "drop", "accept")
@@ -50,10 +53,12 @@ def _cleaned_name(df: pd.DataFrame, key: str) -> str:
     return CLEANED[key]
 
 
-# A decisions file holds at most one short row per audited sample; anything far larger is not one, and
-# reading it whole (JSON objects, CSV dicts) would cost tens of times its size in memory.
+# A decisions file holds at most one row per audited sample; anything far larger is not one, and
+# reading it whole (JSON objects, CSV dicts) would cost tens of times its size in memory. The report's
+# rows are short; an annotation tool's export carries its own fields beside each decision (a Label
+# Studio task with one annotation, in the shape its export documents: 1.7-2.4 KB).
 MIN_MAX_BYTES = 1 << 20
-BYTES_PER_SAMPLE = 512
+BYTES_PER_SAMPLE = 3072
 
 
 def max_bytes(n_samples: int) -> int:
@@ -118,6 +123,8 @@ def read_decisions(path: Path | str, limit: int | None = None) -> list[tuple[str
 def _records_from_text(path: Path, text: str) -> list[tuple[str, dict]]:
     """``read_decisions`` on a text already read (and size-checked)."""
     stripped = text.lstrip()
+    if handoff.is_xml(text):  # an annotation tool's export: CVAT's XML
+        return _tool_records(path, lambda: handoff.read_cvat(path, text))
     if path.suffix.lower() == ".json" or stripped.startswith(("[", "{")):
         try:
             data = json.loads(text)
@@ -127,6 +134,8 @@ def _records_from_text(path: Path, text: str) -> list[tuple[str, dict]]:
         except RecursionError:
             raise DecisionsFileError(f"{path} nests JSON too deeply to be a decisions file (a list of flat objects); "
                                      "save the decisions again from the report.") from None
+        if handoff.is_label_studio(data):  # an annotation tool's export: Label Studio's JSON
+            return _tool_records(path, lambda: handoff.read_label_studio(path, data))
         items = data.get("decisions") if isinstance(data, dict) else data
         if not isinstance(items, list):
             raise DecisionsFileError(f"{path}: expected a list of decisions or {{\"decisions\": [...]}}.")
@@ -153,6 +162,14 @@ def _records_from_text(path: Path, text: str) -> list[tuple[str, dict]]:
     return out
 
 
+def _tool_records(path: Path, read) -> list[tuple[str, dict]]:
+    """The rows of an annotation tool's export (``fercure.handoff``) as records for ``parse``."""
+    try:
+        return [d.record() for d in read()]
+    except handoff.HandoffFileError as e:
+        raise DecisionsFileError(str(e)) from None
+
+
 def parse(records: Sequence[tuple[str, dict]], *, file: str, sample_ids: Sequence[str], given: Sequence[str],
           suggested: Sequence, classes: Sequence[str]) -> Decisions:
     """Check each record against the audit (ids, given labels, suggestions, classes).
@@ -171,6 +188,9 @@ def parse(records: Sequence[tuple[str, dict]], *, file: str, sample_ids: Sequenc
         problems.append(Problem(file, row, msg))
 
     for row, rec in records:
+        if "_problem" in rec:  # found while reading (an annotation tool's task with no usable annotation)
+            bad(row, rec["_problem"])
+            continue
         if "_bad" in rec:
             bad(row, f"{rec['_bad']!r} is not an object with sample_id and action; skipped.")
             continue
@@ -186,6 +206,10 @@ def parse(records: Sequence[tuple[str, dict]], *, file: str, sample_ids: Sequenc
             continue
         i = where[sid]
         recorded_given = cell_text(rec.get("given_label"))
+        if rec.get("given_tag") and rec["given_tag"] != handoff.label_tag(given[i]):  # CVAT: the image name's
+            bad(row, f"sample {sid} was exported for review labelled otherwise than the audit's {given[i]!r} now; "
+                     "skipped. The labels changed since the export: export the queue again.")
+            continue
         if recorded_given and recorded_given != str(given[i]):
             bad(row, f"sample {sid} was decided as labelled {recorded_given!r}, but the audit says "
                      f"{given[i]!r}; skipped. The labels changed since the report: review it again.")
@@ -329,7 +353,7 @@ def read_trusted_file(path: Path | str, *, limit: int | None, path_ids: dict[str
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         return read_decisions(path, limit), []  # raises with the encoding message
-    if not text.lstrip().startswith(("[", "{")) and path.suffix.lower() != ".json":
+    if not text.lstrip().startswith(("[", "{")) and path.suffix.lower() != ".json" and not handoff.is_xml(text):
         header = [h.strip().lower() for h in next(csv.reader(io.StringIO(text)), [])]
         if "action" not in header and "label" in header and {"sample_id", "path", "source_path"} & set(header):
             return _plain_records(path, text, path_ids)

@@ -65,10 +65,11 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from fercure.handoff import FORMATS as HANDOFF_FORMATS
 from fercure.schema import UNUSABLE_STATUSES
 
 POLICIES = ("relabel", "drop", "flag", "soft")
-FORMATS = ("parquet", "csv", "imagefolder", "hf")  # what export-cleaned writes (fercure.stages.export)
+FORMATS = ("parquet", "csv", "imagefolder", "hf", *HANDOFF_FORMATS)  # what export-cleaned writes (fercure.stages.export)
 ACTIONS = ("keep", "relabel", "drop", "review")
 FACE_DROP_STATUSES = UNUSABLE_STATUSES
 

@@ -7,6 +7,8 @@
 - Hugging Face Parquet: one row per exported sample with an ``image`` column in the ``datasets``
   Image layout (struct of bytes and path) and ``label`` as a ``ClassLabel`` whose names are stored in
   the file's ``huggingface`` metadata, so ``datasets.load_dataset("parquet", ...)`` decodes both.
+- Annotation tools (``write_handoff``): the review queue's cards as ``OUT/images/`` and Label
+  Studio tasks or a CVAT for images 1.1 task (``fercure.handoff`` says what each file holds).
 
 Exported rows: every row with a ``clean_label`` (keep, relabel, review: review rows carry their
 given label until a person decides; ``index.csv``/``action`` say which, and ``decided_by`` whether a
@@ -34,6 +36,8 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+
+from fercure import handoff
 
 IMAGE_SOURCES = ("crops", "originals")
 LINKS = ("symlink", "copy")
@@ -195,14 +199,80 @@ def write_imagefolder(rows: pd.DataFrame, dest: Path, *, images: str, link: str,
         if problem:
             result.skipped.append(problem)
             continue
-        if images == "crops":
-            target.write_bytes(png_bytes(source))
-        elif link == "symlink":
-            os.symlink(source.resolve(), target)
-        else:
-            shutil.copyfile(source, target)
+        _put_image(source, target, images, link)
         result.n_images += 1
         index.append({"file": rel.as_posix(), **{c: getattr(row, c) for c in INDEX_COLUMNS}})
+    return result, pd.DataFrame(index, columns=["file", *INDEX_COLUMNS])
+
+
+def _put_image(source, target: Path, images: str, link: str) -> None:
+    """Write one image: a crop as PNG, an original linked or copied."""
+    if images == "crops":
+        target.write_bytes(png_bytes(source))
+    elif link == "symlink":
+        os.symlink(source.resolve(), target)
+    else:
+        shutil.copyfile(source, target)
+
+
+def _image_size(source, images: str) -> tuple[int, int]:
+    """(width, height) of a crop array or an original file (its header only)."""
+    if images == "crops":
+        return int(source.shape[1]), int(source.shape[0])
+    from PIL import Image
+
+    with Image.open(source) as im:
+        return im.size
+
+
+def write_handoff(rows: pd.DataFrame, dest: Path, *, fmt: str, images: str, link: str, store: np.ndarray | None,
+                  input_root: Path | None, classes: Sequence[str] = (), image_url: str = handoff.DEFAULT_IMAGE_URL,
+                  model_version: str = "fercure") -> tuple[LayoutResult, pd.DataFrame]:
+    """Fill the (new, empty) folder ``dest`` with the queue's cards for an annotation tool
+    (``fercure.handoff``): ``images/`` and the tool's files. ``rows``: the queue, in its order, with
+    ``review_rank`` and ``queue_score`` (the queue's key). Returns what was written and the index rows,
+    as ``write_imagefolder`` does; a card whose image cannot be written is left out and named."""
+    result, index, cards = LayoutResult(), [], []
+    (dest / handoff.IMAGES).mkdir(parents=True, exist_ok=True)
+    dest_real = Path(os.path.realpath(dest))
+    for row in rows.itertuples(index=False):
+        try:
+            suffix = Path(file_name(row.sample_id, row.source_path, images)).suffix
+        except UnsafeRow as e:
+            result.skipped.append(f"{row.source_path}: {e}; skipped")
+            continue
+        source, problem = _source(row, images, store, input_root)
+        if problem:
+            result.skipped.append(problem)
+            continue
+        try:
+            width, height = _image_size(source, images)
+        except OSError as e:
+            result.skipped.append(f"{source}: not readable as an image ({e}); skipped")
+            continue
+        sugg = row.suggested_label if isinstance(row.suggested_label, str) and row.suggested_label else None
+        score = float(row.queue_score) if np.isfinite(row.queue_score) else None
+        card = handoff.Card(sample_id=str(row.sample_id), review_rank=int(row.review_rank),
+                            given_label=str(row.given_label), suggested_label=sugg,
+                            score=None if score is None else round(score, 6), action=str(row.action),
+                            width=width, height=height, suffix=suffix)
+        target = dest / card.image
+        if not _inside(target, dest_real) or os.path.lexists(target):
+            result.skipped.append(f"{row.source_path}: {card.image} would leave the output or overwrite another "
+                                  "sample's file; skipped")
+            continue
+        _put_image(source, target, images, link)
+        cards.append(card)
+        result.n_images += 1
+        index.append({"file": card.image, **{c: getattr(row, c) for c in INDEX_COLUMNS}})
+    if fmt == handoff.LABEL_STUDIO:
+        tasks = handoff.label_studio_tasks(cards, image_url=image_url, model_version=model_version)
+        (dest / handoff.TASKS).write_text(json.dumps(tasks, indent=1, ensure_ascii=False), encoding="utf-8")
+        (dest / handoff.LABEL_CONFIG).write_text(handoff.label_config(classes), encoding="utf-8")
+    else:
+        (dest / handoff.CVAT_XML).write_bytes(handoff.cvat_annotations(cards, classes, name=model_version))
+        (dest / handoff.CVAT_LABELS).write_text(json.dumps(handoff.cvat_labels(classes), indent=1,
+                                                           ensure_ascii=False), encoding="utf-8")
     return result, pd.DataFrame(index, columns=["file", *INDEX_COLUMNS])
 
 

@@ -25,8 +25,9 @@ from fercure.progress import Reporter
 from fercure.workspace import Workspace, WorkspaceError, check_input_file, read_metadata, read_table, write_table
 
 FILE = "trusted.parquet"  # in the run's folder
-HINT = ("Pass a decisions file saved from the review report (CSV or JSON), or a CSV table of verified labels "
-        "with the header sample_id,label (or path,label).")
+HINT = ("Pass a decisions file saved from the review report (CSV or JSON), a Label Studio JSON export or a CVAT for "
+        "images 1.1 XML of `export-cleaned --format label-studio / cvat`, or a CSV table of verified labels with the "
+        "header sample_id,label (or path,label).")
 
 
 def _current_audit(ws: Workspace) -> pd.DataFrame | None:

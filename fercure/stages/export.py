@@ -8,6 +8,7 @@ never writes over the workspace's own inputs.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -22,7 +23,9 @@ import pandas as pd
 from fercure import __version__, schema
 from fercure import decisions as reviewed
 from fercure import export as core
-from fercure import layouts
+from fercure import handoff, layouts
+from fercure import review_calibration as rc
+from fercure.report import data as page_data
 from fercure.report.columns import column
 from fercure import workspace as ws_errors
 from fercure.store import open_store
@@ -40,6 +43,12 @@ from fercure.workspace import (
 )
 
 FORMATS = core.FORMATS
+# Formats written as a folder (built aside and renamed into place, with fercure's marker), and what fills it
+FOLDER_FORMATS = {
+    "imagefolder": layouts.write_imagefolder,
+    handoff.LABEL_STUDIO: functools.partial(layouts.write_handoff, fmt=handoff.LABEL_STUDIO),
+    handoff.CVAT: functools.partial(layouts.write_handoff, fmt=handoff.CVAT),
+}
 
 
 class ExportError(WorkspaceError):
@@ -102,6 +111,8 @@ def run_export(
     link: str = "symlink",
     strict: bool = False,
     allow_weak_drop: bool = False,
+    cards: int | None = None,
+    image_url: str = handoff.DEFAULT_IMAGE_URL,
 ) -> ExportSummary:
     """Write the cleaned table for ``policy`` (keep/relabel/drop/review per the rules in
     ``fercure.export``) to ``output`` as ``fmt``: "parquet", "csv" (formulas neutralised, provenance
@@ -117,6 +128,10 @@ def run_export(
 
     ``allow_weak_drop``: ``policy="drop"`` on an audit whose model is ``weak`` drops every flagged
     row on the word of a model whose flags are leads; it is refused unless this is set.
+    ``cards``, ``image_url``: "label-studio" and "cvat" hand the review queue (the report's order,
+    or the audit's ``review_rank``; samples a reviewer decided left out) to an annotation tool as a
+    folder (``fercure.handoff``): its first ``cards`` cards (all without), each task's image named
+    by ``image_url`` + its path inside the folder (Label Studio).
     Rows of the workspace's tables are data: an id or a path that leads outside the output or the
     input root is skipped and named, never followed."""
     start = time.perf_counter()
@@ -128,11 +143,15 @@ def run_export(
     if decisions is not None:
         try:
             decisions = check_input_file(decisions, option="--decisions",
-                                         hint="Pass the CSV or JSON file saved from the review report.")
+                                         hint="Pass the CSV or JSON file saved from the review report, or an "
+                                              "annotation tool's export (Label Studio JSON, CVAT for images 1.1 XML).")
         except WorkspaceError as e:
             raise ExportError(str(e)) from None
 
-    notes = _ignored_options(fmt, images, link)
+    if cards is not None and cards < 1:
+        raise ExportError(f"--cards {cards}: give the number of queue cards to hand over (1 or more), or leave it out "
+                          "for the whole queue.")
+    notes = _ignored_options(fmt, images, link, cards, image_url)
     sidecar = provenance_path_for(output) if fmt == "csv" else None
     _check_outputs(ws, output, fmt, sidecar, force, decisions)
     audit_meta, audit, classes = _read_audit(ws)
@@ -157,9 +176,12 @@ def run_export(
         with atomic_path(output) as tmp:
             core.neutralise_formulas(cleaned).to_csv(tmp, index=False, encoding="utf-8")
     else:
-        result = _write_layout(ws, cleaned, output, fmt, images, link, provenance, classes, notes)
+        queue = _queue(ws, cleaned, audit, cards) if fmt in handoff.FORMATS else None
+        if queue is not None and not len(queue):
+            notes.append("The review queue is empty (nothing listed, or every card decided): the tasks hold none.")
+        result = _write_layout(ws, cleaned, output, fmt, images, link, provenance, classes, notes, queue, image_url)
         n_images, skipped = result.n_images, result.skipped
-        if fmt == "imagefolder":
+        if fmt in FOLDER_FORMATS:
             sidecar = output / "provenance.json"
     return ExportSummary(
         output=output, fmt=fmt, policy=policy, run_id=provenance["run_id"], n_rows=len(cleaned),
@@ -185,9 +207,9 @@ def _check_outputs(ws: Workspace, output: Path, fmt: str, sidecar: Path | None, 
                    decisions: Path | None) -> None:
     """One rule for every output (fercure.workspace.check_output_path): never into the input folder,
     over the label file or the workspace's own files, over a device/FIFO/folder, or silently."""
-    if fmt == "imagefolder":
+    if fmt in FOLDER_FORMATS:
         _check_folder_output(ws, output, force, decisions)
-    for target in [] if fmt == "imagefolder" else [output] + ([sidecar] if sidecar else []):
+    for target in [] if fmt in FOLDER_FORMATS else [output] + ([sidecar] if sidecar else []):
         try:
             ws.check_output(target, force=force, option="--output")
         except ws_errors.OutputExistsError as e:
@@ -259,9 +281,10 @@ def _provenance(ws: Workspace, audit_meta: dict, cleaned, decided, policy: str, 
 
 
 def _write_layout(ws: Workspace, cleaned, output: Path, fmt: str, images: str, link: str, provenance: dict,
-                  classes: list[str], notes: list[str]) -> layouts.LayoutResult:
-    """An imagefolder or hf export: the images (crops or originals) and their table."""
-    rows = layouts.exported_rows(cleaned)
+                  classes: list[str], notes: list[str], queue=None, image_url: str = "") -> layouts.LayoutResult:
+    """An imagefolder, hf or annotation-tool export: the images (crops or originals) and their table
+    (``queue``: the rows an annotation tool gets, ``_queue``)."""
+    rows = layouts.exported_rows(cleaned) if queue is None else queue
     store = _crop_store(ws, rows) if images == "crops" else None
     input_root = Path(provenance["input_root"]) if provenance["input_root"] else None
     if images == "originals" and input_root is None:
@@ -269,6 +292,12 @@ def _write_layout(ws: Workspace, cleaned, output: Path, fmt: str, images: str, l
                           "the original images.")
     provenance.update(images=images, link=link if images == "originals" else None)
     try:
+        if fmt in handoff.FORMATS:
+            provenance.update(handoff={"cards": len(rows), "image_url": image_url if fmt == handoff.LABEL_STUDIO
+                                       else None})
+            return _write_imagefolder(rows, output, provenance, fill=FOLDER_FORMATS[fmt], images=images, link=link,
+                                      store=store, input_root=input_root, classes=classes, image_url=image_url,
+                                      model_version=f"fercure {__version__} run {provenance['run_id']}")
         if fmt == "imagefolder":
             result = _write_imagefolder(rows, output, provenance, images=images, link=link, store=store,
                                         input_root=input_root, classes=classes)
@@ -286,6 +315,31 @@ def _write_layout(ws: Workspace, cleaned, output: Path, fmt: str, images: str, l
                      "that every loader numbers the classes alike (classes.json); load with torchvision's "
                      "ImageFolder(..., allow_empty=True).")
     return result
+
+
+def _queue(ws: Workspace, cleaned, audit, cards: int | None):
+    """The review queue an annotation tool gets: as many cards as the report lists (``cards`` when
+    given), in the audit's ``review_rank`` order where it has one, else the report's
+    (``report.data.review_order``); samples a reviewer decided (``--trusted`` or ``--decisions``) left
+    out. The rows of ``cleaned`` in that order, with ``review_rank`` (1 = first card) and
+    ``queue_score`` (the hand-made queue key, ``review_calibration.queue_key``: low = likely wrong)."""
+    bits, listed = page_data.review_rows(audit, read_table(ws.manifest))
+    order = page_data.review_order(audit, listed, bits)
+    ids = column(audit, "id").astype(str).to_numpy()
+    by = cleaned.set_index(cleaned["sample_id"].astype(str))
+    decided = by.index[by[reviewed.CLEANED["decided_by"]] == reviewed.REVIEWER]
+    n = int(np.sum(~np.isin(ids[order], decided))) if cards is None else cards
+    if "review_rank" in audit.columns:  # the audit's own queue (decisions re-rank it)
+        rank = pd.to_numeric(audit["review_rank"], errors="coerce").to_numpy(dtype=float)
+        order = np.flatnonzero(np.isfinite(rank))
+        order = order[np.argsort(rank[order], kind="stable")]
+    order = order[~np.isin(ids[order], decided)][:n]
+    flagged = column(audit, "is_issue", False).fillna(False).astype(bool).to_numpy()
+    key = rc.queue_key(pd.to_numeric(column(audit, "score", np.nan), errors="coerce").to_numpy(dtype=float),
+                       pd.to_numeric(column(audit, "held_out_p", np.nan), errors="coerce").to_numpy(dtype=float),
+                       flagged)
+    rows = by.loc[ids[order]].reset_index(drop=True)
+    return rows.assign(review_rank=np.arange(1, len(rows) + 1), queue_score=key[order])
 
 
 def reviewed_in_audit(audit, run_id) -> reviewed.Decisions | None:
@@ -348,15 +402,23 @@ def written_by_fercure(path: Path) -> bool:
     return False
 
 
-def _ignored_options(fmt: str, images: str, link: str) -> list[str]:
+def _ignored_options(fmt: str, images: str, link: str, cards: int | None = None,
+                     image_url: str = handoff.DEFAULT_IMAGE_URL) -> list[str]:
     """Options given that this export does not use: said, not silently dropped."""
     notes = []
     if fmt in ("parquet", "csv") and images != "crops":
         notes.append(f"--images {images} has no effect with --format {fmt} (the table holds no images; "
                      "source_path and store_index say where each one is).")
-    if link != "symlink" and not (fmt == "imagefolder" and images == "originals"):
-        notes.append(f"--link {link} has no effect here: it applies to --format imagefolder --images originals "
-                     f"only ({'the crops are written as PNG files' if fmt == 'imagefolder' else 'nothing is linked'}).")
+    if link != "symlink" and not (fmt in FOLDER_FORMATS and images == "originals"):
+        notes.append(f"--link {link} has no effect here: it applies to --images originals with --format imagefolder, "
+                     f"{handoff.LABEL_STUDIO} or {handoff.CVAT} only ("
+                     f"{'the crops are written as PNG files' if fmt in FOLDER_FORMATS else 'nothing is linked'}).")
+    if cards is not None and fmt not in handoff.FORMATS:
+        notes.append(f"--cards {cards} has no effect with --format {fmt}: it limits the queue handed to "
+                     f"--format {handoff.LABEL_STUDIO} or {handoff.CVAT}.")
+    if image_url != handoff.DEFAULT_IMAGE_URL and fmt != handoff.LABEL_STUDIO:
+        notes.append(f"--image-url has no effect with --format {fmt}: it names the images of --format "
+                     f"{handoff.LABEL_STUDIO}'s tasks.")
     return notes
 
 
@@ -444,7 +506,8 @@ def _check_folder_output(ws: Workspace, output: Path, force: bool, decisions: Pa
         raise OutputExistsError(f"{output} holds an earlier fercure export; pass --force to replace it.")
 
 
-def _write_imagefolder(rows, output: Path, provenance: dict, **kw) -> layouts.LayoutResult:
+def _write_imagefolder(rows, output: Path, provenance: dict, fill=layouts.write_imagefolder,
+                       **kw) -> layouts.LayoutResult:
     """Build the tree in a hidden folder beside ``output`` and rename it into place: a killed export
     leaves the old folder (or none), never half a tree. The tree carries fercure's marker, which is
     what lets a later --force replace it."""
@@ -454,7 +517,7 @@ def _write_imagefolder(rows, output: Path, provenance: dict, **kw) -> layouts.La
     try:
         (tmp / EXPORT_MARKER).write_text(f"written by fercure {__version__} export-cleaned; --force replaces this "
                                          "folder as a whole\n", encoding="utf-8")
-        result, index = layouts.write_imagefolder(rows, tmp, **kw)
+        result, index = fill(rows, tmp, **kw)
         _check_some_images(result, rows, output)
         with open(tmp / "index.csv", "w", encoding="utf-8", newline="") as f:
             core.neutralise_formulas(index).to_csv(f, index=False)
