@@ -65,6 +65,10 @@ class HealthSummary:
         out["classes"] = {c["name"]: {k: v for k, v in c.items() if k != "name"} for c in out["classes"]}
         out["underperforming_classes"] = self.underperforming_classes
         out["imbalanced_classes"] = self.imbalanced_classes
+        said = [f"{what}: {', '.join(names)}" for what, names in (("imbalanced", self.imbalanced_classes),
+                                                                  ("underperforming", self.underperforming_classes))
+                if names]
+        out["dataset_issues"] = "; ".join(said) or "none"  # the two lists in words (the terminal shows it)
         return out
 
 

@@ -71,6 +71,8 @@ def test_prepared_workspace_is_audited_from_pred_probs_without_a_run(prepared, t
     page = ws.report.read_text(encoding="utf-8")
     assert "Evidence per row: 60 on pred-probs" in page and "Overall label health" in page
     assert summary["health_summary"]["overall_label_health_score"] == pytest.approx(0.8)  # 12 of 60 wrong
+    assert summary["per_class"]["happy"]["est_wrong_share"] == pytest.approx(
+        summary["health_summary"]["classes"]["happy"]["label_noise"])
 
 
 @pytest.mark.parametrize("form", ["path-parquet", "npy"])
@@ -290,3 +292,4 @@ def test_health_summary_names_underperforming_and_imbalanced_classes():
     assert h.underperforming_classes == ["b"]
     assert h.imbalanced_classes == ["c"]
     assert h.as_dict()["classes"]["b"]["agreement"] == pytest.approx(0.4)
+    assert h.as_dict()["dataset_issues"] == "imbalanced: c; underperforming: b"

@@ -337,8 +337,15 @@ def _write_report(ws: Workspace, out_report: Path, table: pd.DataFrame, stats: d
 
 
 def _per_class_frame(stats: dict) -> pd.DataFrame:
-    """``stats["per_class"]`` as the summary's table, one row per class."""
+    """``stats["per_class"]`` as the summary's table, one row per class, with the health summary's
+    estimated share of wrong labels and its 95 % interval."""
     per_class = pd.DataFrame.from_dict(stats["per_class"], orient="index")
+    health_rows = (stats.get("health_summary") or {}).get("classes") or {}
+    if health_rows and len(per_class):
+        est = {c: health_rows.get(c, {}) for c in per_class.index}
+        per_class["est_wrong_share"] = [est[c].get("label_noise") for c in per_class.index]
+        per_class["est_wrong_lo"] = [(est[c].get("label_noise_interval") or (None, None))[0] for c in per_class.index]
+        per_class["est_wrong_hi"] = [(est[c].get("label_noise_interval") or (None, None))[1] for c in per_class.index]
     per_class.index.name = "class"
     return per_class
 
