@@ -97,9 +97,10 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float | None, float | None]:
     return float(max(0.0, mid - half)), float(min(1.0, mid + half))
 
 
-def health_summary(probs: np.ndarray, given: np.ndarray, classes: list[str], *,
+def health_summary(probs: np.ndarray, given: np.ndarray, classes: list[str], *, source: str = "the audit distribution",
                    n_boot: int = BOOTSTRAP, seed: int = 0) -> HealthSummary:
-    """The health of the rows with finite probabilities; ``given`` class indices (−1: unknown, left out)."""
+    """The health of the rows with finite probabilities; ``given`` class indices (−1: unknown, left out).
+    ``source``: what the probabilities are, in words, for the ``method`` sentence."""
     probs = np.asarray(probs, dtype=float)
     given = np.asarray(given, dtype=np.int64)
     k = len(classes)
@@ -134,7 +135,7 @@ def health_summary(probs: np.ndarray, given: np.ndarray, classes: list[str], *,
     return HealthSummary(
         n_scored=n, overall_label_health_score=_f(1 - point[k]), overall_interval=(_f(1 - hi[k]), _f(1 - lo[k])),
         agreement=overall_agree, classes=tuple(rows),
-        method=(f"confident joint on the audit distribution, calibrated to class sizes; {LEVEL:.0%} percentile "
+        method=(f"confident joint on {source}, calibrated to class sizes; {LEVEL:.0%} percentile "
                 f"bootstrap over {n:,} scored rows ({n_boot} resamples); agreement = the most probable class is "
                 f"the given one, Wilson interval; underperforming = that interval lies below the dataset's "
                 f"agreement; imbalanced = at least {IMBALANCE_RATIO:g}x fewer samples than the largest class"))

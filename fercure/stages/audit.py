@@ -282,7 +282,11 @@ def _add_evidence(table: pd.DataFrame, stats: dict, manifest: pd.DataFrame, clas
     cidx = {c: i for i, c in enumerate(classes)}
     given = np.array([cidx.get(str(g), -1) for g in table["given_label"]], dtype=np.int64)
     probs = table[[f"p_{c}" for c in classes]].to_numpy(dtype=float)
-    stats["health_summary"] = health.health_summary(probs, given, classes).as_dict()
+    source = ("the --pred-probs file's probabilities" if ev.pred_probs is not None
+              else "the run's in-sample probabilities (mean over epochs: labels the model memorised, wrong ones "
+                   "too, lower the estimate)" if run_id is not None
+              else "the --features neighbours' label vote")
+    stats["health_summary"] = health.health_summary(probs, given, classes, source=source).as_dict()
 
 
 def _predictions_path(ws: Workspace, run_id: str) -> Path:

@@ -1,0 +1,232 @@
+"""Bring-your-own evidence and issues beyond labels, measured on the tables a review-loop run kept
+(issue 26 part 1, issue 27 part 2). No training: it reads what ``bench_review_loop.py --keep DIR``
+left in DIR and re-audits a copy of its workspace (the kept files are never written).
+
+Read from DIR: ``labels.csv`` (the subset given to fercure), ``ws/manifest.parquet``,
+``audit-0.parquet`` (its metadata names the first run), ``ws/runs/<run>/predictions.parquet`` and
+``config.json``, ``oof_probs.npy`` (cleanlab's K-fold out-of-fold probabilities of the same
+backbone, rows in ``labels.csv`` order, columns the sorted classes) and ``ws/faces/crops.npy``;
+the FER+ votes come from ``--data`` (evaluation only).
+
+Reports, on the FER+ protocol (clear error: the given label got ≤ 1 of 10 votes; clean: ≥ 5; rows
+where NF + unknown ≥ 5 left out; ../shared/benchmarks/fer2013-ferplus/README.md):
+
+1. the out-of-fold probabilities as ``--pred-probs`` alone (``--run none``), joined with fercure's
+   run (its default rule, and the noise-rate rule), and fercure's run alone: AUROC and AP of
+   1 − label_score, macro within-class AUROC, flags' precision / recall, suggestions right (the
+   suggested label is the FER+ majority, over flagged clear errors);
+2. the outlier score (``fercure.outliers``) against the FER+ ``NF`` (not a face) votes: AUROC for
+   NF ≥ 1 and NF + unknown ≥ 5, on two embeddings the kept tables allow (no run keeps its model's
+   embedding): the crops' pixels (grey, 24 × 24, each standardised) and the out-of-fold probabilities;
+3. the health summary's per-class estimated share of wrong labels (and its 95 % interval) against the
+   true share of clear errors in that class, for each evidence.
+
+    .venv/bin/python benchmarks/bench_issues.py --keep /work/runs/ref_s0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(REPO))
+
+import common  # noqa: E402
+from bench_label_noise import aligned, detection_metrics, load_split  # noqa: E402
+
+
+def truth_table(keep: Path, data: Path) -> pd.DataFrame:
+    """The kept subset in ``labels.csv`` order with its FER+ truth and its manifest row (the order
+    ``oof_probs.npy`` follows)."""
+    from fercure.workspace import read_table
+
+    sub = pd.read_csv(keep / "labels.csv", dtype=str, keep_default_na=False)
+    votes = load_split(data, "train").drop(columns=["label"])
+    sub = sub.merge(votes, on="path", how="left", validate="one_to_one")
+    manifest = read_table(keep / "ws" / "manifest.parquet")
+    return sub.merge(manifest[["sample_id", "source_path", "store_index"]], left_on="path",
+                     right_on="source_path", how="inner", validate="one_to_one")
+
+
+def scratch_workspace(keep: Path, run_id: str, into: Path) -> Path:
+    """A copy of the kept workspace's manifest and first run, to audit without touching the kept files."""
+    src, ws = keep / "ws", into / "ws"
+    (ws / "runs" / run_id).mkdir(parents=True)
+    for name in ("manifest.parquet", "rejects.parquet"):
+        if (src / name).exists():
+            shutil.copyfile(src / name, ws / name)
+    for name in ("predictions.parquet", "config.json", "trusted.parquet"):
+        if (src / "runs" / run_id / name).exists():
+            shutil.copyfile(src / "runs" / run_id / name, ws / "runs" / run_id / name)
+    (ws / "runs" / "LATEST").write_text(run_id + "\n")
+    return ws
+
+
+def label_metrics(truth: pd.DataFrame, audit: pd.DataFrame) -> dict[str, Any]:
+    a = aligned(audit, truth["sample_id"])
+    score = 1.0 - a["label_score"].to_numpy(dtype=float)
+    flagged = a["is_label_issue"].fillna(False).to_numpy(bool)
+    out = detection_metrics(truth, score, flagged, a["suggested_label"].to_numpy(dtype=object))
+    ev = (truth["positive"] | truth["negative"]).to_numpy() & np.isfinite(score)
+    _, out["within_class_auroc_macro"] = common.within_class_auroc(
+        truth["positive"].to_numpy()[ev], score[ev], truth["label"].to_numpy(dtype=object)[ev])
+    out["evidence"] = {str(k): int(v) for k, v in audit["evidence"].value_counts().items()}
+    return out
+
+
+def health_metrics(truth: pd.DataFrame, stats: dict) -> dict[str, Any]:
+    """Each class's estimated share of wrong labels against its true share of clear errors (over
+    all its rows) and of rows whose FER+ majority is another class (over rows with a majority)."""
+    h = stats["health_summary"]
+    rows, covered, errs = {}, 0, []
+    for c, d in h["classes"].items():
+        m = (truth["label"] == c).to_numpy()
+        clear = float(truth["positive"].to_numpy()[m].mean()) if m.any() else float("nan")
+        maj = truth["majority"].to_numpy(dtype=object)[m]
+        has = pd.notna(maj)
+        other = float((maj[has] != c).mean()) if has.any() else float("nan")
+        lo, hi = d["label_noise_interval"]
+        inside = lo is not None and hi is not None and lo <= clear <= hi
+        covered += int(inside)
+        if d["label_noise"] is not None:
+            errs.append(abs(d["label_noise"] - clear))
+        rows[c] = {"n": d["n"], "estimated": d["label_noise"], "interval": [lo, hi], "clear_errors": clear,
+                   "majority_disagrees": other, "clear_errors_inside_interval": inside}
+    overall_clear = float(truth["positive"].mean())
+    return {"per_class": rows, "classes_covered": covered, "n_classes": len(rows),
+            "mean_abs_error_vs_clear": float(np.mean(errs)) if errs else None,
+            "overall_estimated_wrong": None if h["overall_label_health_score"] is None
+            else 1 - h["overall_label_health_score"],
+            "overall_interval_wrong": [None if x is None else 1 - x for x in reversed(h["overall_interval"])],
+            "overall_clear_errors": overall_clear,
+            "underperforming_classes": h["underperforming_classes"], "imbalanced_classes": h["imbalanced_classes"]}
+
+
+def pixel_embedding(keep: Path, store_index: np.ndarray, side: int = 24) -> np.ndarray:
+    """Grey crops pooled to side × side, each standardised (brightness and contrast do not decide)."""
+    crops = np.load(keep / "ws" / "faces" / "crops.npy", mmap_mode="r")
+    x = np.asarray(crops[store_index], dtype=np.float64)
+    if x.ndim == 4:
+        x = x.mean(axis=3)
+    s = x.shape[1] // side
+    x = x[:, : s * side, : s * side].reshape(len(x), side, s, side, s).mean(axis=(2, 4)).reshape(len(x), -1)
+    x = x - x.mean(axis=1, keepdims=True)
+    return x / np.maximum(x.std(axis=1, keepdims=True), 1e-6)
+
+
+def outlier_metrics(truth: pd.DataFrame, embeddings: dict[str, np.ndarray], classes: list[str]) -> dict[str, Any]:
+    from fercure import outliers
+
+    given = truth["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(dtype=np.int64)
+    nf = truth["NF"].to_numpy(dtype=np.int64)
+    junk = nf + truth["unknown"].to_numpy(dtype=np.int64)
+    targets = {"NF>=1": nf >= 1, "NF+unknown>=5": junk >= 5, "NF>=5": nf >= 5}
+    out: dict[str, Any] = {"n_positive": {k: int(v.sum()) for k, v in targets.items()}, "n_rows": len(truth)}
+    for name, emb in embeddings.items():
+        r = outliers.outlier_scores(outliers.nearest_neighbours(emb, outliers.DEFAULT_K), given)
+        res = {k: (common.auroc(y, -r.score) if 0 < y.sum() < len(y) else None) for k, y in targets.items()}
+        res["n_flagged"] = int(r.is_issue.sum())
+        res["flagged_with_NF>=1"] = int((r.is_issue & (nf >= 1)).sum())
+        out[name] = res
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--keep", type=Path, default=Path("/work/runs/ref_s0"),
+                    help="the folder bench_review_loop.py --keep filled")
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "benchmarks" / "fer2013-ferplus")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "issues.json",
+                    help="results merge into this JSON under the key 'cpu'")
+    args = ap.parse_args(argv)
+
+    from fercure.stages.audit import run_audit
+    from fercure.workspace import read_metadata, read_table
+
+    t0 = time.perf_counter()
+    started_at = common.git_commit()
+    run_id = read_metadata(args.keep / "audit-0.parquet")["run_id"]
+    truth = truth_table(args.keep, args.data)
+    classes = sorted(truth["label"].unique().tolist())
+    oof = np.load(args.keep / "oof_probs.npy")
+    if oof.shape != (len(truth), len(classes)):
+        raise SystemExit(f"{args.keep / 'oof_probs.npy'} has shape {oof.shape}, expected {(len(truth), len(classes))}")
+    tmp = Path(tempfile.mkdtemp(prefix="bench_issues_"))
+    try:
+        ws = scratch_workspace(args.keep, run_id, tmp)
+        oof_file = tmp / "oof.parquet"
+        pd.DataFrame(oof, columns=classes).assign(sample_id=truth["sample_id"].to_numpy()).to_parquet(oof_file)
+        pix = pixel_embedding(args.keep, truth["store_index"].to_numpy(np.int64))
+        feat_file = tmp / "pixels.parquet"
+        pd.DataFrame({"sample_id": truth["sample_id"].to_numpy(), "embedding": list(pix)}).to_parquet(feat_file)
+        arms = {
+            "pred-probs alone": dict(run_id="none", pred_probs=oof_file),
+            "pred-probs + pixel features": dict(run_id="none", pred_probs=oof_file, features=feat_file),
+            "pred-probs + fercure (default rule)": dict(run_id=run_id, pred_probs=oof_file),
+            "pred-probs + fercure (noise_rate rule)": dict(run_id=run_id, pred_probs=oof_file,
+                                                           threshold_method="noise_rate"),
+            "fercure alone": dict(run_id=run_id),
+        }
+        results: dict[str, Any] = {"labels": {}, "health": {}}
+        for name, kw in arms.items():
+            s = run_audit(ws, write_report=False, **kw)
+            audit = read_table(s.audit_path)
+            stats = read_metadata(s.audit_path)
+            stats = {**stats.get("stats", {}), **stats.get("thresholds", {})}
+            results["labels"][name] = {**label_metrics(truth, audit), "rule": stats.get("threshold_method_used"),
+                                       "score": stats.get("method"), "seconds": s.seconds}
+            results["health"][name] = health_metrics(truth, stats)
+        results["outliers"] = outlier_metrics(truth, {"pixels": pix, "oof_probs": oof}, classes)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    payload = {"keep": str(args.keep), "run_id": run_id, "n_rows": len(truth),
+               "n_clear_errors": int(truth["positive"].sum()), "n_clean": int(truth["negative"].sum()),
+               **results, "seconds": time.perf_counter() - t0, "date": common.today(), **started_at}
+    common.merge_results(args.out, "cpu", payload)
+    print_tables(payload)
+    return 0
+
+
+def _f(x: Any, nd: int = 3) -> str:
+    return "—" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:.{nd}f}"
+
+
+def print_tables(r: dict[str, Any]) -> None:
+    print(f"{r['n_rows']} rows, {r['n_clear_errors']} clear errors, {r['n_clean']} clean (run {r['run_id']})")
+    print("\n| evidence | AUROC | AP | within-class AUROC | flagged | precision | recall | suggestions right | rule |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, m in r["labels"].items():
+        print(f"| {name} | {_f(m['auroc'])} | {_f(m['ap'])} | {_f(m['within_class_auroc_macro'])} | "
+              f"{m.get('flagged_all')} | {_f(m.get('precision'))} | {_f(m.get('recall'))} | "
+              f"{_f(m.get('suggested_label_accuracy'))} (n={m.get('n_flagged_positive')}) | {m['rule']} |")
+    o = r["outliers"]
+    print(f"\noutlier score vs FER+ votes (positives: {o['n_positive']}, of {o['n_rows']})")
+    for name in ("pixels", "oof_probs"):
+        m = o[name]
+        print(f"  {name}: AUROC NF>=1 {_f(m['NF>=1'])}, NF+unknown>=5 {_f(m['NF+unknown>=5'])}, NF>=5 {_f(m['NF>=5'])}; "
+              f"flagged {m['n_flagged']} ({m['flagged_with_NF>=1']} with NF>=1)")
+    print("\nhealth: estimated share of wrong labels per class vs the true share of clear errors")
+    for name, h in r["health"].items():
+        cells = ", ".join(f"{c} {_f(d['estimated'], 2)} [{_f(d['interval'][0], 2)}–{_f(d['interval'][1], 2)}] "
+                          f"vs {_f(d['clear_errors'], 2)}" for c, d in h["per_class"].items())
+        print(f"  {name}: overall {_f(h['overall_estimated_wrong'], 3)} [{_f(h['overall_interval_wrong'][0], 3)}–"
+              f"{_f(h['overall_interval_wrong'][1], 3)}] vs {_f(h['overall_clear_errors'], 3)}; "
+              f"{h['classes_covered']}/{h['n_classes']} classes inside; mean |error| "
+              f"{_f(h['mean_abs_error_vs_clear'], 3)}\n    {cells}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
