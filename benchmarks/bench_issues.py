@@ -3,10 +3,11 @@
 left in DIR and re-audits a copy of its workspace (the kept files are never written).
 
 Read from DIR: ``labels.csv`` (the subset given to fercure), ``ws/manifest.parquet``,
-``audit-0.parquet`` (its metadata names the first run), ``ws/runs/<run>/predictions.parquet`` and
-``config.json``, ``oof_probs.npy`` (cleanlab's K-fold out-of-fold probabilities of the same
-backbone, rows in ``labels.csv`` order, columns the sorted classes) and ``ws/faces/crops.npy``;
-the FER+ votes come from ``--data`` (evaluation only).
+``audit-0.parquet`` (its metadata names the first run; without it the oldest finished run),
+``ws/runs/<run>/predictions.parquet`` and ``config.json``, ``oof_probs.npy`` (cleanlab's K-fold
+out-of-fold probabilities of the same backbone, rows in ``labels.csv`` order, columns the sorted
+classes; the --pred-probs arms are left out until it is there) and ``ws/faces/crops.npy``; the
+FER+ votes come from ``--data`` (evaluation only).
 
 Reports, on the FER+ protocol (clear error: the given label got ≤ 1 of 10 votes; clean: ≥ 5; rows
 where NF + unknown ≥ 5 left out; ../shared/benchmarks/fer2013-ferplus/README.md):
@@ -58,6 +59,18 @@ def truth_table(keep: Path, data: Path) -> pd.DataFrame:
     manifest = read_table(keep / "ws" / "manifest.parquet")
     return sub.merge(manifest[["sample_id", "source_path", "store_index"]], left_on="path",
                      right_on="source_path", how="inner", validate="one_to_one")
+
+
+def first_run(keep: Path) -> str:
+    """The run of the loop's first audit (audit-0.parquet's metadata), else the oldest finished run."""
+    from fercure.workspace import read_metadata
+
+    if (keep / "audit-0.parquet").exists():
+        return read_metadata(keep / "audit-0.parquet")["run_id"]
+    done = sorted(p.parent.name for p in (keep / "ws" / "runs").glob("*/predictions.parquet"))
+    if not done:
+        raise SystemExit(f"{keep / 'ws' / 'runs'} has no finished run yet")
+    return done[0]
 
 
 def scratch_workspace(keep: Path, run_id: str, into: Path) -> Path:
@@ -158,17 +171,21 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     started_at = common.git_commit()
-    run_id = read_metadata(args.keep / "audit-0.parquet")["run_id"]
+    run_id = first_run(args.keep)
     truth = truth_table(args.keep, args.data)
     classes = sorted(truth["label"].unique().tolist())
-    oof = np.load(args.keep / "oof_probs.npy")
-    if oof.shape != (len(truth), len(classes)):
+    notes: list[str] = []
+    oof = np.load(args.keep / "oof_probs.npy") if (args.keep / "oof_probs.npy").exists() else None
+    if oof is None:
+        notes.append(f"{args.keep / 'oof_probs.npy'} is not there (yet): the --pred-probs arms are left out")
+    elif oof.shape != (len(truth), len(classes)):
         raise SystemExit(f"{args.keep / 'oof_probs.npy'} has shape {oof.shape}, expected {(len(truth), len(classes))}")
     tmp = Path(tempfile.mkdtemp(prefix="bench_issues_"))
     try:
         ws = scratch_workspace(args.keep, run_id, tmp)
         oof_file = tmp / "oof.parquet"
-        pd.DataFrame(oof, columns=classes).assign(sample_id=truth["sample_id"].to_numpy()).to_parquet(oof_file)
+        if oof is not None:
+            pd.DataFrame(oof, columns=classes).assign(sample_id=truth["sample_id"].to_numpy()).to_parquet(oof_file)
         pix = pixel_embedding(args.keep, truth["store_index"].to_numpy(np.int64))
         feat_file = tmp / "pixels.parquet"
         pd.DataFrame({"sample_id": truth["sample_id"].to_numpy(), "embedding": list(pix)}).to_parquet(feat_file)
@@ -180,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                                                            threshold_method="noise_rate"),
             "fercure alone": dict(run_id=run_id),
         }
+        arms = {k: v for k, v in arms.items() if oof is not None or "pred_probs" not in v}
         results: dict[str, Any] = {"labels": {}, "health": {}}
         for name, kw in arms.items():
             s = run_audit(ws, write_report=False, **kw)
@@ -189,10 +207,11 @@ def main(argv: list[str] | None = None) -> int:
             results["labels"][name] = {**label_metrics(truth, audit), "rule": stats.get("threshold_method_used"),
                                        "score": stats.get("method"), "seconds": s.seconds}
             results["health"][name] = health_metrics(truth, stats)
-        results["outliers"] = outlier_metrics(truth, {"pixels": pix, "oof_probs": oof}, classes)
+        results["outliers"] = outlier_metrics(truth, {"pixels": pix, **({"oof_probs": oof} if oof is not None else {})},
+                                              classes)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    payload = {"keep": str(args.keep), "run_id": run_id, "n_rows": len(truth),
+    payload = {"keep": str(args.keep), "run_id": run_id, "n_rows": len(truth), "notes": notes,
                "n_clear_errors": int(truth["positive"].sum()), "n_clean": int(truth["negative"].sum()),
                **results, "seconds": time.perf_counter() - t0, "date": common.today(), **started_at}
     common.merge_results(args.out, "cpu", payload)
@@ -206,6 +225,8 @@ def _f(x: Any, nd: int = 3) -> str:
 
 def print_tables(r: dict[str, Any]) -> None:
     print(f"{r['n_rows']} rows, {r['n_clear_errors']} clear errors, {r['n_clean']} clean (run {r['run_id']})")
+    for note in r["notes"]:
+        print(f"note: {note}")
     print("\n| evidence | AUROC | AP | within-class AUROC | flagged | precision | recall | suggestions right | rule |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, m in r["labels"].items():
@@ -215,6 +236,8 @@ def print_tables(r: dict[str, Any]) -> None:
     o = r["outliers"]
     print(f"\noutlier score vs FER+ votes (positives: {o['n_positive']}, of {o['n_rows']})")
     for name in ("pixels", "oof_probs"):
+        if name not in o:
+            continue
         m = o[name]
         print(f"  {name}: AUROC NF>=1 {_f(m['NF>=1'])}, NF+unknown>=5 {_f(m['NF+unknown>=5'])}, NF>=5 {_f(m['NF>=5'])}; "
               f"flagged {m['n_flagged']} ({m['flagged_with_NF>=1']} with NF>=1)")
