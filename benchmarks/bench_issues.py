@@ -128,9 +128,14 @@ def health_metrics(truth: pd.DataFrame, stats: dict) -> dict[str, Any]:
 
 
 def pixel_embedding(keep: Path, store_index: np.ndarray, side: int = 24) -> np.ndarray:
-    """Grey crops pooled to side × side, each standardised (brightness and contrast do not decide)."""
+    """The kept crops as ``pixels``."""
     crops = np.load(keep / "ws" / "faces" / "crops.npy", mmap_mode="r")
-    x = np.asarray(crops[store_index], dtype=np.float64)
+    return pixels(np.asarray(crops[store_index]), side)
+
+
+def pixels(images: np.ndarray, side: int = 24) -> np.ndarray:
+    """Grey images pooled to side × side, each standardised (brightness and contrast do not decide)."""
+    x = np.asarray(images, dtype=np.float64)
     if x.ndim == 4:
         x = x.mean(axis=3)
     s = x.shape[1] // side
@@ -162,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", type=Path, default=Path("/work/runs/ref_s0"),
                     help="the folder bench_review_loop.py --keep filled")
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "benchmarks" / "fer2013-ferplus")
+    ap.add_argument("--outliers-full", action=argparse.BooleanOptionalAction, default=False,
+                    help="also score the outlier score on every train image's pixels (26,892: a minute or two)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "issues.json",
                     help="results merge into this JSON under the key 'cpu'")
     args = ap.parse_args(argv)
@@ -207,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
             results["labels"][name] = {**label_metrics(truth, audit), "rule": stats.get("threshold_method_used"),
                                        "score": stats.get("method"), "seconds": s.seconds}
             results["health"][name] = health_metrics(truth, stats)
+        if args.outliers_full:  # every train image: the subset holds few non-faces
+            full = load_split(args.data, "train")
+            imgs = common.load_images([args.data / "train" / p for p in full["path"]], workers=1)
+            results["outliers_full_train"] = outlier_metrics(full, {"pixels": pixels(imgs)}, classes)
         results["outliers"] = outlier_metrics(truth, {"pixels": pix, **({"oof_probs": oof} if oof is not None else {})},
                                               classes)
     finally:
@@ -233,14 +244,17 @@ def print_tables(r: dict[str, Any]) -> None:
         print(f"| {name} | {_f(m['auroc'])} | {_f(m['ap'])} | {_f(m['within_class_auroc_macro'])} | "
               f"{m.get('flagged_all')} | {_f(m.get('precision'))} | {_f(m.get('recall'))} | "
               f"{_f(m.get('suggested_label_accuracy'))} (n={m.get('n_flagged_positive')}) | {m['rule']} |")
-    o = r["outliers"]
-    print(f"\noutlier score vs FER+ votes (positives: {o['n_positive']}, of {o['n_rows']})")
-    for name in ("pixels", "oof_probs"):
-        if name not in o:
+    for key, what in (("outliers", "the subset"), ("outliers_full_train", "every train image")):
+        o = r.get(key)
+        if not o:
             continue
-        m = o[name]
-        print(f"  {name}: AUROC NF>=1 {_f(m['NF>=1'])}, NF+unknown>=5 {_f(m['NF+unknown>=5'])}, NF>=5 {_f(m['NF>=5'])}; "
-              f"flagged {m['n_flagged']} ({m['flagged_with_NF>=1']} with NF>=1)")
+        print(f"\noutlier score vs FER+ votes, {what} (positives: {o['n_positive']}, of {o['n_rows']})")
+        for name in ("pixels", "oof_probs"):
+            if name not in o:
+                continue
+            m = o[name]
+            print(f"  {name}: AUROC NF>=1 {_f(m['NF>=1'])}, NF+unknown>=5 {_f(m['NF+unknown>=5'])}, "
+                  f"NF>=5 {_f(m['NF>=5'])}; flagged {m['n_flagged']} ({m['flagged_with_NF>=1']} with NF>=1)")
     print("\nhealth: estimated share of wrong labels per class vs the true share of clear errors")
     for name, h in r["health"].items():
         cells = ", ".join(f"{c} {_f(d['estimated'], 2)} [{_f(d['interval'][0], 2)}–{_f(d['interval'][1], 2)}] "
