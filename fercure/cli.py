@@ -302,6 +302,10 @@ def main(
     epilog=_examples("Examples:\n\n"
     "  # data/images/<class>/*.jpg\n\n  fercure prepare data/images -w ws\n\n"
     "  # labels.csv: path,label[,split]\n\n  fercure prepare data -l data/labels.csv -w ws\n\n"
+    "  # several annotators: path,annotator,label rows, or vote counts per class\n\n"
+    "  fercure prepare data -l data/votes.csv -w ws\n\n"
+    "  # photos without labels (join labels later: -l on the same workspace)\n\n"
+    "  fercure prepare photos -w ws --no-labels\n\n"
     "  fercure prepare fer -l labels.csv -w ws --on-no-face keep --device cuda\n\n"
     "  # ... up to --shard 3/4, on any machines sharing ws\n\n  fercure prepare data -w ws --shard 0/4\n\n"
     "  # combine the shards (the last one does it itself)\n\n  fercure prepare --merge -w ws")
@@ -309,7 +313,8 @@ def main(
 def prepare(
     input_root: Optional[Path] = typer.Argument(None, help="Folder of class subfolders, or the root that the label file's paths are relative to."),
     workspace: Path = WorkspaceOpt,
-    labels: Optional[Path] = typer.Option(None, "--labels", "-l", help="CSV or Parquet with columns path,label[,split]."),
+    labels: Optional[Path] = typer.Option(None, "--labels", "-l", help="CSV or Parquet with columns path,label[,split]; or several labels per image: path,annotator,label rows, or one vote-count column per class (path,<class>,<class>,...)."),
+    no_labels: bool = typer.Option(False, "--no-labels", help="A folder of photos without labels: every image below INPUT_ROOT, label empty. Join labels later with --labels on the same workspace (the crops are reused)."),
     classes: Optional[str] = typer.Option(None, help="Comma-separated class names; other labels are rejected."),
     device: Device = typer.Option(Device.auto, help="Where the face detector runs."),
     batch_size: int = typer.Option(64, min=1, help="Images per detector batch."),
@@ -352,7 +357,8 @@ def prepare(
     kwargs = dict(input_root=input_root, workspace=workspace, labels_file=labels,
                   classes=class_list, device=device.value, batch_size=batch_size, workers=workers,
                   image_size=image_size, on_no_face=on_no_face.value, multi_face=multi_face.value,
-                  min_face_size=min_face_size, min_score=min_score, crop=crop.value, chunk_size=chunk_size)
+                  min_face_size=min_face_size, min_score=min_score, crop=crop.value, chunk_size=chunk_size,
+                  no_labels=no_labels)
     if shard_of is not None:
         # A shard writes only its own files: no lock while it works (shards must not wait for each
         # other), the workspace lock for the merge only, waiting for whoever holds it.
@@ -421,6 +427,7 @@ def train(
     ensemble: int = typer.Option(TRAIN_DEFAULTS["ensemble"], min=1, help="Deep-ensemble members (uncertainty: entropy, mutual information)."),
     distill_generations: int = typer.Option(TRAIN_DEFAULTS["distill_generations"], min=0, help="Self-distillation generations from the ensemble's soft labels."),
     folds: int = typer.Option(TRAIN_DEFAULTS["folds"], min=0, help="Cross-fitting folds for out-of-sample probabilities (0: off)."),
+    soft_labels: bool = typer.Option(TRAIN_DEFAULTS["soft_labels"], "--soft-labels/--no-soft-labels", help="Learn each image's vote distribution (a vote file's annotations) instead of its majority label."),
     resume: bool = typer.Option(False, help="Continue the latest unfinished run from its last epoch checkpoint."),
     store: StoreMode = typer.Option(StoreMode(TRAIN_DEFAULTS["store"]), help="Crops resident on the device, or streamed from the memory-mapped store per batch (auto: stream when they would take over half the free memory)."),
     trusted: list[Path] = typer.Option([], "--trusted", help="A reviewer's decisions (CSV or JSON saved from the review report, a Label Studio JSON export or a CVAT for images 1.1 XML) or a CSV of verified labels (sample_id,label or path,label); repeatable, the later decision for a sample wins. Reviewed samples train with their reviewed label (dropped ones leave the run) and are never flagged again."),
@@ -464,6 +471,7 @@ def train(
             holdout=holdout, plant_rate=plant_rate, retrain=retrain, knn=knn, amp=amp,
             ensemble=max(ensemble, 3) if thorough else ensemble,
             distill_generations=distill_generations, folds=folds, store=store.value, compile=compile,
+            soft_labels=soft_labels,
             trusted=[str(p.resolve()) for p in trusted],
         )
         try:

@@ -133,9 +133,31 @@ MANIFEST = Table(
            values=CROP_MODE_VALUES, required=False),
         _c("crop_fill", FLOAT64, "share of the crop's pixels taken from beyond the image border (replicated "
            "border pixels, never black; 0 for as-given; NaN without a crop)", bounds=(0.0, 1.0), required=False),
+        _c("n_votes", FLOAT64, "annotations (votes) the image got in a vote file (NaN with one label per image)",
+           required=False),
+        _c("agreement", FLOAT64, "share of the image's votes for its label, the majority vote (NaN with one label "
+           "per image)", bounds=SCORE, required=False),
     ),
-    metadata="classes (the class list, in training-index order), input_root and labels_file (absolute), "
-             "settings, settings_fingerprint",
+    metadata="classes (the class list, in training-index order; empty after prepare --no-labels), input_root and "
+             "labels_file (absolute), settings, settings_fingerprint, no_labels (prepared without labels), "
+             "annotations (a vote file's kind and counts)",
+)
+
+ANNOTATIONS = Table(
+    "annotations", "WS/annotations.parquet",
+    "Every annotation of a vote file (written by prepare from a long or wide vote file): one row per image and "
+    "annotator (long form), or per image and class with its count (wide form, annotator '').",
+    (
+        _c("sample_id", STRING, "the manifest's sample_id", nullable=False),
+        _c("source_path", STRING, "posix path relative to the input root", nullable=False),
+        _c("annotator", STRING, "who gave the label, as in the file ('' for a wide file's anonymous votes)",
+           nullable=False),
+        _c("label", STRING, "the label given", nullable=False),
+        _c("votes", FLOAT64, "how many votes the row stands for (1 in long form; the class's count in wide form)",
+           nullable=False, bounds=(0.0, float("inf"))),
+        _c("row", INT64, "the label-file row it came from"),
+    ),
+    metadata="input_root, labels_file, kind (long | wide), classes",
 )
 
 REJECTS = Table(
@@ -279,6 +301,16 @@ AUDIT = Table(
         _c("reason", STRING, "why, in words, with the numbers behind each flag"),
         _c("is_reviewed", BOOL, "a reviewer decided this sample (the run's --trusted files): never flagged",
            required=False),
+        _c("n_votes", FLOAT64, "votes the image got in the workspace's vote file (NaN: none)", required=False),
+        _c("annotator_agreement", FLOAT64, "share of its votes for the given label (NaN: no votes)", bounds=SCORE,
+           required=False),
+        _c("consensus_label", STRING, "the consensus of its votes and the model's probabilities (CROWDLAB-style, "
+           "each weighted by how well it agrees with the majority)", required=False),
+        _c("consensus_score", FLOAT64, "that consensus's probability of the given label: low = likely wrong",
+           bounds=SCORE, required=False),
+        _c("is_disagreement_issue", BOOL, "fewer than half its votes are for the given label", required=False),
+        _c("votes", STRING, "its votes, most first ('happy 6 · neutral 3 · sad 1'; '' without votes)",
+           required=False),
         _c("reviewed_label", STRING, "the reviewer's label (null when dropped or not reviewed)", required=False),
         _c("decided_by", STRING, "reviewer for a reviewed sample, fercure otherwise", values=DECIDED_BY,
            required=False),
@@ -370,7 +402,7 @@ HF_EXPORT = Table(
     metadata="as cleaned (the provenance), plus `huggingface` (the datasets Features)",
 )
 
-TABLES: dict[str, Table] = {t.name: t for t in (MANIFEST, REJECTS, PREDICTIONS, DYNAMICS, AUDIT, TRUSTED, CLEANED, HF_EXPORT)}
+TABLES: dict[str, Table] = {t.name: t for t in (MANIFEST, REJECTS, ANNOTATIONS, PREDICTIONS, DYNAMICS, AUDIT, TRUSTED, CLEANED, HF_EXPORT)}
 
 # Arrow types that hold the same values as the declared one (a file from another writer may use them).
 _SAME = {pa.string(): (pa.large_string(),), pa.float64(): (), pa.float32(): (), pa.bool_(): ()}

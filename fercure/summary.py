@@ -52,8 +52,13 @@ def next_step(stage: str, summary: Any, workspace: Path | str | None) -> dict[st
     """``{"outputs": [paths], "next": command}`` for the stage that just finished."""
     ws = Path(workspace) if workspace is not None else Path(getattr(summary, "workspace", "."))
     if stage == "prepare":
-        return {"outputs": [str(ws / "manifest.parquet"), str(ws / "rejects.parquet"), str(ws / "faces" / "crops.npy")],
-                "next": f"fercure train -w {ws}"}
+        outputs = [str(ws / "manifest.parquet"), str(ws / "rejects.parquet"), str(ws / "faces" / "crops.npy")]
+        if (ws / "annotations.parquet").exists():
+            outputs.append(str(ws / "annotations.parquet"))
+        if getattr(summary, "n_samples", 0) and not getattr(summary, "class_counts", {1: 1}):  # --no-labels
+            return {"outputs": outputs, "next": f"label the photos, then `fercure prepare INPUT -w {ws} --labels FILE` "
+                                                "(the same options; the crops are reused)"}
+        return {"outputs": outputs, "next": f"fercure train -w {ws}"}
     if stage == "train":
         return {"outputs": [str(summary.run_dir)], "next": f"fercure audit-labels -w {ws}"}
     if stage == "audit-labels":

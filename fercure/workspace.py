@@ -74,6 +74,11 @@ class Workspace:
         return self.root / "rejects.parquet"
 
     @property
+    def annotations(self) -> Path:
+        """Every annotation of a vote file (several labels per image), when prepare read one."""
+        return self.root / "annotations.parquet"
+
+    @property
     def faces_dir(self) -> Path:
         return self.root / "faces"
 
@@ -194,6 +199,7 @@ class Workspace:
         return {
             self.manifest: "the workspace's manifest (written by prepare)",
             self.rejects: "the workspace's rejects table (written by prepare)",
+            self.annotations: "the workspace's annotations table (written by prepare)",
             self.faces_dir: "the workspace's crop folder (written by prepare)",
             self.runs_dir: "the workspace's training runs (written by train)",
             self.audit: "the workspace's audit table (written by audit-labels)",

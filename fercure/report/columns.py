@@ -30,6 +30,7 @@ AUDIT_COLUMNS: dict[str, tuple[str, ...]] = {
     "is_unreadable": ("is_unreadable_issue",),
     "is_reviewed": ("is_reviewed",),
     "reviewed_label": ("reviewed_label",),
+    "votes": ("votes",),  # a vote file's votes, most first ('' without)
 }
 
 # measured by prepare, read from the manifest (0..255 grey mean and standard deviation)

@@ -207,11 +207,12 @@ def build_payload(
     statuses = sorted(set(status[order]))
     sidx = {s: i for i, s in enumerate(statuses)}
     reason = C.column(audit, "reason", "").fillna("").astype(str).to_numpy()
+    votes = C.column(audit, "votes", "").fillna("").astype(str).to_numpy()
     ids = C.column(audit, "id").astype(str).to_numpy()
     paths = C.column(audit, "path", "").astype(str).to_numpy()
 
     rows: dict[str, list] = {k: [] for k in ("id", "path", "given", "sugg", "conf", "band", "score", "flags",
-                                             "status", "reason", "action", "thumb")}
+                                             "status", "reason", "action", "thumb", "votes")}
     for r in order:
         s = sugg[r]
         s_i = lidx.get(str(s), -1) if s is not None and not (isinstance(s, float) and math.isnan(s)) else -1
@@ -227,6 +228,7 @@ def build_payload(
         rows["reason"].append(reason[r])
         rows["action"].append(str(actions[r]) if actions is not None else "")
         rows["thumb"].append(thumbs.get(int(r), ""))
+        rows["votes"].append(votes[r])
 
     pos = {int(r): i for i, r in enumerate(order)}
     groups = duplicate_groups(ids.tolist(), C.column(audit, "duplicate_of", "").fillna("").astype(str).tolist(),

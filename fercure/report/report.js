@@ -16,7 +16,7 @@
   var rows = R.id.map(function (id, i) {
     return {i: i, id: id, path: R.path[i], given: R.given[i], sugg: R.sugg[i], conf: R.conf[i], band: D.bands[R.band[i]],
             score: R.score[i], flags: R.flags[i], status: R.status[i], reason: R.reason[i], action: R.action[i],
-            thumb: R.thumb[i]};
+            thumb: R.thumb[i], votes: R.votes ? R.votes[i] : ''};
   });
   var byId = {};
   rows.forEach(function (r) { byId[r.id] = r; });
@@ -126,6 +126,7 @@
       if (r.conf !== null) { c.appendChild(el('div', {'class': 'conf b-guess'}, 'no other label suggested')); }
     }
     c.appendChild(el('div', null, 'label score ' + fmt(r.score, 3)));
+    if (r.votes) { c.appendChild(el('div', {'class': 'votes', title: 'the annotators\' votes'}, 'votes: ' + r.votes)); }
     var fl = el('div', {'class': 'flags'});
     D.flags.forEach(function (f) {
       if (r.flags & BIT[f]) { fl.appendChild(el('span', {'class': 'chip'}, f === 'face' ? D.statuses[r.status] : FLAG_TEXT[f])); }

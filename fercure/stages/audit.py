@@ -21,6 +21,8 @@ from fercure import evidence as ev_core
 from fercure import export as export_core
 from fercure import health, schema
 from fercure import trusted as trusted_labels
+from fercure import votes as vote_files
+from fercure.photos import require_labels
 from fercure.progress import NULL, Reporter
 from fercure.report import render_report
 from fercure.workspace import (
@@ -73,6 +75,7 @@ class AuditSummary:
     health_summary: dict = field(default_factory=dict)
     # what to say about --pred-probs / --features (renormalised rows, in-sample, fallbacks): via ``warning``
     evidence_notes: list[str] = field(default_factory=list, metadata={"hidden": True})
+    annotators: dict = field(default_factory=dict)  # with a vote file: images with votes, disagreements, lowest quality
 
     @property
     def warning(self) -> str | None:
@@ -121,6 +124,7 @@ def run_audit(
     start = time.perf_counter()
     ws = workspace if isinstance(workspace, Workspace) else Workspace(Path(workspace))
     ws.require(ws.manifest, "prepare")
+    require_labels(ws.manifest, "audit-labels")
     external = pred_probs is not None or features is not None
     run_id = _which_run(ws, run_id, external)
     task = reporter.task("audit", 4)
@@ -147,6 +151,7 @@ def run_audit(
         raise AuditInputError(f"Cannot audit {where} against {ws.manifest}: {e}. "
                               f"If the manifest changed after training, re-run `fercure train -w {ws.root}`.") from e
     _add_evidence(table, stats, manifest, classes, ev, predictions, run_id)
+    table = _with_votes(ws, table, stats, classes)
     task.advance()
 
     thresholds = _write_audit(ws, table, stats, run_id, classes, predictions_path, run_meta.get("trusted") or {})
@@ -186,6 +191,7 @@ def run_audit(
         evidence=dict(stats["evidence"]["rows"]),
         health_summary=stats["health_summary"],
         evidence_notes=ev.warnings + ev.notes,
+        annotators=_annotator_rows(stats.get("annotators")),
     )
 
 
@@ -287,6 +293,42 @@ def _add_evidence(table: pd.DataFrame, stats: dict, manifest: pd.DataFrame, clas
                    "too, lower the estimate)" if run_id is not None
               else "the --features neighbours' label vote")
     stats["health_summary"] = health.health_summary(probs, given, classes, source=source).as_dict()
+
+
+def _with_votes(ws: Workspace, table: pd.DataFrame, stats: dict, classes: list[str]) -> pd.DataFrame:
+    """With a vote file's annotations: the audit's vote columns, the annotators' disagreement in the
+    reason, and each annotator's record in ``stats["annotators"]``."""
+    if not ws.annotations.exists():
+        return table
+    table = table.reset_index(drop=True)
+    va = vote_files.audit_votes(read_table(ws.annotations), table["sample_id"].astype(str).tolist(),
+                                table["given_label"].tolist(), table[[f"p_{c}" for c in classes]].to_numpy(float),
+                                classes)
+    for col in va.columns.columns:  # before the reason, which stays last
+        table.insert(table.columns.get_loc("reason"), col, va.columns[col].to_numpy())
+    flag = table["is_disagreement_issue"].to_numpy(bool)
+    said = [f"annotators disagree ({v}; {a:.0%} of the votes for the label)"
+            for v, a in zip(table.loc[flag, "votes"], table.loc[flag, "annotator_agreement"])]
+    table.loc[flag, "reason"] = ["; ".join(x for x in (r if isinstance(r, str) else "", s) if x)
+                                 for r, s in zip(table.loc[flag, "reason"], said)]
+    stats["annotators"] = {"n_images": va.n_images, "n_disagreement": va.n_disagreement,
+                           "disagreement_below": vote_files.DISAGREEMENT_BELOW, "per_annotator": va.annotators}
+    return table
+
+
+def _annotator_rows(info: dict | None) -> dict:
+    """The vote file's figures for the terminal: counts, and the annotator least in line with the consensus."""
+    if not info:
+        return {}
+    out = {"images_with_votes": info["n_images"], "annotators_disagree": info["n_disagreement"],
+           "annotators": len(info["per_annotator"])}
+    named = [r for r in info["per_annotator"] if r["annotator"]]
+    if len(named) > 1:
+        worst = named[0]
+        out["lowest_quality"] = (f"{worst['annotator']}: quality {worst['quality']:.2f}, agrees with the consensus "
+                                 f"{worst['agreement_with_consensus']:.0%}, with the model "
+                                 f"{worst['agreement_with_model']:.0%}")
+    return out
 
 
 def _predictions_path(ws: Workspace, run_id: str) -> Path:

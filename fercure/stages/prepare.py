@@ -33,7 +33,9 @@ from fercure.faces import align, quality
 from fercure.faces.quality import MULTI_FACE_POLICIES, NO_FACE_POLICIES
 from fercure.faces.detect import Detection, FaceDetector, detect_with_padding
 from fercure.images import load_rgb
+from fercure import votes as vote_files
 from fercure.ingest import REJECT_COLUMNS, check_classes, clean_label, discover
+from fercure.photos import discover_photos
 from fercure.progress import NULL, Reporter
 from fercure.store import open_store, write_store
 from fercure.workspace import (
@@ -100,7 +102,7 @@ def check_workspace(ws: Workspace, input_root: Path, labels_file: Path | str | N
     The workspace's own files are rewritten without --force: that is what re-running prepare does."""
     protected = {Path(labels_file): "the label file given with --labels"} if labels_file else {}
     for path, folder in ((ws.root, True), (ws.faces_dir, True), (ws.manifest, False), (ws.rejects, False),
-                         (ws.store, False)):
+                         (ws.store, False), (ws.annotations, False)):
         check_output_path(path, force=True, option="--workspace", input_root=input_root,
                           protected=protected, folder=folder)
 
@@ -380,9 +382,15 @@ def run_prepare(
     shard: tuple[int, int] | None = None,
     merge: bool = True,
     merge_lock: Callable[[], ContextManager] | None = None,
+    no_labels: bool = False,
     reporter: Reporter = NULL,
 ) -> PrepareSummary:
     """Prepare the input into the workspace (module docstring).
+
+    ``no_labels``: every image below ``input_root`` is a sample with an empty label (a folder of
+    photos); a later run with ``labels_file`` and the same settings reuses its crops. A
+    ``labels_file`` with several labels per image (``fercure.votes``) keeps every annotation in
+    WS/annotations.parquet and labels each image with the majority vote.
 
     With ``shard=(i, n)`` only the samples whose sample_id hashes to shard i of n are processed,
     into WS/faces/shards/ (nothing else in the workspace is touched, so shards run side by side,
@@ -395,7 +403,14 @@ def run_prepare(
     _check_options(input_root, on_no_face, multi_face, crop, shard)
     check_workspace(ws, input_root, labels_file)
     settings = PrepareSettings(image_size, on_no_face, multi_face, float(min_face_size), float(min_score), crop=crop)
-    samples, rejects, notes = _discover_samples(input_root, labels_file, classes, reporter)
+    if no_labels and labels_file is not None:
+        raise WorkspaceError("--no-labels and --labels exclude each other: prepare the photos with --no-labels, "
+                             "then join the label file later with `fercure prepare INPUT -w WS --labels FILE` "
+                             "(the crops are reused).")
+    samples, rejects, notes, voted = _discover_samples(input_root, labels_file, classes, reporter, no_labels)
+    if voted is not None and shard is not None:
+        raise WorkspaceError(f"{labels_file} has several labels per image; prepare it without --shard (a vote "
+                             "file is not split into shards yet).")
     if shard is not None:
         check_shard_count(shard, len(samples), input_root)
     claim(ws.root)  # creates the folder; marks it fercure's when it was new or empty
@@ -431,11 +446,15 @@ def run_prepare(
         rows_df = samples.drop(columns="_fs_path").assign(
             crop_pos=pd.Series(dtype=np.int64), face_status=pd.Series(dtype=object))
     meta = _manifest_meta(input_root, labels_file, classes, settings)
+    if no_labels:
+        meta["no_labels"] = True
+    if voted is not None:
+        meta["classes_given"] = meta["classes_given"] or voted.classes
     reused = len(reused_rows)
     if shard is not None:
         return _finish_shard(ws, shard, shard_dir, part_dir, rows_df, crop_chunks, rejects, meta, image_size,
                              merge, merge_lock, notes, reporter, start, timings, reused)
-    manifest, conflicts = _finish(ws, rows_df, _Concat(crop_chunks), rejects, meta, image_size, timings)
+    manifest, conflicts = _finish(ws, rows_df, _Concat(crop_chunks), rejects, meta, image_size, timings, voted)
     shutil.rmtree(ws.prepare_parts, ignore_errors=True)
     return _summary(ws, manifest, rejects, reused, conflicts, notes, timings, start)
 
@@ -465,10 +484,25 @@ def _check_options(input_root: Path, on_no_face: str, multi_face: str, crop: str
 
 
 def _discover_samples(input_root: Path, labels_file: Path | str | None, classes: list[str] | None,
-                      reporter: Reporter) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    """The labelled images under ``input_root``, the rejected rows, and notes (already logged)."""
-    samples, rejects = discover(input_root, Path(labels_file) if labels_file else None, classes)
-    if classes:
+                      reporter: Reporter, no_labels: bool = False
+                      ) -> tuple[pd.DataFrame, pd.DataFrame, list[str], vote_files.VoteFile | None]:
+    """The labelled images under ``input_root`` (every image, unlabelled, with ``no_labels``), the
+    rejected rows, notes (already logged) and, for a vote file, its annotations."""
+    voted = None
+    if no_labels:
+        samples, rejects = discover_photos(input_root)
+        if samples.empty:
+            raise WorkspaceError(f"No image files found under {input_root} (extensions: .jpg, .png, ...).")
+        samples.attrs["notes"] = [f"{len(samples)} photos without labels: faces, quality and duplicates are judged; "
+                                  "train and audit-labels need labels (join a label file later with "
+                                  "`fercure prepare INPUT -w WS --labels FILE`, which reuses the crops)."]
+    elif labels_file is not None and vote_files.sniff(labels_file):
+        voted = vote_files.read_vote_file(input_root, Path(labels_file), classes)
+        samples, rejects = voted.samples[["sample_id", "source_path", "label", "split"]].copy(), voted.rejects
+        samples.attrs["notes"] = list(voted.notes)
+    else:
+        samples, rejects = discover(input_root, Path(labels_file) if labels_file else None, classes)
+    if classes and voted is None and not no_labels:
         check_classes(classes, samples, rejects, Path(labels_file) if labels_file else None)
     notes = list(samples.attrs.get("notes", []))
     for note in notes:
@@ -479,7 +513,7 @@ def _discover_samples(input_root: Path, labels_file: Path | str | None, classes:
             + (f" with labels from {labels_file}" if labels_file else " (expected class subfolders: INPUT/<class>/<image>)")
             + f"; {len(rejects)} rows were rejected (see the summary)."
         )
-    return samples, rejects, notes
+    return samples, rejects, notes, voted
 
 
 def _with_file_identity(samples: pd.DataFrame, input_root: Path, workers: int) -> pd.DataFrame:
@@ -505,8 +539,11 @@ def _reuse_previous(ws: Workspace, settings: PrepareSettings, input_root: Path, 
     if previous is None:
         return reused_rows, reused_crops, samples
     prev_df, prev_store = previous
-    key = ["sample_id", "source_path", "label", "split", "content_hash"]
-    merged = samples[key + ["_order"]].merge(prev_df, on=key, how="inner")
+    # A crop depends on the file and the settings only: a changed label or split (labels joined to
+    # photos prepared with --no-labels) reuses it and takes the new label.
+    key = ["sample_id", "source_path", "content_hash"]
+    merged = samples[key + ["_order", "label", "split"]].merge(prev_df.drop(columns=["label", "split"]), on=key,
+                                                                how="inner")
     if len(merged):
         has = merged["store_index"].to_numpy() >= 0
         reused_crops = np.asarray(prev_store[merged.loc[has, "store_index"].to_numpy()])
@@ -555,6 +592,8 @@ def _process_todo(todo: pd.DataFrame, input_root: Path, part_dir: Path, settings
                 timings["write"] += time.perf_counter() - t
             else:
                 df, crops = loaded
+                # labels are not part of a chunk's work: an interrupted run may have had others
+                df = df.assign(label=rows["label"].to_numpy(), split=rows["split"].to_numpy())
             offset = sum(len(c) for c in crop_chunks)
             df = df.copy()
             df.loc[df["crop_pos"] >= 0, "crop_pos"] += offset
@@ -610,9 +649,10 @@ class _Concat:
 
 
 def _finish(ws: Workspace, rows_df: pd.DataFrame, crops: _Concat, rejects: pd.DataFrame, meta: dict,
-            image_size: int, timings: Counter) -> tuple[pd.DataFrame, int]:
+            image_size: int, timings: Counter, voted: vote_files.VoteFile | None = None) -> tuple[pd.DataFrame, int]:
     """Order rows (discovery order), mark duplicates over the whole set, write the store in
-    manifest order, the manifest and the rejects. ``crop_pos`` indexes ``crops``."""
+    manifest order, the annotations of a vote file, the manifest and the rejects. ``crop_pos``
+    indexes ``crops``."""
     manifest = rows_df.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
     conflicts = _mark_duplicates(manifest, meta["settings"]["duplicate_distance"])
     manifest = manifest.rename(columns={"crop_pos": "store_index"})
@@ -634,7 +674,7 @@ def _finish(ws: Workspace, rows_df: pd.DataFrame, crops: _Concat, rejects: pd.Da
     given = meta.get("classes_given")
     # --classes as the labels were keyed (NFC, no zero-width characters): the names train matches
     class_list = (list(dict.fromkeys(clean_label(str(c)) for c in given)) if given
-                  else sorted(manifest["label"].unique().tolist()))
+                  else sorted(manifest["label"].dropna().unique().tolist()))
     columns = [
         "sample_id", "source_path", "label", "split", "face_status", "reason", "face_count", "face_score",
         "bbox", "landmarks", "face_size", "sharpness", "brightness", "contrast", "phash", "duplicate_of",
@@ -643,6 +683,20 @@ def _finish(ws: Workspace, rows_df: pd.DataFrame, crops: _Concat, rejects: pd.Da
     ]
     table_meta = {"classes": class_list, **{k: meta[k] for k in ("input_root", "labels_file", "settings",
                                                                  "settings_fingerprint")}}
+    if meta.get("no_labels"):
+        table_meta["no_labels"] = True
+    if voted is not None:
+        by_id = voted.samples.set_index("sample_id")
+        for col in ("n_votes", "agreement"):
+            manifest[col] = manifest["sample_id"].map(by_id[col]).astype(np.float64)
+        columns += ["n_votes", "agreement"]
+        table_meta["annotations"] = {"kind": voted.kind, "n": len(voted.annotations),
+                                     "annotators": int(voted.annotations["annotator"].nunique())}
+        kept = voted.annotations[voted.annotations["sample_id"].isin(set(manifest["sample_id"]))]
+        write_table(kept, ws.annotations, {"input_root": meta["input_root"], "labels_file": meta["labels_file"],
+                                           "kind": voted.kind, "classes": class_list}, table=schema.ANNOTATIONS)
+    elif ws.annotations.exists():  # an earlier vote file's: these labels are not votes
+        ws.annotations.unlink()
     write_table(manifest[columns], ws.manifest, table_meta, table=schema.MANIFEST)
     rejects = rejects.reindex(columns=REJECT_COLUMNS)
     for col in ("file", "source_path"):

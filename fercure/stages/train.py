@@ -35,6 +35,9 @@ import torch
 
 from fercure import __version__, schema
 from fercure import trusted as trusted_labels
+from fercure import votes as vote_files
+from fercure.annotators import vote_shares
+from fercure.photos import require_labels
 from fercure.progress import NULL, Reporter
 from fercure.train import detection as det
 from fercure.train import distributed as dd
@@ -98,6 +101,7 @@ def _load_inputs(ws: Workspace, reporter: Reporter) -> _Data:
     for col in ("sample_id", "label", "face_status", "store_index"):
         if col not in df.columns:
             raise WorkspaceError(f"{ws.manifest} has no column {col!r}; re-run `fercure prepare`.")
+    require_labels(ws.manifest, "train", df)
     meta_classes = read_metadata(ws.manifest).get("classes")
     use = (df["store_index"].fillna(-1).astype(np.int64) >= 0) & ~df["face_status"].isin(EXCLUDED_STATUSES)
     labelled = df["label"].notna() & (df["label"].astype(str).str.len() > 0)
@@ -334,6 +338,7 @@ def _run_train(ws: Workspace, config: TrainConfig, resume: bool, reporter: Repor
         run_id = _new_run(ws, config, resume, data, fingerprint, started, world, reporter, trusted)
         ckpt = {"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "done": {}, "current": None}
     run_dir = ws.run_dir(run_id)
+    votes = _vote_targets(ws, data, reviewed) if config.soft_labels else None
 
     device = dd.rank_device(resolve_device(config.device), world)
     if world.distributed:
@@ -344,7 +349,7 @@ def _run_train(ws: Workspace, config: TrainConfig, resume: bool, reporter: Repor
     plan = det.plan_run(data.given, len(data.classes), config, reviewed=reviewed)
     jobs = ens.plan_jobs(config)
     try:
-        done = _run_jobs(store, data, plan, jobs, config, ckpt, run_dir, world, reporter)
+        done = _run_jobs(store, data, plan, jobs, config, ckpt, run_dir, world, reporter, votes)
     finally:
         store.close()
     pred_df, dyn_df, meta, cols, strength, scn = _tables(data, plan, jobs, done, config, run_id, world, trusted)
@@ -422,10 +427,27 @@ def _new_run(ws: Workspace, config: TrainConfig, resume: bool, data: _Data, fing
     return dd.broadcast_object(run_id, world)
 
 
+def _vote_targets(ws: Workspace, data: _Data, reviewed: np.ndarray) -> np.ndarray:
+    """(n, C) each trained sample's vote distribution over the run's classes (``--soft-labels``); a
+    sample without votes in the run's classes, or decided by a reviewer, gets its label one-hot."""
+    if not ws.annotations.exists():
+        raise WorkspaceError(
+            f"--soft-labels learns from several annotators' votes, and {ws.root} has none ({ws.annotations} is "
+            "missing): prepare with a vote file (rows of path,annotator,label, or one vote-count column per class), "
+            "or train without --soft-labels.")
+    ann, _ = vote_files.as_annotations(read_table(ws.annotations), data.sample_ids, data.classes)
+    targets = vote_shares(ann.counts())
+    one_hot = (targets.sum(axis=1) == 0) | reviewed
+    targets[one_hot] = np.eye(len(data.classes))[data.given[one_hot]]
+    return targets
+
+
 def _run_jobs(store: Any, data: _Data, plan: Any, jobs: list[ens.Job], config: TrainConfig,
-              ckpt: dict[str, Any], run_dir: Path, world: dd.World, reporter: Reporter) -> dict[str, dict[str, Any]]:
+              ckpt: dict[str, Any], run_dir: Path, world: dd.World, reporter: Reporter,
+              votes: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
     """Every fit of the run (members, generations, folds, the retrain) not yet done, each recorded
-    to its own file and named in the checkpoint; returns every fit's record by key."""
+    to its own file and named in the checkpoint; returns every fit's record by key. ``votes``: the
+    soft targets of ``--soft-labels`` (by trained sample)."""
     c = len(data.classes)
     labels_full = np.zeros(store.shape[0], dtype=np.int64)
     labels_full[data.rows] = plan.train_labels
@@ -462,9 +484,16 @@ def _run_jobs(store: Any, data: _Data, plan: Any, jobs: list[ens.Job], config: T
                 writer.submit(ckpt)
                 _log_epoch(reporter, desc, state, config.epochs)
 
+            vote_targets = None
+            if votes is not None:
+                vote_targets = votes.copy()
+                if job.kind == "member":  # planted flips train with their flipped label, not their votes
+                    flipped = plan.train_labels != data.given
+                    vote_targets[flipped] = np.eye(c)[plan.train_labels[flipped]]
+                vote_targets = vote_targets[train_pos]
             desc = "train" if len(jobs) == 1 else f"train {job.key}"
             res = fit(store, labels, data.classes, config, index=data.rows[train_pos], seed=job.seed,
-                      soft_targets=soft, resume_state=resume_state, on_epoch_end=save,
+                      soft_targets=soft, vote_targets=vote_targets, resume_state=resume_state, on_epoch_end=save,
                       reporter=reporter, description=desc)
             held = np.flatnonzero(folds == job.fold) if job.kind == "fold" else None
             done[job.key] = _fit_record(job, res, store, data, config, train_pos, held, run_dir, world)

@@ -96,6 +96,9 @@ class TrainConfig:
     distill_weight: float = 0.5  # student loss: (1-w)·CE(labels) + w·CE(soft labels)
     folds: int = 0  # K-fold cross-fitting for out-of-fold p(given); 0 = off
 
+    # --- several annotators per image (a vote file) -----------------------------------------------
+    soft_labels: bool = False  # train on each image's vote distribution instead of its majority label
+
     # --- engineering ---------------------------------------------------------------------------
     eval_batch_size: int = 512
     # torch.compile the training steps (CUDA or CPU; CPU needs a C compiler). Every step then has

@@ -222,6 +222,7 @@ class FitState:
 def fit(images: Any, labels: Any, classes: list[str], config: TrainConfig, *,
         index: np.ndarray | None = None, seed: int | None = None,
         soft_targets: np.ndarray | torch.Tensor | None = None,
+        vote_targets: np.ndarray | torch.Tensor | None = None,
         record_labels: Any = None,
         resume_state: dict[str, Any] | None = None,
         on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
@@ -236,6 +237,7 @@ def fit(images: Any, labels: Any, classes: list[str], config: TrainConfig, *,
     index : store rows to train on (default all); dynamics are returned for these rows.
     seed : overrides ``config.seed`` (ensemble members, folds).
     soft_targets : (len(index),C) teacher probabilities for a distillation student.
+    vote_targets : (len(index),C) the annotators' vote distribution (``config.soft_labels``).
     record_labels : (N,) labels whose p(label) the dynamics record (default ``labels``).
     resume_state : a state passed to ``on_epoch_end`` earlier; training continues after its epoch.
     on_epoch_end : called with a checkpoint state (torch-saveable dict) after every epoch (on
@@ -245,7 +247,7 @@ def fit(images: Any, labels: Any, classes: list[str], config: TrainConfig, *,
     the same, whole result.
     """
     seed = config.seed if seed is None else seed
-    run = _start(images, labels, classes, config, index, seed, soft_targets, record_labels)
+    run = _start(images, labels, classes, config, index, seed, soft_targets, record_labels, vote_targets)
     if resume_state is not None:
         run.st.load(resume_state)
     bar = reporter.task(description, total=config.epochs)
@@ -294,7 +296,7 @@ class _Run:
 
 
 def _start(images: Any, labels: Any, classes: list[str], config: TrainConfig, index: Any, seed: int,
-           soft_targets: Any, record_labels: Any) -> _Run:
+           soft_targets: Any, record_labels: Any, vote_targets: Any = None) -> _Run:
     """Open the store, build parts, model, optimiser, random streams and the step schedule."""
     world = dd.current()
     device = dd.rank_device(resolve_device(config.device), world)
@@ -309,7 +311,8 @@ def _start(images: Any, labels: Any, classes: list[str], config: TrainConfig, in
                                                               device=device)
 
     torch.manual_seed(seed)  # model init and dropout
-    parts = build_parts(config, n, c, device, soft_targets=soft)
+    votes = None if vote_targets is None else torch.as_tensor(vote_targets, dtype=torch.float32, device=device)
+    parts = build_parts(config, n, c, device, soft_targets=soft, vote_targets=votes)
     model, step_model, opt = _build_model(config, c, parts, device, world)
     gen = torch.Generator(device=device)
     gen.manual_seed(seed + 7919)  # augmentation + permutation stream, separate from init

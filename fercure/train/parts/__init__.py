@@ -29,7 +29,7 @@ else, so methods compose without flags threaded through the loop:
 Parts register themselves with ``@register``: a name, when a config switches them on, and the parts
 they must come after (their losses are summed and their hooks called in that order). Each is built
 from its own small settings dataclass (``section``), read from the flat TrainConfig, and a
-``Context`` (the fit's size, classes, device, a student's soft targets). Known inconsistency, kept
+``Context`` (the fit's size, classes, device, a student's soft targets, the votes' distribution). Known inconsistency, kept
 so results stay the same: ``loss`` sees the logits after every ``transform_logits`` (α-scaled with
 SCN), ``relabel`` the raw ones.
 """
@@ -49,12 +49,14 @@ from fercure.train.parts import arbex  # noqa: E402,F401  isort: skip
 from fercure.train.parts import elr  # noqa: E402,F401  isort: skip
 from fercure.train.parts import hmtl  # noqa: E402,F401  isort: skip
 from fercure.train.parts import distill  # noqa: E402,F401  isort: skip
+from fercure.train.parts import votes  # noqa: E402,F401  isort: skip
 
 
 def build_parts(config: Any, n: int, num_classes: int, device: torch.device,
-                soft_targets: torch.Tensor | None = None) -> list[Part]:
+                soft_targets: torch.Tensor | None = None, vote_targets: torch.Tensor | None = None) -> list[Part]:
     """The parts a TrainConfig switches on, each from its own config section, in declared order."""
-    ctx = Context(n=n, num_classes=num_classes, device=device, soft_targets=soft_targets)
+    ctx = Context(n=n, num_classes=num_classes, device=device, soft_targets=soft_targets,
+                  vote_targets=vote_targets)
     parts = []
     for name in ordered([e.name for e in REGISTRY.values() if e.enabled(config)]):
         e = REGISTRY[name]

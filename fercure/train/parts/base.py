@@ -30,6 +30,7 @@ class Context:
     num_classes: int
     device: torch.device
     soft_targets: torch.Tensor | None = None  # (n, C) a distillation student's teacher probabilities
+    vote_targets: torch.Tensor | None = None  # (n, C) the annotators' vote distribution (--soft-labels)
 
 
 S = TypeVar("S")
