@@ -86,7 +86,7 @@ class Problem:
     """One decision that was not applied."""
 
     file: str
-    row: str  # "row 4" (CSV line, header = line 1) or "entry 3" (JSON, from 1)
+    row: str  # "row 4" (CSV line, header = line 1), "entry 3" (JSON, from 1), "task 12" / "image 3 (name)" (a tool's)
     message: str
 
     def __str__(self) -> str:
@@ -139,12 +139,14 @@ def _records_from_text(path: Path, text: str) -> list[tuple[str, dict]]:
         items = data.get("decisions") if isinstance(data, dict) else data
         if not isinstance(items, list):
             raise DecisionsFileError(f"{path}: expected a list of decisions or {{\"decisions\": [...]}}.")
+        _refuse_flattened(path, items[0] if items and isinstance(items[0], dict) else {})
         out = []
         for i, item in enumerate(items, start=1):
             out.append((f"entry {i}", item if isinstance(item, dict) else {"_bad": item}))
         return out
     reader = csv.DictReader(io.StringIO(text))
     header = [h.strip().lower() for h in (reader.fieldnames or [])]
+    _refuse_flattened(path, header)
     missing = [c for c in ("sample_id", "action") if c not in header]
     if missing:
         raise DecisionsFileError(
@@ -160,6 +162,13 @@ def _records_from_text(path: Path, text: str) -> list[tuple[str, dict]]:
         raise DecisionsFileError(f"{path} row {reader.line_num + 1}: {e}; a decisions row holds an id, an action and "
                                  "a class name. Save the decisions again from the report.") from None
     return out
+
+
+def _refuse_flattened(path: Path, keys) -> None:
+    """A Label Studio export that flattened fercure's tasks (JSON-MIN, CSV) is named, not misread."""
+    error = handoff.flattened_tasks_error(path, keys)
+    if error is not None:
+        raise DecisionsFileError(str(error))
 
 
 def _tool_records(path: Path, read) -> list[tuple[str, dict]]:
@@ -355,6 +364,7 @@ def read_trusted_file(path: Path | str, *, limit: int | None, path_ids: dict[str
         return read_decisions(path, limit), []  # raises with the encoding message
     if not text.lstrip().startswith(("[", "{")) and path.suffix.lower() != ".json" and not handoff.is_xml(text):
         header = [h.strip().lower() for h in next(csv.reader(io.StringIO(text)), [])]
+        _refuse_flattened(path, header)
         if "action" not in header and "label" in header and {"sample_id", "path", "source_path"} & set(header):
             return _plain_records(path, text, path_ids)
         if "action" not in header:

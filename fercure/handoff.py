@@ -8,7 +8,7 @@ label (CVAT's export carries nothing else of ours, and the tag is how a changed 
 - Label Studio: ``tasks.json`` (a list of tasks: ``data`` holds the image reference, the sample id,
   the given label, fercure's action and ``review_rank``; fercure's suggestion is a prediction whose
   ``score`` is the queue's key — low = the given label is likely wrong, so Label Studio's
-  lowest-score-first order is the queue's) and ``label_config.xml`` (an Image and a single Choices
+  lowest-score-first order puts the likeliest wrong labels first) and ``label_config.xml`` (an Image and a single Choices
   over the classes plus ``DROP``).
 - CVAT for images 1.1: ``annotations.xml`` (each image with one ``<tag>``: its given label) and
   ``cvat_labels.json`` (the labels, in the form CVAT's label constructor takes as raw JSON).
@@ -23,7 +23,6 @@ annotations that disagree). ``fercure.decisions`` checks them against the audit 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 import xml.etree.ElementTree as ET
@@ -175,12 +174,24 @@ def is_xml(text: str) -> bool:
 
 
 def is_label_studio(data) -> bool:
-    """Whether parsed JSON is a Label Studio export: a list of tasks, objects with a ``data`` object
-    and ``annotations`` (``completions`` before Label Studio 1.0). The report's own JSON is a list of
-    flat decisions, or ``{"decisions": [...]}``."""
-    return isinstance(data, list) and any(
-        isinstance(t, dict) and isinstance(t.get("data"), dict) and ("annotations" in t or "completions" in t)
-        for t in data)
+    """Whether parsed JSON is a list of Label Studio tasks: objects with a ``data`` object (an export
+    adds ``annotations``, ``completions`` before Label Studio 1.0). The report's own JSON is a list
+    of flat decisions, or ``{"decisions": [...]}``."""
+    return isinstance(data, list) and any(isinstance(t, dict) and isinstance(t.get("data"), dict) for t in data)
+
+
+# the task fields fercure writes: a file whose rows carry them at the top level is Label Studio's
+# JSON-MIN or CSV export, which flattens each task (and keeps one annotation of several)
+_OWN_FIELDS = {"sample_id", "review_rank", "fercure_action"}
+
+
+def flattened_tasks_error(path: Path, keys) -> HandoffFileError | None:
+    """The error for a flattened export of fercure's tasks (``keys``: a row's fields), else None."""
+    if not _OWN_FIELDS <= {str(k).strip().lower() for k in keys}:
+        return None
+    return HandoffFileError(f"{path} holds Label Studio tasks flattened (its JSON-MIN or CSV export), which keeps "
+                            "one annotation per task and drops skipped ones; fercure reads the full JSON export. In "
+                            "Label Studio: Export → JSON, and pass that file.")
 
 
 def _agreed(where: str, sid: str, given: str, tag: str, picks: list[list[str]], tool: str) -> ToolDecision:
@@ -205,10 +216,13 @@ def _text(value) -> str:
 
 def read_label_studio(path: Path, tasks: list) -> list[ToolDecision]:
     """Label Studio's JSON export: per task, the choices of its annotations (cancelled or empty ones,
-    and results of other controls, do not count)."""
+    and results of controls other than the config's ``FROM_NAME``, do not count)."""
+    if not any(isinstance(t, dict) and ("annotations" in t or "completions" in t) for t in tasks):
+        raise HandoffFileError(f"{path} holds Label Studio tasks without annotations (the {TASKS} fercure writes for "
+                               "import?); pass Label Studio's export of the reviewed project (Export → JSON).")
     out = []
     for i, task in enumerate(tasks, start=1):
-        where = f"task {_text(task.get('id')) or i}" if isinstance(task, dict) else f"entry {i}"
+        where = f"task {_text(task.get('id'))[:40] or i}" if isinstance(task, dict) else f"entry {i}"
         data = task.get("data") if isinstance(task, dict) else None
         sid = _text(data.get("sample_id")) if isinstance(data, dict) else ""
         if not sid:
@@ -222,7 +236,8 @@ def read_label_studio(path: Path, tasks: list) -> list[ToolDecision]:
                 continue
             labels = []
             for r in ann.get("result") or []:
-                if isinstance(r, dict) and r.get("type") == "choices" and isinstance(r.get("value"), dict):
+                if isinstance(r, dict) and r.get("type") == "choices" and r.get("from_name") == FROM_NAME \
+                        and isinstance(r.get("value"), dict):
                     labels += [_text(c) for c in r["value"].get("choices") or []]
             picks.append(labels)
         out.append(_agreed(where, sid, _text(data.get("given_label")), "", picks, "Label Studio"))
@@ -234,7 +249,7 @@ _NAME = re.compile(r"(?P<rank>\d+)_(?P<sid>.+)_(?P<tag>[0-9a-f]{8})\.[A-Za-z0-9]
 
 def read_cvat(path: Path, text: str) -> list[ToolDecision]:
     """CVAT for images 1.1 XML: per image, the labels of its tags (shapes are not decisions)."""
-    if re.search(r"<!(DOCTYPE|ENTITY)", text[:65536]):
+    if re.search(r"<!(DOCTYPE|ENTITY)", text):  # before the parser sees them (entity expansion)
         raise HandoffFileError(f"{path} declares a DTD or entities; a CVAT export has none, and fercure does not "
                                "expand them. Export the annotations from CVAT again (CVAT for images 1.1).")
     try:

@@ -302,6 +302,10 @@ def test_an_export_of_neither_tool_is_refused_by_name(audited, tmp_path):
         run_export(ws, tmp_path / "c.parquet", decisions=broken)
     with pytest.raises(WorkspaceError, match=f"--trusted: {other_xml}: the XML's root"):
         trusted_mod.load(ws, [str(other_xml)], read_metadata(ws.audit)["classes"], NullReporter())
+    run_export(ws, tmp_path / "ls", fmt="label-studio", cards=2)
+    imported = tmp_path / "ls" / "tasks.json"  # what fercure wrote for import, given back by mistake
+    with pytest.raises(ExportError, match=f"{imported} holds Label Studio tasks without annotations"):
+        run_export(ws, tmp_path / "c.parquet", decisions=imported)
     assert not (tmp_path / "c.parquet").exists()
 
 
@@ -356,3 +360,65 @@ def test_originals_are_handed_over_with_their_own_size(tmp_path):
     image = ET.parse(tmp_path / "cvat" / "annotations.xml").getroot().find("image")
     assert (image.get("width"), image.get("height")) == ("30", "20")
     assert not (tmp_path / "cvat" / "images" / image.get("name")).is_symlink()
+
+
+def test_a_flattened_label_studio_export_is_named_not_misread(audited, tmp_path):
+    """Label Studio's JSON-MIN and CSV exports flatten each task (one annotation kept): refused with
+    what to export instead, by the --decisions and the --trusted reader alike."""
+    ws = audited
+    run_export(ws, tmp_path / "ls", fmt="label-studio", cards=2)
+    tasks = json.loads((tmp_path / "ls" / "tasks.json").read_text(encoding="utf-8"))
+    flat = [{**t["data"], "id": i, "label": t["data"]["given_label"], "annotator": 1, "annotation_id": i}
+            for i, t in enumerate(tasks, start=1)]
+    as_json = tmp_path / "project-1-min.json"
+    as_json.write_text(json.dumps(flat), encoding="utf-8")
+    as_csv = tmp_path / "project-1.csv"
+    pd.DataFrame(flat).to_csv(as_csv, index=False)
+    for f in (as_json, as_csv):
+        with pytest.raises(ExportError, match=f"{f} holds Label Studio tasks flattened .* Export → JSON"):
+            run_export(ws, tmp_path / "c.parquet", decisions=f)
+    with pytest.raises(WorkspaceError, match=f"{as_csv} holds Label Studio tasks flattened"):
+        trusted_mod.load(ws, [str(as_csv)], read_metadata(ws.audit)["classes"], NullReporter())
+
+
+def test_the_cli_hands_over_the_queue_and_reads_it_back(audited, tmp_path):
+    from typer.testing import CliRunner
+
+    from fercure.cli import app
+
+    ws = audited
+    out = tmp_path / "queue"
+    r = CliRunner().invoke(app, ["export-cleaned", "-w", str(ws.root), "-o", str(out), "--format", "label-studio",
+                                 "--cards", "2", "--image-url", "http://localhost:8081/"])
+    assert r.exit_code == 0, r.output
+    tasks = json.loads((out / "tasks.json").read_text(encoding="utf-8"))
+    assert len(tasks) == 2 and tasks[0]["data"]["image"].startswith("http://localhost:8081/images/000001_")
+    assert read_metadata(ws.audit)["run_id"] in tasks[0]["predictions"][0]["model_version"]
+    f = tmp_path / "export.json"
+    f.write_text(json.dumps(as_label_studio_export(tasks, {tasks[0]["data"]["sample_id"]: [handoff.DROP],
+                                                           tasks[1]["data"]["sample_id"]: [handoff.DROP]})),
+                 encoding="utf-8")
+    r = CliRunner().invoke(app, ["export-cleaned", "-w", str(ws.root), "-o", str(tmp_path / "c.csv"), "--format",
+                                 "csv", "--decisions", str(f), "--strict"])
+    assert r.exit_code == 0, r.output
+    cleaned = pd.read_csv(tmp_path / "c.csv", keep_default_na=False).set_index("sample_id")
+    assert (cleaned.loc[[t["data"]["sample_id"] for t in tasks], "action"] == "drop").all()
+
+
+def test_only_the_configs_choices_count_as_a_decision(tmp_path):
+    """Results of another control (a second Choices a team added), cancelled and empty annotations
+    are no decision; one choice repeated by two annotators is one."""
+    task = {"id": 3, "data": {"sample_id": "s1", "given_label": "happy"}, "annotations": [
+        {"result": [{"from_name": "quality", "to_name": "image", "type": "choices", "value": {"choices": ["blurry"]}}]},
+        {"result": [{"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": ["sad"]}}]},
+        {"result": [{"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": ["sad"]}}]},
+        {"result": [{"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": ["happy"]}}],
+         "was_cancelled": True},
+        {"result": []}]}
+    (d,) = handoff.read_label_studio(tmp_path / "x.json", [task])
+    assert (d.where, d.sample_id, d.choice, d.given_label, d.problem) == ("task 3", "s1", "sad", "happy", "")
+    assert d.record() == ("task 3", {"sample_id": "s1", "given_label": "happy", "given_tag": "",
+                                     "action": "relabel", "label": "sad"})
+    only_other = {**task, "annotations": task["annotations"][:1]}
+    (d,) = handoff.read_label_studio(tmp_path / "x.json", [only_other])
+    assert d.problem.startswith("sample s1 has no annotation in the Label Studio export")
