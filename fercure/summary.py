@@ -84,4 +84,11 @@ def _load_hint(fmt: str, output: Path) -> str:
         "imagefolder": f"train on it: torchvision.datasets.ImageFolder('{Path(output) / 'train'}') "
                        f"or datasets.load_dataset('imagefolder', data_dir='{output}')",
         "hf": f"train on it: datasets.load_dataset('parquet', data_files='{output}', split='train')",
+        "label-studio": f"review in Label Studio: label config {Path(output) / 'label_config.xml'}, import "
+                        f"{Path(output) / 'tasks.json'} (README: Reviewing in Label Studio or CVAT); then its JSON "
+                        "export goes back with `export-cleaned --decisions FILE` or `train --trusted FILE`",
+        "cvat": f"review in CVAT: a task of {Path(output) / 'images'} with the labels of "
+                f"{Path(output) / 'cvat_labels.json'}, annotations {Path(output) / 'annotations.xml'} (README: "
+                "Reviewing in Label Studio or CVAT); then its CVAT for images 1.1 annotations.xml goes back with "
+                "`export-cleaned --decisions FILE` or `train --trusted FILE`",
     }.get(fmt, "")

@@ -389,8 +389,10 @@ def test_the_cli_hands_over_the_queue_and_reads_it_back(audited, tmp_path):
     ws = audited
     out = tmp_path / "queue"
     r = CliRunner().invoke(app, ["export-cleaned", "-w", str(ws.root), "-o", str(out), "--format", "label-studio",
-                                 "--cards", "2", "--image-url", "http://localhost:8081/"])
+                                 "--cards", "2", "--image-url", "http://localhost:8081/", "--json"])
     assert r.exit_code == 0, r.output
+    said = json.loads(r.output)
+    assert said["n_images"] == 2 and f"import {out / 'tasks.json'}" in said["next"]
     tasks = json.loads((out / "tasks.json").read_text(encoding="utf-8"))
     assert len(tasks) == 2 and tasks[0]["data"]["image"].startswith("http://localhost:8081/images/000001_")
     assert read_metadata(ws.audit)["run_id"] in tasks[0]["predictions"][0]["model_version"]
