@@ -2,15 +2,16 @@
 writes the same tables as the recorded ones in tests/golden/.
 
 Portable across x86 CPUs, thread counts and package patch versions: ids, strings, integers and
-booleans must match exactly; float columns within FLOAT_RTOL / FLOAT_ATOL. The crop store (uint8)
+booleans must match exactly; float columns within FLOAT_RTOL / FLOAT_ATOL (relative or absolute). The crop store (uint8)
 within STORE_MAX_DIFF per pixel on at most STORE_DIFF_SHARE of the pixels. A refactor that changes
 behaviour moves a flag, a suggestion, a count, or a float by far more than these tolerances.
 
 The tolerances were measured by running this chain on one Intel Xeon (AVX-512) under
 ATEN_CPU_CAPABILITY=avx2, =default (no SIMD), and with 1 against 2 torch threads: every integer,
-string and boolean column was identical; the largest float difference in any column of any table
-was below 5e-6 (SCN's importance weight under cross-fitting, 2 threads); the crops were identical.
-The tolerances leave a factor of 20 over that.
+string and boolean column was identical and the crops were identical. The largest float difference
+in any column was below 1e-6 for AVX2 against AVX-512, 3.2e-5 for 2 threads against 1, and 4.1e-5
+for the scalar kernels (out-of-fold p(given) under cross-fitting). The tolerances leave a factor of
+about 25 over the worst of these.
 
 When a change is meant to alter the tables, re-record them in the same commit and say why in its
 message:
@@ -38,8 +39,8 @@ from fercure.workspace import Workspace
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 RECORD = os.environ.get("FERCURE_RECORD_GOLDEN") == "1"
-FLOAT_RTOL = 1e-4
-FLOAT_ATOL = 1e-4
+FLOAT_RTOL = 1e-3
+FLOAT_ATOL = 1e-3
 STORE_MAX_DIFF = 2  # grey levels
 STORE_DIFF_SHARE = 0.001
 PER_CLASS = 6
