@@ -137,7 +137,7 @@ def cvat_annotations(cards: Sequence[Card], classes: Sequence[str], *, name: str
     for i, c in enumerate(cards):
         image = ET.SubElement(root, "image", id=str(i), name=Path(c.image).name, width=str(c.width),
                               height=str(c.height))
-        ET.SubElement(image, "tag", label=c.given_label, source="manual")
+        ET.SubElement(image, "tag", label=c.given_label, source="auto")  # written by fercure, not a person
     ET.indent(root)
     return b'<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="utf-8",
                                                                       xml_declaration=False) + b"\n"
