@@ -65,6 +65,7 @@ import numpy as np
 import pandas as pd
 
 from fercure import exposure
+from fercure import rerank
 from fercure import review_calibration as rc
 from fercure.metrics import auroc
 
@@ -930,6 +931,8 @@ def build_audit(
     blur_threshold: float | None = None,
     run_meta: Mapping | None = None,
     reviewed: pd.DataFrame | None = None,
+    decided: pd.DataFrame | None = None,
+    queue_order: str = "auto",
 ) -> tuple[pd.DataFrame, dict]:
     """One audit row per manifest row, and the thresholds/statistics behind the flags.
 
@@ -960,6 +963,12 @@ def build_audit(
     reviewed : DataFrame, optional
         The run's trusted table (``fercure.trusted``): those rows are scored about their reviewed
         label and never flagged (``reviewed_step``).
+    decided : DataFrame, optional
+        Decisions made after the run (``audit-labels --trusted``; the trusted table's columns): never
+        flagged either, but the run trained them with their given label, so their scores are about
+        it, and they teach the re-ranker (``fercure.rerank``). A sample in both takes this decision.
+    queue_order : one of ``fercure.rerank.QUEUE_ORDERS``
+        How ``review_rank`` orders the rows nobody reviewed (``fercure.rerank.order_queue``).
 
     Returns
     -------
@@ -984,7 +993,12 @@ def build_audit(
     classes = [str(c) for c in classes]
     as_given, manifest = manifest, with_reviewed_labels(manifest, reviewed)
     preds, rows, given, given_str, n_unmatched = align_predictions(manifest, predictions, classes)
-    calibration = calibration_stats(run_meta or {}, reviewed, len(preds))
+    trained_with = reviewed  # the decisions the run trained with (their rows are scored about them)
+    reviewed = combine_reviewed(reviewed, decided)
+    # a decision made after the run to drop a row leaves it among the trained rows, not beside them
+    late_drops = 0 if decided is None else int(np.isin(
+        decided.loc[decided["action"] == "drop", "sample_id"].astype(str), preds["sample_id"].astype(str)).sum())
+    calibration = calibration_stats(run_meta or {}, reviewed, len(preds) - late_drops)
     scored, flags, is_rev = _score_and_flag(preds, rows, given, classes, method, distribution, threshold_method,
                                             run_meta, reviewed, calibration["share"])
     sugg_probs, suggested, sugg_conf, bands = suggest_step(preds, classes, given, flags.is_issue, suggest_from)
@@ -995,6 +1009,13 @@ def build_audit(
     audit = reviewed_step(audit, as_given, reviewed)
     stats["reviewed"] = reviewed_stats(reviewed)
     stats["calibration"] = calibration
+    # the rule's flags before any review: the hand-made order the re-ranker is measured against
+    rule_flags = _spread(THRESHOLD_RULES[threshold_method](scored).is_issue, False, rows, len(audit), bool) \
+        if is_rev.any() else None
+    queue = rerank.order_queue(audit, classes, learnable_verdicts(decided, trained_with), queue_order,
+                               rule_flags=rule_flags)
+    audit["review_rank"] = pd.Series(queue.rank, index=audit.index).astype("Int64")
+    stats["queue"] = queue.stats()
     stats.update(_option_stats(method, threshold_method, flags.rule, distribution, suggest_from, ambiguity_margin,
                                ambiguity_max_confidence, n_unmatched))
     return audit, stats
@@ -1082,6 +1103,26 @@ def reviewed_step(audit: pd.DataFrame, manifest: pd.DataFrame, reviewed: pd.Data
         audit.loc[mask, "reason"] = [f"{w}; {old}" if old else w for w, old in zip(said, audit.loc[mask, "reason"])]
         audit.loc[mask, ["is_label_issue", "is_ambiguous_issue"]] = False
     return audit
+
+
+def combine_reviewed(reviewed: pd.DataFrame | None, decided: pd.DataFrame | None) -> pd.DataFrame | None:
+    """The run's trusted table and the decisions made after it, one row per sample (the later wins)."""
+    parts = [t for t in (reviewed, decided) if t is not None and len(t)]
+    if not parts:
+        return reviewed
+    both = pd.concat(parts, ignore_index=True)
+    return both[~both["sample_id"].astype(str).duplicated(keep="last")].reset_index(drop=True)
+
+
+def learnable_verdicts(decided: pd.DataFrame | None, trained_with: pd.DataFrame | None) -> pd.DataFrame | None:
+    """The decisions a re-ranker may learn from: those made after the run on rows it trained with their
+    given label, so the row's scores are about the label the reviewer judged (a row the run trained with
+    a reviewed label is scored about that label instead)."""
+    if decided is None or not len(decided):
+        return None
+    if trained_with is None or not len(trained_with):
+        return decided
+    return decided[~decided["sample_id"].astype(str).isin(trained_with["sample_id"].astype(str))]
 
 
 def reviewed_errors(reviewed: pd.DataFrame) -> np.ndarray:
@@ -1227,6 +1268,11 @@ def _label_columns(manifest: pd.DataFrame, s: Scored, is_issue: np.ndarray, sugg
         "aum": pred_col("aum"),
         "oof_p_given": pred_col("oof_p_given"),
         "retrain_p_given": pred_col("retrain_p_given"),
+        # signals from the run's records (``fercure.dynamics_signals``; the re-ranker's inputs)
+        "knn_agreement": pred_col("knn_agreement"),
+        "logit_margin": pred_col("logit_margin"),
+        "el2n_early": pred_col("el2n_early"),
+        "learned_epoch": pred_col("learned_epoch"),
     })
     for j, c in enumerate(classes):
         audit[f"p_{c}"] = full(probs[:, j], np.nan, float)

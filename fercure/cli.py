@@ -24,6 +24,7 @@ from fercure.handoff import DEFAULT_IMAGE_URL
 from fercure.faces.align import CROP_MODES
 from fercure.faces.quality import MULTI_FACE_POLICIES, NO_FACE_POLICIES
 from fercure.layouts import IMAGE_SOURCES, LINKS
+from fercure.rerank import QUEUE_ORDERS
 from fercure.train.config import DEVICES, POOLS, STORE_MODES, TrainConfig
 from fercure.errors import FercureError, WorkspaceError
 from fercure.files import is_disk_full
@@ -56,6 +57,7 @@ Crop = _choices("Crop", CROP_MODES)
 MultiFace = _choices("MultiFace", MULTI_FACE_POLICIES)
 Policy = _choices("Policy", POLICIES)
 ThresholdMethod = _choices("ThresholdMethod", THRESHOLD_METHODS)
+QueueOrder = _choices("QueueOrder", QUEUE_ORDERS)
 StoreMode = _choices("StoreMode", STORE_MODES)
 Format = _choices("Format", FORMATS)
 Images = _choices("Images", IMAGE_SOURCES)
@@ -492,7 +494,9 @@ def train(
                      "  fercure audit-labels -w ws --report audit.html \\\n\n"
                      "      --run 20261122-1200-resnet18-ab12\n\n"
                      "  # your own model's out-of-fold probabilities and embeddings, no train run\n\n"
-                     "  fercure audit-labels -w ws --pred-probs oof.csv --features emb.npy"),
+                     "  fercure audit-labels -w ws --pred-probs oof.csv --features emb.npy\n\n"
+                     "  # decisions saved from the report re-rank the rest, no retraining\n\n"
+                     "  fercure audit-labels -w ws --trusted decisions-RUN.csv"),
 )
 def audit_labels(
     workspace: Path = WorkspaceOpt,
@@ -503,6 +507,8 @@ def audit_labels(
     score: str = typer.Option(DEFAULT_SCORE, help="label_score signal: retrain (first and second model averaged), confidence (mean p(given) over epochs), confidence_variability (mean + std), aum, knn (neighbour label agreement), fusion (fitted on planted flips), eval, last, self_confidence, oof, reliability, importance."),
     threshold_method: ThresholdMethod = typer.Option(ThresholdMethod(DEFAULT_THRESHOLD), help="How is_label_issue is decided without ground truth (docs/METHODS.md)."),
     force: bool = typer.Option(False, help="Overwrite an existing --report file (the default WS/report.html is always rewritten)."),
+    trusted: list[Path] = typer.Option([], "--trusted", help="A reviewer's decisions (the files train --trusted reads: CSV or JSON saved from the review report, or a CSV of verified labels); repeatable, the later decision for a sample wins. Applied without retraining: reviewed rows are never flagged again, and once enough are decided they re-rank the rest (see --queue-order)."),
+    queue_order: QueueOrder = typer.Option(QueueOrder("auto"), help="The review queue's order (the audit's review_rank column): auto = a model fitted on the reviewed rows when its cross-validated AUROC beats the hand-made order's, else the hand-made order; score = the hand-made order; unambiguous = likely wrong and unambiguous first (cross-entropy to the given label minus entropy)."),
     wait: bool = WaitOpt,
     json_out: bool = JsonOpt,
 ) -> None:
@@ -523,7 +529,8 @@ def audit_labels(
         except FercureError as e:
             _fail(str(e))
         _run(run_audit, "audit-labels", as_json=json_out, workspace=workspace, run_id=run, report_path=report,
-             method=score, threshold_method=threshold_method.value, pred_probs=pred_probs, features=features)
+             method=score, threshold_method=threshold_method.value, pred_probs=pred_probs, features=features,
+             trusted_files=[str(p.resolve()) for p in trusted], queue_order=queue_order.value)
 
 
 @app.command(

@@ -270,6 +270,14 @@ AUDIT = Table(
         _c("oof_p_given", FLOAT64, "from predictions"),
         _c("retrain_p_given", FLOAT64, "from predictions: the second model's p(given), held out for its suspects, the "
            "probe and the planted rows (NaN without a retrain); the review queue's order", required=False),
+        _c("knn_agreement", FLOAT64, "from predictions: share of the k nearest neighbours in the embedding with the "
+           "same given label", bounds=SCORE, required=False),
+        _c("logit_margin", FLOAT64, "mean over epochs of the logit margin z(given) − max other z, from the run's "
+           "dynamics (nats; NaN for probe and planted rows)", required=False),
+        _c("el2n_early", FLOAT64, "EL2N over the first fifth of the epochs: ‖softmax − one-hot(given)‖ from the two "
+           "probabilities the dynamics keep (a lower bound; NaN for probe and planted rows)", required=False),
+        _c("learned_epoch", FLOAT64, "first epoch (from 0) from which the training prediction stays the given label; "
+           "the number of epochs when it never does (NaN for probe and planted rows)", required=False),
         _c("p", FLOAT64, "the audit distribution (NaN when not trained)", per_class=True, bounds=SCORE),
         _c("face_status", STRING, "from the manifest", values=FACE_STATUSES),
         _c("face_score", FLOAT64, "from the manifest"),
@@ -314,6 +322,9 @@ AUDIT = Table(
         _c("reviewed_label", STRING, "the reviewer's label (null when dropped or not reviewed)", required=False),
         _c("decided_by", STRING, "reviewer for a reviewed sample, fercure otherwise", values=DECIDED_BY,
            required=False),
+        _c("review_rank", INT64, "the row's place in the review queue, 1 = first (stats.queue says which order: the "
+           "hand-made one, or the re-ranker fitted on the reviewed rows); null for reviewed and unscored rows",
+           required=False),
     ),
     metadata="run_id, classes, thresholds, stats (per class, transition matrix, model strength, "
              "self-check, reviewed), predictions (path), trusted (the run's --trusted files and counts)",
@@ -321,7 +332,8 @@ AUDIT = Table(
 
 TRUSTED = Table(
     "trusted", "WS/runs/<run_id>/trusted.parquet",
-    "One row per sample a reviewer decided (written by train --trusted; the last decision given wins).",
+    "One row per sample a reviewer decided (written by train --trusted; WS/reviewed.parquet, the same contract, by "
+    "audit-labels --trusted; the last decision given wins).",
     (
         _c("sample_id", STRING, "the manifest's sample_id", nullable=False),
         _c("action", STRING, "keep (label confirmed), relabel (to label) or drop (left out of the run)",
@@ -329,8 +341,9 @@ TRUSTED = Table(
         _c("label", STRING, "the reviewed label the run trained with (null for a drop)"),
         _c("given_label", STRING, "the label as given in the manifest"),
         _c("source", STRING, "the --trusted file and row the decision came from"),
-        _c("rank_when_reviewed", FLOAT64, "the sample's rank by the review queue's key (the held-out p(given), else "
-           "the label score) in the audit the reviewer worked from, in (0, 1), low = suspect (NaN: not scored)",
+        _c("rank_when_reviewed", FLOAT64, "the sample's place in the review queue (the audit's review_rank; for an "
+           "audit without it, the queue's key: the held-out p(given), else the label score) in the audit the reviewer "
+           "worked from, as a rank in (0, 1), low = early (NaN: not in the queue)",
            bounds=SCORE, required=False),
         _c("spot_check", BOOL, "the report offered the sample as a spot check (a random draw among the rows not "
            "reviewed yet)", required=False),

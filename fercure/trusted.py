@@ -52,10 +52,12 @@ REVIEW_COLUMNS = ("rank_when_reviewed", "spot_check")  # what the audit the revi
 
 
 def review_context(ws: Workspace, audit: pd.DataFrame | None, sample_ids: Sequence[str]) -> pd.DataFrame:
-    """Per sample (rows in ``sample_ids`` order): its rank (``review_calibration.ranks_of``) by the
-    review queue's key (``review_calibration.queue_key``) in the audit the reviewer worked from (the
-    workspace's), and whether the report offered it as a spot check. A sample that audit already shows as reviewed (an earlier round) keeps
-    what its own run recorded then. NaN rank / False where no audit scored it."""
+    """Per sample (rows in ``sample_ids`` order): its rank (``review_calibration.ranks_of``) by its place
+    in the review queue (the audit's ``review_rank``; ``review_calibration.queue_key`` for an audit
+    without it) in the audit the reviewer worked from (the workspace's), and whether the report offered
+    it as a spot check. A sample that audit already shows as reviewed (an earlier round) keeps what its
+    own run, or the audit that applied it (WS/reviewed.parquet), recorded then. NaN rank / False where
+    no audit scored it."""
     out = pd.DataFrame({"rank_when_reviewed": np.nan, "spot_check": False}, index=pd.Index(sample_ids, dtype=object))
     if audit is None or "label_score" not in audit.columns:
         return out.astype({"rank_when_reviewed": float, "spot_check": bool})
@@ -70,7 +72,10 @@ def review_context(ws: Workspace, audit: pd.DataFrame | None, sample_ids: Sequen
     spot[rc.spot_checks(ids, score, was)] = True  # the report's own draw
     held = audit["retrain_p_given"].to_numpy(dtype=float) if "retrain_p_given" in audit.columns \
         else np.full(len(audit), np.nan)
-    rank = rc.ranks_of(rc.queue_key(score, held, flags("is_label_issue") & ~was))  # the queue's own order
+    # the queue's own order: its review_rank (hand-made or re-ranked), else the hand-made key
+    key = audit["review_rank"].to_numpy(dtype=float, na_value=np.nan) if "review_rank" in audit.columns \
+        else rc.queue_key(score, held, flags("is_label_issue") & ~was)
+    rank = rc.ranks_of(key)
     if was.any():  # what a reviewed row was when reviewed; unknown (NaN, not a spot check) without its run
         earlier = _earlier_context(ws).reindex(ids[was])
         rank[was] = earlier["rank_when_reviewed"].to_numpy(dtype=float)
@@ -80,7 +85,8 @@ def review_context(ws: Workspace, audit: pd.DataFrame | None, sample_ids: Sequen
 
 
 def _earlier_context(ws: Workspace) -> pd.DataFrame:
-    """sample_id → REVIEW_COLUMNS from the trusted table of the run the workspace's audit is of."""
+    """sample_id → REVIEW_COLUMNS from the trusted table of the run the workspace's audit is of, then
+    from the decisions the audit applied without retraining (WS/reviewed.parquet)."""
     empty = pd.DataFrame({"rank_when_reviewed": pd.Series(dtype=float), "spot_check": pd.Series(dtype=bool)})
     try:
         run_id = str(read_metadata(ws.audit).get("run_id") or "")
@@ -89,15 +95,25 @@ def _earlier_context(ws: Workspace) -> pd.DataFrame:
         t = read(ws.run_dir(run_id)) if ok else None
     except (WorkspaceError, ValueError, OSError):
         t = None
-    if t is None or not set(REVIEW_COLUMNS) <= set(t.columns):
+    later = None
+    if ws.reviewed.exists():
+        try:
+            later = read_table(ws.reviewed)
+        except WorkspaceError:
+            later = None
+    parts = [x for x in (t, later) if x is not None and set(REVIEW_COLUMNS) <= set(x.columns)]
+    if not parts:
         return empty
+    t = pd.concat(parts, ignore_index=True)
+    t = t[~t["sample_id"].astype(str).duplicated(keep="first")]  # the run's own record first
     return t.set_index(t["sample_id"].astype(str))[list(REVIEW_COLUMNS)].astype({"spot_check": bool})
 
 
-def load(ws: Workspace, files: Sequence[str], classes: Sequence[str], reporter: Reporter) -> dec.Trusted | None:
+def load(ws: Workspace, files: Sequence[str], classes: Sequence[str], reporter: Reporter,
+         stage: str = "train") -> dec.Trusted | None:
     """Every ``--trusted`` file checked against the manifest, merged in the order given (the later
     decision for a sample wins, and is logged). WorkspaceError for a file that is not one, or of which
-    no row applies."""
+    no row applies. ``stage``: the command that reads them (train, audit-labels), for the messages."""
     if not files:
         return None
     manifest = read_table(ws.manifest)
@@ -119,7 +135,8 @@ def load(ws: Workspace, files: Sequence[str], classes: Sequence[str], reporter: 
         d.problems[:0] = early
         if not len(d.table):
             listing = "\n".join(str(p) for p in d.problems[:20]) or f"{path} holds no rows."
-            raise WorkspaceError(f"None of the rows of --trusted {path} can be used; nothing was trained. Fix them "
+            raise WorkspaceError(f"None of the rows of --trusted {path} can be used; nothing was "
+                                 f"{'trained' if stage == 'train' else 'written'}. Fix them "
                                  f"(or leave the file out) and run again:\n{listing}")
         parsed.append(d)
     trusted = dec.merge_trusted(parsed, dict(zip(ids, given)))
@@ -132,13 +149,13 @@ def load(ws: Workspace, files: Sequence[str], classes: Sequence[str], reporter: 
     for i, d in enumerate(parsed, start=1):
         trusted.table.loc[src.str.startswith(f"{d.file} ").to_numpy(), "review_round"] = i
     for p in trusted.problems[:20]:
-        reporter.log(f"train: --trusted {p}")
+        reporter.log(f"{stage}: --trusted {p}")
     if len(trusted.problems) > 20:
-        reporter.log(f"train: ... and {len(trusted.problems) - 20} more skipped --trusted rows.")
+        reporter.log(f"{stage}: ... and {len(trusted.problems) - 20} more skipped --trusted rows.")
     for line in trusted.overridden[:20]:
-        reporter.log(f"train: --trusted decided twice, the later applies: {line}")
+        reporter.log(f"{stage}: --trusted decided twice, the later applies: {line}")
     counts = trusted.table["action"].value_counts()
-    reporter.log(f"train: {len(trusted.table):,} reviewed samples from {len(files)} --trusted file(s): "
+    reporter.log(f"{stage}: {len(trusted.table):,} reviewed samples from {len(files)} --trusted file(s): "
                  + ", ".join(f"{int(counts.get(a, 0)):,} {a}" for a in ("keep", "relabel", "drop"))
                  + (f"; {len(trusted.problems):,} rows skipped" if trusted.problems else "") + ".")
     return trusted
@@ -176,6 +193,11 @@ def provenance(trusted: dec.Trusted | None) -> dict:
 def write(run_dir: Path, trusted: dec.Trusted | None, meta: dict) -> None:
     if trusted is not None:
         write_table(trusted.table, run_dir / FILE, meta, table=schema.TRUSTED)
+
+
+def write_reviewed(ws: Workspace, trusted: dec.Trusted, meta: dict) -> None:
+    """WS/reviewed.parquet: the decisions ``audit-labels --trusted`` applied, with where each card stood."""
+    write_table(trusted.table, ws.reviewed, meta, table=schema.TRUSTED)
 
 
 def read(run_dir: Path) -> pd.DataFrame | None:

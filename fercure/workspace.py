@@ -159,6 +159,10 @@ class Workspace:
         return self.root / "report.html"
 
     @property
+    def reviewed(self) -> Path:
+        return self.root / "reviewed.parquet"
+
+    @property
     def lock_file(self) -> Path:
         return self.root / ".lock"
 
@@ -204,6 +208,7 @@ class Workspace:
             self.runs_dir: "the workspace's training runs (written by train)",
             self.audit: "the workspace's audit table (written by audit-labels)",
             self.report: "the workspace's report (written by audit-labels)",
+            self.reviewed: "the decisions the workspace's audit applied (written by audit-labels --trusted)",
             self.lock_file: "the workspace's lock file",
             self.marker: "the workspace's marker file",
         }

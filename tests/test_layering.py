@@ -119,12 +119,14 @@ def test_cli_choices_are_the_declared_values():
     from fercure import cli, export, layouts
     from fercure.audit import THRESHOLD_METHODS
     from fercure.faces import align, quality
+    from fercure.rerank import QUEUE_ORDERS
     from fercure.train import config
 
     pairs = [(cli.Pool, config.POOLS), (cli.StoreMode, config.STORE_MODES), (cli.Device, config.DEVICES),
              (cli.ThresholdMethod, THRESHOLD_METHODS), (cli.Policy, export.POLICIES), (cli.Format, export.FORMATS),
              (cli.Crop, align.CROP_MODES), (cli.MultiFace, quality.MULTI_FACE_POLICIES),
-             (cli.NoFace, quality.NO_FACE_POLICIES), (cli.Images, layouts.IMAGE_SOURCES), (cli.Link, layouts.LINKS)]
+             (cli.NoFace, quality.NO_FACE_POLICIES), (cli.Images, layouts.IMAGE_SOURCES), (cli.Link, layouts.LINKS),
+             (cli.QueueOrder, QUEUE_ORDERS)]
     for enum, values in pairs:
         assert tuple(m.value for m in enum) == tuple(values), enum
 

@@ -205,7 +205,9 @@ def test_train_trusted_end_to_end(audited: Path, tmp_path: Path):
     key = rc.queue_key(audit["label_score"].to_numpy(float), audit["retrain_p_given"].to_numpy(float),
                        audit["is_label_issue"].to_numpy(bool))
     assert np.array_equal(key, audit["retrain_p_given"].to_numpy(float), equal_nan=True)  # the retrain rule's queue
-    rank_then = pd.Series(rc.ranks_of(key), index=audit["sample_id"])
+    # ...its place in the queue that audit showed (review_rank), as a rank in (0, 1)
+    rank_then = pd.Series(rc.ranks_of(audit["review_rank"].to_numpy(dtype=float, na_value=np.nan)),
+                          index=audit["sample_id"])
     spot_then = set(audit["sample_id"].to_numpy()[rc.spot_checks(audit["sample_id"].to_numpy(),
                                                                   audit["label_score"].to_numpy(float),
                                                                   np.zeros(len(audit), bool))])

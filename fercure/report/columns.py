@@ -31,6 +31,7 @@ AUDIT_COLUMNS: dict[str, tuple[str, ...]] = {
     "is_reviewed": ("is_reviewed",),
     "reviewed_label": ("reviewed_label",),
     "votes": ("votes",),  # a vote file's votes, most first ('' without)
+    "review_rank": ("review_rank",),  # the queue's order (1 first), hand-made or re-ranked: fercure.rerank
 }
 
 # measured by prepare, read from the manifest (0..255 grey mean and standard deviation)

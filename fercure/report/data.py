@@ -154,7 +154,10 @@ def spot_checks(audit: pd.DataFrame, bits: np.ndarray) -> np.ndarray:
 
 
 def queue_key(audit: pd.DataFrame, flagged: np.ndarray) -> np.ndarray:
-    """``review_calibration.queue_key`` of the audit's rows (``flagged``: positions of the label issues)."""
+    """The audit's ``review_rank`` (its queue, hand-made or re-ranked: ``fercure.rerank``); for an audit
+    written before that column, ``review_calibration.queue_key`` (``flagged``: positions of the label issues)."""
+    if C.name(audit, "review_rank"):
+        return _num(C.column(audit, "review_rank"))
     mask = np.zeros(len(audit), bool)
     mask[flagged] = True
     return rc.queue_key(_num(C.column(audit, "score", np.nan)), _num(C.column(audit, "held_out_p", np.nan)), mask)

@@ -11,7 +11,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -19,6 +19,7 @@ import pandas as pd
 from fercure import audit as core
 from fercure import evidence as ev_core
 from fercure import export as export_core
+from fercure import dynamics_signals
 from fercure import health, schema
 from fercure import trusted as trusted_labels
 from fercure import votes as vote_files
@@ -76,6 +77,7 @@ class AuditSummary:
     # what to say about --pred-probs / --features (renormalised rows, in-sample, fallbacks): via ``warning``
     evidence_notes: list[str] = field(default_factory=list, metadata={"hidden": True})
     annotators: dict = field(default_factory=dict)  # with a vote file: images with votes, disagreements, lowest quality
+    review_queue: dict = field(default_factory=dict)  # which order review_rank follows, and the AUROCs behind it
 
     @property
     def warning(self) -> str | None:
@@ -112,6 +114,8 @@ def run_audit(
     write_report: bool = True,
     pred_probs: Path | str | None = None,
     features: Path | str | None = None,
+    trusted_files: Sequence[str | Path] = (),
+    queue_order: str = "auto",
 ) -> AuditSummary:
     """Score every manifest sample's label with run ``run_id`` (default: the latest finished run),
     the user's ``pred_probs`` file, their ``features`` file, or any of them joined (``fercure.evidence``).
@@ -120,6 +124,9 @@ def run_audit(
     no run. Writes WS/audit.parquet (Parquet metadata: run_id, thresholds, classes, stats) and,
     unless ``write_report`` is False, the HTML report at ``report_path`` (default WS/report.html).
     ``method`` and ``threshold_method`` are passed to ``fercure.audit.build_audit``.
+    ``trusted_files``: a reviewer's decisions (the files ``train --trusted`` reads) applied without
+    retraining: those rows are never flagged again, and they re-rank the rest (``fercure.rerank``);
+    kept in WS/reviewed.parquet. ``queue_order``: one of ``fercure.rerank.QUEUE_ORDERS``.
     """
     start = time.perf_counter()
     ws = workspace if isinstance(workspace, Workspace) else Workspace(Path(workspace))
@@ -139,6 +146,10 @@ def run_audit(
     ev = _read_evidence(ws, manifest, classes, pred_probs, features, reporter)  # refused files: nothing written
     task.advance()
 
+    # decisions made since (audit-labels --trusted): applied without retraining
+    decided = trusted_labels.load(ws, [str(f) for f in trusted_files], classes, reporter, stage="audit-labels")
+    if run_id is not None:
+        predictions = _with_dynamics_signals(predictions, ws.run_dir(run_id))
     method, threshold_method = _options_for(ev, run_id, method, threshold_method)
     distribution, suggest_from = ev_core.distribution_families(ev, run_id is not None)
     preds = ev_core.predictions_table(manifest, classes, ev, predictions) if external else predictions
@@ -146,7 +157,9 @@ def run_audit(
     try:
         table, stats = core.build_audit(manifest, preds, classes, method=method,
                                         threshold_method=threshold_method, distribution=distribution,
-                                        suggest_from=suggest_from, run_meta=run_meta, reviewed=trusted)
+                                        suggest_from=suggest_from, run_meta=run_meta, reviewed=trusted,
+                                        decided=decided.table if decided is not None else None,
+                                        queue_order=queue_order)
     except ValueError as e:
         raise AuditInputError(f"Cannot audit {where} against {ws.manifest}: {e}. "
                               f"If the manifest changed after training, re-run `fercure train -w {ws.root}`.") from e
@@ -154,7 +167,12 @@ def run_audit(
     table = _with_votes(ws, table, stats, classes)
     task.advance()
 
-    thresholds = _write_audit(ws, table, stats, run_id, classes, predictions_path, run_meta.get("trusted") or {})
+    provenance = dict(run_meta.get("trusted") or {})
+    if decided is not None:
+        provenance["audit_trusted"] = trusted_labels.provenance(decided)
+        # where each decided card stood when decided, for the next round's train/audit --trusted
+        trusted_labels.write_reviewed(ws, decided, {"run_id": run_id, "trusted": provenance["audit_trusted"]})
+    thresholds = _write_audit(ws, table, stats, run_id, classes, predictions_path, provenance)
     task.advance()
 
     out_report: Path | None = None
@@ -192,6 +210,7 @@ def run_audit(
         health_summary=stats["health_summary"],
         evidence_notes=ev.warnings + ev.notes,
         annotators=_annotator_rows(stats.get("annotators")),
+        review_queue=_queue_rows(stats["queue"]),
     )
 
 
@@ -328,6 +347,32 @@ def _annotator_rows(info: dict | None) -> dict:
         out["lowest_quality"] = (f"{worst['annotator']}: quality {worst['quality']:.2f}, agrees with the consensus "
                                  f"{worst['agreement_with_consensus']:.0%}, with the model "
                                  f"{worst['agreement_with_model']:.0%}")
+    return out
+
+
+def _with_dynamics_signals(predictions: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
+    """The predictions with the signals of the run's per-epoch records (``fercure.dynamics_signals``)
+    joined by sample; as they are when the run kept no dynamics table."""
+    path = run_dir / "dynamics.parquet"
+    if not path.exists():
+        return predictions
+    sig = dynamics_signals.from_dynamics(read_table(path)).frame()
+    cols = [c for c in sig.columns if c != "sample_id"]
+    return predictions.drop(columns=[c for c in cols if c in predictions.columns]).merge(
+        sig, on="sample_id", how="left", validate="one_to_one")
+
+
+def _queue_rows(queue: dict) -> dict:
+    """Which order the review queue follows, and the AUROCs on the reviewed rows that chose it."""
+    names = {"score": "hand-made score", "rerank": "re-ranker (fitted on the reviewed rows)",
+             "unambiguous": "likely wrong and unambiguous first (--queue-order unambiguous)"}
+    out = {"order": names.get(queue.get("order"), queue.get("order")), "rows in the queue": queue.get("n_ranked")}
+    fit = queue.get("rerank")
+    if fit:
+        out.update({"reviewed rows it learned from": f"{fit['n_reviewed']} ({fit['n_errors']} wrong, "
+                                                     f"{fit['n_spot_checks']} spot checks)",
+                    "re-ranker AUROC (cross-validated, on the reviewed rows)": fit["cv_auroc"],
+                    "hand-made order's AUROC (same rows)": fit["hand_auroc"], "why": fit["why"]})
     return out
 
 
