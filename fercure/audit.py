@@ -1270,6 +1270,7 @@ def _label_columns(manifest: pd.DataFrame, s: Scored, is_issue: np.ndarray, sugg
         "retrain_p_given": pred_col("retrain_p_given"),
         # signals from the run's records (``fercure.dynamics_signals``; the re-ranker's inputs)
         "knn_agreement": pred_col("knn_agreement"),
+        "fine_alignment": pred_col("fine_alignment"),
         "logit_margin": pred_col("logit_margin"),
         "el2n_early": pred_col("el2n_early"),
         "learned_epoch": pred_col("learned_epoch"),

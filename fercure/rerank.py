@@ -37,7 +37,8 @@ from fercure.metrics import auroc
 # The audit's numeric columns the model reads (each standardised; a missing value gets the column's
 # median and a missing-indicator input).
 FEATURES = ("label_score", "retrain_p_given", "aum", "p_given", "uncertainty_entropy",
-            "suggested_label_confidence", "logit_margin", "el2n_early", "learned_epoch", "knn_agreement")
+            "suggested_label_confidence", "logit_margin", "el2n_early", "learned_epoch", "knn_agreement",
+            "fine_alignment")
 # Set by replaying reviews on the reference benchmark (benchmarks/RESULTS.md, "Decisions re-rank the queue").
 MIN_REVIEWED = 100  # reviewed rows (queue cards + spot checks) before the fit may order the queue
 MIN_PER_CLASS = 10  # ...of which at least this many of each verdict
@@ -325,8 +326,10 @@ def order_queue(audit: pd.DataFrame, classes: Sequence[str], verdicts: pd.DataFr
         err[hit] = (v["action"].reindex(ids[hit]) != "keep").to_numpy()
         if "spot_check" in v.columns:
             spot[hit] = v["spot_check"].reindex(ids[hit]).fillna(False).astype(bool).to_numpy()
-    x, names = feature_matrix(audit, classes)
     before = flagged if rule_flags is None else np.asarray(rule_flags, bool)
+    x, names = feature_matrix(audit, classes)
+    # the threshold rule's verdict is an input too (as it was before review: a reviewed row is unflagged)
+    x, names = np.hstack([x, before[:, None].astype(float)]), names + ["flagged by the rule"]
     hand_then = hand_order_key(score, num("retrain_p_given"), before)
     fitted = fit(x, scored, learn, err, spot, hand_then, names=names, **fit_options)
     if fitted.used:

@@ -208,6 +208,8 @@ PREDICTIONS = Table(
         _c("fusion_quality", FLOAT32, "logistic fusion of the signals, fitted on the planted flips", bounds=SCORE),
         _c("retrain_p_given", FLOAT32, "the second model's p(given): held out for the share it dropped", bounds=SCORE),
         _c("mean_p_given_eval", FLOAT32, "mean eval-mode p(given) over epochs (only with epoch_eval)", bounds=SCORE),
+        _c("fine_alignment", FLOAT32, "FINE: |cosine| of the embedding to its given class's principal direction "
+           "(low = unlike its class; NaN for planted rows)", bounds=SCORE, required=False),
         _c("knn_p", FLOAT32, _PRED_FAMILIES[3][1], per_class=True, bounds=SCORE),
         _c("retrain_p", FLOAT32, _PRED_FAMILIES[4][1], per_class=True, bounds=SCORE),
         _c("retrain_held_out", BOOL, "the second model did not train on it (its suspects, the probe, the planted)"),
@@ -272,6 +274,8 @@ AUDIT = Table(
            "probe and the planted rows (NaN without a retrain); the review queue's order", required=False),
         _c("knn_agreement", FLOAT64, "from predictions: share of the k nearest neighbours in the embedding with the "
            "same given label", bounds=SCORE, required=False),
+        _c("fine_alignment", FLOAT64, "from predictions: FINE's |cosine| of the embedding to its given class's "
+           "principal direction (low = unlike its class)", bounds=SCORE, required=False),
         _c("logit_margin", FLOAT64, "mean over epochs of the logit margin z(given) − max other z, from the run's "
            "dynamics (nats; NaN for probe and planted rows)", required=False),
         _c("el2n_early", FLOAT64, "EL2N over the first fifth of the epochs: ‖softmax − one-hot(given)‖ from the two "

@@ -218,6 +218,7 @@ def test_audit_labels_trusted_applies_decisions_without_retraining(tmp_path):
     assert "review_rank" in before.columns and "logit_margin" in before.columns
     dyn_rows = before["trained"] & before["logit_margin"].notna()
     assert dyn_rows.sum() > 30  # the run's dynamics reached the audit
+    assert before["fine_alignment"].between(0, 1).sum() > 30  # and its embedding's class directions
     first = before.sort_values("review_rank")["sample_id"].tolist()[:4]
     g = before.set_index("sample_id")["given_label"]
     decisions = tmp_path / "decisions.csv"

@@ -50,7 +50,7 @@ def test_run_train_writes_the_run(tmp_path):
                 + ["mean_p_given", "var_p_given", "aum", "last_p_given", "importance_weight",
                    "relabel_count", "scn_label", "reliability"] + [f"rel_p_{c}" for c in CLASSES]
                 + ["uncertainty_entropy", "uncertainty_mutual_info", "oof_p_given", "forgetting",
-                   "knn_agreement", "fusion_quality", "retrain_p_given", "mean_p_given_eval"]
+                   "knn_agreement", "fusion_quality", "retrain_p_given", "mean_p_given_eval", "fine_alignment"]
                 + [f"knn_p_{c}" for c in CLASSES] + [f"retrain_p_{c}" for c in CLASSES]
                 + ["retrain_held_out", "retrain_suspect", "planted", "probe"])
     assert list(pred.columns) == expected

@@ -32,6 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from fercure.dynamics_signals import fine_alignment
 from fercure.metrics import auroc
 from fercure.train import signals as sg
 from fercure.train.dynamics import summarize
@@ -188,6 +189,9 @@ def aggregate(plan: RunPlan, members: Sequence[dict[str, Any]], retrain: dict[st
         "last_p_given": nan_planted(at_trained(np.mean([m["dynamics"]["p_given"][-1] for m in members], axis=0))),
         "importance_weight": nan_planted(at_trained(summ["importance_weight"])),
         "forgetting": nan_planted(forget_given), "knn_agreement": knn_agree, "knn_probs": knn,
+        # FINE: alignment with the given class's principal direction of the same embedding (planted
+        # rows' places in it were learnt with their flip, as for the kNN)
+        "fine_alignment": nan_planted(fine_alignment(emb, given, c)),
         "planted": pl.copy(), "probe": ho.copy(),
     }
     if "p_given_eval" in members[0]["dynamics"]:

@@ -104,7 +104,8 @@ def predictions_frame(sample_ids: Sequence[str], classes: Sequence[str], given_i
         "uncertainty_mutual_info": np.asarray(mutual_info, dtype=np.float32),
         "oof_p_given": np.asarray(oof_p_given, dtype=np.float32),
     })
-    for name in ("forgetting", "knn_agreement", "fusion_quality", "retrain_p_given", "mean_p_given_eval"):
+    for name in ("forgetting", "knn_agreement", "fusion_quality", "retrain_p_given", "mean_p_given_eval",
+                 "fine_alignment"):
         cols[name] = f32(name)
     for prefix, key in (("knn_p", "knn_probs"), ("retrain_p", "retrain_probs")):
         dist = signals.get(key)
