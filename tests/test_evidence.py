@@ -293,3 +293,23 @@ def test_health_summary_names_underperforming_and_imbalanced_classes():
     assert h.imbalanced_classes == ["c"]
     assert h.as_dict()["classes"]["b"]["agreement"] == pytest.approx(0.4)
     assert h.as_dict()["dataset_issues"] == "imbalanced: c; underperforming: b"
+
+
+def test_features_alone_judge_labels_by_the_neighbours_vote(prepared, tmp_path):
+    ws, wrong, true = prepared
+    emb = np.random.default_rng(2).normal(0, 0.3, (N, 3))
+    emb[np.arange(N), true] += 3.0
+    pd.DataFrame({"sample_id": read_table(ws.manifest)["sample_id"], "embedding": list(emb)}).to_parquet(
+        tmp_path / "emb.parquet")
+    audit_json(ws, "--features", tmp_path / "emb.parquet")
+    audit = read_table(ws.audit)
+    assert set(audit["evidence"]) == {"features"}
+    assert read_metadata(ws.audit)["thresholds"]["method"] == "knn"
+    score = audit["label_score"].to_numpy()
+    assert score[wrong].max() < score[~wrong].min()  # every wrong label has neighbours of another class
+
+
+def test_run_none_without_files_is_refused(prepared):
+    ws, _, _ = prepared
+    result = invoke("audit-labels", "-w", ws.root, "--run", "none", code=1)
+    assert "--pred-probs" in result.output and not ws.audit.exists()
