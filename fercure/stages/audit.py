@@ -294,13 +294,12 @@ def _add_evidence(table: pd.DataFrame, stats: dict, manifest: pd.DataFrame, clas
     if ev.feature_signals is not None:
         fs = ev.feature_signals
         score[fs.positions], is_out[fs.positions] = fs.outliers.score, fs.outliers.is_issue
-    table["outlier_score"], table["is_outlier_issue"] = score, is_out
-    if ev.pred_probs is None and ev.features is None:
-        table["evidence"] = np.where(table["trained"].to_numpy(bool), "fercure run", "not scored")
-    else:
-        table["evidence"] = ev_core.evidence_column(manifest, table["trained"].to_numpy(bool), ev, predictions)
-    # the reason column stays last, as the contract lists it
-    table.insert(len(table.columns) - 1, "reason", table.pop("reason"))
+    scored = table["trained"].to_numpy(bool)
+    evidence = (np.where(scored, "fercure run", "not scored") if ev.pred_probs is None and ev.features is None
+                else ev_core.evidence_column(manifest, scored, ev, predictions))
+    at = table.columns.get_loc("reason")  # before the reason, as the contract lists them
+    for i, (name, values) in enumerate((("outlier_score", score), ("is_outlier_issue", is_out), ("evidence", evidence))):
+        table.insert(at + i, name, values)
     stats["n_outlier_issues"] = int(is_out.sum())
     stats["evidence"] = {**ev.as_dict(), "run_id": run_id,
                          "rows": {str(k): int(v) for k, v in table["evidence"].value_counts().items()}}
