@@ -1117,12 +1117,13 @@ def combine_reviewed(reviewed: pd.DataFrame | None, decided: pd.DataFrame | None
 def learnable_verdicts(decided: pd.DataFrame | None, trained_with: pd.DataFrame | None) -> pd.DataFrame | None:
     """The decisions a re-ranker may learn from: those made after the run on rows it trained with their
     given label, so the row's scores are about the label the reviewer judged (a row the run trained with
-    a reviewed label is scored about that label instead)."""
+    another reviewed label is scored about that label instead; one it dropped is not scored)."""
     if decided is None or not len(decided):
         return None
     if trained_with is None or not len(trained_with):
         return decided
-    return decided[~decided["sample_id"].astype(str).isin(trained_with["sample_id"].astype(str))]
+    other = trained_with.loc[trained_with["action"] != "keep", "sample_id"].astype(str)
+    return decided[~decided["sample_id"].astype(str).isin(other)]
 
 
 def reviewed_errors(reviewed: pd.DataFrame) -> np.ndarray:

@@ -288,3 +288,16 @@ def test_bench_rerank_replays_a_kept_folder(tmp_path):
     assert today[0]["next_100_errors"] == int(wrong[np.argsort(audit["review_rank"].to_numpy(float))[:100]].sum())
     assert {"today", "unambiguous", "rerank l2=10 equal flagged_first=yes"} <= set(res["orders"])
     assert res["signals"]["label_score"]["auroc"] > 0.8
+
+
+def test_only_decisions_about_the_label_the_run_scored_teach_the_reranker():
+    run = pd.DataFrame({"sample_id": ["a", "b"], "action": ["relabel", "keep"], "label": ["sad", "happy"],
+                        "given_label": ["happy", "happy"], "source": ["t.csv row 2", "t.csv row 3"]})
+    later = pd.DataFrame({"sample_id": ["a", "b", "c"], "action": ["drop", "drop", "keep"], "label": [None, None, "sad"],
+                          "given_label": ["happy", "happy", "sad"], "source": ["d.csv row 2", "d.csv row 3", "d.csv row 4"]})
+    both = core.combine_reviewed(run, later)
+    assert both.set_index("sample_id")["action"].to_dict() == {"a": "drop", "b": "drop", "c": "keep"}
+    # a was trained with its reviewed label (sad): its scores are about that label, not the given one judged
+    # later; b (kept) and c were trained with their given label
+    assert core.learnable_verdicts(later, run)["sample_id"].tolist() == ["b", "c"]
+    assert core.learnable_verdicts(later, None)["sample_id"].tolist() == ["a", "b", "c"]
