@@ -9,6 +9,8 @@ in queue order, plus the report's ``SPOT_CARDS`` (40) random spot checks with th
 
 * today        the hand-made order (``fercure.rerank.hand_order_key``: the flagged rows by the second
                model's held-out p(given), then the rest by label score); static;
+* class_spread the hand-made order dealt round-robin over the given classes (each class's next card in
+               turn); static;
 * unambiguous  likely wrong and unambiguous first (active label cleaning: cross-entropy to the given
                label minus entropy, flagged rows first); static;
 * rerank ...   ``fercure.rerank``'s model refitted on every decision so far after each batch, for each
@@ -113,8 +115,10 @@ def replay(audit: pd.DataFrame, classes: list[str], err: np.ndarray, order: str,
                 key = rerank.queue_key(q.fit.probability, rule_flags & ~reviewed, ff)
                 q = rerank.QueueOrder(rerank.review_rank(key, scored & ~reviewed), "rerank", "forced", q.fit)
         else:
-            q = rerank.order_queue(t, classes, verdicts, "score" if order == "today" else "unambiguous",
+            q = rerank.order_queue(t, classes, verdicts, "unambiguous" if order == "unambiguous" else "score",
                                    rule_flags=rule_flags, flagged_first=ff)
+            if order == "class_spread":
+                q = rerank.QueueOrder(class_spread(q.rank, groups), "class_spread", "score", None)
         rank = q.rank
         open_rows = scored & ~reviewed
         by_rank = np.argsort(np.where(np.isfinite(rank), rank, np.inf), kind="stable")[: int(open_rows.sum())]
@@ -136,6 +140,18 @@ def replay(audit: pd.DataFrame, classes: list[str], err: np.ndarray, order: str,
             new = spot_pos[~reviewed[spot_pos]]
             reviewed[new], spot[new] = True, True
     return rows
+
+
+def class_spread(rank: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """``rank`` dealt round-robin over ``groups``: each group's k-th card before any group's (k+1)-th,
+    ties by the rank itself. NaN stays NaN."""
+    s = pd.Series(rank)
+    k = s.groupby(groups).rank(method="first")
+    order = np.lexsort((rank, k.to_numpy()))
+    out = np.full(len(rank), np.nan)
+    ok = order[np.isfinite(rank[order])]
+    out[ok] = np.arange(1, len(ok) + 1)
+    return out
 
 
 def signal_table(a: pd.DataFrame, err: np.ndarray) -> dict:
@@ -184,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, list[dict]] = {}
     results["today"] = replay(a, classes, err, "today", args.rounds, args.batch, {})
+    results["class_spread"] = replay(a, classes, err, "class_spread", args.rounds, args.batch, {})
     results["unambiguous"] = replay(a, classes, err, "unambiguous", args.rounds, args.batch, {})
     for ff in args.flagged_first:
         for w in args.weighting:
