@@ -131,3 +131,17 @@ def test_labels_joined_later_reuse_the_crops(photos: Path, tmp_path: Path):
     for sid in after.index:
         assert np.array_equal(crops_after[after.at[sid, "store_index"]], crops_before[before.at[sid, "store_index"]])
     assert after["face_status"].to_dict() == before["face_status"].to_dict()
+
+
+def test_no_labels_summary_lists_the_face_problems(tmp_path: Path, sample_data: Path):
+    from PIL import Image
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    for img in sorted((sample_data / "images" / "happy").glob("*.png"))[:2]:
+        shutil.copyfile(img, root / img.name)
+    Image.new("RGB", (64, 64), (120, 120, 120)).save(root / "grey_wall.png")  # no face in it
+    summary = _run(root, tmp_path / "ws", no_labels=True)
+    note = summary.notes[-1]
+    assert note.startswith("Face problems in 1 of 3 photos (no_face: 1): grey_wall.png (no_face")
+    assert "manifest.parquet (face_status, reason)" in note

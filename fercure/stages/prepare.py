@@ -456,7 +456,22 @@ def run_prepare(
                              merge, merge_lock, notes, reporter, start, timings, reused)
     manifest, conflicts = _finish(ws, rows_df, _Concat(crop_chunks), rejects, meta, image_size, timings, voted)
     shutil.rmtree(ws.prepare_parts, ignore_errors=True)
+    if no_labels:  # no audit and no report to list them: the summary does
+        notes.append(_face_problems_note(manifest, ws))
     return _summary(ws, manifest, rejects, reused, conflicts, notes, timings, start)
+
+
+def _face_problems_note(manifest: pd.DataFrame, ws: Workspace, shown: int = 5) -> str:
+    """The face problems of photos prepared without labels, by status, with the first few files."""
+    odd = manifest[manifest["face_status"] != "ok"]
+    if odd.empty:
+        return f"Every one of the {len(manifest)} photos has one clear face."
+    counts = ", ".join(f"{s}: {n}" for s, n in odd["face_status"].value_counts().sort_index().items())
+    first = "; ".join(f"{p} ({s}{': ' + r if r else ''})" for p, s, r in
+                      zip(odd["source_path"][:shown], odd["face_status"][:shown], odd["reason"].fillna("")[:shown]))
+    return (f"Face problems in {len(odd)} of {len(manifest)} photos ({counts}): {first}"
+            + (f"; and {len(odd) - shown} more" if len(odd) > shown else "")
+            + f". All of them: {ws.manifest} (face_status, reason).")
 
 
 def _manifest_meta(input_root: Path, labels_file: Path | str | None, classes: list[str] | None,
