@@ -185,8 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "annotators.json")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
+    started_at = common.git_commit()  # the code that runs: later edits during the run do not count
     result = run(args.data, args.given, args.seeds, args.oof)
-    result.update(commit=common.git_commit(), date=common.today(), seconds=round(time.perf_counter() - t0, 1),
+    result.update(commit=started_at, date=common.today(), seconds=round(time.perf_counter() - t0, 1),
                   command=" ".join(["benchmarks/bench_annotators.py", *(argv if argv is not None else sys.argv[1:])]))
     common.merge_results(args.out, "ferplus_votes_with_model" if result["model_arm"] == "run" else "ferplus_votes", result)
     for part, methods in result["summary"].items():

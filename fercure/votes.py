@@ -28,7 +28,8 @@ import pandas as pd
 
 from fercure import annotators
 from fercure.ingest import (DEFAULT_SPLIT, LABEL_ALIASES, PATH_ALIASES, REJECT_COLUMNS, SAMPLE_COLUMNS, SPLIT_ALIASES,
-                            LabelFileError, _Locator, _normalise_header, clean_label)
+                            LabelFileError, _Locator, _lookalike_hint, _normalise_header, clean_label,
+                            lookalike_labels)
 from fercure.workspace import file_kind, sample_id
 
 ANNOTATOR_ALIASES = ("annotator", "annotator_id", "rater", "rater_id", "worker", "worker_id", "labeler",
@@ -189,6 +190,12 @@ def read_vote_file(root: Path, path: Path, classes: list[str] | None = None) -> 
             continue
         seen[rel, ""] = row
         ann.extend((rel, "", class_names[j], float(v[j]), row) for j in np.flatnonzero(v > 0))
+    taken_for = lookalike_labels([a[2] for a in ann]) if kind == "long" else {}
+    if taken_for:  # one class spelt two ways (case, look-alike letters): the rarer spelling's rows go, as in ingest
+        rejects.extend((file_s, a[4], a[0], "look-alike label", _lookalike_hint(a[2], taken_for[a[2]]))
+                       for a in ann if a[2] in taken_for)
+        ann = [a for a in ann if a[2] not in taken_for]
+        rejects.sort(key=lambda r: r[1])
     classes_out = (class_names if kind == "wide" and wanted is None else
                    [c for c in dict.fromkeys(clean_label(str(c)) for c in classes)] if classes else
                    sorted({a[2] for a in ann}))

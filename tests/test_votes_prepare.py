@@ -145,3 +145,16 @@ def test_no_labels_summary_lists_the_face_problems(tmp_path: Path, sample_data: 
     note = summary.notes[-1]
     assert note.startswith("Face problems in 1 of 3 photos (no_face: 1): grey_wall.png (no_face")
     assert "manifest.parquet (face_status, reason)" in note
+
+
+def test_long_vote_file_rejects_a_look_alike_spelling_of_a_class(photos: Path, tmp_path: Path):
+    names = sorted(p.name for p in photos.iterdir())
+    rows = [(n, who, n.split("_")[0]) for n in names for who in ("a", "b")] + [(names[0], "c", "Angry")]
+    votes = tmp_path / "votes.csv"
+    pd.DataFrame(rows, columns=["path", "annotator", "label"]).to_csv(votes, index=False)
+    ws = Workspace(tmp_path / "ws")
+    _run(photos, ws.root, labels_file=votes)
+    rejects = read_table(ws.rejects)
+    assert rejects["problem"].tolist() == ["look-alike label"] and rejects["row"].tolist() == [len(rows) + 1]
+    assert read_metadata(ws.manifest)["classes"] == CLASSES
+    assert len(read_table(ws.annotations)) == 2 * len(names)
