@@ -23,6 +23,7 @@ from fercure.export import FORMATS, POLICIES
 from fercure.handoff import DEFAULT_IMAGE_URL
 from fercure.faces.align import CROP_MODES
 from fercure.faces.quality import MULTI_FACE_POLICIES, NO_FACE_POLICIES
+from fercure.groups import GROUPS_DEFAULT, GroupSettings
 from fercure.layouts import IMAGE_SOURCES, LINKS
 from fercure.rerank import QUEUE_ORDERS
 from fercure.train.config import DEVICES, POOLS, STORE_MODES, TrainConfig
@@ -509,6 +510,8 @@ def audit_labels(
     force: bool = typer.Option(False, help="Overwrite an existing --report file (the default WS/report.html is always rewritten)."),
     trusted: list[Path] = typer.Option([], "--trusted", help="A reviewer's decisions (the files train --trusted reads: CSV or JSON saved from the review report, or a CSV of verified labels); repeatable, the later decision for a sample wins. Applied without retraining: reviewed rows are never flagged again, and once enough are decided they re-rank the rest (see --queue-order)."),
     queue_order: QueueOrder = typer.Option(QueueOrder("auto"), help="The review queue's order (the audit's review_rank column): auto = a model fitted on the reviewed rows when its cross-validated AUROC beats the hand-made order's, else the hand-made order; score = the hand-made order; unambiguous = likely wrong and unambiguous first (cross-entropy to the given label minus entropy)."),
+    groups: bool = typer.Option(GROUPS_DEFAULT, "--groups/--no-groups", help="Group flagged look-alikes (near-copies, or close neighbours in the run's embedding, with the same given and suggested label) into one card that one decision covers (README, \"Group cards\")."),
+    group_tightness: float = typer.Option(GroupSettings().tightness, min=0.0, max=1.0, help="How close a group member must be to the card's first member: closer than this share of all samples are to their own nearest neighbour."),
     wait: bool = WaitOpt,
     json_out: bool = JsonOpt,
 ) -> None:
@@ -528,9 +531,11 @@ def audit_labels(
             ws.check_readable()
         except FercureError as e:
             _fail(str(e))
+        settings = dataclasses.replace(GroupSettings(), tightness=group_tightness) if groups else None
         _run(run_audit, "audit-labels", as_json=json_out, workspace=workspace, run_id=run, report_path=report,
              method=score, threshold_method=threshold_method.value, pred_probs=pred_probs, features=features,
-             trusted_files=[str(p.resolve()) for p in trusted], queue_order=queue_order.value)
+             trusted_files=[str(p.resolve()) for p in trusted], queue_order=queue_order.value,
+             groups=settings)
 
 
 @app.command(

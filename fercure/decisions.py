@@ -6,6 +6,8 @@ over (a Label Studio JSON export, a CVAT for images 1.1 XML: ``fercure.handoff``
 content). ``action`` is ``keep``, ``drop``, ``relabel`` (to ``label``) or ``accept`` (relabel to
 fercure's suggestion). ``given_label``, when present, must match the
 audit's: a decision made on another dataset or before the labels changed is not applied blind.
+``decided_via`` ``group`` with a ``group_id`` says the row took one decision made on a group card
+(``card`` or empty: its own card); the export's reason and ``train --trusted``'s source name it.
 
 Bad rows are reported one by one (file, row, what to do) and skipped; the others still apply.
 Only a file that cannot be read as decisions at all stops the export. ``parse`` and ``apply`` are
@@ -28,9 +30,11 @@ import pandas as pd
 # what the report's CSV writer and fercure's CSV export put a ' before (a cell a spreadsheet would run)
 from fercure import handoff
 from fercure.export import FORMULA_START
+from fercure.groups import VIA_CARD, VIA_GROUP
 
 ACTIONS = ("keep", "relabel", "drop", "accept")
 REVIEWER, FERCURE = "reviewer", "fercure"
+DECISION_COLUMNS = ["sample_id", "action", "label", "row", "via"]
 
 # The cleaned table's columns this module reads and writes, in one place (see fercure.export).
 CLEANED = {
@@ -97,7 +101,9 @@ class Problem:
 class Decisions:
     """Valid decisions (one per sample) and the rows that were skipped."""
 
-    table: pd.DataFrame  # sample_id, action (keep | relabel | drop), label (relabel target or None), row
+    # sample_id, action (keep | relabel | drop), label (relabel target or None), row, via ("" for a card
+    # of its own, "group G" for one decision on group card G)
+    table: pd.DataFrame
     problems: list[Problem] = field(default_factory=list)
     file: str = ""
 
@@ -242,12 +248,22 @@ def parse(records: Sequence[tuple[str, dict]], *, file: str, sample_ids: Sequenc
                 continue
             if label == str(given[i]):
                 action = "keep"  # relabelled to what it already is: the reviewer confirms the label
+        via = cell_text(rec.get("decided_via")).lower()
+        group = cell_text(rec.get("group_id"))
+        if via not in ("", VIA_CARD, VIA_GROUP):
+            bad(row, f"unknown decided_via {via!r} for sample {sid}; read as its own card. Use card or group.")
         if sid in chosen:
             bad(chosen[sid]["row"], f"sample {sid} is decided again in {row}; the later decision applies.")
         chosen[sid] = {"sample_id": sid, "action": action, "label": label if action == "relabel" else None,
-                       "row": row}
-    table = pd.DataFrame(list(chosen.values()), columns=["sample_id", "action", "label", "row"], dtype=object)
+                       "row": row, "via": f"group {group}".strip() if via == VIA_GROUP else ""}
+    table = pd.DataFrame(list(chosen.values()), columns=DECISION_COLUMNS, dtype=object)
     return Decisions(table=table, problems=problems, file=file)
+
+
+def _via_text(via) -> str:
+    """Where a decision came from, as the reason and the trusted source say it ("" for its own card)."""
+    via = "" if via is None or (isinstance(via, float) and np.isnan(via)) else str(via)
+    return f"one decision for {via}" if via else ""
 
 
 def apply(cleaned: pd.DataFrame, decisions: Decisions | None, classes: Sequence[str], *,
@@ -271,9 +287,11 @@ def apply(cleaned: pd.DataFrame, decisions: Decisions | None, classes: Sequence[
                           np.where(actions == "drop", None, given))
         before = out[col["action"]].astype(str).to_numpy()[rows]
         verbs = {"keep": "kept", "relabel": "relabelled", "drop": "dropped"}
+        via = d["via"].to_numpy(dtype=object) if "via" in d.columns else np.full(len(d), "", dtype=object)
         reasons = [f"reviewer {verbs[a]}" + (f": {g} -> {lab}" if a == "relabel" else "")
+                   + (f", {_via_text(v)}" if _via_text(v) else "")
                    + f" (fercure: {old}; {f'{decisions.file} {r}'.strip()})"
-                   for a, g, lab, old, r in zip(actions, given, labels, before, d["row"].to_numpy())]
+                   for a, g, lab, old, r, v in zip(actions, given, labels, before, d["row"].to_numpy(), via)]
         ai, li, ri = (out.columns.get_loc(col[k]) for k in ("action", "label", "reason"))
         out.iloc[rows, ai] = actions
         out.iloc[rows, li] = labels
@@ -298,10 +316,13 @@ def summary(decisions: Decisions | None) -> dict:
     if decisions is None:
         return {}
     counts = decisions.table["action"].value_counts()
+    via = decisions.table["via"].fillna("").astype(str) if "via" in decisions.table.columns else pd.Series([], dtype=str)
     return {
         "file": decisions.file,
         "applied": int(len(decisions.table)),
         "actions": {a: int(counts.get(a, 0)) for a in ("keep", "relabel", "drop")},
+        # rows decided by one decision on a group card, and how many group cards that was
+        "via_group": int((via != "").sum()), "group_cards": int(via[via != ""].nunique()),
         "skipped": len(decisions.problems),
         "problems": [str(p) for p in decisions.problems[:100]],
     }
@@ -385,7 +406,8 @@ def merge_trusted(parsed: Sequence[Decisions], given_of: dict[str, str]) -> Trus
         problems.extend(d.problems)
         for rec in d.table.to_dict("records"):
             sid = rec["sample_id"]
-            src = f"{d.file} {rec['row']}"
+            via = _via_text(rec.get("via"))
+            src = f"{d.file} {rec['row']}" + (f" ({via})" if via else "")
             if sid in chosen:
                 overridden.append(f"sample {sid}: {src} ({rec['action']}) replaces {chosen[sid]['source']} "
                                   f"({chosen[sid]['action']})")
@@ -400,8 +422,8 @@ def from_trusted(table: pd.DataFrame) -> Decisions:
     """A run's trusted table (or the audit's reviewed rows as one) as decisions for ``apply``: each row
     names its own source."""
     t = table.rename(columns={"source": "row"})
-    t = t.assign(label=np.where(t["action"] == "relabel", t["label"], None))
-    return Decisions(table=t[["sample_id", "action", "label", "row"]].reset_index(drop=True), file="")
+    t = t.assign(label=np.where(t["action"] == "relabel", t["label"], None), via="")
+    return Decisions(table=t[DECISION_COLUMNS].reset_index(drop=True), file="")
 
 
 def combine(first: Decisions | None, later: Decisions | None) -> Decisions | None:

@@ -40,6 +40,7 @@ EVIDENCE = ("fercure run", "pred-probs", "features", "pred-probs+fercure", "pred
 
 STRING, INT64, INT32, FLOAT64, FLOAT32, BOOL = pa.string(), pa.int64(), pa.int32(), pa.float64(), pa.float32(), pa.bool_()
 FLOAT_LIST = pa.list_(pa.float64())
+FLOAT32_LIST, INT32_LIST = pa.list_(pa.float32()), pa.list_(pa.int32())
 
 
 class ContractError(ValueError):
@@ -242,6 +243,20 @@ DYNAMICS = Table(
     metadata="as predictions.parquet",
 )
 
+EMBEDDING = Table(
+    "embedding", "WS/runs/<run_id>/embedding.parquet",
+    "One row per trained sample, in predictions.parquet's order (written by train): where the first model "
+    "puts it in its embedding. Planted rows are left blank (their place was learnt with their flip).",
+    (
+        _c("sample_id", STRING, "the manifest's sample_id", nullable=False),
+        _c("components", FLOAT32_LIST, "the embedding's first principal components (centred; empty: none)"),
+        _c("neighbours", INT32_LIST, "rows of this table of the k nearest neighbours by cosine, best first (empty "
+           "without --knn)"),
+        _c("neighbour_similarity", FLOAT32_LIST, "their cosine similarity, aligned with neighbours"),
+    ),
+    metadata="run_id, classes",
+)
+
 AUDIT = Table(
     "audit", "WS/audit.parquet",
     "One row per manifest sample, in manifest order (written by audit-labels).",
@@ -329,6 +344,11 @@ AUDIT = Table(
         _c("review_rank", INT64, "the row's place in the review queue, 1 = first (stats.queue says which order: the "
            "hand-made one, or the re-ranker fitted on the reviewed rows); null for reviewed and unscored rows",
            required=False),
+        _c("group_id", STRING, "the sample_id of the group card's first member, for every member of a group of "
+           "flagged look-alikes one decision covers ('' for a sample in no group; see --groups)", required=False),
+        _c("map_x", FLOAT64, "the report's embedding map: the first principal direction of the run's embedding "
+           "(NaN without one)", required=False),
+        _c("map_y", FLOAT64, "the second principal direction", required=False),
     ),
     metadata="run_id, classes, thresholds, stats (per class, transition matrix, model strength, "
              "self-check, reviewed), predictions (path), trusted (the run's --trusted files and counts)",
@@ -419,7 +439,7 @@ HF_EXPORT = Table(
     metadata="as cleaned (the provenance), plus `huggingface` (the datasets Features)",
 )
 
-TABLES: dict[str, Table] = {t.name: t for t in (MANIFEST, REJECTS, ANNOTATIONS, PREDICTIONS, DYNAMICS, AUDIT, TRUSTED, CLEANED, HF_EXPORT)}
+TABLES: dict[str, Table] = {t.name: t for t in (MANIFEST, REJECTS, ANNOTATIONS, PREDICTIONS, DYNAMICS, EMBEDDING, AUDIT, TRUSTED, CLEANED, HF_EXPORT)}
 
 # Arrow types that hold the same values as the declared one (a file from another writer may use them).
 _SAME = {pa.string(): (pa.large_string(),), pa.float64(): (), pa.float32(): (), pa.bool_(): ()}

@@ -32,6 +32,9 @@ AUDIT_COLUMNS: dict[str, tuple[str, ...]] = {
     "reviewed_label": ("reviewed_label",),
     "votes": ("votes",),  # a vote file's votes, most first ('' without)
     "review_rank": ("review_rank",),  # the queue's order (1 first), hand-made or re-ranked: fercure.rerank
+    "group_id": ("group_id",),  # the group card a row belongs to (its first member's sample_id)
+    "map_x": ("map_x",),  # the embedding map's coordinates
+    "map_y": ("map_y",),
 }
 
 # measured by prepare, read from the manifest (0..255 grey mean and standard deviation)

@@ -13,6 +13,7 @@ from fercure import review_calibration as rc
 from fercure.exposure import LOW_CONTRAST, TOO_BRIGHT, TOO_DARK, exposure_issues  # noqa: F401 (re-exported)
 from fercure.health import IMBALANCE_RATIO
 from fercure.report import columns as C
+from fercure.report import embedding as E
 from fercure.report.thumbs import THUMB_BUDGET, THUMB_SIZE, thumbnails
 
 # Flags of a listed row, one bit each (the page filters on them).
@@ -187,10 +188,13 @@ def build_payload(
     actions: Sequence[str] | None = None,
     thumb_budget: int = THUMB_BUDGET,
     thumb_size: int = THUMB_SIZE,
+    neighbours=None,
 ) -> dict:
-    """The page's JSON blob: the listed rows (columnar), thumbnails, duplicate groups, counts.
+    """The page's JSON blob: the listed rows (columnar), thumbnails, duplicate groups, counts, the
+    embedding map's points, group cards and similar faces.
 
     ``actions``: what fercure's default export would do with each audit row (shown on the cards).
+    ``neighbours``: the run's nearest neighbours (``fercure.groups.Neighbours``, aligned with the audit).
     """
     classes = [str(c) for c in classes]
     verdict = str((stats.get("model_strength") or {}).get("verdict", "unknown"))
@@ -233,6 +237,11 @@ def build_payload(
         rows["thumb"].append(thumbs.get(int(r), ""))
         rows["votes"].append(votes[r])
 
+    rows["grp"] = E.group_leaders(audit, order)
+    rows["nn"] = E.similar_faces(neighbours, order, given, lidx)
+    emap = E.map_payload(audit, order, C.flag(audit, "is_issue").to_numpy(), lidx)
+    if emap is not None:
+        emap["note"] = E.map_note(emap)
     pos = {int(r): i for i, r in enumerate(order)}
     groups = duplicate_groups(ids.tolist(), C.column(audit, "duplicate_of", "").fillna("").astype(str).tolist(),
                               given.tolist())
@@ -250,6 +259,7 @@ def build_payload(
         "band_accuracy": list(bands.get("accuracy") or []) if bands.get("calibrated") else [],
         "rows": rows,
         "dup_groups": [[pos[i] for i in g if i in pos] for g in groups],
+        "map": emap,
         "counts": flag_counts(bits),
         "progress": review_progress(audit, classes, order, bits, stats.get("calibration")),
         "thumbs": {"n": with_thumb, "n_with_crop": with_crop if crops is not None else 0, "size": thumb_size,

@@ -419,6 +419,7 @@ def render_report(
     thumb_budget: int = THUMB_BUDGET,
     workspace: str | None = None,
     input_root: str | None = None,
+    neighbours=None,
 ) -> str:
     """The review report as one HTML string.
 
@@ -443,18 +444,21 @@ def render_report(
     workspace, input_root : str, optional
         Where the workspace and the input images are (absolute): the page names the export command
         with the real workspace and links each card to its original file.
+    neighbours : fercure.groups.Neighbours, optional
+        The run's nearest neighbours, aligned with ``audit``: each card's similar faces.
     """
     classes = [str(c) for c in classes]
     payload = _report_payload(audit, stats, classes, crops, manifest, actions, thumb_budget, thumb_size,
-                              run_id, input_root)
+                              run_id, input_root, neighbours)
     return _page_html(audit, stats, classes, payload, rejects, run_id, workspace)
 
 
 def _report_payload(audit: pd.DataFrame, stats: dict, classes: list[str], crops, manifest, actions,
-                    thumb_budget: int, thumb_size: int, run_id: str | None, input_root: str | None) -> dict:
+                    thumb_budget: int, thumb_size: int, run_id: str | None, input_root: str | None,
+                    neighbours=None) -> dict:
     """The page's JSON data: rows, thumbnails (with a note on those left out), counts, ids."""
     payload = build_payload(audit, stats, classes, crops=crops, manifest=manifest, actions=actions,
-                            thumb_budget=thumb_budget, thumb_size=thumb_size)
+                            thumb_budget=thumb_budget, thumb_size=thumb_size, neighbours=neighbours)
     payload["run_id"] = run_id
     payload["stem"] = decisions_stem(run_id)
     payload["input_root"] = input_root

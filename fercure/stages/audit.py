@@ -17,10 +17,13 @@ import numpy as np
 import pandas as pd
 
 from fercure import audit as core
+from fercure import embedding_map
 from fercure import evidence as ev_core
 from fercure import export as export_core
 from fercure import dynamics_signals
+from fercure import groups as grouping
 from fercure import health, schema
+from fercure import review_calibration as rc
 from fercure import trusted as trusted_labels
 from fercure import votes as vote_files
 from fercure.photos import require_labels
@@ -116,6 +119,7 @@ def run_audit(
     features: Path | str | None = None,
     trusted_files: Sequence[str | Path] = (),
     queue_order: str = "auto",
+    groups: grouping.GroupSettings | None = None,
 ) -> AuditSummary:
     """Score every manifest sample's label with run ``run_id`` (default: the latest finished run),
     the user's ``pred_probs`` file, their ``features`` file, or any of them joined (``fercure.evidence``).
@@ -126,7 +130,8 @@ def run_audit(
     ``method`` and ``threshold_method`` are passed to ``fercure.audit.build_audit``.
     ``trusted_files``: a reviewer's decisions (the files ``train --trusted`` reads) applied without
     retraining: those rows are never flagged again, and they re-rank the rest (``fercure.rerank``);
-    kept in WS/reviewed.parquet. ``queue_order``: one of ``fercure.rerank.QUEUE_ORDERS``.
+    kept in WS/reviewed.parquet. ``queue_order``: one of ``fercure.rerank.QUEUE_ORDERS``. ``groups``: how flagged look-alikes are grouped into one card (None: no groups;
+    ``group_id`` stays empty).
     """
     start = time.perf_counter()
     ws = workspace if isinstance(workspace, Workspace) else Workspace(Path(workspace))
@@ -165,6 +170,7 @@ def run_audit(
                               f"If the manifest changed after training, re-run `fercure train -w {ws.root}`.") from e
     _add_evidence(table, stats, manifest, classes, ev, predictions, run_id)
     table = _with_votes(ws, table, stats, classes)
+    neighbours = _embedding_columns(table, ws.run_dir(run_id) if run_id else None, stats, groups)
     task.advance()
 
     provenance = dict(run_meta.get("trusted") or {})
@@ -178,7 +184,7 @@ def run_audit(
     out_report: Path | None = None
     if write_report:
         out_report = Path(report_path) if report_path is not None else ws.report
-        _write_report(ws, out_report, table, stats, classes, run_id, manifest)
+        _write_report(ws, out_report, table, stats, classes, run_id, manifest, neighbours)
     task.advance()
     task.close()
     verdict = stats["model_strength"].get("verdict")
@@ -413,8 +419,80 @@ def _write_audit(ws: Workspace, table: pd.DataFrame, stats: dict, run_id: str | 
     return thresholds
 
 
+def read_embedding(run_dir: Path | None, sample_ids: np.ndarray) -> tuple[np.ndarray, grouping.Neighbours | None]:
+    """The run's embedding.parquet aligned with ``sample_ids``: principal components (N, d; NaN rows
+    where the run has none) and nearest neighbours as positions in ``sample_ids`` (None when the run
+    kept none: a run of fercure before 0.5, ``--knn 0``, or no run at all)."""
+    n = len(sample_ids)
+    path = run_dir / "embedding.parquet" if run_dir is not None else None
+    if path is None or not path.exists():
+        return np.full((n, 0), np.nan), None
+    emb = read_table(path)
+    where = pd.Series(np.arange(len(emb)), index=emb["sample_id"].astype(str).to_numpy())
+    rows = where.reindex(np.asarray(sample_ids, dtype=str)).fillna(-1).to_numpy(dtype=np.int64)
+    comps = [np.asarray(c, dtype=np.float64) for c in emb["components"]]
+    d = max((len(c) for c in comps), default=0)
+    dense = np.full((len(emb) + 1, d), np.nan)  # last row: the samples the run did not place
+    for i, c in enumerate(comps):
+        if len(c) == d:
+            dense[i] = c
+    k = max((len(x) for x in emb["neighbours"]), default=0)
+    if not k:
+        return dense[rows], None
+    index = np.full((len(emb), k), -1, dtype=np.int64)
+    sim = np.full((len(emb), k), np.nan, dtype=np.float32)
+    for i, (nb, ns) in enumerate(zip(emb["neighbours"], emb["neighbour_similarity"])):
+        index[i, :len(nb)] = nb
+        sim[i, :len(ns)] = ns
+    return dense[rows], grouping.Neighbours(index, sim).take(rows, n)
+
+
+def queue_positions(table: pd.DataFrame, flagged: np.ndarray) -> np.ndarray:
+    """Row positions in review order (a group's first card is the one the queue reaches first): the
+    audit's ``review_rank`` where it has one, else the queue's key (``review_calibration.queue_key``)."""
+    if "review_rank" in table.columns:
+        rank = table["review_rank"].astype("float64").to_numpy()
+        return np.lexsort((np.arange(len(table)), np.nan_to_num(rank, nan=np.inf)))
+    key = rc.queue_key(table["label_score"].to_numpy(dtype=float),
+                       table["retrain_p_given"].to_numpy(dtype=float) if "retrain_p_given" in table.columns
+                       else np.full(len(table), np.nan), flagged)
+    return np.lexsort((np.arange(len(table)), np.nan_to_num(key, nan=2.0)))
+
+
+def _embedding_columns(table: pd.DataFrame, run_dir: Path | None, stats: dict,
+                       settings: grouping.GroupSettings | None) -> grouping.Neighbours | None:
+    """Add the map's coordinates and the group cards' ``group_id`` to ``table`` (in place) from the
+    run's embedding; returns the neighbours (aligned with the table) for the report's similar faces."""
+    ids = table["sample_id"].astype(str).to_numpy()
+    comps, neighbours = read_embedding(run_dir, ids)
+    xy = embedding_map.project(comps)
+    table["map_x"], table["map_y"] = xy[:, 0], xy[:, 1]
+    table["group_id"] = ""
+    found = None
+    if settings is not None:
+        flagged = table["is_label_issue"].fillna(False).astype(bool).to_numpy().copy()
+        if "is_reviewed" in table.columns:
+            flagged &= ~table["is_reviewed"].fillna(False).astype(bool).to_numpy()
+        order = queue_positions(table, flagged)
+        pos = pd.Series(np.arange(len(ids)), index=ids)
+        dup = table["duplicate_of"].fillna("").astype(str)
+        dup_pos = pos.reindex(dup.to_numpy()).fillna(-1).to_numpy(dtype=np.int64)
+        found = grouping.find_groups(order, flagged, table["given_label"].astype(str).to_numpy(),
+                                     table["suggested_label"].astype(str).to_numpy(), neighbours, dup_pos, settings)
+        table["group_id"] = found.ids(ids)
+    stats["groups"] = {
+        "enabled": settings is not None, "embedding": bool(comps.shape[1]), "neighbours": neighbours is not None,
+        "settings": None if settings is None else {"tightness": settings.tightness, "max_size": settings.max_size,
+                                                   "same_suggestion": settings.same_suggestion},
+        "min_similarity": None if found is None or not np.isfinite(found.min_similarity) else found.min_similarity,
+        "n_groups": 0 if found is None else found.n_groups,
+        "n_grouped_rows": 0 if found is None else int((found.group >= 0).sum()),
+    }
+    return neighbours
+
+
 def _write_report(ws: Workspace, out_report: Path, table: pd.DataFrame, stats: dict, classes: list[str],
-                  run_id: str | None, manifest: pd.DataFrame) -> None:
+                  run_id: str | None, manifest: pd.DataFrame, neighbours: grouping.Neighbours | None = None) -> None:
     """The HTML report at ``out_report``, with the crops, rejects and default export actions it shows."""
     crops = np.load(ws.store, mmap_mode="r") if ws.store.exists() else None
     rejects = read_table(ws.rejects) if ws.rejects.exists() else None
@@ -422,7 +500,7 @@ def _write_report(ws: Workspace, out_report: Path, table: pd.DataFrame, stats: d
     actions = export_core.apply_policy(table, classes, model_verdict=stats["model_strength"].get("verdict"))["action"]
     html = render_report(table, stats, classes, crops=crops, run_id=run_id, manifest=manifest,
                          rejects=rejects, actions=actions.tolist(), workspace=str(ws.root.resolve()),
-                         input_root=ws.prepared_inputs()[0])
+                         input_root=ws.prepared_inputs()[0], neighbours=neighbours)
     atomic_write_text(out_report, html)
 
 

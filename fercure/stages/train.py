@@ -352,9 +352,9 @@ def _run_train(ws: Workspace, config: TrainConfig, resume: bool, reporter: Repor
         done = _run_jobs(store, data, plan, jobs, config, ckpt, run_dir, world, reporter, votes)
     finally:
         store.close()
-    pred_df, dyn_df, meta, cols, strength, scn = _tables(data, plan, jobs, done, config, run_id, world, trusted)
+    pred_df, dyn_df, meta, cols, strength, scn, emb = _tables(data, plan, jobs, done, config, run_id, world, trusted)
     if world.main:  # every rank holds the same tables; one writes them
-        _write_run(ws, run_dir, run_id, jobs, done, pred_df, dyn_df, meta, trusted)
+        _write_run(ws, run_dir, run_id, jobs, done, pred_df, dyn_df, meta, trusted, emb)
     dd.barrier(world)  # no rank reports the run before its files are there
     finals = [done[f"g{config.distill_generations}m{i}"] for i in range(config.ensemble)]
     seconds_train = sum(r["seconds"] for r in done.values())
@@ -577,7 +577,29 @@ def _tables(data: _Data, plan: Any, jobs: list[ens.Job], done: dict[str, dict[st
     meta = {"run_id": run_id, "classes": data.classes, "config": config.to_dict(),
             "temperature": temperature, "self_check": self_check, "model_strength": strength,
             "world_size": world.size, "trusted": trusted_labels.provenance(trusted)}
-    return pred_df, pd.concat(dyn_frames, ignore_index=True), meta, cols, strength, scn
+    meta_emb = {"run_id": run_id, "classes": data.classes}
+    emb_df = embedding_frame(data.sample_ids, cols, plan.planted)
+    return pred_df, pd.concat(dyn_frames, ignore_index=True), meta, cols, strength, scn, (emb_df, meta_emb)
+
+
+def embedding_frame(sample_ids, cols: dict[str, np.ndarray], planted: np.ndarray) -> pd.DataFrame:
+    """embedding.parquet: each sample's principal components and nearest neighbours (rows of the same
+    table). A planted sample's place was learnt with its flip: its row stays blank and no list names it."""
+    n = len(sample_ids)
+    comps = np.asarray(cols.get("embedding_components", np.zeros((n, 0))), dtype=np.float32)
+    comps = np.where(np.asarray(planted, bool)[:, None], np.nan, comps)
+    if "neighbour_index" in cols:
+        index = np.asarray(cols["neighbour_index"], dtype=np.int64)
+        sim = np.asarray(cols["neighbour_similarity"], dtype=np.float32)
+        keep = ~np.asarray(planted, bool)[index] & ~np.asarray(planted, bool)[:, None]
+        nb = [r[k].astype(np.int32) for r, k in zip(index, keep)]
+        ns = [r[k] for r, k in zip(sim, keep)]
+    else:
+        nb = [np.zeros(0, np.int32)] * n
+        ns = [np.zeros(0, np.float32)] * n
+    return pd.DataFrame({"sample_id": np.asarray(sample_ids, dtype=object),
+                         "components": [r if np.isfinite(r).all() else r[:0] for r in comps],
+                         "neighbours": nb, "neighbour_similarity": ns})
 
 
 def _out_of_fold(done: dict[str, dict[str, Any]], data: _Data, config: TrainConfig
@@ -597,10 +619,13 @@ def _out_of_fold(done: dict[str, dict[str, Any]], data: _Data, config: TrainConf
 
 
 def _write_run(ws: Workspace, run_dir: Path, run_id: str, jobs: list[ens.Job], done: dict[str, dict[str, Any]],
-               pred_df: pd.DataFrame, dyn_df: pd.DataFrame, meta: dict[str, Any], trusted: Any = None) -> None:
+               pred_df: pd.DataFrame, dyn_df: pd.DataFrame, meta: dict[str, Any], trusted: Any = None,
+               emb: tuple[pd.DataFrame, dict] | None = None) -> None:
     """The run's tables and metrics; predictions.parquet last (it marks the run finished), then
     the files only --resume needed are removed."""
     write_table(dyn_df, run_dir / "dynamics.parquet", meta, table=schema.DYNAMICS)
+    if emb is not None:
+        write_table(emb[0], run_dir / "embedding.parquet", emb[1], table=schema.EMBEDDING)
     atomic_write_json(run_dir / "metrics.json", {"fits": {k: r["history"] for k, r in done.items()},
                                                  "temperature": meta["temperature"],
                                                  "train_seconds": sum(r["seconds"] for r in done.values())})

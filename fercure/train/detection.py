@@ -32,6 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from fercure import embedding_map
 from fercure.dynamics_signals import fine_alignment
 from fercure.metrics import auroc
 from fercure.train import signals as sg
@@ -168,10 +169,10 @@ def aggregate(plan: RunPlan, members: Sequence[dict[str, Any]], retrain: dict[st
     # The kNN runs where training ran (`--device cpu` never wakes a GPU). The fusion fit also needs
     # the vote on the labels the first model trained on: same neighbours, searched once.
     fit_fusion = bool(config.knn) and pl.sum() >= 10
-    knn, knn_tl = np.full((n, c), np.nan), None
+    knn, knn_tl, neighbours = np.full((n, c), np.nan), None, None
     if config.knn:
-        votes = sg.knn_label_distributions(emb, [given, tl] if fit_fusion else [given], c, k=config.knn,
-                                           device=getattr(config, "device", "auto"))
+        votes, neighbours = sg.knn_votes_and_neighbours(emb, [given, tl] if fit_fusion else [given], c, k=config.knn,
+                                                        device=getattr(config, "device", "auto"))
         knn, knn_tl = votes[0], (votes[1] if fit_fusion else None)
     knn[pl] = np.nan
 
@@ -193,7 +194,11 @@ def aggregate(plan: RunPlan, members: Sequence[dict[str, Any]], retrain: dict[st
         # rows' places in it were learnt with their flip, as for the kNN)
         "fine_alignment": nan_planted(fine_alignment(emb, given, c)),
         "planted": pl.copy(), "probe": ho.copy(),
+        # kept beside the predictions (embedding.parquet): the audit's group cards and the report's map
+        "embedding_components": embedding_map.principal_components(emb),
     }
+    if neighbours is not None:
+        cols["neighbour_index"], cols["neighbour_similarity"] = neighbours.index, neighbours.similarity
     if "p_given_eval" in members[0]["dynamics"]:
         pe = at_trained(np.mean([m["dynamics"]["p_given_eval"].mean(axis=0) for m in members], axis=0))
         pe[pl] = np.nan

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fercure.groups import Neighbours
+
 
 
 FUSION_FEATURES = ("mean_p_given", "std_p_given", "aum", "knn_agreement", "class_adjusted", "forgetting")
@@ -160,12 +162,21 @@ def knn_label_distribution(embedding: np.ndarray, labels: np.ndarray, num_classe
                                    device=device)[0]
 
 
-@torch.no_grad()
 def knn_label_distributions(embedding: np.ndarray, label_sets, num_classes: int, k: int = 10,
                             chunk: int = 2048, *, key_block: int = 65536,
                             device: str | torch.device | None = None) -> list[np.ndarray]:
     """``knn_label_distribution`` for several labellings of the same samples: the neighbours (the
     N² part) are searched once, each labelling only votes."""
+    return knn_votes_and_neighbours(embedding, label_sets, num_classes, k, chunk, key_block=key_block,
+                                    device=device)[0]
+
+
+@torch.no_grad()
+def knn_votes_and_neighbours(embedding: np.ndarray, label_sets, num_classes: int, k: int = 10,
+                             chunk: int = 2048, *, key_block: int = 65536,
+                             device: str | torch.device | None = None) -> tuple[list[np.ndarray], Neighbours]:
+    """``knn_label_distributions`` and the neighbours it searched (every sample's, on every rank):
+    the run keeps them for the audit's group cards and the report's similar faces."""
     from fercure.train import distributed as dd
 
     world = dd.current()
@@ -182,9 +193,15 @@ def knn_label_distributions(embedding: np.ndarray, label_sets, num_classes: int,
     for j, labels in enumerate(label_sets):
         y = torch.as_tensor(np.asarray(labels), dtype=torch.long).to(dev)
         votes[f"v{j}"] = torch.zeros(len(queries), num_classes, device=dev).scatter_add_(1, y[nb], w)
+    found = {"sim": val, "index": nb}
     if world.distributed:
-        votes = dd.gather_rows(votes, dd.chunk_owner(n, chunk, world, dev), world)
-    return [(v / v.sum(dim=1, keepdim=True)).cpu().numpy() for v in (votes[f"v{j}"] for j in range(len(votes)))]
+        owner = dd.chunk_owner(n, chunk, world, dev)
+        votes = dd.gather_rows(votes, owner, world)
+        found = dd.gather_rows(found, owner, world)
+    neighbours = Neighbours(index=found["index"].cpu().numpy().astype(np.int64),
+                            similarity=found["sim"].cpu().numpy().astype(np.float32))
+    return ([(v / v.sum(dim=1, keepdim=True)).cpu().numpy() for v in (votes[f"v{j}"] for j in range(len(votes)))],
+            neighbours)
 
 
 def class_adjusted(score: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
