@@ -108,7 +108,7 @@ def grouped_workspace(tmp_path: Path):
     write_table(pd.DataFrame({"sample_id": a["sample_id"], "components": list(comps), "neighbours": rows_nb,
                               "neighbour_similarity": rows_sim}),
                 ws.run_dir("r1") / "embedding.parquet", {"run_id": "r1", "classes": CLASSES}, table=schema.EMBEDDING)
-    run_audit(ws, write_report=False, groups=grouping.GroupSettings(tightness=0.0, same_suggestion=False))
+    run_audit(ws, groups=grouping.GroupSettings(tightness=0.0, same_suggestion=False))
     return ws, read_table(ws.audit)
 
 

@@ -212,7 +212,8 @@ def test_filters_apply_as_typed_bulk_decisions_and_keys(workspace, browser):
     saved = wait_for_file(browser.downloads, "decisions-*.csv")
     rows = pd.read_csv(saved, keep_default_na=False).set_index("sample_id")
     paths = audit.set_index("sample_id")["source_path"]
-    assert list(rows.columns) == ["action", "label", "given_label", "source_path"]
+    assert list(rows.columns) == ["action", "label", "given_label", "source_path", "decided_via", "group_id"]
+    assert set(rows["decided_via"]) == {"card"} and set(rows["group_id"]) == {""}  # no group card in this audit
     assert rows["source_path"].to_dict() == {i: paths[i] for i in rows.index}
     from fercure.decisions import read_decisions
     assert {rec["sample_id"] for _, rec in read_decisions(saved)} == {first["id"], second["id"]}

@@ -14,6 +14,7 @@ from fercure.groups import Neighbours
 from fercure.report import columns as C
 
 SIMILAR_SHOWN = 4  # similar faces listed on a card
+SIMILAR_CARDS = 5000  # cards, in review order, that list them (the page stays small on 100k rows)
 
 
 def _num(series: pd.Series) -> np.ndarray:
@@ -59,16 +60,21 @@ def map_note(m: dict) -> str:
 
 
 def similar_faces(neighbours: Neighbours | None, order: np.ndarray, given: Sequence[str],
-                  label_index: dict[str, int], shown: int = SIMILAR_SHOWN) -> list[list[list]]:
+                  label_index: dict[str, int], shown: int = SIMILAR_SHOWN,
+                  cards: int = SIMILAR_CARDS) -> list[list[list]]:
     """Per listed row (in ``order``), its nearest neighbours: [label index, similarity (2 decimals),
-    the neighbour's index in the page's rows or -1 when it is not listed]."""
+    the neighbour's index in the page's rows or -1 when it is not listed]; the first ``cards`` rows
+    only (the later ones get none)."""
     if neighbours is None:
         return [[] for _ in order]
     pos = np.full(len(given), -1, dtype=np.int64)
     pos[order] = np.arange(len(order))
     out = []
-    for r in order:
+    for n_card, r in enumerate(order):
         items = []
+        if n_card >= cards:
+            out.append(items)
+            continue
         for j, s in zip(neighbours.index[r], neighbours.similarity[r]):
             if j < 0 or not np.isfinite(s):
                 continue

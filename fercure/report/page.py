@@ -368,6 +368,22 @@ def _progress_line(p: dict) -> str:
             f'<b>{p["n_flagged"]}</b> label issues still flagged{_e(nxt)}.{spot}</p>')
 
 
+def _map_section(payload: dict) -> str:
+    """The embedding map (drawn by the page's script from the payload's points) and what it shows."""
+    m = payload.get("map")
+    if not m:
+        return ('<p class="muted" id="map-none">No embedding map: the run kept no embedding (a run of fercure '
+                'before 0.5). Train again to see one.</p>')
+    return (f'<h3 id="map">Embedding map</h3><p class="muted" id="map-note">{_e(m["note"])} Colour: the label; '
+            "a black ring: flagged as a label issue. Drag a rectangle to list the cards it holds (a click: the "
+            "nearest point's card), then decide them with the bulk actions. Each card lists its most similar faces "
+            "with their labels and cosine similarity (red: another label than the card's).</p>"
+            '<div id="map-controls" class="muted">colour by <select id="map-colour"><option value="given">given '
+            'label</option><option value="sugg">suggested label</option></select> <span id="map-legend"></span></div>'
+            '<svg id="map-svg" viewBox="-20 -20 1040 1040" width="460" height="460" role="img" '
+            'aria-label="embedding map"></svg>')
+
+
 def _error_share_line(stats: dict) -> str:
     """The two estimates of the share of wrong labels side by side, and the one the run used."""
     cal = stats.get("calibration") or {}
@@ -558,6 +574,7 @@ with the original file. Decisions stay in this browser until you save them as a 
 <code>fercure export-cleaned --decisions</code>.
 {_e(th['note'])}</p>
 {_progress_line(payload["progress"])}
+{_map_section(payload)}
 {_CONTROLS}
 {_BAR.format(command=_e(export_command(workspace, run_id)))}
 <script type="application/json" id="fercure-data">{json_for_script(payload)}</script>

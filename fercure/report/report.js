@@ -21,20 +21,68 @@
   var byId = {};
   rows.forEach(function (r) { byId[r.id] = r; });
 
+  // --- group cards (fercure.groups): a group's first card holds its other members, side by side; one
+  // decision there applies to each member still in it; a member taken out is a card of its own again
+  var members = {};
+  rows.forEach(function (r, i) {
+    r.grp = R.grp ? R.grp[i] : -1;
+    r.nn = R.nn ? R.nn[i] : [];
+    if (r.grp >= 0 && r.grp !== r.i) { (members[r.grp] = members[r.grp] || []).push(r); }
+  });
+
   var state = {cat: 'review', given: -1, sugg: -1, cell: null, status: -1, smin: null, smax: null, text: '',
-               decided: 'any', sort: 'order', page: 0, size: 50};
+               decided: 'any', sort: 'order', page: 0, size: 50, sel: null, similar: -1};
 
   // --- decisions, kept in localStorage so a reload does not lose them
   var KEY = 'fercure-decisions:' + D.key;
   var decisions = {};
   try { decisions = JSON.parse(localStorage.getItem(KEY) || '{}') || {}; } catch (e) { decisions = {}; }
   Object.keys(decisions).forEach(function (id) { if (!byId[id]) { delete decisions[id]; } });
-  function saveLocal() { try { localStorage.setItem(KEY, JSON.stringify(decisions)); } catch (e) { /* private mode */ } }
-
+  var takenOut = {};
+  try { takenOut = JSON.parse(localStorage.getItem(KEY + ':taken-out') || '{}') || {}; } catch (e) { takenOut = {}; }
+  function saveLocal() {
+    try {
+      localStorage.setItem(KEY, JSON.stringify(decisions));
+      if (Object.keys(takenOut).length) { localStorage.setItem(KEY + ':taken-out', JSON.stringify(takenOut)); }
+      else { localStorage.removeItem(KEY + ':taken-out'); }
+    } catch (e) { /* private mode */ }
+  }
+  function inGroup(r) { return r.grp >= 0 && r.grp !== r.i && !takenOut[r.id]; }  // shown on its group's card
+  function groupOf(r) {  // the members a group card's decision covers (its first card excluded)
+    return r.grp === r.i ? (members[r.i] || []).filter(function (m) { return !takenOut[m.id]; }) : [];
+  }
+  function entry(r, action, label, group) {
+    var e = {action: action, label: label || '', given: L[r.given], path: r.path};
+    if (group) { e.via = 'group'; e.group = group; }
+    return e;
+  }
+  // one decision: on a group card, for every member still in the group too
+  function record(r, action, label) {
+    var ms = groupOf(r);
+    decisions[r.id] = entry(r, action, label, ms.length ? r.id : '');
+    ms.forEach(function (m) { decisions[m.id] = entry(m, action, label, r.id); });
+  }
+  function forget(r) {
+    delete decisions[r.id];
+    groupOf(r).forEach(function (m) { if (decisions[m.id] && decisions[m.id].group === r.id) { delete decisions[m.id]; } });
+  }
   function decide(r, action, label) {
     var d = decisions[r.id];
-    if (d && d.action === action && (d.label || '') === (label || '')) { delete decisions[r.id]; }
-    else { decisions[r.id] = {action: action, label: label || '', given: L[r.given], path: r.path}; }
+    if (d && d.action === action && (d.label || '') === (label || '')) { forget(r); }
+    else { record(r, action, label); }
+    saveLocal();
+    render();
+  }
+  function takeOut(m) {  // the member leaves the group's decision; a decision of its own comes later
+    takenOut[m.id] = true;
+    if (decisions[m.id] && decisions[m.id].via === 'group') { delete decisions[m.id]; }
+    saveLocal();
+    render();
+  }
+  function putBack(m) {  // back under the group's decision (whatever the member had decided alone)
+    delete takenOut[m.id];
+    var d = decisions[rows[m.grp].id];
+    if (d) { decisions[m.id] = entry(m, d.action, d.label, rows[m.grp].id); } else { delete decisions[m.id]; }
     saveLocal();
     render();
   }
@@ -64,8 +112,20 @@
       default: return (r.flags & BIT[state.cat]) !== 0;
     }
   }
+  function near(r) {  // a card (or a member on it) in the map selection / among the similar faces shown
+    var ms = [r].concat(groupOf(r));
+    if (state.sel && !ms.some(function (m) { return state.sel[m.i]; })) { return false; }
+    if (state.similar >= 0) {
+      var s = rows[state.similar];
+      if (!ms.some(function (m) { return m.i === s.i || s.nn.some(function (n) { return n[2] === m.i; }); })) { return false; }
+    }
+    return true;
+  }
   function matches(r) {
-    if (!inCategory(r)) { return false; }
+    if (inGroup(r)) { return false; }
+    // a map selection or a card's similar faces show every listed card they hold, whatever the category
+    if (state.sel || state.similar >= 0) { if (!near(r)) { return false; } }
+    else if (!inCategory(r)) { return false; }
     if (state.given >= 0 && r.given !== state.given) { return false; }
     if (state.sugg >= 0 && r.sugg !== state.sugg) { return false; }
     if (state.cell) {
@@ -150,8 +210,57 @@
         c.appendChild(more);
       }
     }
+    var ms = groupOf(r);
+    if (ms.length) { c.classList.add('group-card'); c.appendChild(groupBox(r, ms)); }
+    else if (r.grp >= 0 && r.grp !== r.i) {
+      var back = el('div', {'class': 'muted taken-out'}, 'taken out of the group of ' + rows[r.grp].path + ' ');
+      var pb = el('button', {type: 'button', 'class': 'link put-back'}, 'put back');
+      pb.addEventListener('click', function () { putBack(r); });
+      back.appendChild(pb);
+      c.appendChild(back);
+    }
+    var sim = similarBox(r);
+    if (sim) { c.appendChild(sim); }
     c.appendChild(controls(r, d, differs));
     return c;
+  }
+  function groupBox(r, ms) {
+    var box = el('div', {'class': 'grp'});
+    box.appendChild(el('div', {'class': 'muted'}, 'Group card: ' + (ms.length + 1) + ' look-alikes flagged with the ' +
+      'same label. One decision applies to each; take one out to decide it alone.'));
+    var strip = el('div', {'class': 'members'});
+    ms.forEach(function (m) {
+      var mc = el('div', {'class': 'member', 'data-id': m.id, title: m.path});
+      if (m.thumb) { mc.appendChild(el('img', {src: m.thumb, alt: L[m.given] + ' sample', 'class': 'mthumb'})); }
+      else { mc.appendChild(el('div', {'class': 'mthumb noimg'}, '–')); }
+      mc.appendChild(el('div', null, L[m.given] + (m.sugg >= 0 && m.sugg !== m.given ? ' → ' + L[m.sugg] : '')));
+      mc.appendChild(el('div', {'class': 'muted'}, 'score ' + fmt(m.score, 3)));
+      var b = el('button', {type: 'button', 'class': 'link take-out'}, 'take out');
+      b.addEventListener('click', function () { takeOut(m); });
+      mc.appendChild(b);
+      strip.appendChild(mc);
+    });
+    box.appendChild(strip);
+    return box;
+  }
+  // its nearest neighbours in the run's embedding, with their labels: a cluster to fix with the bulk actions
+  function similarBox(r) {
+    if (!r.nn || !r.nn.length) { return null; }
+    var box = el('div', {'class': 'similar'}, 'similar faces: ');
+    r.nn.forEach(function (n) {
+      var other = n[2] >= 0 ? rows[n[2]] : null, lab = n[0] >= 0 ? L[n[0]] : '?';
+      var item = el('span', {'class': 'nn' + (n[0] !== r.given ? ' differs' : ''),
+                             title: 'cosine similarity ' + n[1] + (other ? '' : ' (not listed)')});
+      if (other && other.thumb) { item.appendChild(el('img', {src: other.thumb, alt: lab + ' sample', 'class': 'nthumb'})); }
+      item.appendChild(document.createTextNode(lab + ' ' + Math.round(100 * n[1]) + '%'));
+      box.appendChild(item);
+    });
+    if (r.nn.some(function (n) { return n[2] >= 0; })) {
+      var b = el('button', {type: 'button', 'class': 'link show-similar'}, 'list them');
+      b.addEventListener('click', function () { state.similar = r.i; state.page = 0; render(); });
+      box.appendChild(b);
+    }
+    return box;
   }
   function controls(r, d, differs) {
     var box = el('div', {'class': 'decide'});
@@ -202,6 +311,8 @@
     chips.textContent = '';
     if (state.cell) { chip('cell: ' + L[state.cell[0]] + ' → ' + L[state.cell[1]], function () { state.cell = null; }); }
     if (state.status >= 0) { chip('face status: ' + D.statuses[state.status], function () { state.status = -1; }); }
+    if (state.sel) { chip('map selection: ' + state.selN + (state.selN === 1 ? ' point' : ' points'), function () { state.sel = null; selectOnMap(); }); }
+    if (state.similar >= 0) { chip('similar to ' + rows[state.similar].path, function () { state.similar = -1; }); }
     Array.prototype.forEach.call(document.querySelectorAll('td.cell'), function (td) {
       td.classList.toggle('sel', !!state.cell && +td.dataset.g === state.cell[0] && +td.dataset.s === state.cell[1]);
     });
@@ -245,7 +356,8 @@
     return Object.keys(decisions).sort().map(function (id) {
       var d = decisions[id];
       return {sample_id: id, action: d.action, label: d.label, given_label: d.given,
-              source_path: d.path !== undefined ? d.path : (byId[id] ? byId[id].path : '')};
+              source_path: d.path !== undefined ? d.path : (byId[id] ? byId[id].path : ''),
+              decided_via: d.via || 'card', group_id: d.group || ''};
     });
   }
   function download(name, type, text) {
@@ -257,9 +369,10 @@
   }
   var stem = D.stem || 'decisions-report';
   $('dl-csv').addEventListener('click', function () {
-    var lines = ['sample_id,action,label,given_label,source_path'];
+    var lines = ['sample_id,action,label,given_label,source_path,decided_via,group_id'];
     decisionList().forEach(function (d) {
-      lines.push([d.sample_id, d.action, d.label, d.given_label, d.source_path].map(csvCell).join(','));
+      lines.push([d.sample_id, d.action, d.label, d.given_label, d.source_path, d.decided_via, d.group_id]
+        .map(csvCell).join(','));
     });
     download(stem + '.csv', 'text/csv', lines.join('\n') + '\n');
   });
@@ -311,6 +424,9 @@
   function show(patch) {
     ['given', 'sugg', 'status'].forEach(function (k) { state[k] = -1; $('f-' + k).value = ''; });
     state.cell = null;
+    state.sel = null;
+    state.similar = -1;
+    selectOnMap();
     Object.keys(patch).forEach(function (k) { state[k] = patch[k]; });
     $('f-cat').value = state.cat;
     $('f-status').value = state.status >= 0 ? String(state.status) : '';
@@ -335,9 +451,8 @@
     if (!targets.length || !window.confirm(what.charAt(0).toUpperCase() + what.slice(1) + ' ' + targets.length +
                                            (targets.length === 1 ? ' card?' : ' cards?'))) { return; }
     targets.forEach(function (r) {
-      if (action === 'undo') { delete decisions[r.id]; return; }
-      decisions[r.id] = {action: action === 'accept' ? 'relabel' : action, label: action === 'accept' ? L[r.sugg] : '',
-                         given: L[r.given], path: r.path};
+      if (action === 'undo') { forget(r); return; }
+      record(r, action === 'accept' ? 'relabel' : action, action === 'accept' ? L[r.sugg] : '');
     });
     saveLocal();
     render();
@@ -386,16 +501,103 @@
       case 'a': if (r && r.sugg >= 0 && r.sugg !== r.given) { setDecision(r, 'relabel', L[r.sugg]); next(); } break;
       case 's': if (r) { setDecision(r, 'keep', ''); next(); } break;
       case 'd': if (r) { setDecision(r, 'drop', ''); next(); } break;
-      case 'u': if (r) { delete decisions[r.id]; saveLocal(); render(); } break;
+      case 'u': if (r) { forget(r); saveLocal(); render(); } break;
       default: return;
     }
     ev.preventDefault();
   });
   // a key sets the decision (pressing it twice does not undo it, unlike a second click)
   function setDecision(r, action, label) {
-    decisions[r.id] = {action: action, label: label, given: L[r.given], path: r.path};
+    record(r, action, label);
     saveLocal();
     render();
   }
+
+  // --- the embedding map: points coloured by given or suggested label, flagged ones ringed; drag a
+  // rectangle (or click a point) to list the cards it holds
+  var NS = 'http://www.w3.org/2000/svg', M = D.map, svg = $('map-svg');
+  function hue(i) { return i < 0 ? '#bbb' : 'hsl(' + Math.round(360 * i / Math.max(L.length, 1)) + ',70%,45%)'; }
+  function drawMap() {
+    if (!M || !svg) { return; }
+    var by = $('map-colour').value, frag = document.createDocumentFragment();
+    svg.textContent = '';
+    for (var p = 0; p < M.x.length; p++) {
+      var c = document.createElementNS(NS, 'circle');
+      c.setAttribute('cx', M.x[p]);
+      c.setAttribute('cy', 1000 - M.y[p]);
+      c.setAttribute('r', M.f[p] ? 9 : 5);
+      c.setAttribute('fill', hue(by === 'sugg' && M.s[p] >= 0 ? M.s[p] : M.g[p]));
+      if (M.f[p]) { c.setAttribute('stroke', '#000'); c.setAttribute('stroke-width', '2'); }
+      c.setAttribute('data-p', String(p));
+      frag.appendChild(c);
+    }
+    svg.appendChild(frag);
+    var legend = $('map-legend');
+    legend.textContent = '';
+    L.forEach(function (name, i) {
+      var s = el('span', {'class': 'key'}, name);
+      s.style.borderLeft = '10px solid ' + hue(i);
+      legend.appendChild(s);
+    });
+    selectOnMap();
+  }
+  function selectOnMap() {
+    if (!svg) { return; }
+    var n = 0;
+    Array.prototype.forEach.call(svg.querySelectorAll('circle'), function (c) {
+      var r = M.r[+c.getAttribute('data-p')], on = !!state.sel && r >= 0 && !!state.sel[r];
+      c.classList.toggle('sel', on);
+      n += on ? 1 : 0;
+    });
+    svg.setAttribute('data-selected', String(n));
+  }
+  if (M && svg) {
+    var start = null, band = null;
+    var at = function (ev) {
+      var b = svg.getBoundingClientRect();
+      // the viewBox pads the 0..1000 grid by 20 on each side, so points on the edge are drawn whole
+      return [-20 + (ev.clientX - b.left) / b.width * 1040, -20 + (ev.clientY - b.top) / b.height * 1040];
+    };
+    svg.addEventListener('mousedown', function (ev) {
+      start = at(ev);
+      band = document.createElementNS(NS, 'rect');
+      band.setAttribute('class', 'band');
+      svg.appendChild(band);
+      ev.preventDefault();
+    });
+    window.addEventListener('mousemove', function (ev) {
+      if (!start) { return; }
+      var q = at(ev);
+      band.setAttribute('x', Math.min(start[0], q[0])); band.setAttribute('y', Math.min(start[1], q[1]));
+      band.setAttribute('width', Math.abs(q[0] - start[0])); band.setAttribute('height', Math.abs(q[1] - start[1]));
+    });
+    window.addEventListener('mouseup', function (ev) {
+      if (!start) { return; }
+      var q = at(ev), x0 = Math.min(start[0], q[0]), x1 = Math.max(start[0], q[0]);
+      var y0 = Math.min(start[1], q[1]), y1 = Math.max(start[1], q[1]), sel = {}, n = 0;
+      if (x1 - x0 < 6 && y1 - y0 < 6) {  // a click: the nearest point within reach
+        var best = -1, bd = 20 * 20;
+        for (var p = 0; p < M.x.length; p++) {
+          var dx = M.x[p] - q[0], dy = 1000 - M.y[p] - q[1];
+          if (dx * dx + dy * dy < bd) { bd = dx * dx + dy * dy; best = p; }
+        }
+        if (best >= 0) { n = 1; if (M.r[best] >= 0) { sel[M.r[best]] = true; } }
+      } else {
+        for (var i = 0; i < M.x.length; i++) {
+          var y = 1000 - M.y[i];
+          if (M.x[i] >= x0 && M.x[i] <= x1 && y >= y0 && y <= y1) { n += 1; if (M.r[i] >= 0) { sel[M.r[i]] = true; } }
+        }
+      }
+      band.remove();
+      start = band = null;
+      state.sel = n ? sel : null;
+      state.selN = n;
+      state.page = 0;
+      selectOnMap();
+      render();
+    });
+    $('map-colour').addEventListener('change', drawMap);
+  }
+  drawMap();
   render();
 })();
