@@ -127,11 +127,14 @@ def read_vote_file(root: Path, path: Path, classes: list[str] | None = None) -> 
     ann: list[tuple[str, str, str, float, int]] = []  # (rel, annotator, label, votes, row)
     split_of: dict[str, str] = {}
     cells = df.astype(object).where(df.notna(), "").astype(str)
-    path_col = cells.iloc[:, _first(names, PATH_ALIASES)]
+    # plain lists: a pandas row lookup per row costs more than the whole file's reading
+    blank = (cells.apply(lambda col: col.str.strip()) == "").all(axis=1).tolist()
+    path_col = cells.iloc[:, _first(names, PATH_ALIASES)].tolist()
     split_i = _first(names, SPLIT_ALIASES)
+    split_col = cells.iloc[:, split_i].tolist() if split_i is not None else None
     if kind == "long":
-        ann_col = cells.iloc[:, _first(names, ANNOTATOR_ALIASES)]
-        label_col = cells.iloc[:, _first(names, LABEL_ALIASES)]
+        ann_col = cells.iloc[:, _first(names, ANNOTATOR_ALIASES)].tolist()
+        label_col = cells.iloc[:, _first(names, LABEL_ALIASES)].tolist()
         class_cols: list[int] = []
     else:
         class_cols = _class_columns(names, header, wanted)
@@ -144,9 +147,8 @@ def read_vote_file(root: Path, path: Path, classes: list[str] | None = None) -> 
     seen: dict[tuple[str, str], int] = {}
     for k in range(len(df)):
         row = int(rows[k])
-        raw_path = path_col.iat[k]
-        line = [raw_path] + ([ann_col.iat[k], label_col.iat[k]] if kind == "long" else [])
-        if not "".join(cells.iloc[k]).strip():
+        raw_path = path_col[k]
+        if blank[k]:
             continue  # a blank row
         if not raw_path.strip():
             rejects.append((file_s, row, "", "empty path", "fill in the image's path, or remove the row"))
@@ -155,11 +157,11 @@ def read_vote_file(root: Path, path: Path, classes: list[str] | None = None) -> 
         if rel is None:
             rejects.append((file_s, row, raw_path.strip(), problem, hint))
             continue
-        if split_i is not None:
-            split_of.setdefault(rel, cells.iat[k, split_i].strip() or DEFAULT_SPLIT)
+        if split_col is not None:
+            split_of.setdefault(rel, split_col[k].strip() or DEFAULT_SPLIT)
         if kind == "long":
-            label = clean_label(line[2])
-            who = line[1].strip()
+            label = clean_label(label_col[k])
+            who = ann_col[k].strip()
             if not label:
                 rejects.append((file_s, row, raw_path.strip(), "empty label", "fill in the label, or remove the row"))
                 continue
