@@ -87,15 +87,20 @@ def sniff(path: Path | str) -> str | None:
     if not path.is_file() or file_kind(path):
         return None
     try:
-        head, _, _ = _read_frame(path, nrows=0)
-    except (LabelFileError, OSError):
-        return None  # ingest reads it and says what is wrong
-    names = [_normalise_header(c) for c in head.columns]
+        if path.suffix.lower() in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            header = [str(c) for c in pq.read_schema(path).names]
+        else:
+            header = [str(c) for c in _read_frame(path, nrows=0)[0].columns]
+    except Exception:  # noqa: BLE001 - unreadable here: ingest reads it and says what is wrong
+        return None
+    names = [_normalise_header(c) for c in header]
     if _first(names, PATH_ALIASES) is None:
         return None
     if _first(names, ANNOTATOR_ALIASES) is not None and _first(names, LABEL_ALIASES) is not None:
         return "long"
-    if _first(names, LABEL_ALIASES) is None and len(_class_columns(names, list(head.columns), None)) >= 2:
+    if _first(names, LABEL_ALIASES) is None and len(_class_columns(names, header, None)) >= 2:
         return "wide"
     return None
 

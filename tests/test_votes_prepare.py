@@ -158,3 +158,21 @@ def test_long_vote_file_rejects_a_look_alike_spelling_of_a_class(photos: Path, t
     assert rejects["problem"].tolist() == ["look-alike label"] and rejects["row"].tolist() == [len(rows) + 1]
     assert read_metadata(ws.manifest)["classes"] == CLASSES
     assert len(read_table(ws.annotations)) == 2 * len(names)
+
+
+def test_wide_vote_file_in_parquet_reads_like_csv(photos: Path, tmp_path: Path):
+    from fercure.votes import read_vote_file, sniff
+
+    names = sorted(p.name for p in photos.iterdir())
+    df = pd.DataFrame({"image": names, "split": ["train"] * 8 + ["test"],
+                       "angry": [3.0] * 9, "happy": [0.5] * 9, "sad": [6.5] * 9})
+    df.to_parquet(tmp_path / "votes.parquet")
+    df.to_csv(tmp_path / "votes.csv", index=False)
+    assert sniff(tmp_path / "votes.parquet") == sniff(tmp_path / "votes.csv") == "wide"
+    a = read_vote_file(photos, tmp_path / "votes.parquet")
+    b = read_vote_file(photos, tmp_path / "votes.csv")
+    pd.testing.assert_frame_equal(a.samples, b.samples)
+    assert a.samples["label"].tolist() == ["sad"] * 9 and a.samples["split"].tolist()[-1] == "test"
+    assert np.allclose(a.samples["agreement"], 0.65) and a.classes == CLASSES
+    # rows: Parquet counts from 1, CSV from 2 (the header is row 1)
+    assert a.annotations["row"].min() == 1 and b.annotations["row"].min() == 2
