@@ -67,6 +67,7 @@ import pandas as pd
 from fercure import exposure
 from fercure import rerank
 from fercure import review_calibration as rc
+from fercure import strength as st
 from fercure.metrics import auroc
 
 # Signals that can make up label_score, each mapped to 0..1 with low = likely wrong.
@@ -716,6 +717,7 @@ def align_groups(score: np.ndarray, group: np.ndarray, reference: int = 0) -> np
 BAND_NAMES = ("guess", "lead", "likely")
 BAND_ACCURACY = (0.0, 1.0 / 3.0, 0.5)
 MIN_CALIBRATION_ROWS = 30  # below this the probe says too little; the bands fall back to the lift rule
+MIN_BAND_ROWS = st.MIN_RATE_ROWS  # probe rows a band needs before its accuracy is printed (or it is a band)
 
 
 def isotonic_fit(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -752,8 +754,11 @@ def confidence_bands(confidence: np.ndarray, correct: np.ndarray,
     -------
     dict
         ``calibrated`` False (and no cuts) with fewer than ``MIN_CALIBRATION_ROWS`` rows;
-        otherwise ``cuts`` (the least confidence of each band, the first 0), and per band ``n`` and
-        ``accuracy`` on the probe (None where no probe row falls in it).
+        otherwise ``cuts`` (the least confidence of each band, the first 0; infinite for a band with
+        fewer than ``MIN_BAND_ROWS`` rows, folded into the band below), and per band ``n``, the share
+        of its probe rows whose top class was the given label (``accuracy``) and its Wilson interval
+        (``lo``, ``hi``); these three None below ``MIN_BAND_ROWS`` rows. The given labels are the noisy
+        ones under audit: agreement with them is not how often a suggestion is right.
     """
     conf = np.asarray(confidence, float)
     ok = np.isfinite(conf)
@@ -768,10 +773,17 @@ def confidence_bands(confidence: np.ndarray, correct: np.ndarray,
         reach = np.flatnonzero(fit >= a)
         cuts.append(float(xs[reach[0]]) if len(reach) else math.inf)
     band = band_of(conf, cuts)
+    # A band of fewer than MIN_BAND_ROWS probe rows measures nothing ("100 % right of 1"): from the top,
+    # such a band is folded into the one below, so no card is called likely on a handful of rows.
+    for i in range(len(cuts) - 1, 0, -1):
+        if math.isfinite(cuts[i]) and (band == i).sum() < MIN_BAND_ROWS:
+            cuts[i] = math.inf
+            band = band_of(conf, cuts)
+    rates = [st.share_with_interval(int(correct[band == i].sum()), int((band == i).sum()), MIN_BAND_ROWS)
+             for i in range(len(cuts))]
     out.update(calibrated=True, cuts=[_json_float(c) for c in cuts],
-               n=[int((band == i).sum()) for i in range(len(cuts))],
-               accuracy=[_json_float(correct[band == i].mean()) if (band == i).any() else None
-                         for i in range(len(cuts))])
+               n=[r["n"] for r in rates], accuracy=[r["share"] for r in rates],
+               lo=[r["lo"] for r in rates], hi=[r["hi"] for r in rates], min_rows=MIN_BAND_ROWS)
     return out
 
 
@@ -998,9 +1010,10 @@ def build_audit(
     # a decision made after the run to drop a row leaves it among the trained rows, not beside them
     late_drops = 0 if decided is None else int(np.isin(
         decided.loc[decided["action"] == "drop", "sample_id"].astype(str), preds["sample_id"].astype(str)).sum())
-    calibration = calibration_stats(run_meta or {}, reviewed, len(preds) - late_drops)
+    reviewed_rows = ReviewedRows.of(reviewed, image_problem_ids(as_given, blur_threshold))
+    calibration = calibration_stats(run_meta or {}, reviewed_rows, len(preds) - late_drops)
     scored, flags, is_rev = _score_and_flag(preds, rows, given, classes, method, distribution, threshold_method,
-                                            run_meta, reviewed, calibration["share"])
+                                            run_meta, reviewed, calibration["share_for_flags"])
     sugg_probs, suggested, sugg_conf, bands = suggest_step(preds, classes, given, flags.is_issue, suggest_from)
     is_amb, gap = ambiguity(sugg_probs, margin=ambiguity_margin, max_confidence=ambiguity_max_confidence)
     is_amb = is_amb & ~is_rev
@@ -1016,6 +1029,7 @@ def build_audit(
                                rule_flags=rule_flags)
     audit["review_rank"] = pd.Series(queue.rank, index=audit.index).astype("Int64")
     stats["queue"] = queue.stats()
+    stats["model_strength"] = strength_stats(run_meta or {}, reviewed_rows, scored.group)
     stats.update(_option_stats(method, threshold_method, flags.rule, distribution, suggest_from, ambiguity_margin,
                                ambiguity_max_confidence, n_unmatched))
     return audit, stats
@@ -1126,37 +1140,92 @@ def learnable_verdicts(decided: pd.DataFrame | None, trained_with: pd.DataFrame 
     return decided[~decided["sample_id"].astype(str).isin(other)]
 
 
-def reviewed_errors(reviewed: pd.DataFrame) -> np.ndarray:
-    """(m,) bool: the reviewer found the given label wrong (relabelled it or dropped the sample)."""
-    return (reviewed["action"] != "keep").to_numpy(dtype=bool)
+@dataclass
+class ReviewedRows:
+    """What the reviewed rows say, one entry per row of the run's trusted table (``reviewed``)."""
+
+    is_label: np.ndarray  # (m,) bool: a decision about the label (``review_calibration.label_decisions``)
+    is_error: np.ndarray  # (m,) bool: a label decision that found the label wrong
+    spot: np.ndarray  # (m,) bool: offered as a spot check (a random row)
+    rank: np.ndarray  # (m,) float: the queue rank when reviewed, low = suspect (NaN: unknown)
+    round: np.ndarray  # (m,) int: the review round (the --trusted file, 1-based)
+    offered: np.ndarray  # (m,) bool: the card offered a suggestion (another class than the given one)
+    agreed: np.ndarray  # (m,) bool: the reviewer chose that suggested class
+    dropped: np.ndarray  # (m,) bool: the reviewer dropped the sample
+
+    @classmethod
+    def of(cls, reviewed: pd.DataFrame | None, image_problem: set[str]) -> "ReviewedRows":
+        r = reviewed if reviewed is not None and len(reviewed) else None
+        n = 0 if r is None else len(r)
+
+        def col(name: str, fill, dtype) -> np.ndarray:
+            return (r[name].fillna(fill).to_numpy(dtype=dtype) if r is not None and name in r.columns
+                    else np.full(n, fill, dtype=dtype))
+
+        action = col("action", "", object)
+        img = np.isin(col("sample_id", "", object).astype(str), list(image_problem)) if n else np.zeros(0, bool)
+        is_label, is_error = rc.label_decisions(action, img)
+        sugg = col("suggested_when_reviewed", "", object).astype(str)
+        offered = is_label & (sugg != "") & (sugg != col("given_label", "", object).astype(str))
+        agreed = offered & (action == "relabel") & (col("label", "", object).astype(str) == sugg)
+        return cls(is_label, is_error, col("spot_check", False, bool), col("rank_when_reviewed", np.nan, float),
+                   col("review_round", 0, int), offered, agreed, action == "drop")
 
 
-def calibration_stats(run_meta: Mapping, reviewed: pd.DataFrame | None, n_trained: int) -> dict:
+def image_problem_ids(manifest: pd.DataFrame, blur_threshold: float | None = None) -> set[str]:
+    """Samples whose image, not label, is the problem: no usable face (any face status but ``ok``), a
+    near-duplicate, or a blurry crop. A reviewer's drop of one says nothing about its label."""
+    status = _col(manifest, "face_status", "ok")
+    dup = _col(manifest, "duplicate_of", "") != ""
+    blur, _ = blur_issues(_num(manifest, "sharpness"), blur_threshold)
+    return set(manifest["sample_id"].astype(str).to_numpy()[(status != "ok") | dup | blur])
+
+
+def calibration_stats(run_meta: Mapping, rows: ReviewedRows, n_trained: int) -> dict:
     """The share of wrong labels twice, side by side: from the planted flips (the run's self-check) and
-    from the reviewed rows (``fercure.review_calibration``: exact on the queue's cards, the spot checks
-    for the rest), and which share the run uses (``share``; None when neither exists). Also the error
-    rate of the latest queue cards (what the next ones hold) and the reviewed rows' AUROC at the ranks
-    they had when reviewed: mostly a queue's low ranks, so no match for the planted flips' AUROC."""
+    from the reviewed label decisions (``fercure.review_calibration``: exact on the queue's cards, the
+    spot checks for the rest, with an interval), and which share the run uses (``share``; None when
+    neither exists; ``share_for_flags`` what the ``planted`` rule flags). Also the error rate of the
+    latest queue cards (what the next ones hold) and the reviewed rows' AUROC at the ranks they had
+    when reviewed: mostly a queue's low ranks, so no match for the planted flips' AUROC."""
     sc = dict(run_meta.get("self_check") or {})
     planted_share = sc.get("estimated_error_share")
     planted_share = float(planted_share) if planted_share is not None and np.isfinite(planted_share) else None
-    r = reviewed if reviewed is not None and len(reviewed) else None
-    err = reviewed_errors(r) if r is not None else np.zeros(0, bool)
-
-    def col(name: str, fill, dtype) -> np.ndarray:
-        return (r[name].fillna(fill).to_numpy(dtype=dtype) if r is not None and name in r.columns
-                else np.full(len(err), fill, dtype=dtype))
-
-    rank, spot, rnd = col("rank_when_reviewed", np.nan, float), col("spot_check", False, bool), col("review_round", 0, int)
-    n_drops = int((r["action"] == "drop").sum()) if r is not None else 0
-    rev = rc.error_share(err, spot, n_trained + n_drops)
+    lab = rows.is_label
+    err, rank, spot, rnd = rows.is_error[lab], rows.rank[lab], rows.spot[lab], rows.round[lab]
+    # the share is of the scored rows and the label drops (they left the run); image drops are no labels
+    rev = rc.error_share(err, spot, n_trained + int((rows.dropped & lab).sum()))
+    rev["n_image_drops"] = int((~lab).sum())
     rev["auroc"] = _json_float(auroc(err, -rank))  # low rank = suspect
     rev["recent_queue"] = rc.recent_queue_rate(rank, err, spot, latest=rnd == rnd.max() if len(rnd) else None)
     used, share = rc.choose(planted_share, rev["share"])
     return {"planted": {"share": planted_share, "auroc": _json_float(sc.get("auroc_mean_p") or np.nan),
-                        "n_planted": sc.get("n_planted")},
+                        "n_planted": sc.get("n_planted"),
+                        "recall": _json_float(np.nan if sc.get("recall_at_estimated_share") is None
+                                              else float(sc["recall_at_estimated_share"]))},
             "reviewed": {k: (_json_float(v) if isinstance(v, float) else v) for k, v in rev.items()},
-            "used": used, "share": share}
+            "used": used, "share": share, "share_for_flags": rc.share_for_flags(used, share, rev)}
+
+
+def strength_stats(run_meta: Mapping, rows: ReviewedRows, group: np.ndarray) -> dict:
+    """The run's model-strength record (the probe's numbers as the run wrote them) with its verdict
+    judged again from what is known now (``fercure.strength``): the ranking's strength from the
+    planted flips, or from the decided spot checks once they hold enough wrong and right labels, and
+    the suggestions' from the decided cards that offered one."""
+    ms = dict(run_meta.get("model_strength") or {})
+    sc = dict(run_meta.get("self_check") or {})
+    n_planted = int(sc.get("n_planted") or 0)
+    # the self-check ranked the planted flips among the trained rows (``n_scored``; older runs: the
+    # rows scored in-sample, group 0, beside the planted ones)
+    n_other = int(sc.get("n_scored") or (int((np.asarray(group) == 0).sum()) + n_planted)) - n_planted
+    planted_auroc = sc.get("auroc_mean_p", ms.get("planted_auroc"))
+    spot = rows.spot & rows.is_label
+    ranking = st.ranking_strength(None if planted_auroc is None else float(planted_auroc), n_planted, n_other,
+                                  rows.is_error[spot], rows.rank[spot])
+    suggestions = st.suggestion_strength(rows.agreed[rows.offered])
+    probe = {k: ms.get(k) for k in ("holdout_accuracy", "chance_accuracy", "standard_error", "n_holdout")}
+    ms.update(st.verdict(ranking, suggestions, probe), ranking=ranking, suggestions=suggestions)
+    return ms
 
 
 def reviewed_stats(reviewed: pd.DataFrame | None) -> dict:

@@ -29,14 +29,16 @@ label issue from a weak model               keep      drop   review  keep
 anything else                               keep      keep   keep    keep
 ==========================================  ========  =====  ======  ======
 
-"Model too weak": the audit's model-strength verdict is ``too_weak`` (its probe accuracy is not
-clearly above chance, or it could not find the labels flipped on purpose): its flags are noise, so
-no label is changed or dropped on their account and the reason says so. When the verdict is
-``weak`` the flags are leads, not evidence: under ``relabel`` and ``soft`` a flagged label is kept
-(with a reason; the audit ranks them for a person), ``drop`` still drops it and ``flag`` sends it to
-review. Measured on the CPU benchmark (benchmarks/RESULTS.md): a weak model's confident relabels
-matched the annotators less often than not, and dropping its flagged samples lowered the
-downstream accuracy below the raw labels'.
+"Model too weak": the audit's model-strength verdict is ``too_weak`` (``fercure.strength.verdict``: its
+ranking does not beat chance clearly — the interval of its AUROC on the planted flips, or on the
+reviewer's spot checks, reaches 0.5): its flags are noise, so no label is changed or dropped on their
+account and the reason says so. When the verdict is ``weak`` the ranking is useful but its suggestions
+are weak or unproven (the decided cards show them wrong too often, or before enough decided cards the
+probe barely beats chance or the planted flips rank below 0.8): the flags are leads, not evidence, so
+under ``relabel`` and ``soft`` a flagged label is kept (with a reason; the audit ranks them for a
+person), ``drop`` still drops it and ``flag`` sends it to review. Measured on the CPU benchmark
+(benchmarks/RESULTS.md): a weak model's confident relabels matched the annotators less often than not,
+and dropping its flagged samples lowered the downstream accuracy below the raw labels'.
 
 ``clean_label``: the suggested label for ``relabel``; the given label for ``keep`` and ``review``
 (unchanged until a person decides); empty (null) for ``drop``, so a consumer that trains on

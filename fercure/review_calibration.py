@@ -24,6 +24,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from fercure.strength import wilson
+
 # The minimums, set by replaying reviews on the reference benchmark (benchmarks/RESULTS.md, "Reviewed
 # rows calibrate the run").
 MIN_SPOT_CHECKS = 30  # decided spot checks before the reviewed estimate replaces the planted one
@@ -62,33 +64,70 @@ def spot_checks(sample_ids: Sequence[str], score: np.ndarray, reviewed: np.ndarr
     return np.sort(np.random.default_rng(0).permutation(cand)[:n])
 
 
+def label_decisions(action: Sequence[str], image_problem: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which reviewed rows are decisions about the label, and which of those found it wrong.
+
+    A keep confirms the label, a relabel corrects it; a drop of a card with an image problem (no face,
+    a duplicate, unreadable, blurry: ``image_problem``) says the image cannot train, not that its
+    label was wrong, so it is no label decision; a drop of a card without one is (no class fits the
+    face). Returns (is_label_decision, is_wrong_label), both (m,) bool."""
+    a = np.asarray(action, dtype=object)
+    img = np.asarray(image_problem, bool)
+    drop = a == "drop"
+    is_label = ~(drop & img)
+    return is_label, is_label & ((a == "relabel") | drop)
+
+
+def spot_checks_reachable(n_offered: int) -> bool:
+    """Whether the spot checks a report offers can ever reach ``MIN_SPOT_CHECKS`` (a small set offers
+    ``SPOT_SHARE`` of its rows, fewer than that)."""
+    return int(n_offered) >= MIN_SPOT_CHECKS
+
+
 def error_share(is_error: np.ndarray, is_spot: np.ndarray, n_rows: int) -> dict:
     """The share of wrong labels among ``n_rows`` rows from the reviewed ones, or why not.
 
     Parameters
     ----------
-    is_error : (m,) bool, the reviewer relabelled or dropped the row.
+    is_error : (m,) bool, the reviewer found the label wrong (``label_decisions``; pass only label decisions).
     is_spot : (m,) bool, the row was a spot check (a random draw among the rows not reviewed before).
-    n_rows : the rows the share is of (the run's scored rows and the reviewed drops).
+    n_rows : the rows the share is of (the run's scored rows and the reviewed label drops).
 
     Returns
     -------
-    dict: ``share`` (None below ``MIN_SPOT_CHECKS`` spot checks, with ``why``), ``standard_error``
-    (binomial, of the spot checks' part), ``n_reviewed``, ``n_errors``, ``n_spot_checks``,
-    ``spot_check_error_rate``.
+    dict: ``share`` (None below ``MIN_SPOT_CHECKS`` spot checks, with ``why``), ``lo`` / ``hi`` (its 95 %
+    interval: the queue's errors are counted exactly, the spot checks' rate carries the Wilson interval,
+    so 0 wrong of 30 still allows about 11 %), ``standard_error`` (binomial, of the spot checks' part),
+    ``n_reviewed``, ``n_errors``, ``n_spot_checks``, ``n_spot_errors``, ``spot_check_error_rate`` and
+    its ``spot_lo`` / ``spot_hi``.
     """
     err, spot = np.asarray(is_error, bool), np.asarray(is_spot, bool)
     n_spot = int(spot.sum())
-    out = {"share": None, "standard_error": None, "n_reviewed": int(len(err)), "n_errors": int(err.sum()),
-           "n_spot_checks": n_spot, "spot_check_error_rate": float(err[spot].mean()) if n_spot else None}
+    k_spot = int(err[spot].sum())
+    s_lo, s_hi = wilson(k_spot, n_spot)
+    out = {"share": None, "lo": None, "hi": None, "standard_error": None, "n_reviewed": int(len(err)),
+           "n_errors": int(err.sum()), "n_spot_checks": n_spot, "n_spot_errors": k_spot,
+           "spot_check_error_rate": float(k_spot / n_spot) if n_spot else None,
+           "spot_lo": s_lo if n_spot else None, "spot_hi": s_hi if n_spot else None}
     if n_spot < MIN_SPOT_CHECKS:
         return {**out, "why": f"{n_spot} of the {MIN_SPOT_CHECKS} spot checks needed were decided (the report's "
                               "spot-check cards: random rows, so that your decisions speak for every row)"}
     rest = max(int(n_rows) - int((~spot).sum()), 0)  # rows the queue did not show: the spot checks' population
     rate = out["spot_check_error_rate"]
-    share = (int(err[~spot].sum()) + rate * rest) / max(int(n_rows), 1)
-    se = np.sqrt(max(rate * (1 - rate), 1e-12) / n_spot) * rest / max(int(n_rows), 1)
-    return {**out, "share": float(min(share, 1.0)), "standard_error": float(se), "why": None}
+    exact = int(err[~spot].sum())
+    n = max(int(n_rows), 1)
+    se = np.sqrt(max(rate * (1 - rate), 1e-12) / n_spot) * rest / n
+    return {**out, "share": float(min((exact + rate * rest) / n, 1.0)), "lo": float(min((exact + s_lo * rest) / n, 1.0)),
+            "hi": float(min((exact + s_hi * rest) / n, 1.0)), "standard_error": float(se), "why": None}
+
+
+def share_for_flags(used: str | None, share: float | None, reviewed: dict) -> float | None:
+    """The share of wrong labels the ``planted`` threshold rule flags: the share the run uses, except
+    that spot checks with no wrong label give the top of their interval — no error in 30 random rows
+    is no evidence of none in the rest, and a point estimate of 0 would flag nothing to review."""
+    if used == "reviewed" and reviewed.get("n_spot_errors") == 0 and reviewed.get("hi") is not None:
+        return float(reviewed["hi"])
+    return share
 
 
 def recent_queue_rate(rank: np.ndarray, is_error: np.ndarray, is_spot: np.ndarray,

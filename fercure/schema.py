@@ -372,6 +372,9 @@ TRUSTED = Table(
         _c("spot_check", BOOL, "the report offered the sample as a spot check (a random draw among the rows not "
            "reviewed yet)", required=False),
         _c("review_round", INT64, "which --trusted file the decision came from, 1-based", required=False),
+        _c("suggested_when_reviewed", STRING, "the class the sample's card suggested in the audit the reviewer "
+           "worked from (a flagged row's suggestion other than its given label; null: none), so the decided "
+           "cards measure how often a suggestion is right", required=False),
     ),
     metadata="run_id, trusted (the files in order, their counts)",
 )

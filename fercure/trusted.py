@@ -48,19 +48,23 @@ def _suggestions(audit: pd.DataFrame | None, sample_ids: Sequence[str]) -> list:
     return [sugg.get(s) for s in sample_ids]
 
 
-REVIEW_COLUMNS = ("rank_when_reviewed", "spot_check")  # what the audit the reviewer saw said of a row
+# what the audit the reviewer saw said of a row
+REVIEW_COLUMNS = ("rank_when_reviewed", "spot_check", "suggested_when_reviewed")
+_REVIEW_TYPES = {"rank_when_reviewed": float, "spot_check": bool, "suggested_when_reviewed": object}
 
 
 def review_context(ws: Workspace, audit: pd.DataFrame | None, sample_ids: Sequence[str]) -> pd.DataFrame:
     """Per sample (rows in ``sample_ids`` order): its rank (``review_calibration.ranks_of``) by its place
     in the review queue (the audit's ``review_rank``; ``review_calibration.queue_key`` for an audit
-    without it) in the audit the reviewer worked from (the workspace's), and whether the report offered
-    it as a spot check. A sample that audit already shows as reviewed (an earlier round) keeps what its
-    own run, or the audit that applied it (WS/reviewed.parquet), recorded then. NaN rank / False where
-    no audit scored it."""
-    out = pd.DataFrame({"rank_when_reviewed": np.nan, "spot_check": False}, index=pd.Index(sample_ids, dtype=object))
+    without it) in the audit the reviewer worked from (the workspace's), whether the report offered it
+    as a spot check, and the class its card suggested (a flagged row's suggestion other than its given
+    label; None without one), which measures the suggestions once enough cards are decided. A sample
+    that audit already shows as reviewed (an earlier round) keeps what its own run, or the audit that
+    applied it (WS/reviewed.parquet), recorded then. NaN rank / False / None where no audit scored it."""
+    out = pd.DataFrame({"rank_when_reviewed": np.nan, "spot_check": False, "suggested_when_reviewed": None},
+                       index=pd.Index(sample_ids, dtype=object))
     if audit is None or "label_score" not in audit.columns:
-        return out.astype({"rank_when_reviewed": float, "spot_check": bool})
+        return out.astype(_REVIEW_TYPES)
     ids = audit["sample_id"].astype(str).to_numpy()
     score = audit["label_score"].to_numpy(dtype=float)
 
@@ -76,18 +80,26 @@ def review_context(ws: Workspace, audit: pd.DataFrame | None, sample_ids: Sequen
     key = audit["review_rank"].to_numpy(dtype=float, na_value=np.nan) if "review_rank" in audit.columns \
         else rc.queue_key(score, held, flags("is_label_issue") & ~was)
     rank = rc.ranks_of(key)
+    sugg = np.full(len(audit), None, object)
+    if {"suggested_label", "given_label"} <= set(audit.columns):
+        s_lab, g_lab = audit["suggested_label"].to_numpy(dtype=object), audit["given_label"].to_numpy(dtype=object)
+        offered = flags("is_label_issue") & pd.notna(s_lab) & (s_lab != g_lab)
+        sugg[offered] = s_lab[offered]
     if was.any():  # what a reviewed row was when reviewed; unknown (NaN, not a spot check) without its run
         earlier = _earlier_context(ws).reindex(ids[was])
         rank[was] = earlier["rank_when_reviewed"].to_numpy(dtype=float)
         spot[was] = earlier["spot_check"].fillna(False).to_numpy(dtype=bool)
-    now = pd.DataFrame({"rank_when_reviewed": rank, "spot_check": spot}, index=ids).reindex(out.index)
-    return now.fillna({"spot_check": False}).astype({"rank_when_reviewed": float, "spot_check": bool})
+        sugg[was] = earlier["suggested_when_reviewed"].where(earlier["suggested_when_reviewed"].notna(), None) \
+            .to_numpy(dtype=object)
+    now = pd.DataFrame({"rank_when_reviewed": rank, "spot_check": spot, "suggested_when_reviewed": sugg},
+                       index=ids).reindex(out.index)
+    return now.fillna({"spot_check": False}).astype(_REVIEW_TYPES)
 
 
 def _earlier_context(ws: Workspace) -> pd.DataFrame:
     """sample_id → REVIEW_COLUMNS from the trusted table of the run the workspace's audit is of, then
     from the decisions the audit applied without retraining (WS/reviewed.parquet)."""
-    empty = pd.DataFrame({"rank_when_reviewed": pd.Series(dtype=float), "spot_check": pd.Series(dtype=bool)})
+    empty = pd.DataFrame({c: pd.Series(dtype=t) for c, t in _REVIEW_TYPES.items()})
     try:
         run_id = str(read_metadata(ws.audit).get("run_id") or "")
         # the metadata is data: only a run folder's own kind of name is followed
@@ -101,7 +113,9 @@ def _earlier_context(ws: Workspace) -> pd.DataFrame:
             later = read_table(ws.reviewed)
         except WorkspaceError:
             later = None
-    parts = [x for x in (t, later) if x is not None and set(REVIEW_COLUMNS) <= set(x.columns)]
+    # a table from before suggested_when_reviewed: not recorded then (None)
+    parts = [x if "suggested_when_reviewed" in x.columns else x.assign(suggested_when_reviewed=None)
+             for x in (t, later) if x is not None and {"rank_when_reviewed", "spot_check"} <= set(x.columns)]
     if not parts:
         return empty
     t = pd.concat(parts, ignore_index=True)

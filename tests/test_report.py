@@ -256,3 +256,13 @@ def test_confidence_band_follows_the_probe_calibration():
     from pathlib import Path
     js = (Path(core.__file__).parent / "report" / "report.js").read_text(encoding="utf-8")
     assert "near chance" not in js and "band_accuracy" in js
+
+
+def test_the_save_bar_names_the_export_and_the_review_loop():
+    man, preds, _ = small_audit(n=60, seed=1)
+    table, stats = core.build_audit(man, preds, CLASSES)
+    html = render_report(table, stats, CLASSES, run_id="r 1", workspace="/data/my ws")
+    bar = re.search(r'<div id="bar">(.*?)</div>', html, re.S).group(1)
+    assert "fercure export-cleaned -w &#x27;/data/my ws&#x27;" in bar and "--decisions decisions-r_1.csv" in bar
+    assert ("fercure train -w &#x27;/data/my ws&#x27; --trusted decisions-r_1.csv &amp;&amp; "
+            "fercure audit-labels -w &#x27;/data/my ws&#x27;") in bar

@@ -71,7 +71,7 @@ def cards(driver) -> list[dict]:
     return driver.execute_script(
         "return Array.from(document.querySelectorAll('#list .card')).map(c => ({id: c.dataset.id, "
         "given: c.dataset.given, sugg: c.dataset.sugg, score: c.dataset.score === '' ? null : +c.dataset.score, "
-        "decided: c.classList.contains('decided')}))")
+        "decided: c.classList.contains('decided'), accept: !!c.querySelector('button.accept')}))")
 
 
 def click(driver, css: str) -> None:
@@ -277,3 +277,101 @@ def test_reasons_expand_thumbnails_zoom_and_long_names_stay_in_their_card(browse
     assert href == (img_root / row["source_path"]).as_uri()
     browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
     assert not browser.find_element(By.ID, "zoom").is_displayed()
+
+
+def fnv1a(text: str) -> int:
+    """The page's per-sample order key (report.js ``hash``): FNV-1a over the id's UTF-16 code units."""
+    h = 2166136261
+    for ch in text:
+        h = ((h ^ ord(ch)) * 16777619) & 0xFFFFFFFF
+    return h
+
+
+def _open(browser, page: Path) -> None:
+    browser.get(page.as_uri())
+    browser.execute_script("localStorage.clear()")
+    browser.refresh()
+    _ready(browser)
+
+
+def test_spot_checks_are_listed_blind_in_a_random_order(workspace, browser):
+    """The spot checks come in a fixed random order (not flagged-first), and by default blind: no
+    suggestion, score, flag or reason of the model's on their cards, no accept; unticking "blind"
+    shows them again."""
+    audit = read_table(workspace.audit).set_index("sample_id")
+    _open(browser, workspace.report.resolve())
+    Select(browser.find_element(By.ID, "f-cat")).select_by_value("spot_check")
+    shown = cards(browser)
+    ids = [c["id"] for c in shown]
+    assert len(ids) >= 5 and ids == sorted(ids, key=lambda i: (fnv1a(i), i))
+    flagged = [i for i in ids if audit.at[i, "is_label_issue"]]
+    assert flagged and not all(audit.loc[ids[: len(flagged)], "is_label_issue"])  # not flagged-first
+    assert browser.find_element(By.ID, "f-blind").is_selected()
+    for c in browser.find_elements(By.CSS_SELECTOR, "#list .card"):
+        text = c.text
+        assert "blind" in c.get_attribute("class") and "label score" not in text and "→" not in text
+        assert not c.find_elements(By.CSS_SELECTOR, "button.accept, .reason")
+        assert "label issue" not in text and "fercure (default policy)" not in text
+    # a key cannot accept a hidden suggestion either
+    first = flagged[0]
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})",
+                           browser.find_element(By.CSS_SELECTOR, f".card[data-id='{first}']"))
+    body = browser.find_element(By.TAG_NAME, "body")
+    for _ in range(ids.index(first) + 1):
+        body.send_keys("j")
+    body.send_keys("a")
+    assert browser.find_element(By.ID, "ndec").text == "0 decisions"
+    click(browser, "#f-blind")
+    card = browser.find_element(By.CSS_SELECTOR, f".card[data-id='{first}']")
+    assert "label score" in card.text and "blind" not in card.get_attribute("class")
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == []
+
+
+def test_bulk_actions_leave_cards_reviewed_in_an_earlier_round_alone(browser, tmp_path):
+    """"keep" for everything listed decides the cards not reviewed yet, says how many reviewed ones it
+    left alone, and never overwrites their earlier drop or relabel; a suggestion barely above chance
+    offers no "accept"; a long reason is cut where a phrase ends."""
+    from fercure import audit as core
+    from fercure.report import render_report
+
+    man, preds, _ = small_audit(n=200, seed=5)
+    before, _ = core.build_audit(man, preds, ["happy", "sad"])
+    flagged = before.loc[before["is_label_issue"], "sample_id"].tolist()
+    done = flagged[:6]
+    g = before.set_index("sample_id")["given_label"]
+    other = {"happy": "sad", "sad": "happy"}
+    reviewed = pd.DataFrame({"sample_id": done, "action": ["drop"] * 3 + ["relabel"] * 3,
+                             "label": [None] * 3 + [other[g[i]] for i in done[3:]],
+                             "given_label": [g[i] for i in done], "source": "round1.csv row 2"})
+    trained = preds[~preds["sample_id"].isin(done[:3])].copy()
+    trained["given_label"] = [other[x] if i in done[3:] else x for i, x in zip(trained["sample_id"], trained["given_label"])]
+    audit, stats = core.build_audit(man, trained, ["happy", "sad"], reviewed=reviewed)
+    weak = audit.index[audit["is_label_issue"]][0]
+    audit.loc[weak, "suggested_label_confidence"] = 0.52  # chance is 0.5: no suggestion worth offering
+    long = ("label score 0.08 is in the lowest 10 % of class happy; the second model, trained without it, "
+            "predicts sad at 0.91 and the neighbours agree")
+    audit.loc[weak, "reason"] = long
+    page = tmp_path / "report.html"
+    page.write_text(render_report(audit, stats, ["happy", "sad"], run_id="r2"), encoding="utf-8")
+    _open(browser, page)
+    card = browser.find_element(By.CSS_SELECTOR, f".card[data-id='{audit.at[weak, 'sample_id']}']")
+    assert not card.find_elements(By.CSS_SELECTOR, "button.accept") and "no suggestion" in card.text
+    reason = card.find_element(By.CSS_SELECTOR, ".reason").text
+    assert reason == "label score 0.08 is in the lowest 10 % of class happy …"
+    Select(browser.find_element(By.ID, "f-cat")).select_by_value("all")
+    n_all = int(browser.find_element(By.ID, "nshown").text)
+    assert "6 of them reviewed in an earlier round" in browser.find_element(By.ID, "bulk").text
+    click(browser, "#bulk-keep")
+    alert = browser.switch_to.alert
+    assert f"Keep {n_all - 6} cards?" in alert.text and "6 reviewed in an earlier round" in alert.text
+    alert.accept()
+    decided = browser.execute_script("return JSON.parse(localStorage.getItem(Object.keys(localStorage)[0]))")
+    assert len(decided) == n_all - 6 and not set(decided) & set(done)
+    # the saved file, fed to the next run, cannot revert the earlier drops and relabels
+    click(browser, "#dl-csv")
+    saved = wait_for_file(browser.downloads, "decisions-r2.csv")
+    rows = pd.read_csv(saved, keep_default_na=False)
+    assert not set(rows["sample_id"]) & set(done)
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == []

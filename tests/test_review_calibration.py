@@ -11,6 +11,8 @@ from fercure import audit as core
 from fercure import review_calibration as rc
 from fercure.report import data as rd
 
+from fercure.report import render_report
+
 from test_report import CLASSES, small_audit
 
 
@@ -130,10 +132,28 @@ def test_the_report_offers_spot_checks_and_reads_the_latest_queue_cards():
     assert np.array_equal(spot, np.flatnonzero(rd.review_rows(table)[0] & rd.BIT["spot_check"]))  # the same cards
     order = rd.review_order(table, listed, bits)
     p = rd.review_progress(table, CLASSES, order, bits, stats["calibration"])
-    assert p["expected_from"] == "model" and p["n_spot_checks"] == rc.SPOT_CARDS
+    assert p["n_spot_checks"] == rc.SPOT_CARDS and p["spot_checks_reachable"]
     recent = {"reviewed": {"recent_queue": {"rate": 0.25, "n": 50}}}
     p = rd.review_progress(table, CLASSES, order, bits, recent)
     assert p["expected_from"] == "reviewed" and p["expected_errors_next"] == pytest.approx(0.25 * p["next_cards"])
+
+
+def test_before_any_review_the_next_cards_come_from_the_planted_recovery_rate_not_the_models_sum():
+    man, preds, _ = small_audit(n=2000, seed=5)
+    table, stats = core.build_audit(man, preds, CLASSES)
+    bits, listed = rd.review_rows(table)
+    order = rd.review_order(table, listed, bits)
+    # no planted flips, no reviewed cards: nothing measured, so no figure (the sum of 1 - p(given) was one)
+    p = rd.review_progress(table, CLASSES, order, bits, stats["calibration"])
+    assert p["expected_from"] is None and p["expected_errors_next"] is None
+    # the planted flips' recovery rate: 24 of 60 found, so 40 of 100 cards, with the Wilson interval
+    cal = {"planted": {"recall": 0.4, "n_planted": 60}, "reviewed": {"recent_queue": {"rate": None, "n": 3}}}
+    p = rd.review_progress(table, CLASSES, order, bits, cal)
+    assert p["next_cards"] == 100 and p["expected_from"] == "planted"
+    assert p["expected_errors_next"] == pytest.approx(40.0)
+    assert (p["expected_lo"], p["expected_hi"]) == (29.0, 53.0)  # Wilson 24 / 60: 0.288-0.528
+    html = render_report(table, stats, CLASSES, crops=None)
+    assert "1 − p(given)" not in html
 
 
 def test_a_row_reviewed_in_an_earlier_round_keeps_the_rank_and_spot_flag_it_had_then(tmp_path):
@@ -150,7 +170,7 @@ def test_a_row_reviewed_in_an_earlier_round_keeps_the_rank_and_spot_flag_it_had_
                               "source": ["f.csv row 2"], "rank_when_reviewed": [0.05], "spot_check": [True],
                               "review_round": [1]}), ws.run_dir("r1") / "trusted.parquet", table=schema.TRUSTED)
     ctx = trusted.review_context(ws, audit, ["a", "b", "d", "zz"])
-    assert ctx.loc["a"].tolist() == [0.05, True]  # from its own round
+    assert ctx.loc["a"].tolist() == [0.05, True, None]  # from its own round (no suggestion recorded then)
     assert ctx.at["b", "rank_when_reviewed"] == pytest.approx(1 / 6)  # lowest of the three scored rows
     assert np.isnan(ctx.at["d", "rank_when_reviewed"]) and np.isnan(ctx.at["zz", "rank_when_reviewed"])
     # a run id that is not a run folder's kind of name is not followed

@@ -90,10 +90,14 @@ def test_model_strength_verdicts():
     probs = np.eye(3)[[0, 1, 2, 0, 1, 2, 0, 1, 2, 0]]
     s = model_strength(probs, np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 1]), 3)
     assert s["holdout_accuracy"] == pytest.approx(0.9) and s["chance_accuracy"] == pytest.approx(0.4)
-    assert verdict_of({**s, "planted_auroc": 0.95})["verdict"] == "ok"
-    assert verdict_of({**s, "planted_auroc": 0.7})["verdict"] == "weak"
-    assert verdict_of({**s, "planted_auroc": 0.55})["verdict"] == "too_weak"
+    sc = {"n_planted": 60, "n_scored": 2000}  # the flips' AUROC interval needs its counts
+    assert verdict_of({**s, "planted_auroc": 0.95}, sc)["verdict"] == "ok"
+    assert verdict_of({**s, "planted_auroc": 0.7}, sc)["verdict"] == "weak"
+    assert verdict_of({**s, "planted_auroc": 0.55}, sc)["verdict"] == "too_weak"  # interval reaches 0.5
+    # a probe at chance no longer makes a clearly useful ranking "noise": review it, suggestions weak
     chance = {"n_holdout": 20, "holdout_accuracy": 0.3, "chance_accuracy": 0.28, "standard_error": 0.1}
-    v = verdict_of({**chance, "planted_auroc": 0.9})
-    assert v["verdict"] == "too_weak" and "too weak" in v["message"]
+    v = verdict_of({**chance, "planted_auroc": 0.9}, sc)
+    assert v["verdict"] == "weak" and "noise" not in v["message"] and "Review in this order" in v["message"]
+    # without planted flips the probe decides, as before
+    assert verdict_of(chance)["verdict"] == "too_weak"
     assert verdict_of({"holdout_accuracy": None})["verdict"] == "unknown"

@@ -23,6 +23,7 @@ import pandas as pd
 
 from fercure import __version__
 from fercure import review_calibration as rc
+from fercure import strength as st
 from fercure.report import columns as C
 from fercure.report.data import (LOW_CONTRAST, QUALITY_FLAGS, TOO_BRIGHT, TOO_DARK, balance_note,
                                  build_payload, reliability_bins)
@@ -122,21 +123,28 @@ def _transition_table(tm: np.ndarray, classes: Sequence[str], limit: int = MAX_M
 
 
 def _strength(stats: dict) -> str:
+    """The verdict in two parts: how well the ranking finds wrong labels (what the queue is worth) and
+    how often the suggestions are right (what an accept is worth), each with what measured it."""
     ms = stats.get("model_strength") or {}
     sc = stats.get("self_check") or {}
     verdict = str(ms.get("verdict", "unknown"))
     bits = []
     if sc.get("n_planted"):
         bits.append(f"{int(sc['n_planted'])} labels were flipped on purpose inside the run (never written anywhere)")
-        if sc.get("auroc_mean_p") is not None:
-            bits.append(f"the score ranked them at AUROC {_fmt(sc['auroc_mean_p'])}")
         if sc.get("recall_at_estimated_share") is not None:
             bits.append(f"{_fmt(100 * sc['recall_at_estimated_share'], 0)}% of them fall in the estimated "
                         f"share of wrong labels ({_fmt(100 * (sc.get('estimated_error_share') or 0), 0)}%)")
     hint = {"ok": "", "weak": " Its suggestions are shown as leads at most (amber), never as likely.",
             "too_weak": " Its suggestions are shown as guesses (grey): do not relabel on its word."}.get(verdict, "")
+    parts = ""
+    if ms.get("ranking") is not None:
+        r, sg = ms["ranking"], ms.get("suggestions") or {}
+        useful = {True: "useful (its interval lies above 0.5, chance)", False: "not clearly better than chance",
+                  None: "not measured"}[r.get("useful")]
+        parts = (f'<br><span id="ranking"><b>Ranking</b>: {_e(useful)}; {_e(st.ranking_words(r))}.</span>'
+                 f'<br><span id="suggestions"><b>Suggestions</b>: {_e(st.suggestion_words(sg, ms))}.</span>')
     return (f'<div class="verdict v-{_e(verdict)}" id="verdict">Model strength: <b>{_e(verdict)}</b> — '
-            f'{_e(ms.get("message", "not measured"))}{_e(hint)}'
+            f'{_e(ms.get("message", "not measured"))}{_e(hint)}{parts}'
             + (f'<br><span class="muted">Self-check: {_e("; ".join(bits))}.</span>' if bits else "")
             + _error_share_line(stats) + "</div>")
 
@@ -218,25 +226,35 @@ def _per_class_charts(audit: pd.DataFrame, stats: dict, classes: Sequence[str],
 
 
 def _bands_line(stats: dict, n_classes: int, chance: float) -> str:
-    """What each confidence band means: its measured accuracy on the probe when calibrated."""
+    """What each confidence band means: how often the probe's held-out predictions that sure matched
+    their given label, with its interval, printed only from ``MIN_BAND_ROWS`` rows."""
     b = stats.get("confidence_bands") or {}
     if b.get("calibrated"):
         acc, n, cuts = b.get("accuracy") or [], b.get("n") or [], b.get("cuts") or []
+        lo, hi = b.get("lo") or [], b.get("hi") or []
         words = {"likely": '<span class="b-likely">likely</span>', "lead": '<span class="b-lead">a lead</span>',
                  "guess": '<span class="b-guess">a guess</span>'}
-        parts = []
+        parts, folded = [], []
         for i, name in reversed(list(enumerate(b.get("names") or []))):
             if i >= len(cuts) or cuts[i] is None:
+                folded.append(words.get(name, _e(name)))
                 continue
-            right = f"{100 * acc[i]:.0f} % right" if i < len(acc) and acc[i] is not None else "no probe row"
-            parts.append(f"{words.get(name, _e(name))} (confidence ≥ {_fmt(cuts[i])}: {right} of "
-                         f"{n[i] if i < len(n) else 0} held-out probe predictions)")
-        return (", ".join(parts) + f". Measured against the given labels, which are themselves noisy, so "
-                f"these are lower bounds; chance with {n_classes} classes is {_fmt(chance)}.")
+            rows = n[i] if i < len(n) else 0
+            if i < len(acc) and acc[i] is not None:
+                measured = (f"{100 * acc[i]:.0f} % of {rows} held-out probe predictions matched their given label, "
+                            f"95 % interval {100 * lo[i]:.0f}–{100 * hi[i]:.0f} %")
+            else:
+                measured = f"not enough rows to measure: {rows} probe predictions"
+            parts.append(f"{words.get(name, _e(name))} (confidence ≥ {_fmt(cuts[i])}: {measured})")
+        none = (f" No card is called {' or '.join(folded)}: fewer than {b.get('min_rows', st.MIN_RATE_ROWS)} probe "
+                "predictions were that sure." if folded else "")
+        return (", ".join(parts) + f".{none} The given labels are the noisy ones under audit, so agreement with them "
+                "is not how often a suggestion is right (on FER+ it overstated it 2–6×); the verdict above says "
+                f"what your decisions measured. Chance with {n_classes} classes is {_fmt(chance)}.")
     return ('<span class="b-likely">likely</span> (a majority of the probability, well above chance), '
             '<span class="b-lead">a lead</span> (above chance, not evidence), <span class="b-guess">a guess</span> '
             f"(less than a quarter of the way from chance, {_fmt(chance)} with {n_classes} classes, to certainty; "
-            "not calibrated: the probe was too small).")
+            "not measured: the probe was too small).")
 
 
 def _calibration(audit: pd.DataFrame, classes: Sequence[str]) -> str:
@@ -321,6 +339,7 @@ _CONTROLS = """
  <option value="conf_desc">suggestion confidence, highest first</option>
  <option value="conf_asc">suggestion confidence, lowest first</option>
  <option value="given">given class</option><option value="path">file</option></select></label>
+<label title="on a spot check (a random row) hide the model's suggestion, score, flags and reason, so your decision measures the label, not agreement with the model"><input type="checkbox" id="f-blind" checked> blind spot checks</label>
 <label>per page <select id="f-size"><option>25</option><option selected>50</option><option>100</option>
  <option>200</option></select></label>
 </div>
@@ -330,7 +349,8 @@ _CONTROLS = """
 <div id="bulk">For all <b id="nshown">0</b> cards these filters show (every page):
 <button type="button" id="bulk-accept">accept their suggestions</button>
 <button type="button" id="bulk-keep">keep</button> <button type="button" id="bulk-drop">drop</button>
-<button type="button" id="bulk-undo">undo their decisions</button></div>
+<button type="button" id="bulk-undo">undo their decisions</button><span id="bulk-skip" class="muted"></span>
+<span id="bulk-note" class="muted"></span></div>
 <div class="cards" id="list"></div>
 <div id="zoom" hidden><div class="zbox"><button type="button" class="link" id="zoom-close">close ×</button>
 <div class="zimgs"><img id="zoom-crop" alt="the aligned crop, enlarged"><img id="zoom-orig" alt="the original file"></div>
@@ -342,7 +362,8 @@ _BAR = """
 <button type="button" id="dl-csv">Save decisions (CSV)</button>
 <button type="button" id="dl-json">Save as JSON</button>
 <button type="button" id="clear">Clear</button>
-<span>then: <code id="next-cmd">{command}</code></span>
+<span>then: <code id="next-cmd">{command}</code> (the cleaned labels), or retrain with your decisions and
+review the next cards: <code id="loop-cmd">{loop}</code></span>
 <span class="muted keys">keys: j / k next / previous card · a accept · s keep · d drop · u undo ·
 [ / ] page</span></div>
 """
@@ -350,19 +371,31 @@ _BAR = """
 
 def _progress_line(p: dict) -> str:
     """Where the review stands: reviewed (hidden unless asked for), still flagged, what the next cards
-    hold (from the reviewed cards when the run has enough of them), the spot checks on offer."""
+    hold (from a measured rate, with its interval), the spot checks on offer."""
     if not p["next_cards"]:
         nxt = ""
-    elif p.get("expected_from") == "reviewed":
-        nxt = (f"; the next {p['next_cards']} flagged cards are expected to hold about {p['expected_errors_next']:g} "
-               f"wrong labels (the share of the last {p['n_recent_cards']} queue cards you reviewed that were wrong)")
+    elif p.get("expected_from") is None:
+        nxt = (f"; how many wrong labels the next {p['next_cards']} flagged cards hold is not estimated yet (no "
+               f"planted flips; {rc.MIN_RECENT_CARDS} reviewed queue cards give the figure)")
     else:
+        why = (f"the share of the last {p['n_expected_from']} queue cards you reviewed that were wrong"
+               if p["expected_from"] == "reviewed" else
+               f"the share of the run's {p['n_expected_from']} planted flips its score found among as many rows "
+               "as it estimates are wrong; flips are clear faces with a foreign label, real wrong labels often "
+               f"ambiguous ones, so the two can differ until {rc.MIN_RECENT_CARDS} reviewed queue cards replace it")
         nxt = (f"; the next {p['next_cards']} flagged cards are expected to hold about {p['expected_errors_next']:g} "
-               "wrong labels (the sum of 1 − p(given) of the audit distribution: the model's estimate, not a count; "
-               f"once the run has {rc.MIN_RECENT_CARDS} reviewed queue cards, their error rate gives this figure)")
-    spot = (f" {p['n_spot_checks']} spot-check cards (random rows, flagged or not: show &ldquo;spot checks&rdquo;) "
-            "let your decisions estimate the share of wrong labels in the next run: decide all of them."
-            if p.get("n_spot_checks") else "")
+               f"wrong labels (95 % interval {p['expected_lo']:g}–{p['expected_hi']:g}; {why})")
+    if not p.get("n_spot_checks"):
+        spot = ""
+    elif p.get("spot_checks_reachable", True):
+        spot = (f" {p['n_spot_checks']} spot-check cards (random rows, flagged or not, shown blind: show "
+                "&ldquo;spot checks&rdquo;) let your decisions estimate the share of wrong labels in the next run: "
+                f"decide at least {rc.MIN_SPOT_CHECKS} of them.")
+    else:
+        spot = (f" {p['n_spot_checks']} spot-check cards (random rows) are offered, but at {p['n_rows']:,} rows "
+                f"they cannot reach the {rc.MIN_SPOT_CHECKS} needed to estimate the share of wrong labels "
+                f"(about {int(rc.MIN_SPOT_CHECKS / rc.SPOT_SHARE):,} rows are needed); your decisions still count "
+                "exactly for the rows they decide.")
     return (f'<p class="verdict" id="progress">Review progress: <b>{p["n_reviewed"]}</b> samples reviewed '
             f'(train --trusted; hidden from the list: show &ldquo;reviewed&rdquo; to see them), '
             f'<b>{p["n_flagged"]}</b> label issues still flagged{_e(nxt)}.{spot}</p>')
@@ -385,26 +418,34 @@ def _map_section(payload: dict) -> str:
 
 
 def _error_share_line(stats: dict) -> str:
-    """The two estimates of the share of wrong labels side by side, and the one the run used."""
+    """The two estimates of the share of wrong labels side by side (each with its interval where it has
+    one), and the one the run used."""
     cal = stats.get("calibration") or {}
     if not cal:
         return ""
     pl, rv = cal.get("planted") or {}, cal.get("reviewed") or {}
     planted = (f"planted flips {_fmt(100 * pl['share'], 0)}%" if pl.get("share") is not None
                else "planted flips: none in this run")
+    drops = (f"; {rv['n_image_drops']} drops of face, duplicate or blurry cards left out: they are not wrong labels"
+             if rv.get("n_image_drops") else "")
     if rv.get("share") is not None:
-        reviewed = (f"your decisions {_fmt(100 * rv['share'], 0)}% (± {_fmt(100 * (rv.get('standard_error') or 0), 0)}; "
-                    f"{rv['n_reviewed']} reviewed, {rv['n_errors']} wrong; {rv['n_spot_checks']} spot checks, "
-                    f"{_fmt(100 * rv['spot_check_error_rate'], 0)}% of them wrong)")
-    elif rv.get("n_reviewed"):
-        reviewed = f"your decisions: not yet — {rv.get('why')}"
+        reviewed = (f"your decisions {_fmt(100 * rv['share'], 0)}% (95 % interval {_fmt(100 * rv['lo'], 0)}–"
+                    f"{_fmt(100 * rv['hi'], 0)}%; {rv['n_reviewed']} label decisions, {rv['n_errors']} wrong; "
+                    f"{rv['n_spot_checks']} spot checks, {rv['n_spot_errors']} of them wrong{drops})")
+    elif rv.get("n_reviewed") or rv.get("n_image_drops"):
+        reviewed = f"your decisions: not yet — {rv.get('why')}{drops}"
     else:
         reviewed = "your decisions: none yet (train --trusted with a saved decisions file)"
     used = {"reviewed": "your decisions'", "planted": "the planted flips'"}.get(cal.get("used"), "neither")
+    flags = ""
+    if cal.get("used") == "reviewed" and cal.get("share_for_flags") not in (None, cal.get("share")):
+        flags = (f" No wrong label among the spot checks is no proof of none: the planted rule flags up to the top "
+                 f"of the interval ({_fmt(100 * cal['share_for_flags'], 0)}%).")
     auroc = (f" Among the reviewed cards the score put the wrong labels first at AUROC {_fmt(rv['auroc'])}."
              if rv.get("auroc") is not None else "")
     return (f'<br><span class="muted" id="error-share">Share of wrong labels: {_e(planted)}; {_e(reviewed)}. '
-            f'This audit uses {used} estimate (the <code>planted</code> threshold rule reads it).{_e(auroc)}</span>')
+            f'This audit uses {used} estimate (the <code>planted</code> threshold rule reads it).{_e(flags)}'
+            f'{_e(auroc)}</span>')
 
 
 def decisions_stem(run_id: str | None) -> str:
@@ -419,6 +460,14 @@ def export_command(workspace: str | None, run_id: str | None) -> str:
     out = f"{ws.rstrip('/')}/cleaned.parquet"
     return (f"fercure export-cleaned -w {shlex.quote(ws)} -o {shlex.quote(out)} --force "
             f"--decisions {shlex.quote(decisions_stem(run_id) + '.csv')}")
+
+
+def loop_command(workspace: str | None, run_id: str | None) -> str:
+    """The review loop with the saved decisions: a run that trains with them (reviewed rows never
+    flagged again, the rest re-scored), then its audit and report."""
+    ws = shlex.quote(workspace or "WS")
+    return (f"fercure train -w {ws} --trusted {shlex.quote(decisions_stem(run_id) + '.csv')} && "
+            f"fercure audit-labels -w {ws}")
 
 
 def render_report(
@@ -576,7 +625,7 @@ with the original file. Decisions stay in this browser until you save them as a 
 {_progress_line(payload["progress"])}
 {_map_section(payload)}
 {_CONTROLS}
-{_BAR.format(command=_e(export_command(workspace, run_id)))}
+{_BAR.format(command=_e(export_command(workspace, run_id)), loop=_e(loop_command(workspace, run_id)))}
 <script type="application/json" id="fercure-data">{json_for_script(payload)}</script>
 <script>{_asset("report.js")}</script>
 </body></html>

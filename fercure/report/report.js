@@ -14,10 +14,17 @@
   var ACTION_TEXT = {keep: 'keep', relabel: 'relabel', drop: 'drop', review: 'leave for review'};
 
   var rows = R.id.map(function (id, i) {
-    return {i: i, id: id, path: R.path[i], given: R.given[i], sugg: R.sugg[i], conf: R.conf[i], band: D.bands[R.band[i]],
-            score: R.score[i], flags: R.flags[i], status: R.status[i], reason: R.reason[i], action: R.action[i],
-            thumb: R.thumb[i], votes: R.votes ? R.votes[i] : ''};
+    return {i: i, id: id, path: R.path[i], given: R.given[i], sugg: R.sugg[i], offer: R.offer ? R.offer[i] : 1,
+            conf: R.conf[i], band: D.bands[R.band[i]], score: R.score[i], flags: R.flags[i], status: R.status[i],
+            reason: R.reason[i], action: R.action[i], thumb: R.thumb[i], votes: R.votes ? R.votes[i] : '', h: hash(id)};
   });
+  // A fixed pseudo-random number per sample (FNV-1a of its id): the spot checks are listed in this
+  // order, not flagged-first, so the order says nothing about what the model thinks of them.
+  function hash(s) {
+    var h = 2166136261;
+    for (var k = 0; k < s.length; k++) { h ^= s.charCodeAt(k); h = Math.imul(h, 16777619) >>> 0; }
+    return h;
+  }
   var byId = {};
   rows.forEach(function (r) { byId[r.id] = r; });
 
@@ -31,7 +38,13 @@
   });
 
   var state = {cat: 'review', given: -1, sugg: -1, cell: null, status: -1, smin: null, smax: null, text: '',
-               decided: 'any', sort: 'order', page: 0, size: 50, sel: null, similar: -1};
+               decided: 'any', sort: 'order', page: 0, size: 50, sel: null, similar: -1, blind: true};
+
+  // A spot check shown blind hides what the model thinks (its suggestion, score, flags, reason), so a
+  // decision on it measures the labels, not the reviewer's agreement with the model.
+  function blindCard(r) { return state.blind && (r.flags & BIT.spot_check) !== 0 && !(r.flags & BIT.reviewed); }
+  // "accept → class" only for a suggestion clearly above chance, never on a blind card
+  function offered(r) { return r.sugg >= 0 && r.sugg !== r.given && !!r.offer && !blindCard(r); }
 
   // --- decisions, kept in localStorage so a reload does not lose them
   var KEY = 'fercure-decisions:' + D.key;
@@ -149,8 +162,26 @@
     conf_desc: function (a, b) { return num(b.conf, -1) - num(a.conf, -1) || a.i - b.i; },
     conf_asc: function (a, b) { return num(a.conf, 2) - num(b.conf, 2) || a.i - b.i; },
     given: function (a, b) { return a.given - b.given || a.i - b.i; },
-    path: function (a, b) { return a.path < b.path ? -1 : a.path > b.path ? 1 : a.i - b.i; }
+    path: function (a, b) { return a.path < b.path ? -1 : a.path > b.path ? 1 : a.i - b.i; },
+    spot: function (a, b) { return a.h - b.h || a.i - b.i; }
   };
+  function sorter() { return state.cat === 'spot_check' && state.sort === 'order' ? SORTS.spot : SORTS[state.sort]; }
+
+  // A long reason is cut where a sentence or phrase ends, never inside one; "more" shows the rest.
+  var SHORT = 110;
+  function shortReason(t) {
+    if (t.length <= SHORT) { return null; }
+    var head = t.slice(0, SHORT + 1), groups = [['. ', '; '], [': ', ', ', ' (', ' — ']], cut = -1;
+    for (var g = 0; g < groups.length && cut < 0; g++) {
+      groups[g].forEach(function (sep) {
+        var at = head.lastIndexOf(sep);
+        if (at >= 30 && at + (sep === '. ' ? 1 : 0) > cut) { cut = at + (sep === '. ' ? 1 : 0); }
+      });
+    }
+    if (cut < 0) { cut = head.lastIndexOf(' '); }
+    if (cut < 1) { cut = SHORT; }
+    return t.slice(0, cut).replace(/[\s,;:(—]+$/, '') + ' …';
+  }
 
   // --- one card
   function bandText(r) {
@@ -175,35 +206,47 @@
     else { c.appendChild(el('div', {'class': 'noimg', title: D.thumbs.note}, 'no thumbnail')); }
     var lab = el('div');
     lab.appendChild(el('span', {'class': 'lab given'}, L[r.given]));
-    var differs = r.sugg >= 0 && r.sugg !== r.given;
-    if (differs) {
+    var differs = r.sugg >= 0 && r.sugg !== r.given, blind = blindCard(r);
+    if (blind) {
+      c.classList.add('blind');
+      c.appendChild(lab);
+      c.appendChild(el('div', {'class': 'conf blind-note'},
+                       'spot check, shown blind: is the label right? (the model\'s view is hidden)'));
+    } else if (offered(r)) {
       lab.appendChild(document.createTextNode(' → '));
       lab.appendChild(el('span', {'class': 'lab b-' + r.band}, L[r.sugg]));
       c.appendChild(lab);
       c.appendChild(el('div', {'class': 'conf b-' + r.band}, bandText(r)));
+    } else if (differs) {
+      c.appendChild(lab);
+      c.appendChild(el('div', {'class': 'conf b-guess no-sugg'}, 'no suggestion: the model\'s best other class is at ' +
+                       fmt(r.conf) + ', barely above chance (' + fmt(D.chance) + ')'));
     } else {
       c.appendChild(lab);
       if (r.conf !== null) { c.appendChild(el('div', {'class': 'conf b-guess'}, 'no other label suggested')); }
     }
-    c.appendChild(el('div', null, 'label score ' + fmt(r.score, 3)));
+    if (!blind) { c.appendChild(el('div', null, 'label score ' + fmt(r.score, 3))); }
     if (r.votes) { c.appendChild(el('div', {'class': 'votes', title: 'the annotators\' votes'}, 'votes: ' + r.votes)); }
     var fl = el('div', {'class': 'flags'});
     D.flags.forEach(function (f) {
-      if (r.flags & BIT[f]) { fl.appendChild(el('span', {'class': 'chip'}, f === 'face' ? D.statuses[r.status] : FLAG_TEXT[f])); }
+      if (!(r.flags & BIT[f]) || (blind && f !== 'spot_check' && f !== 'face')) { return; }
+      fl.appendChild(el('span', {'class': 'chip'}, f === 'face' ? D.statuses[r.status] : FLAG_TEXT[f]));
     });
     c.appendChild(fl);
-    if (r.action) { c.appendChild(el('div', {'class': 'act'}, 'fercure (default policy): ' + ACTION_TEXT[r.action])); }
+    if (r.action && !blind) { c.appendChild(el('div', {'class': 'act'}, 'fercure (default policy): ' + ACTION_TEXT[r.action])); }
     var url = originalUrl(r);
     if (url) {
       c.appendChild(el('a', {'class': 'path', href: url, title: 'open the original file', target: '_blank', rel: 'noopener'}, r.path));
     } else { c.appendChild(el('div', {'class': 'path', title: r.path}, r.path)); }
-    if (r.reason) {
-      var rs = el('div', {'class': 'reason', title: r.reason}, r.reason);
+    if (r.reason && !blind) {
+      var short = shortReason(r.reason);
+      var rs = el('div', {'class': 'reason', title: r.reason}, short || r.reason);
       c.appendChild(rs);
-      if (r.reason.length > 90) {  // past about three lines: a button shows the rest
+      if (short) {  // a button shows the rest
         var more = el('button', {type: 'button', 'class': 'link more', 'aria-expanded': 'false'}, 'more');
         more.addEventListener('click', function () {
           var open = rs.classList.toggle('open');
+          rs.textContent = open ? r.reason : short;
           more.textContent = open ? 'less' : 'more';
           more.setAttribute('aria-expanded', String(open));
         });
@@ -221,7 +264,7 @@
     }
     var sim = similarBox(r);
     if (sim) { c.appendChild(sim); }
-    c.appendChild(controls(r, d, differs));
+    c.appendChild(controls(r, d, offered(r)));
     return c;
   }
   function groupBox(r, ms) {
@@ -290,7 +333,7 @@
   // --- the list, the pager, the chips and the decision bar
   var shownRows = [], cur = -1;
   function render() {
-    var shown = shownRows = rows.filter(matches).sort(SORTS[state.sort]);
+    var shown = shownRows = rows.filter(matches).sort(sorter());
     var pages = Math.max(1, Math.ceil(shown.length / state.size));
     state.page = Math.min(state.page, pages - 1);
     var lo = state.page * state.size, hi = Math.min(shown.length, lo + state.size);
@@ -299,6 +342,9 @@
     var frag = document.createDocumentFragment();
     for (var i = lo; i < hi; i++) { frag.appendChild(card(shown[i])); }
     $('nshown').textContent = String(shown.length);
+    var old = shown.filter(function (r) { return r.flags & BIT.reviewed; }).length;
+    $('bulk-skip').textContent = old ? ' (' + old + ' of them reviewed in an earlier round: bulk actions leave those ' +
+      'as they were decided)' : '';
     ['bulk-accept', 'bulk-keep', 'bulk-drop', 'bulk-undo'].forEach(function (b) { $(b).disabled = !shown.length; });
     list.appendChild(frag);
     if (!shown.length) { list.appendChild(el('p', {'class': 'muted'}, 'No listed sample matches these filters.')); }
@@ -417,6 +463,7 @@
   bind('f-decided', 'decided', String);
   bind('f-sort', 'sort', String);
   bind('f-size', 'size', function (v) { return parseInt(v, 10); });
+  $('f-blind').addEventListener('change', function (ev) { state.blind = ev.target.checked; render(); });
   $('prev').addEventListener('click', function () { state.page -= 1; render(); });
   $('next').addEventListener('click', function () { state.page += 1; render(); });
 
@@ -444,12 +491,28 @@
     b.addEventListener('click', function () { show({cat: b.dataset.showFlag}); });
   });
 
-  // --- a decision for every card the filters show (all pages)
+  // --- a decision for every card the filters show (all pages). Cards reviewed in an earlier round
+  // (train --trusted) are never touched: a bulk decision fed to the next run would silently revert
+  // them; nor are cards already decided here (undo aside), nor, for accept, cards that offer nothing.
   function bulk(action) {
-    var targets = shownRows.filter(function (r) { return action !== 'accept' || (r.sugg >= 0 && r.sugg !== r.given); });
+    var skip = {reviewed: 0, decided: 0, nothing: 0};
+    var targets = shownRows.filter(function (r) {
+      if (action === 'undo') { return !!decisions[r.id]; }
+      if (r.flags & BIT.reviewed) { skip.reviewed += 1; return false; }
+      if (decisions[r.id]) { skip.decided += 1; return false; }
+      if (action === 'accept' && !offered(r)) { skip.nothing += 1; return false; }
+      return true;
+    });
     var what = {accept: 'accept the suggestion of', keep: 'keep', drop: 'drop', undo: 'undo the decisions of'}[action];
+    var notes = [];
+    if (skip.reviewed) { notes.push(skip.reviewed + ' reviewed in an earlier round'); }
+    if (skip.decided) { notes.push(skip.decided + ' already decided here'); }
+    if (skip.nothing) { notes.push(skip.nothing + ' with no suggestion to accept (none offered, or shown blind)'); }
+    var left = notes.length ? 'left as they are: ' + notes.join('; ') : '';
+    $('bulk-note').textContent = targets.length ? '' : 'No card to ' + what + (left ? ' (' + left + ').' : '.');
     if (!targets.length || !window.confirm(what.charAt(0).toUpperCase() + what.slice(1) + ' ' + targets.length +
-                                           (targets.length === 1 ? ' card?' : ' cards?'))) { return; }
+                                           (targets.length === 1 ? ' card?' : ' cards?') +
+                                           (left ? ' (' + left + '.)' : ''))) { return; }
     targets.forEach(function (r) {
       if (action === 'undo') { forget(r); return; }
       record(r, action === 'accept' ? 'relabel' : action, action === 'accept' ? L[r.sugg] : '');
@@ -498,7 +561,7 @@
       case 'k': setCurrent(Math.max(cur - 1, 0), true); break;
       case ']': if (state.page < pages - 1) { state.page += 1; cur = 0; render(); setCurrent(0, true); } break;
       case '[': if (state.page > 0) { state.page -= 1; cur = 0; render(); setCurrent(0, true); } break;
-      case 'a': if (r && r.sugg >= 0 && r.sugg !== r.given) { setDecision(r, 'relabel', L[r.sugg]); next(); } break;
+      case 'a': if (r && offered(r)) { setDecision(r, 'relabel', L[r.sugg]); next(); } break;
       case 's': if (r) { setDecision(r, 'keep', ''); next(); } break;
       case 'd': if (r) { setDecision(r, 'drop', ''); next(); } break;
       case 'u': if (r) { forget(r); saveLocal(); render(); } break;

@@ -529,9 +529,11 @@ def _error_share_rows(cal: dict) -> dict:
     rv = cal.get("reviewed") or {}
     return {"planted flips": cal["planted"]["share"] if cal.get("planted") else None,
             "reviewed rows": rv.get("share"),
+            "reviewed rows, 95 % interval": [rv.get("lo"), rv.get("hi")] if rv.get("share") is not None else None,
             "reviewed rows (n, wrong, spot checks)": [rv.get("n_reviewed", 0), rv.get("n_errors", 0),
                                                      rv.get("n_spot_checks", 0)],
             "spot checks wrong": rv.get("spot_check_error_rate"),
+            "image drops (not label errors)": rv.get("n_image_drops") or None,
             "why not reviewed": rv.get("why") if rv.get("share") is None and rv.get("n_reviewed") else None,
             "used": cal.get("used")}
 

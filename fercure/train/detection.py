@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from fercure import embedding_map
+from fercure import strength
 from fercure.dynamics_signals import fine_alignment
 from fercure.metrics import auroc
 from fercure.train import signals as sg
@@ -220,7 +221,7 @@ def aggregate(plan: RunPlan, members: Sequence[dict[str, Any]], retrain: dict[st
     self_check = _self_check(pl, fit_rows, mean_p_train, knn_train, config.plant_rate, fusion)
     strength = model_strength(eval_probs[ho], given[ho], c)
     strength["planted_auroc"] = self_check.get("auroc_mean_p")
-    strength.update(verdict_of(strength))
+    strength.update(verdict_of(strength, self_check))
     return cols, self_check, strength
 
 
@@ -301,6 +302,7 @@ def _self_check(pl: np.ndarray, rows: np.ndarray, mean_p_train: np.ndarray, knn_
     own evidence that its scores find wrong labels."""
     self_check: dict[str, Any] = {"n_planted": int(pl.sum()), "plant_rate": float(plant_rate)}
     if pl.any():
+        self_check["n_scored"] = int(rows.sum())  # the rows the AUROC ranks the flips among (its interval)
         self_check["auroc_mean_p"] = auroc(pl[rows], -mean_p_train[rows])
         self_check["auroc_knn"] = auroc(pl[rows], -knn_train[rows]) if knn_train is not None else None
         share = sg.estimate_error_share(mean_p_train[rows], pl[rows])
@@ -355,23 +357,11 @@ def model_strength(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> d
             "standard_error": float(np.sqrt(max(acc * (1 - acc), 1e-12) / m))}
 
 
-def verdict_of(s: dict[str, Any]) -> dict[str, str]:
-    """ok / weak / too_weak, with the sentence the summary and the report show.
-
-    too_weak: the probe accuracy is not clearly above chance (less than 2 standard errors or 5
-    points), or the planted flips rank no better than 0.6 AUROC: the scores are noise. weak: above
-    chance but the planted flips are not ranked well (AUROC < 0.8): flags are leads, not evidence."""
-    acc, chance, se = s.get("holdout_accuracy"), s.get("chance_accuracy"), s.get("standard_error")
-    planted = s.get("planted_auroc")
-    if acc is None:
-        return {"verdict": "unknown", "message": "No held-out probe (holdout = 0): model strength not measured."}
-    lift = acc - chance
-    head = f"held-out accuracy {acc:.2f} vs chance {chance:.2f} on {s['n_holdout']} probe samples"
-    if planted is not None and np.isfinite(planted):
-        head += f"; planted flips ranked at AUROC {planted:.2f}"
-    if lift < max(0.05, 2 * (se or 0)) or (planted is not None and np.isfinite(planted) and planted < 0.6):
-        return {"verdict": "too_weak", "message": "Model too weak to judge labels: " + head +
-                ". Treat the flags as noise; train longer, on more images, or with --pretrained weights."}
-    if planted is not None and np.isfinite(planted) and planted < 0.8:
-        return {"verdict": "weak", "message": "Model is weak: " + head + ". Flags are leads to review, not evidence."}
-    return {"verdict": "ok", "message": "Model strong enough to judge: " + head + "."}
+def verdict_of(s: dict[str, Any], self_check: dict[str, Any] | None = None) -> dict[str, str]:
+    """ok / weak / too_weak (``fercure.strength.verdict``), with the sentence the training log shows:
+    the ranking judged by the planted flips' AUROC and its interval, the suggestions not yet measured
+    (no reviewed cards at training time). The audit judges again with the reviewed rows."""
+    sc = self_check or {}
+    n_pl = int(sc.get("n_planted") or 0)
+    ranking = strength.ranking_strength(s.get("planted_auroc"), n_pl, int(sc.get("n_scored") or 0) - n_pl)
+    return strength.verdict(ranking, strength.suggestion_strength(np.zeros(0, bool)), s)
