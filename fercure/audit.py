@@ -1173,12 +1173,15 @@ class ReviewedRows:
 
 
 def image_problem_ids(manifest: pd.DataFrame, blur_threshold: float | None = None) -> set[str]:
-    """Samples whose image, not label, is the problem: no usable face (any face status but ``ok``), a
-    near-duplicate, or a blurry crop. A reviewer's drop of one says nothing about its label."""
-    status = _col(manifest, "face_status", "ok")
-    dup = _col(manifest, "duplicate_of", "") != ""
-    blur, _ = blur_issues(_num(manifest, "sharpness"), blur_threshold)
-    return set(manifest["sample_id"].astype(str).to_numpy()[(status != "ok") | dup | blur])
+    """Samples whose image, not label, is the problem (the face-stage issues of ``_face_columns``): no
+    usable face (any face status but ``ok``), a near-duplicate, a blurry, too dark, too bright or flat
+    crop. A reviewer's drop of one says nothing about its label."""
+    face, _ = _face_columns(manifest, blur_threshold)
+    bad = face["face_status"] != "ok"
+    for name, hit in face.items():
+        if name.startswith("is_") and name.endswith("_issue"):
+            bad = bad | np.asarray(hit, bool)
+    return set(manifest["sample_id"].astype(str).to_numpy()[bad])
 
 
 def calibration_stats(run_meta: Mapping, rows: ReviewedRows, n_trained: int) -> dict:
