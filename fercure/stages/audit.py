@@ -344,9 +344,11 @@ def _annotator_rows(info: dict | None) -> dict:
     """The vote file's figures for the terminal: counts, and the annotator least in line with the consensus."""
     if not info:
         return {}
-    out = {"images_with_votes": info["n_images"], "annotators_disagree": info["n_disagreement"],
-           "annotators": len(info["per_annotator"])}
     named = [r for r in info["per_annotator"] if r["annotator"]]
+    # not all counts: the terminal shows them as figures, not as a table with a total
+    out = {"images_with_votes": info["n_images"], "annotators_disagree": info["n_disagreement"],
+           "disagree_below": info["disagreement_below"],
+           "annotators": len(named) if named else "anonymous vote counts"}
     if len(named) > 1:
         worst = named[0]
         out["lowest_quality"] = (f"{worst['annotator']}: quality {worst['quality']:.2f}, agrees with the consensus "
