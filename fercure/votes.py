@@ -27,9 +27,10 @@ import numpy as np
 import pandas as pd
 
 from fercure import annotators
+from fercure import labels as class_names_mod
 from fercure.ingest import (DEFAULT_SPLIT, LABEL_ALIASES, PATH_ALIASES, REJECT_COLUMNS, SAMPLE_COLUMNS, SPLIT_ALIASES,
-                            LabelFileError, _Locator, _lookalike_hint, _normalise_header, clean_label,
-                            lookalike_labels)
+                            LabelFileError, _Locator, _lookalike_hint, _normalise_header, check_reserved,
+                            clean_label, lookalike_labels)
 from fercure.workspace import file_kind, sample_id
 
 ANNOTATOR_ALIASES = ("annotator", "annotator_id", "rater", "rater_id", "worker", "worker_id", "labeler",
@@ -206,7 +207,12 @@ def read_vote_file(root: Path, path: Path, classes: list[str] | None = None) -> 
     classes_out = (class_names if kind == "wide" and wanted is None else
                    [c for c in dict.fromkeys(clean_label(str(c)) for c in classes)] if classes else
                    sorted({a[2] for a in ann}))
-    return _assemble(kind, ann, split_of, rejects, classes_out, notes)
+    voted = _assemble(kind, ann, split_of, rejects, classes_out, notes)
+    counts = {str(k): int(v) for k, v in voted.samples["label"].value_counts().items()}
+    check_reserved({c: counts.get(c, 0) for c in classes_out}, path)
+    voted.notes.extend(f"warning: {w}" for w in class_names_mod.near_duplicate_classes(counts)
+                       + class_names_mod.balance_warnings(counts, classes_out if classes else None))
+    return voted
 
 
 def _assemble(kind: str, ann: list[tuple[str, str, str, float, int]], split_of: dict[str, str],

@@ -176,3 +176,12 @@ def test_wide_vote_file_in_parquet_reads_like_csv(photos: Path, tmp_path: Path):
     assert np.allclose(a.samples["agreement"], 0.65) and a.classes == CLASSES
     # rows: Parquet counts from 1, CSV from 2 (the header is row 1)
     assert a.annotations["row"].min() == 1 and b.annotations["row"].min() == 2
+
+
+def test_vote_file_refuses_a_reserved_class_name(photos: Path, tmp_path: Path):
+    from fercure.votes import read_vote_file
+
+    names = sorted(p.name for p in photos.iterdir())
+    pd.DataFrame({"path": names, "given": [3] * 9, "happy": [1] * 9}).to_csv(tmp_path / "votes.csv", index=False)
+    with pytest.raises(WorkspaceError, match="'given'.*reserve"):
+        read_vote_file(photos, tmp_path / "votes.csv")
