@@ -264,5 +264,6 @@ def test_the_save_bar_names_the_export_and_the_review_loop():
     html = render_report(table, stats, CLASSES, run_id="r 1", workspace="/data/my ws")
     bar = re.search(r'<div id="bar">(.*?)</div>', html, re.S).group(1)
     assert "fercure export-cleaned -w &#x27;/data/my ws&#x27;" in bar and "--decisions decisions-r_1.csv" in bar
+    assert "fercure audit-labels -w &#x27;/data/my ws&#x27; --trusted decisions-r_1.csv" in bar
     assert ("fercure train -w &#x27;/data/my ws&#x27; --trusted decisions-r_1.csv &amp;&amp; "
             "fercure audit-labels -w &#x27;/data/my ws&#x27;") in bar

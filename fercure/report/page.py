@@ -362,8 +362,8 @@ _BAR = """
 <button type="button" id="dl-csv">Save decisions (CSV)</button>
 <button type="button" id="dl-json">Save as JSON</button>
 <button type="button" id="clear">Clear</button>
-<span>then: <code id="next-cmd">{command}</code> (the cleaned labels), or retrain with your decisions and
-review the next cards: <code id="loop-cmd">{loop}</code></span>
+<span>then: <code id="next-cmd">{command}</code> (the cleaned labels), or review the next cards with your
+decisions applied: <code id="loop-cmd">{loop}</code></span>
 <span class="muted keys">keys: j / k next / previous card · a accept · s keep · d drop · u undo ·
 [ / ] page</span></div>
 """
@@ -463,11 +463,12 @@ def export_command(workspace: str | None, run_id: str | None) -> str:
 
 
 def loop_command(workspace: str | None, run_id: str | None) -> str:
-    """The review loop with the saved decisions: a run that trains with them (reviewed rows never
-    flagged again, the rest re-scored), then its audit and report."""
+    """The review loop with the saved decisions: re-rank the rest in seconds (no training; reviewed rows
+    never flagged again), or retrain with them; either writes the next report."""
     ws = shlex.quote(workspace or "WS")
-    return (f"fercure train -w {ws} --trusted {shlex.quote(decisions_stem(run_id) + '.csv')} && "
-            f"fercure audit-labels -w {ws}")
+    f = shlex.quote(decisions_stem(run_id) + ".csv")
+    return (f"fercure audit-labels -w {ws} --trusted {f}  (re-rank, no training) · "
+            f"fercure train -w {ws} --trusted {f} && fercure audit-labels -w {ws}  (retrain)")
 
 
 def render_report(
