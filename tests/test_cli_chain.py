@@ -62,6 +62,10 @@ def test_json_summaries_name_outputs_and_next_command(chain: Path):
     assert sum(out["export-cleaned"]["actions"].values()) == 84
     assert out["export-cleaned"]["decided_by_reviewer"] == 0 and out["export-cleaned"]["decision_problems"] == []
     assert "--decisions" in out["audit-labels"]["next"]
+    # the verdict's two parts under machine keys: the ranking with its interval, the suggestions unmeasured
+    rk, sg = out["audit-labels"]["ranking"], out["audit-labels"]["suggestions"]
+    assert rk == {} or (rk["measured_on"] == "planted" and rk["auroc_lo"] <= rk["auroc"] <= rk["auroc_hi"])
+    assert sg["cards"] == 0 and sg["share"] is None and sg["judged"] == "not enough cards"
     assert "read_parquet" in out["export-cleaned"]["next"]
 
 

@@ -81,6 +81,10 @@ class AuditSummary:
     evidence_notes: list[str] = field(default_factory=list, metadata={"hidden": True})
     annotators: dict = field(default_factory=dict)  # with a vote file: images with votes, disagreements, lowest quality
     review_queue: dict = field(default_factory=dict)  # which order review_rank follows, and the AUROCs behind it
+    # the verdict's two parts (fercure.strength): how well the queue finds wrong labels, with its interval,
+    # and how often a suggestion was the reviewer's choice (None until enough decided cards)
+    ranking: dict = field(default_factory=dict)
+    suggestions: dict = field(default_factory=dict)
 
     @property
     def warning(self) -> str | None:
@@ -217,7 +221,25 @@ def run_audit(
         evidence_notes=ev.warnings + ev.notes,
         annotators=_annotator_rows(stats.get("annotators")),
         review_queue=_queue_rows(stats["queue"]),
+        ranking=_ranking_rows(stats["model_strength"].get("ranking")),
+        suggestions=_suggestion_rows(stats["model_strength"].get("suggestions")),
     )
+
+
+def _ranking_rows(r: dict | None) -> dict:
+    """The ranking's strength as machine keys: what measured it, the AUROC and its 95 % interval."""
+    if not r or r.get("source") is None:
+        return {}
+    return {"measured_on": r["source"], "auroc": r["auroc"], "auroc_lo": r["lo"], "auroc_hi": r["hi"],
+            "n_wrong": r["n_pos"], "n_right": r["n_neg"], "beats_chance": r["useful"]}
+
+
+def _suggestion_rows(sg: dict | None) -> dict:
+    """The suggestions' strength as machine keys: decided cards that offered one, how many took it."""
+    if not sg:
+        return {}
+    return {"cards": sg["n"], "chosen": sg["k"], "share": sg["share"], "share_lo": sg["lo"], "share_hi": sg["hi"],
+            "judged": sg["judged"] or "not enough cards"}
 
 
 def _which_run(ws: Workspace, run_id: str | None, external: bool) -> str | None:
