@@ -72,7 +72,10 @@ def neighbours_of(run: Path, keep: Path, sample_ids: np.ndarray, k: int):
     classes = cfg.get("classes")
     model = build_model(config, len(classes))
     state = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
-    model.load_state_dict(state, strict=False)
+    missing = model.load_state_dict(state, strict=False).missing_keys
+    if missing:  # the embedding must be the run's own, not a fresh network's
+        raise SystemExit(f"{run / 'model.pt'} does not fit the run's config ({len(missing)} weights missing, e.g. "
+                         f"{missing[0]}); cannot embed the crops again.")
     manifest = read_table(keep / "ws" / "manifest.parquet").set_index("sample_id")
     store_rows = manifest["store_index"].reindex(sample_ids).to_numpy()
     placed = np.isfinite(store_rows.astype(float)) & (store_rows.astype(float) >= 0)
@@ -151,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench_review_loop import fercure_queue
 
     from fercure import groups as grouping
-    from fercure import review_calibration as rc
+    from fercure.stages.audit import queue_positions
     from fercure.workspace import read_metadata, read_table
 
     audit_path = args.keep / "audit-0.parquet"
@@ -168,9 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     flagged = audit["is_label_issue"].fillna(False).astype(bool).to_numpy().copy()
     if "is_reviewed" in audit.columns:
         flagged &= ~audit["is_reviewed"].fillna(False).astype(bool).to_numpy()
-    held = audit["retrain_p_given"].to_numpy(float) if "retrain_p_given" in audit.columns else np.full(len(ids), np.nan)
-    key = rc.queue_key(audit["label_score"].to_numpy(float), held, flagged)
-    order = np.lexsort((np.arange(len(ids)), np.nan_to_num(key, nan=2.0)))
+    order = queue_positions(audit, flagged)  # as audit-labels orders the leaders
     pos = pd.Series(np.arange(len(ids)), index=ids)
     dup = pos.reindex(audit["duplicate_of"].fillna("").astype(str).to_numpy()).fillna(-1).to_numpy(np.int64)
     given = audit["given_label"].astype(str).to_numpy()

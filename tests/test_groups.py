@@ -223,3 +223,34 @@ def test_pca_projection_is_deterministic_and_keeps_the_widest_direction_first():
     assert np.allclose(embedding_map.project(e), xy)
     e[3] = np.nan
     assert np.isnan(embedding_map.project(e)[3]).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# the benchmark's replay (benchmarks/bench_groups.py), on a queue worked out by hand
+
+
+def test_the_replay_counts_a_group_card_once_and_each_member_taken_out_as_a_card():
+    import importlib.util
+    import sys
+
+    bench = Path(__file__).resolve().parent.parent / "benchmarks"
+    sys.path.insert(0, str(bench))
+    spec = importlib.util.spec_from_file_location("bench_groups", bench / "bench_groups.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    audit = pd.DataFrame({"sample_id": ["a", "b", "c", "d", "e"]})
+    # a, b, c: one group led by a (a and b wrong alike, c right); d wrong alone; e right alone
+    answers = pd.DataFrame({"sample_id": ["a", "b", "c", "d", "e"],
+                            "action": ["relabel", "relabel", "keep", "drop", "keep"],
+                            "reviewer_label": ["happy", "happy", None, None, None]})
+    groups = grouping.Groups(group=np.array([0, 0, 0, -1, -1]), leaders=np.array([0]))
+    queue = ["a", "d", "b", "e", "c"]
+    r = mod.replay(audit, answers, queue, groups, n_cards=3)
+    assert r["cards"] == 3 and r["group_cards"] == 1 and r["rows_in_groups"] == 3
+    assert r["group_precision"] == pytest.approx(2 / 3)
+    # take out: c is taken out (its answer differs) and costs a card; a, b, d fixed
+    assert r["take_out"] == {"cards": 4, "rows_fixed": 3, "rows_fixed_per_card": 0.75}
+    # blind: c relabelled with the group (broken); a, b, d fixed over 3 cards
+    assert r["blind"]["rows_fixed"] == 3 and r["blind"]["rows_broken"] == 1
+    plain = mod.replay(audit, answers, queue, None, n_cards=3)
+    assert plain["take_out"]["rows_fixed"] == 3 and plain["cards"] == 3  # a, d, b: all wrong

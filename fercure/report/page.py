@@ -405,8 +405,8 @@ def _map_section(payload: dict) -> str:
     """The embedding map (drawn by the page's script from the payload's points) and what it shows."""
     m = payload.get("map")
     if not m:
-        return ('<p class="muted" id="map-none">No embedding map: the run kept no embedding (a run of fercure '
-                'before 0.5). Train again to see one.</p>')
+        return ('<p class="muted" id="map-none">No embedding map and no similar faces: this audit has no embedding '
+                'from a run (a run of fercure before 0.5, or an audit without a run). Train again to see them.</p>')
     return (f'<h3 id="map">Embedding map</h3><p class="muted" id="map-note">{_e(m["note"])} Colour: the label; '
             "a black ring: flagged as a label issue. Drag a rectangle to list the cards it holds (a click: the "
             "nearest point's card), then decide them with the bulk actions. Each card lists its most similar faces "
