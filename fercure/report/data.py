@@ -253,8 +253,11 @@ def build_payload(
         rows["thumb"].append(thumbs.get(int(r), ""))
         rows["votes"].append(votes[r])
 
-    rows["grp"] = E.group_leaders(audit, order)
-    rows["nn"] = E.similar_faces(neighbours, order, given, lidx)
+    grp = E.group_leaders(audit, order)
+    if any(g >= 0 for g in grp):  # absent keys cost nothing on a page without groups or neighbours
+        rows["grp"] = grp
+    if neighbours is not None:
+        rows["nn"] = E.similar_faces(neighbours, order, given, lidx)
     emap = E.map_payload(audit, order, C.flag(audit, "is_issue").to_numpy(), lidx)
     if emap is not None:
         emap["note"] = E.map_note(emap)
