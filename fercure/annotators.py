@@ -1,10 +1,9 @@
 """Several annotators per image: consensus labels, agreement and annotator quality (pure numpy).
 
-Annotations come as three parallel integer arrays (``Annotations``): the item (image) each label is
-about, the annotator who gave it, and the class index. A wide vote-count file (FER+, RAF-DB) has no
-annotator names; its votes are expanded to one anonymous annotator per item ("votes", see
-``fercure.votes``), which majority vote and the model-weighted consensus handle as they are, and
-Dawid–Skene treats as one pooled annotator.
+Annotations come as parallel arrays (``Annotations``): the item (image) each label is about, the
+annotator who gave it, the class index, and a weight (1 per label; a class's vote count for a wide
+vote-count file such as FER+ or RAF-DB). A wide file names no annotators: its votes are one pooled
+anonymous annotator (``fercure.votes``), for which Dawid–Skene learns a single class-confusion matrix.
 
 Methods:
 
