@@ -653,6 +653,8 @@ def demo(
     epochs: int = typer.Option(15, min=1),
     image_size: int = typer.Option(48, min=16, help="Crop and training size in pixels (the FER2013 crops are 48 px)."),
     batch_size: int = typer.Option(64, min=2),
+    backbone: str = typer.Option("resnet18", help="Any timm model name."),
+    backbone_arg: list[str] = typer.Option([], "--backbone-arg", help="KEY=VALUE passed to timm.create_model (repeatable). Default for resnet18: channels=[32,64,128,256], a half-width ResNet-18 for 48 px faces; --backbone-arg channels=[64,128,256,512] gives the full width."),
     device: Device = typer.Option(Device.auto),
     force: bool = typer.Option(True, help="Overwrite WS/cleaned.parquet from an earlier demo."),
     wait: bool = WaitOpt,
@@ -664,8 +666,16 @@ def demo(
     if data is None or not (data / "labels.csv").exists():
         _fail("sample_data/ not found: pass --data PATH (a folder with images/ and labels.csv).")
     _check_demo_workspace(workspace, data)  # before the lock writes anything there
+    try:
+        backbone_args = parse_backbone_args(backbone_arg)
+    except FercureError as e:
+        _fail(str(e))
+    if backbone == "resnet18" and not backbone_args:
+        backbone_args = dict(DEMO_RESNET18_ARGS)
+    config = TrainConfig(image_size=image_size, epochs=epochs, batch_size=batch_size, device=device.value,
+                         backbone=backbone, backbone_args=backbone_args)
     with _locked(workspace, wait, create=True):  # one lock over all four stages
-        _demo_stages(data, workspace, limit, epochs, image_size, batch_size, device, force, json_out)
+        _demo_stages(data, workspace, limit, config, force, json_out)
 
 
 def _check_demo_workspace(workspace: Path, data: Path) -> None:
@@ -678,14 +688,18 @@ def _check_demo_workspace(workspace: Path, data: Path) -> None:
               "Choose a workspace outside it, e.g. -w demo-ws.")
 
 
-def _demo_stages(data: Path, workspace: Path, limit: int | None, epochs: int, image_size: int,
-                 batch_size: int, device: Device, force: bool, as_json: bool = False) -> None:
+# The demo's backbone: ResNet-18 at half width trains 2.7x more images per CPU-second than the full
+# width at 48 px (benchmarks/RESULTS.md, "demo"), so the first contact stays short on a laptop.
+DEMO_RESNET18_ARGS = {"channels": [32, 64, 128, 256]}
+
+
+def _demo_stages(data: Path, workspace: Path, limit: int | None, config: "TrainConfig", force: bool,
+                 as_json: bool = False) -> None:
     from fercure.console import console
     from fercure.stages.audit import run_audit
     from fercure.stages.export import run_export
     from fercure.stages.prepare import run_prepare
     from fercure.stages.train import run_train
-    from fercure.train.config import TrainConfig
     from fercure.workspace import Workspace
 
     from fercure.summary import as_json as summary_json
@@ -699,10 +713,9 @@ def _demo_stages(data: Path, workspace: Path, limit: int | None, epochs: int, im
     labels = _demo_labels(data, workspace, limit)
     rule("[bold]1/4 prepare")
     summaries = [("prepare", _run(run_prepare, "prepare", as_json=emit, input_root=data / "images",
-                                  workspace=workspace, labels_file=labels, device=device.value,
-                                  image_size=image_size))]
+                                  workspace=workspace, labels_file=labels, device=config.device,
+                                  image_size=config.image_size))]
     rule("[bold]2/4 train")
-    config = TrainConfig(image_size=image_size, epochs=epochs, batch_size=batch_size, device=device.value)
     summaries.append(("train", _run(run_train, "train", as_json=emit, workspace=workspace, config=config)))
     rule("[bold]3/4 audit-labels")
     summaries.append(("audit-labels", _run(run_audit, "audit-labels", as_json=emit, workspace=workspace)))

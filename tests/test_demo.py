@@ -38,6 +38,18 @@ def test_demo_writes_a_scorecard(tmp_path: Path, sample_data: Path):
     assert report.exists() and "fercure-data" in report.read_text()
     assert f"Review report: {report.resolve()}" in " ".join(result.output.split()).replace("\n", "")
     assert not any(p.name.endswith(".tmp") for p in ws.rglob("*"))
+    config = json.loads(next((ws / "runs").glob("*/config.json")).read_text())
+    assert config["backbone"] == "resnet18" and config["backbone_args"] == {"channels": [32, 64, 128, 256]}
+
+
+def test_demo_backbone_args_replace_the_half_width_default(tmp_path: Path, sample_data: Path):
+    ws = tmp_path / "ws"
+    result = runner.invoke(app, ["demo", "-w", str(ws), "--data", str(sample_data), "--limit", "3",
+                                 "--epochs", "1", "--image-size", "32", "--batch-size", "16", "--device", "cpu",
+                                 "--backbone", "test_resnet", "--backbone-arg", "stem_width=8"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    config = json.loads(next((ws / "runs").glob("*/config.json")).read_text())
+    assert config["backbone"] == "test_resnet" and config["backbone_args"] == {"stem_width": 8}
 
 
 def test_demo_without_reference_skips_the_scorecard(tmp_path: Path, capsys):
