@@ -142,15 +142,39 @@ def test_label_score_ranks_each_group_on_the_trained_rows_scale():
     assert low[400:].mean() < (score <= np.quantile(score, 0.3))[400:].mean()
 
 
-def test_lowest_share_per_group_and_matched_cut():
+def test_lowest_share_per_group():
     score = np.r_[np.arange(10.0), np.arange(10.0) + 100]
     group = np.r_[np.zeros(10, int), np.ones(10, int)]
     pick = det.lowest_share_per_group(score, group, 0.3)
     assert pick[:3].all() and pick[10:13].all() and pick.sum() == 6
-    s = np.arange(10.0)
-    ok = np.array([1, 0, 1, 1, 0, 0, 1, 0, 0, 0], bool)
-    assert det.matched_cut(s, ok, 0.3) == 3.0  # rows ≤ 3 that are confirmed: 3 of 10
-    assert det.matched_cut(s, ok, 0.0) == -np.inf
+
+
+def test_planted_rows_are_flagged_at_the_others_rate_however_the_second_model_spreads_them():
+    """The second model may see the planted rows less sharply than the probe (its p(given) of them
+    nearer the middle): they are still flagged at the rate of the rows with the same share of wrong
+    labels, and the ones it contradicts most are the ones flagged."""
+    rng = np.random.default_rng(0)
+    n, c = 3000, 3
+    given = np.arange(n) % c
+    plan = det.RunPlan(given, given.copy(), np.arange(n) % 25 == 1, np.arange(n) % 20 == 2)  # 4 % planted, 5 % probe
+    wrong = rng.random(n) < 0.25
+    sharp = np.where(plan.planted, 0.5, 1.0)  # the planted rows' view pulled toward the middle
+    p_given = np.clip(np.where(wrong, rng.beta(1, 5, n), rng.beta(4, 2, n)) * sharp + (1 - sharp) * 0.4, 1e-3, 1)
+    other = (given + 1) % c
+    rp = np.full((n, c), 0.0)
+    rp[np.arange(n), given] = p_given
+    rp[np.arange(n), other] = (1 - p_given) * 0.7
+    rp[np.arange(n), (given + 2) % c] = (1 - p_given) * 0.3
+    first = np.where(wrong, rng.beta(1, 4, n), rng.beta(4, 1, n))  # the first view of every row not planted
+    suspect = det._retrain_suspects(plan, np.where(plan.planted, p_given, first), rp, True, 0.3)
+    flagged = suspect & (np.argmax(rp, axis=1) != given)
+    others = flagged[~plan.planted].mean()
+    assert abs(flagged[plan.planted].mean() - others) <= 1 / plan.planted.sum()  # the same rate, to one row
+    # those flagged are the planted rows the second model contradicts most
+    pl = np.flatnonzero(plan.planted & (np.argmax(rp, axis=1) != given))
+    picked = np.flatnonzero(plan.planted & flagged)
+    assert set(picked) == set(pl[np.argsort(p_given[pl], kind="stable")[: len(picked)]])
+    assert wrong[picked].mean() > wrong[plan.planted].mean()  # they hold more wrong labels than the group
 
 
 def test_aggregate_scores_a_planted_row_by_a_model_that_never_saw_its_flip():

@@ -104,20 +104,6 @@ def lowest_share_per_group(score: np.ndarray, group: np.ndarray, share: float) -
     return out
 
 
-def matched_cut(score: np.ndarray, confirmed: np.ndarray, rate: float) -> float:
-    """The score cut c for which the share of rows with score ≤ c that are also ``confirmed``
-    comes closest to ``rate`` (the lower cut on a tie; −inf when the rate is 0 or there are no
-    rows): it lets a one-view rule flag a group as often as a two-view rule flags a like group."""
-    score = np.asarray(score, float)
-    ok = np.isfinite(score)
-    score, confirmed = score[ok], np.asarray(confirmed, bool)[ok]
-    if len(score) == 0 or rate <= 0:
-        return -np.inf
-    order = np.argsort(score, kind="stable")
-    got = np.cumsum(confirmed[order]) / len(score)  # flag share with the cut at each sorted score
-    return float(score[order][int(np.argmin(np.abs(got - rate)))])
-
-
 def suspects(score: np.ndarray, plan: RunPlan, share: float) -> np.ndarray:
     """The trained (not probe, not planted) samples in the lowest ``share`` of them by the first-stage score."""
     trained = estimator_group(plan) == 0
@@ -280,19 +266,28 @@ def _retrain_columns(retrain: dict[str, Any], given: np.ndarray, rp: np.ndarray)
 
 def _retrain_suspects(plan: RunPlan, suspect_score: np.ndarray, rp: np.ndarray, has_retrain: bool,
                       drop: float) -> np.ndarray:
-    """The rows the two-step rule calls suspect: the lowest ``drop`` share per estimator group, with
-    the planted rows' share matched to the probe's rate (see the comment inside)."""
-    given, pl, ho = plan.given, plan.planted, plan.holdout
+    """The rows the two-step rule calls suspect: the lowest ``drop`` share per estimator group; the
+    planted rows' suspects picked so that they are flagged at the other rows' rate (see inside)."""
+    given, pl = plan.given, plan.planted
     suspect = lowest_share_per_group(suspect_score, estimator_group(plan), drop)
-    if has_retrain and ho.any() and pl.any():
-        # A planted row has one flip-free view (the second model's), where a probe row has two
-        # independent ones; picking its suspects by that same view and confirming with it would
-        # over-flag the planted. The probe, held out of both models and drawn the same way, says
-        # how often the two-step rule flags a random row: the planted suspects are the rows under
-        # the second model's p(given) cut that flags the probe at that rate by the second model alone.
+    if has_retrain and pl.any():
+        # A planted row has one flip-free view (the second model's), where the other rows have two
+        # independent ones; picking its suspects by that view and confirming with it would over-flag
+        # the planted, and a cut on that view carried over from the probe assumes the second model
+        # sees the planted rows as it sees the probe, which it need not: on the FER2013 reference
+        # subset its p(given) of them was less spread (first quartile 0.14 against 0.08), and the
+        # probe's cut flagged them at 0.19 against 0.29 for the rest. The planted rows are a random
+        # draw with the others' share of wrong labels, so they are flagged at the others' rate (the
+        # two-step rule's over every row not planted): that many planted rows, those the second model
+        # contradicts with its lowest p(given) — an order within the group, like every group's.
+        finite = np.isfinite(rp).all(axis=1)
         disagree = np.argmax(np.nan_to_num(rp, nan=-1.0), axis=1) != given
-        cut = matched_cut(rp[ho, given[ho]], disagree[ho], float((suspect & disagree)[ho].mean()))
-        suspect[pl] = rp[pl, given[pl]] <= cut
+        other = ~pl & finite
+        rate = float((suspect & disagree)[other].mean()) if other.any() else 0.0
+        cand = np.flatnonzero(pl & finite & disagree)
+        k = min(int(round(rate * pl.sum())), len(cand))
+        suspect[pl] = False
+        suspect[cand[np.argsort(rp[cand, given[cand]], kind="stable")[:k]]] = True
     return suspect
 
 
