@@ -144,6 +144,34 @@ def pixels(images: np.ndarray, side: int = 24) -> np.ndarray:
     return x / np.maximum(x.std(axis=1, keepdims=True), 1e-6)
 
 
+def softmax_regression_oof(x: np.ndarray, y: np.ndarray, n_classes: int, folds: int = 5, l2: float = 1e-2,
+                           steps: int = 300, lr: float = 0.5, seed: int = 0) -> np.ndarray:
+    """Out-of-fold probabilities of a multinomial logistic regression (numpy, full-batch gradient
+    descent on standardised features): a weak stand-in for a user's model when the kept run has no
+    out-of-fold probabilities yet."""
+    rng = np.random.default_rng(seed)
+    fold = rng.permutation(len(y)) % folds
+    out = np.zeros((len(y), n_classes))
+    for f in range(folds):
+        tr, te = fold != f, fold == f
+        mu, sd = x[tr].mean(0), x[tr].std(0) + 1e-6
+        a, b = (x[tr] - mu) / sd, (x[te] - mu) / sd
+        w = np.zeros((x.shape[1], n_classes))
+        c = np.zeros(n_classes)
+        onehot = np.eye(n_classes)[y[tr]]
+        for _ in range(steps):
+            z = a @ w + c
+            p = np.exp(z - z.max(1, keepdims=True))
+            p /= p.sum(1, keepdims=True)
+            g = (p - onehot) / len(a)
+            w -= lr * (a.T @ g + l2 * w)
+            c -= lr * g.sum(0)
+        z = b @ w + c
+        p = np.exp(z - z.max(1, keepdims=True))
+        out[te] = p / p.sum(1, keepdims=True)
+    return out
+
+
 def outlier_metrics(truth: pd.DataFrame, embeddings: dict[str, np.ndarray], classes: list[str]) -> dict[str, Any]:
     from fercure import outliers
 
@@ -169,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "benchmarks" / "fer2013-ferplus")
     ap.add_argument("--outliers-full", action=argparse.BooleanOptionalAction, default=False,
                     help="also score the outlier score on every train image's pixels (26,892: a minute or two)")
+    ap.add_argument("--proxy-oof", action=argparse.BooleanOptionalAction, default=False,
+                    help="without oof_probs.npy, give the --pred-probs arms a weak stand-in: 5-fold softmax "
+                         "regression on the crops' pixels (labelled PROXY in the results)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "issues.json",
                     help="results merge into this JSON under the key 'cpu'")
     args = ap.parse_args(argv)
@@ -183,7 +214,14 @@ def main(argv: list[str] | None = None) -> int:
     classes = sorted(truth["label"].unique().tolist())
     notes: list[str] = []
     oof = np.load(args.keep / "oof_probs.npy") if (args.keep / "oof_probs.npy").exists() else None
-    if oof is None:
+    pix = pixel_embedding(args.keep, truth["store_index"].to_numpy(np.int64))
+    oof_source = "cleanlab's 5-fold out-of-fold probabilities of the plain recipe (oof_probs.npy)"
+    if oof is None and args.proxy_oof:
+        given = truth["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
+        oof = softmax_regression_oof(pix, given, len(classes))
+        oof_source = "PROXY: 5-fold softmax regression on the crops' pixels (a weak user's model)"
+        notes.append(f"{args.keep / 'oof_probs.npy'} is not there (yet): the --pred-probs arms use a proxy, {oof_source}")
+    elif oof is None:
         notes.append(f"{args.keep / 'oof_probs.npy'} is not there (yet): the --pred-probs arms are left out")
     elif oof.shape != (len(truth), len(classes)):
         raise SystemExit(f"{args.keep / 'oof_probs.npy'} has shape {oof.shape}, expected {(len(truth), len(classes))}")
@@ -193,7 +231,6 @@ def main(argv: list[str] | None = None) -> int:
         oof_file = tmp / "oof.parquet"
         if oof is not None:
             pd.DataFrame(oof, columns=classes).assign(sample_id=truth["sample_id"].to_numpy()).to_parquet(oof_file)
-        pix = pixel_embedding(args.keep, truth["store_index"].to_numpy(np.int64))
         feat_file = tmp / "pixels.parquet"
         pd.DataFrame({"sample_id": truth["sample_id"].to_numpy(), "embedding": list(pix)}).to_parquet(feat_file)
         arms = {
@@ -223,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     payload = {"keep": str(args.keep), "run_id": run_id, "n_rows": len(truth), "notes": notes,
+               "pred_probs_source": oof_source if oof is not None else None,
                "n_clear_errors": int(truth["positive"].sum()), "n_clean": int(truth["negative"].sum()),
                **results, "seconds": time.perf_counter() - t0, "date": common.today(), **started_at}
     common.merge_results(args.out, "cpu", payload)
