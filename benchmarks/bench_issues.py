@@ -17,8 +17,9 @@ where NF + unknown ≥ 5 left out; ../shared/benchmarks/fer2013-ferplus/README.m
    1 − label_score, macro within-class AUROC, flags' precision / recall, suggestions right (the
    suggested label is the FER+ majority, over flagged clear errors);
 2. the outlier score (``fercure.outliers``) against the FER+ ``NF`` (not a face) votes: AUROC for
-   NF ≥ 1 and NF + unknown ≥ 5, on two embeddings the kept tables allow (no run keeps its model's
-   embedding): the crops' pixels (grey, 24 × 24, each standardised) and the out-of-fold probabilities;
+   NF ≥ 1 and NF + unknown ≥ 5, on the embeddings the kept tables allow: the run's model
+   (``model.pt``, its embedding of the crops: the features a user would pass), the crops' pixels
+   (grey, 24 × 24, each standardised) and the out-of-fold probabilities;
 3. the health summary's per-class estimated share of wrong labels (and its 95 % interval) against the
    true share of clear errors in that class, for each evidence.
 
@@ -144,6 +145,28 @@ def pixels(images: np.ndarray, side: int = 24) -> np.ndarray:
     return x / np.maximum(x.std(axis=1, keepdims=True), 1e-6)
 
 
+def model_embedding(keep: Path, run_id: str, store_index: np.ndarray | None,
+                    images: np.ndarray | None = None) -> np.ndarray | None:
+    """The run's first final model's embedding (``model.pt``, eval mode, CPU) of the kept crops at
+    ``store_index``, or of ``images``; None when the run kept no model."""
+    run = keep / "ws" / "runs" / run_id
+    if not (run / "model.pt").exists():
+        return None
+    import torch
+
+    from fercure.train.config import TrainConfig
+    from fercure.train.loop import predict
+    from fercure.train.model import build_model
+
+    saved = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    config = TrainConfig.from_dict({**saved, "pretrained": None, "device": "cpu"})
+    model = build_model(config, len(saved["classes"]))
+    model.load_state_dict(torch.load(run / "model.pt", map_location="cpu", weights_only=True))
+    crops = images if images is not None else \
+        np.asarray(np.load(keep / "ws" / "faces" / "crops.npy", mmap_mode="r")[store_index])
+    return predict(model, crops, config, batch_size=256, device=torch.device("cpu"))["embedding"]
+
+
 def softmax_regression_oof(x: np.ndarray, y: np.ndarray, n_classes: int, folds: int = 5, l2: float = 1e-2,
                            steps: int = 300, lr: float = 0.5, seed: int = 0) -> np.ndarray:
     """Out-of-fold probabilities of a multinomial logistic regression (numpy, full-batch gradient
@@ -196,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="the folder bench_review_loop.py --keep filled")
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "benchmarks" / "fer2013-ferplus")
     ap.add_argument("--outliers-full", action=argparse.BooleanOptionalAction, default=False,
-                    help="also score the outlier score on every train image's pixels (26,892: a minute or two)")
+                    help="also score the outlier score on every train image (26,892; the run's model embeds them: "
+                         "about 10 minutes of one core)")
     ap.add_argument("--proxy-oof", action=argparse.BooleanOptionalAction, default=False,
                     help="without oof_probs.npy, give the --pred-probs arms a weak stand-in: 5-fold softmax "
                          "regression on the crops' pixels (labelled PROXY in the results)")
@@ -254,9 +278,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.outliers_full:  # every train image: the subset holds few non-faces
             full = load_split(args.data, "train")
             imgs = common.load_images([args.data / "train" / p for p in full["path"]], workers=1)
-            results["outliers_full_train"] = outlier_metrics(full, {"pixels": pixels(imgs)}, classes)
-        results["outliers"] = outlier_metrics(truth, {"pixels": pix, **({"oof_probs": oof} if oof is not None else {})},
-                                              classes)
+            full_emb = model_embedding(args.keep, run_id, None, images=imgs)
+            results["outliers_full_train"] = outlier_metrics(
+                full, {"pixels": pixels(imgs), **({"model": full_emb} if full_emb is not None else {})}, classes)
+        emb = model_embedding(args.keep, run_id, truth["store_index"].to_numpy(np.int64))
+        if emb is None:
+            notes.append(f"run {run_id} kept no model.pt: no model embedding for the outlier score")
+        results["outliers"] = outlier_metrics(
+            truth, {"pixels": pix, **({"model": emb} if emb is not None else {}),
+                    **({"oof_probs": oof} if oof is not None else {})}, classes)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     payload = {"keep": str(args.keep), "run_id": run_id, "n_rows": len(truth), "notes": notes,
@@ -287,7 +317,7 @@ def print_tables(r: dict[str, Any]) -> None:
         if not o:
             continue
         print(f"\noutlier score vs FER+ votes, {what} (positives: {o['n_positive']}, of {o['n_rows']})")
-        for name in ("pixels", "oof_probs"):
+        for name in ("pixels", "model", "oof_probs"):
             if name not in o:
                 continue
             m = o[name]
