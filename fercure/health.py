@@ -50,6 +50,7 @@ class HealthSummary:
     agreement: float | None  # share of scored rows whose most probable class is the given one
     classes: tuple[ClassHealth, ...]
     method: str  # how the figures were estimated, in a sentence
+    caveat: str = ""  # what the estimate cannot tell apart, in a sentence
 
     @property
     def underperforming_classes(self) -> list[str]:
@@ -135,6 +136,8 @@ def health_summary(probs: np.ndarray, given: np.ndarray, classes: list[str], *, 
     return HealthSummary(
         n_scored=n, overall_label_health_score=_f(1 - point[k]), overall_interval=(_f(1 - hi[k]), _f(1 - lo[k])),
         agreement=overall_agree, classes=tuple(rows),
+        caveat=("the confident joint counts the model's own mistakes as wrong labels too: the lower the "
+                "agreement, the more the share of wrong labels is overstated (benchmarks/RESULTS.md)"),
         method=(f"confident joint on {source}, calibrated to class sizes; {LEVEL:.0%} percentile "
                 f"bootstrap over {n:,} scored rows ({n_boot} resamples); agreement = the most probable class is "
                 f"the given one, Wilson interval; underperforming = that interval lies below the dataset's "

@@ -182,7 +182,7 @@ def _evidence_and_health(stats: dict) -> str:
                           _fmt(d.get("agreement")), _e(", ".join(notes))])
         parts.append(_table(["class", "scored", "est. share wrong", "95% interval", "top class = given",
                              "dataset-level issue"], trows)
-                     + f"<p class='muted'>{_e(h.get('method', ''))}.</p>")
+                     + f"<p class='muted'>{_e(h.get('method', ''))}; {_e(h.get('caveat', ''))}.</p>")
     return "".join(parts)
 
 
