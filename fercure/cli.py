@@ -22,6 +22,7 @@ from fercure.audit import DEFAULT_SCORE, DEFAULT_THRESHOLD, THRESHOLD_METHODS
 from fercure.export import FORMATS, POLICIES
 from fercure.handoff import DEFAULT_IMAGE_URL
 from fercure.faces.align import CROP_MODES
+from fercure.ingest import MAX_REJECTED_SHARE
 from fercure.faces.quality import MULTI_FACE_POLICIES, NO_FACE_POLICIES
 from fercure.groups import GROUPS_DEFAULT, GroupSettings
 from fercure.layouts import IMAGE_SOURCES, LINKS
@@ -322,13 +323,15 @@ def prepare(
     device: Device = typer.Option(Device.auto, help="Where the face detector runs."),
     batch_size: int = typer.Option(64, min=1, help="Images per detector batch."),
     workers: int = typer.Option(2, min=1, help="Threads decoding images ahead of the detector."),
-    image_size: int = typer.Option(112, min=16, help="Side of the aligned square crops (pixels)."),
+    image_size: Optional[int] = typer.Option(None, min=16, help="Side of the square crops (pixels). Default: the images' own side when at least 90 % of them are square crops of one size up to 112 px (a pre-cropped dataset: faces kept at their own size, never upsampled), else 112."),
     on_no_face: NoFace = typer.Option(NoFace.keep, help="No face found: keep the whole image (flagged no_face) or drop it."),
     multi_face: MultiFace = typer.Option(MultiFace.largest, help="Several faces: keep the largest, the most central, or drop the image."),
     min_face_size: float = typer.Option(20.0, min=1, help="Faces smaller than this (pixels, shorter box side) get status too_small."),
     min_score: float = typer.Option(0.9, min=0, max=1, help="Detector confidence below this gets status low_confidence."),
     crop: Crop = typer.Option(Crop.auto, help="How to cut the crop: align to the 5-point template, keep the image as given (a square of its shorter side around the face, resized), or auto: as given where the face already fills the frame (a pre-cropped dataset), aligned elsewhere. The manifest's crop_mode says which."),
     chunk_size: int = typer.Option(512, min=1, help="Images per resumable chunk: an interrupted run resumes at the first unfinished chunk."),
+    strict_labels: bool = typer.Option(False, "--strict-labels", help="Reject labels that differ from another only in case (Angry beside angry) as look-alikes; by default they are one class, and the manifest's label_original keeps each row's spelling."),
+    max_rejected: float = typer.Option(MAX_REJECTED_SHARE, min=0.0, max=1.0, help="Fail when more than this share of the input's rows is rejected (the error lists the first rejects); 1: never."),
     shard: Optional[str] = typer.Option(None, help="I/N: process only shard I (0..N-1) of N, split by sample_id hash, into the workspace's shard files; the shard that finds all N done merges them. Shards run side by side, also on machines sharing the workspace."),
     merge: bool = typer.Option(False, "--merge", help="Combine a complete set of shards into the manifest and store (no INPUT needed)."),
     wait: bool = WaitOpt,
@@ -361,7 +364,7 @@ def prepare(
                   classes=class_list, device=device.value, batch_size=batch_size, workers=workers,
                   image_size=image_size, on_no_face=on_no_face.value, multi_face=multi_face.value,
                   min_face_size=min_face_size, min_score=min_score, crop=crop.value, chunk_size=chunk_size,
-                  no_labels=no_labels)
+                  no_labels=no_labels, fold_case=not strict_labels, max_rejected=max_rejected)
     if shard_of is not None:
         # A shard writes only its own files: no lock while it works (shards must not wait for each
         # other), the workspace lock for the merge only, waiting for whoever holds it.
@@ -401,15 +404,16 @@ def parse_backbone_args(items: list[str]) -> dict[str, object]:
 )
 # Longer than 80 lines: one parameter per option is the command's interface; the body is short.
 def train(
+    ctx: typer.Context,
     workspace: Path = WorkspaceOpt,
     epochs: int = typer.Option(TRAIN_DEFAULTS["epochs"], min=1),
     device: Device = typer.Option(Device(TRAIN_DEFAULTS["device"])),
     backbone: str = typer.Option(TRAIN_DEFAULTS["backbone"], help="Any timm model name."),
-    image_size: int = typer.Option(TRAIN_DEFAULTS["image_size"], min=16),
+    image_size: Optional[int] = typer.Option(TRAIN_DEFAULTS["image_size"], min=16, help="Training size in pixels (default: the crop store's, the size prepare cut)."),
     batch_size: int = typer.Option(TRAIN_DEFAULTS["batch_size"], min=2),
     lr: float = typer.Option(TRAIN_DEFAULTS["lr"], help="Peak learning rate (AdamW, cosine schedule)."),
     seed: int = typer.Option(TRAIN_DEFAULTS["seed"]),
-    pretrained: Optional[Path] = typer.Option(None, help="Local state-dict file to start the backbone from."),
+    pretrained: Optional[str] = typer.Option(None, help="Starting weights for the backbone: a local file (a state dict or timm checkpoint), or a timm / Hugging Face hub name (e.g. resnet18.a1_in1k, hf-hub:timm/resnet18.a1_in1k) that timm downloads once and caches; the name also sets the backbone."),
     selfcure: bool = typer.Option(TRAIN_DEFAULTS["selfcure"], "--selfcure/--no-selfcure", help="SCN part: importance weights, rank regularisation, relabelling (off by default: measured below the plain core, docs/METHODS.md)."),
     relabel_scope: str = typer.Option(TRAIN_DEFAULTS["relabel_scope"], help="SCN: relabel only the low-importance group (paper) or all samples (official code)."),
     reliability: bool = typer.Option(TRAIN_DEFAULTS["reliability"], "--reliability/--no-reliability", help="ARBEx part: anchors + attention reliability (off by default, see docs/METHODS.md)."),
@@ -441,6 +445,7 @@ def train(
     """Train a timm backbone and record how every sample behaves (the evidence audit-labels judges labels by)."""
     from fercure.stages.train import run_train
     from fercure.train.distributed import DistributedError, env_world
+    from fercure.train.model import is_hub_name
     from fercure.workspace import check_input_file
 
     from fercure.workspace import Workspace
@@ -459,16 +464,18 @@ def train(
     lock = _locked(workspace, wait) if rank == 0 and not launch.launched_rank() else contextlib.nullcontext()
     with lock:  # prepare must not replace the store and manifest mid-run
         try:
-            if pretrained is not None:
-                check_input_file(pretrained, option="--pretrained",
-                                 hint="Pass a state-dict file saved with torch.save (a regular file, not a pipe or device).")
+            if pretrained is not None and not is_hub_name(pretrained):
+                check_input_file(Path(pretrained), option="--pretrained",
+                                 hint="Pass a state-dict file saved with torch.save (a regular file, not a pipe or "
+                                      "device), or a timm model name such as resnet18.a1_in1k.")
+            backbone = _pretrained_backbone(pretrained, backbone, _given(ctx, "backbone"))
             Workspace(workspace).check_readable(resume=resume)
             backbone_args = parse_backbone_args(backbone_arg)
         except FercureError as e:
             _fail(str(e))
         config = TrainConfig(
             backbone=backbone, image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-            device=device.value, pretrained=str(pretrained) if pretrained else None, selfcure=selfcure,
+            device=device.value, pretrained=pretrained or None, selfcure=selfcure,
             relabel_scope=relabel_scope, reliability=reliability, elr=elr, jigsaw=jigsaw, inpaint=inpaint,
             pool=pool.value, pool_keep=pool_keep, backbone_args=backbone_args, label_smoothing=label_smoothing,
             holdout=holdout, plant_rate=plant_rate, retrain=retrain, knn=knn, amp=amp,
@@ -477,6 +484,8 @@ def train(
             soft_labels=soft_labels,
             trusted=[str(p.resolve()) for p in trusted],
         )
+        if trusted and not resume:
+            config = _continue_last_run(config, Workspace(workspace), ctx, quiet=rank != 0)
         try:
             _run(run_train, "train", as_json=json_out, quiet=rank != 0, workspace=workspace, config=config,
                  resume=resume)
@@ -487,6 +496,55 @@ def train(
             if launch.launched_rank() and launch.peer_failed():
                 raise typer.Exit(1) from None
             raise
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether the user set option ``name`` on the command line (not its default)."""
+    source = ctx.get_parameter_source(name)  # typer's own click: compare the member's name
+    return source is not None and getattr(source, "name", "") not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def _pretrained_backbone(pretrained: str | None, backbone: str, backbone_given: bool) -> str:
+    """The backbone a hub name implies (its architecture); refused beside another --backbone."""
+    from fercure.train.model import is_hub_name
+
+    if not is_hub_name(pretrained):
+        return backbone
+    name = str(pretrained)
+    arch = name if name.startswith("hf-hub:") else name.split(".", 1)[0]
+    if backbone_given and backbone not in (name, arch):
+        raise WorkspaceError(f"--pretrained {name} are weights for {arch}, not for --backbone {backbone}. Leave "
+                             "--backbone out (the name sets it), or pass a local weights file for that backbone.")
+    return name
+
+
+# TrainConfig fields a train option sets under another name (the rest are named as the fields).
+_OPTION_OF = {"ensemble": ("ensemble", "thorough")}
+
+
+def _continue_last_run(config: TrainConfig, ws, ctx: typer.Context, quiet: bool = False) -> TrainConfig:
+    """``train --trusted``: a review round continues the last finished run, so every setting not
+    given on this command line is that run's; a note names the run and what differs from it."""
+    import json
+
+    from fercure.console import err_console, text
+    from fercure.train.config import continue_settings
+
+    try:
+        run_id = ws.latest_run()
+        previous = json.loads((ws.run_dir(run_id) / "config.json").read_text(encoding="utf-8"))
+    except (FercureError, OSError, ValueError):
+        return config  # no earlier run: this one is the first (the defaults)
+    if not isinstance(previous, dict):
+        return config
+    given = {f.name for f in dataclasses.fields(TrainConfig)
+             if any(p in ctx.params and _given(ctx, p) for p in _OPTION_OF.get(f.name, (f.name,)))}
+    out, changed = continue_settings(config, given, previous)
+    if not quiet:
+        err_console.print(text(f"train: continuing run {run_id}'s settings (backbone {out.backbone}, image size "
+                               f"{out.image_size}, {out.epochs} epochs)" + (f"; changed on this command line: "
+                               f"{', '.join(changed)}" if changed else "") + "."), highlight=False, soft_wrap=True)
+    return out
 
 
 @app.command(

@@ -307,6 +307,22 @@ def _decode(path: Path, max_pixels: int, max_side: int | None = None) -> Decoded
                    scale_x=w / full_w, scale_y=h / full_h)
 
 
+def header_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from the image's header, nothing decoded; None when it cannot be read (the
+    decoding step says why). Never opens a FIFO or device (``_open_regular``)."""
+    f = _open_regular(path)
+    if isinstance(f, Decoded):
+        return None
+    with f:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                w, h = Image.open(f).size
+        except Exception:  # any header Pillow cannot parse
+            return None
+    return (int(w), int(h)) if w > 0 and h > 0 else None
+
+
 def load_rgb(path: Path, max_pixels: int = MAX_PIXELS, max_side: int | None = None) -> Decoded:
     """Decode ``path`` to an upright HxWx3 uint8 RGB array (first frame, EXIF orientation applied).
 

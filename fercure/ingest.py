@@ -25,8 +25,12 @@ When *every* top-level folder is a split name (train, test, val, ...), the layou
 classes are all called like splits is implausible. Hidden files and folders are skipped, files
 without an image extension are ignored, images with no class folder are rejected.
 
-Look-alike labels: two class names that differ but look the same (``happy`` with a Cyrillic ``а``,
-``Happy``; ``label_skeleton``) are one class misspelt. The rows of the rarer spelling are rejected
+Case: labels that differ only in case (``Angry``, ``ANGRY`` beside ``angry``) are one class by default
+(``fold_case``): each row takes the most frequent spelling (or the --classes one), ``label_original``
+keeps what the row said, and a note counts them. With ``fold_case=False`` they are look-alikes.
+
+Look-alike labels: two class names that differ but look the same (``happy`` with a Cyrillic ``а``;
+``label_skeleton``) are one class misspelt. The rows of the rarer spelling are rejected
 ("look-alike label") with a hint naming both spellings and their code points, and a note counts them.
 
 Label-file rows whose path appears more than once: with the same label, the first row is kept and
@@ -78,6 +82,9 @@ log = logging.getLogger("fercure.ingest")
 SAMPLE_COLUMNS = ["sample_id", "source_path", "label", "split"]
 REJECT_COLUMNS = ["file", "row", "source_path", "problem", "hint"]
 DEFAULT_SPLIT = "train"
+# prepare fails when more than this share of the input's rows is rejected (--max-rejected): a run
+# on what is left would pass for the whole dataset.
+MAX_REJECTED_SHARE = 0.25
 
 # Accepted header names after normalisation (strip, lower-case, spaces/hyphens -> "_"); the first
 # alias present wins, so a file with both "path" and "image" columns uses "path".
@@ -139,6 +146,24 @@ def _lookalike_note(taken_for: dict[str, str], n_rows: int) -> str:
             f"({pairs}); they are rejected as 'look-alike label' (see rejects.parquet).")
 
 
+def _is_wanted(label: str, wanted: set[str] | None, fold_case: bool) -> bool:
+    return wanted is None or label in wanted or (fold_case and label.casefold() in {w.casefold() for w in wanted})
+
+
+def _fold_case(labels: list[str], wanted: set[str] | None, fold_case: bool, notes: list[str]) -> dict[str, str]:
+    """{spelling: the spelling kept} for case variants (empty unless ``fold_case``), with a note."""
+    if not fold_case:
+        return {}
+    folded = class_names.case_variants(labels, sorted(wanted or ()))
+    if folded:
+        n = sum(1 for lab in labels if lab in folded)
+        pairs = ", ".join(f"{lab!r} as {keep!r}" for lab, keep in sorted(folded.items())[:4])
+        notes.append(f"{n} rows carry a label that differs from another only in case ({pairs}"
+                     f"{', ...' if len(folded) > 4 else ''}): read as one class (case folded; the manifest's "
+                     "label_original keeps each row's spelling). Pass --strict-labels to reject them instead.")
+    return folded
+
+
 class LabelFileError(WorkspaceError):
     """The label file as a whole cannot be used (missing, empty, unreadable, wrong columns)."""
 
@@ -157,7 +182,8 @@ class _Reject:
 
 
 def discover(
-    input_root: Path, labels_file: Path | None = None, classes: list[str] | None = None
+    input_root: Path, labels_file: Path | None = None, classes: list[str] | None = None, *,
+    fold_case: bool = True,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Return ``(samples, rejects)`` for an image folder or a label file (see the module doc)."""
     root = Path(input_root)
@@ -167,10 +193,11 @@ def discover(
         raise WorkspaceError(f"Input root {root} is not a folder. Pass the folder that holds the images.")
     wanted = None if classes is None else {clean_label(str(c)) for c in classes}
     notes: list[str] = []
+    original: dict[str, str] = {}  # path → the label as written, for rows whose case was folded
     if labels_file is None:
-        rows, rejects = _discover_folder(root, wanted, notes)
+        rows, rejects = _discover_folder(root, wanted, notes, fold_case, original)
     else:
-        rows, rejects = _discover_label_file(root, Path(labels_file), wanted, notes)
+        rows, rejects = _discover_label_file(root, Path(labels_file), wanted, notes, fold_case, original)
     for note in notes:
         # info, not warning: the prepare stage shows samples.attrs["notes"] through its reporter.
         log.info(note)
@@ -180,8 +207,9 @@ def discover(
             "source_path": [r[0] for r in rows],
             "label": [r[1] for r in rows],
             "split": [r[2] for r in rows],
+            "label_original": [original.get(r[0], r[1]) for r in rows],
         },
-        SAMPLE_COLUMNS,
+        SAMPLE_COLUMNS + ["label_original"],
     )
     counts = dict(Counter(r[1] for r in rows))
     check_reserved(counts, labels_file or root)
@@ -256,8 +284,8 @@ _EXT_HINT = "supported extensions: " + " ".join(sorted(IMAGE_EXTENSIONS))
 # Folder mode
 
 
-def _discover_folder(root: Path, wanted: set[str] | None,
-                     notes: list[str]) -> tuple[list[tuple[str, str, str]], list[_Reject]]:
+def _discover_folder(root: Path, wanted: set[str] | None, notes: list[str], fold_case: bool = True,
+                     original: dict[str, str] | None = None) -> tuple[list[tuple[str, str, str]], list[_Reject]]:
     root_s = os.fspath(root)
     real_root = os.path.realpath(root_s)
     try:
@@ -311,12 +339,16 @@ def _discover_folder(root: Path, wanted: set[str] | None,
                 if not label:
                     rejects.append(_Reject("", -1, rel, "empty label",
                                            "the class folder's name is blank; rename it to the class"))
-                elif wanted is not None and label not in wanted:
+                elif not _is_wanted(label, wanted, fold_case):
                     rejects.append(_Reject("", -1, rel, f"unknown class {label!r}",
                                            f"expected one of: {', '.join(sorted(wanted))}" + _did_you_mean(label, wanted)))
                 else:
                     samples.append((rel, label, split))
     samples = _one_sample_per_file(root_s, real_root, samples, rejects)
+    folded = _fold_case([s[1] for s in samples], wanted, fold_case, notes)
+    if folded:
+        (original if original is not None else {}).update({s[0]: s[1] for s in samples if s[1] in folded})
+        samples = [(rel, folded.get(label, label), split) for rel, label, split in samples]
     taken_for = lookalike_labels([s[1] for s in samples])
     if taken_for:
         odd = [s for s in samples if s[1] in taken_for]
@@ -820,12 +852,20 @@ class _Locator:
         return hint
 
 
-def _discover_label_file(root: Path, labels_file: Path, wanted: set[str] | None,
-                         notes: list[str]) -> tuple[list[tuple[str, str, str]], list[_Reject]]:
+def _discover_label_file(root: Path, labels_file: Path, wanted: set[str] | None, notes: list[str],
+                         fold_case: bool = True, original: dict[str, str] | None = None
+                         ) -> tuple[list[tuple[str, str, str]], list[_Reject]]:
     table = _read_label_table(labels_file, notes)
     file_s = os.fspath(labels_file)
     locator = _Locator(root, table.encoding)
-    good, rejects = _check_rows(table, _resolve_columns(labels_file, table.header), file_s, locator, wanted)
+    good, rejects = _check_rows(table, _resolve_columns(labels_file, table.header), file_s, locator, wanted,
+                                fold_case)
+    # Case variants first: 'Angry' and 'angry' are one class, and one path listed under both is a
+    # duplicate, not a conflict.
+    folded = _fold_case([g[2] for g in good], wanted, fold_case, notes)
+    if folded:
+        (original if original is not None else {}).update({g[1]: g[2] for g in good if g[2] in folded})
+        good = [(g[0], g[1], folded.get(g[2], g[2]), g[3], g[4]) for g in good]
     # Look-alike spellings of one class, judged before duplicates: a path listed as 'happy' and as
     # 'hаppy' is one label misspelt once, not a conflict.
     taken_for = lookalike_labels([g[2] for g in good])
@@ -841,8 +881,8 @@ def _discover_label_file(root: Path, labels_file: Path, wanted: set[str] | None,
     return kept, rejects
 
 
-def _check_rows(table, idx: dict[str, int], file_s: str, locator: "_Locator", wanted: set[str] | None
-                ) -> tuple[list[tuple[int, str, str, str, str]], list[_Reject]]:
+def _check_rows(table, idx: dict[str, int], file_s: str, locator: "_Locator", wanted: set[str] | None,
+                fold_case: bool = True) -> tuple[list[tuple[int, str, str, str, str]], list[_Reject]]:
     """Rows that pass every per-row check, as (row, relative path, label, split, path as written),
     and a reject for each row that does not."""
     width = len(table.header)
@@ -877,7 +917,7 @@ def _check_rows(table, idx: dict[str, int], file_s: str, locator: "_Locator", wa
         if not label:
             reject("empty label", "fill in the label, or remove the row")
             continue
-        if wanted is not None and label not in wanted:
+        if not _is_wanted(label, wanted, fold_case):
             reject(f"unknown class {label!r}", f"expected one of: {', '.join(sorted(wanted))} "
                                                "(or add it to --classes)" + _did_you_mean(label, wanted))
             continue

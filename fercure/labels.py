@@ -1,7 +1,8 @@
 """Class names that are probably one class spelt two ways, and class sizes worth a warning (pure).
 
-Look-alike characters and case (``hаppy`` with a Cyrillic а, ``Happy``) are rejected by
-``fercure.ingest``: they cannot be two classes. What is left here may be deliberate, so it is
+Labels that differ only in case (``Angry``, ``ANGRY``, ``angry``) are one class by default: ``case_variants``
+maps each spelling to the one kept. Look-alike characters (``hаppy`` with a Cyrillic а) are rejected
+by ``fercure.ingest``: they cannot be two classes. What is left here may be deliberate, so it is
 reported with a suggestion, not rejected: names that differ by whitespace, ``_`` or ``-`` only
 (``very happy`` / ``very_happy``), or by one edit (``angyr`` / ``angry``).
 """
@@ -38,6 +39,27 @@ def label_skeleton(label: str) -> str:
     """What a label looks like: NFKC, look-alike Cyrillic/Greek letters mapped to Latin, casefolded.
     Two different labels with one skeleton are one class spelt two ways."""
     return unicodedata.normalize("NFKC", label).translate(_HOMOGLYPHS).casefold()
+
+
+def case_variants(labels: Iterable[str], preferred: Iterable[str] = ()) -> dict[str, str]:
+    """{spelling: the spelling kept} for labels that differ from another only in case. The kept
+    spelling is a ``preferred`` one of the same letters (the --classes list), else the most frequent,
+    then the lower-case one, then the first in sorted order."""
+    counts: dict[str, int] = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+    named = set(preferred)
+    pref: dict[str, str] = {}
+    for p in sorted(named):
+        pref.setdefault(p.casefold(), p)
+    groups: dict[str, list[str]] = {}
+    for label in sorted(counts):
+        groups.setdefault(label.casefold(), []).append(label)
+    out: dict[str, str] = {}
+    for folded, group in groups.items():
+        keep = pref.get(folded) or min(group, key=lambda lab: (-counts[lab], lab != lab.lower(), lab))
+        out.update({lab: keep for lab in group if lab != keep and lab not in named})  # a named class stays
+    return out
 
 
 def _key(label: str) -> str:

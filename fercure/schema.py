@@ -107,7 +107,7 @@ MANIFEST = Table(
     (
         _c("sample_id", STRING, "stable id: a hash of source_path", nullable=False),
         _c("source_path", STRING, "posix path relative to the input root (metadata `input_root`)", nullable=False),
-        _c("label", STRING, "the label as given"),
+        _c("label", STRING, "the label as given (NFC, case folded into the class's spelling: see label_original)"),
         _c("split", STRING, "train / val / test … as given (default train)"),
         _c("face_status", STRING, "what the face stage made of the image", values=FACE_STATUSES, nullable=False),
         _c("reason", STRING, "why the status is not ok ('' when ok)"),
@@ -138,6 +138,8 @@ MANIFEST = Table(
            required=False),
         _c("agreement", FLOAT64, "share of the image's votes for its label, the majority vote (NaN with one label "
            "per image)", bounds=SCORE, required=False),
+        _c("label_original", STRING, "the label as the row wrote it, when `label` folded its case into the class's "
+           "spelling ('Angry' read as 'angry'); else the same as `label`", required=False),
     ),
     metadata="classes (the class list, in training-index order; empty after prepare --no-labels), input_root and "
              "labels_file (absolute), settings, settings_fingerprint, no_labels (prepared without labels), "

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from fercure.ingest import REJECT_COLUMNS, LabelFileError, discover, label_skeleton
 from fercure.workspace import WorkspaceError, sample_id
 
-SAMPLE_COLUMNS = ["sample_id", "source_path", "label", "split"]
+SAMPLE_COLUMNS = ["sample_id", "source_path", "label", "split", "label_original"]
 
 
 def _touch(root: Path, rel: str, data: bytes = b"img") -> Path:
@@ -541,8 +541,23 @@ def _expected(root: Path, columns: list[str], rows: list[dict], classes, parquet
         # labels are keyed in NFC without format characters (Cf) or surrounding whitespace
         label = "".join(c for c in unicodedata.normalize("NFC", row["label"])
                         if unicodedata.category(c) != "Cf").strip()
-        if path in _GOOD and label and (classes is None or label in classes):
+        if path in _GOOD and label and (classes is None or label.casefold() in {c.casefold() for c in classes}):
             candidates.append((n, path, label, row.get("split", "").strip() or "train"))
+    # labels differing only in case: one class, spelt as --classes spells it (a named class stays as
+    # it is), else the most frequent spelling (then lower case, then first sorted)
+    counts = Counter(c[2] for c in candidates)
+    named = set(classes or ())
+    spelling = {}
+    for lab in sorted(named):
+        spelling.setdefault(lab.casefold(), lab)
+    for lab in sorted(counts):
+        f = lab.casefold()
+        if f in {c.casefold() for c in named}:
+            continue
+        if f not in spelling or (-counts[lab], lab != lab.lower(), lab) < (-counts[spelling[f]], spelling[f] != spelling[f].lower(), spelling[f]):
+            spelling[f] = lab
+    candidates = [(n, path, label if label in named else spelling[label.casefold()], split)
+                  for n, path, label, split in candidates]
     # look-alike spellings of one skeleton: only the most frequent (then ASCII, then first sorted) stays
     counts = Counter(c[2] for c in candidates)
     best = {}

@@ -458,3 +458,15 @@ def test_options_that_have_no_effect_are_said(tmp_path):
     s = run_export(ws, tmp_path / "img", fmt="imagefolder", link="copy")
     assert "--link copy has no effect" in s.warning
     assert run_export(ws, tmp_path / "d.parquet").warning is None
+
+
+def test_drop_on_a_too_weak_model_says_it_dropped_nothing(tmp_path):
+    ws = make_ws(tmp_path / "ws")
+    meta = read_metadata(ws.audit)
+    meta["stats"]["model_strength"] = {"verdict": "too_weak"}
+    write_table(read_table(ws.audit), ws.audit, meta, table=schema.AUDIT)
+    flagged = int(read_table(ws.audit)["is_label_issue"].fillna(False).sum())
+    s = run_export(ws, tmp_path / "c.parquet", policy="drop")
+    assert s.actions.get("drop", 0) == 0
+    assert f"dropped none of the {flagged:,} rows the audit flagged" in s.warning
+    assert "too weak" in s.warning

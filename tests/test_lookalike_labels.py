@@ -61,11 +61,11 @@ def test_cyrillic_lookalike_rarer_spelling_rejected(tmp_path: Path, majority: st
     assert any("1 rows carry a label that looks like another class" in n for n in samples.attrs["notes"])
 
 
-def test_case_and_greek_lookalikes(tmp_path: Path):
+def test_case_and_greek_lookalikes_under_strict_labels(tmp_path: Path):
     # "HAPPY" in Greek capitals Η Α Ρ Ρ Υ; "Happy" differs only in case
     greek = "\u0397\u0391\u03a1\u03a1\u03a5"
     root, labels = label_file(tmp_path, ["happy"] * 3 + ["Happy", greek, "sad", "sad"])
-    samples, rejects = discover(root, labels)
+    samples, rejects = discover(root, labels, fold_case=False)
     assert sorted(set(samples["label"])) == ["happy", "sad"]
     assert sorted(rejects["row"]) == [5, 6] and set(rejects["problem"]) == {"look-alike label"}
     assert "U+0397" in rejects.set_index("row").at[6, "hint"]
@@ -100,3 +100,22 @@ def test_helpers():
     assert lookalike_labels(["радость", "грусть", "happy", "sad"]) == {}
     assert lookalike_labels(["happy", "happy", CYRILLIC_HAPPY]) == {CYRILLIC_HAPPY: "happy"}
     assert lookalike_labels([CYRILLIC_HAPPY, "happy"]) == {CYRILLIC_HAPPY: "happy"}  # tie: ASCII kept
+
+
+def test_labels_differing_only_in_case_are_one_class_with_the_spelling_kept(tmp_path: Path):
+    greek = "\u0397\u0391\u03a1\u03a1\u03a5"  # looks like HAPPY, other letters: still rejected
+    root, labels = label_file(tmp_path, ["angry", "Angry", "ANGRY", "angry", "sad", "Sad", greek, "happy"])
+    samples, rejects = discover(root, labels)
+    assert samples["label"].tolist() == ["angry", "angry", "angry", "angry", "sad", "sad", "happy"]
+    assert samples["label_original"].tolist() == ["angry", "Angry", "ANGRY", "angry", "sad", "Sad", "happy"]
+    assert rejects["row"].tolist() == [8] and rejects["problem"].tolist() == ["look-alike label"]
+    note = next(n for n in samples.attrs["notes"] if "differs from another only in case" in n)
+    assert note.startswith("3 rows") and "--strict-labels" in note
+
+
+def test_case_variants_take_the_classes_spelling(tmp_path: Path):
+    root, labels = label_file(tmp_path, ["ANGRY", "ANGRY", "angry", "sad"])
+    samples, rejects = discover(root, labels, classes=["Angry", "sad"])
+    assert samples["label"].tolist() == ["Angry", "Angry", "Angry", "sad"] and rejects.empty
+    samples, rejects = discover(root, labels, classes=["Angry", "sad"], fold_case=False)
+    assert samples["label"].tolist() == ["sad"] and len(rejects) == 3

@@ -253,6 +253,12 @@ def _check_weak_drops(audit, policy: str, min_confidence: float, verdict: str | 
             "pass --allow-weak-drop to drop them anyway.")
     if weak_drops:
         notes.append(f"{weak_drops:,} rows dropped on the flags of a weak model (--allow-weak-drop).")
+    if policy == "drop" and verdict == "too_weak":
+        # As a weak model's drops are refused: a too_weak model's verdicts change no row, so say it.
+        flagged = int((core.situations(audit, min_confidence, verdict) == "too_weak").sum())
+        notes.append(f"--policy drop dropped none of the {flagged:,} rows the audit flagged: it judged the model too "
+                     "weak to judge labels, so its flags change nothing (they are leads for review, not evidence). "
+                     "Review them in the report (--policy flag), or train a stronger model and audit again.")
 
 
 def _provenance(ws: Workspace, audit_meta: dict, cleaned, decided, policy: str, min_confidence: float,

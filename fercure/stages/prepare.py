@@ -32,9 +32,9 @@ from fercure.device import resolve_device
 from fercure.faces import align, quality
 from fercure.faces.quality import MULTI_FACE_POLICIES, NO_FACE_POLICIES
 from fercure.faces.detect import Detection, FaceDetector, detect_with_padding
-from fercure.images import load_rgb
+from fercure.images import header_size, load_rgb
 from fercure import votes as vote_files
-from fercure.ingest import REJECT_COLUMNS, check_classes, clean_label, discover
+from fercure.ingest import MAX_REJECTED_SHARE, REJECT_COLUMNS, check_classes, clean_label, discover
 from fercure.photos import discover_photos
 from fercure.progress import NULL, Reporter
 from fercure.store import open_store, write_store
@@ -52,13 +52,16 @@ from fercure.workspace import (
 
 STATUSES = schema.FACE_STATUSES  # the manifest's face_status values (declared in schema.py)
 CHUNK_SIZE = 512
+DEFAULT_CROP_SIZE = 112  # the crop store's side for photos of several sizes
+MIN_CROP_SIZE = 16  # --image-size's least value
+AS_GIVEN_SHARE = 0.9  # share of the images at one square size that makes a pre-cropped dataset
 
 
 @dataclass(frozen=True)
 class PrepareSettings:
     """Everything that changes a sample's row or crop; part of the resume fingerprint."""
 
-    image_size: int = 112
+    image_size: int = DEFAULT_CROP_SIZE
     on_no_face: str = "keep"
     multi_face: str = "largest"
     min_face_size: float = 20.0
@@ -372,13 +375,15 @@ def run_prepare(
     device: str = "auto",
     batch_size: int = 64,
     workers: int = 2,
-    image_size: int = 112,
+    image_size: int | None = None,
     on_no_face: str = "keep",
     multi_face: str = "largest",
     min_face_size: float = 20.0,
     min_score: float = 0.9,
     crop: str = "auto",
     chunk_size: int = CHUNK_SIZE,
+    fold_case: bool = True,
+    max_rejected: float = MAX_REJECTED_SHARE,
     shard: tuple[int, int] | None = None,
     merge: bool = True,
     merge_lock: Callable[[], ContextManager] | None = None,
@@ -402,15 +407,24 @@ def run_prepare(
     ws = workspace if isinstance(workspace, Workspace) else Workspace(Path(workspace))
     _check_options(input_root, on_no_face, multi_face, crop, shard)
     check_workspace(ws, input_root, labels_file)
-    settings = PrepareSettings(image_size, on_no_face, multi_face, float(min_face_size), float(min_score), crop=crop)
     if no_labels and labels_file is not None:
         raise WorkspaceError("--no-labels and --labels exclude each other: prepare the photos with --no-labels, "
                              "then join the label file later with `fercure prepare INPUT -w WS --labels FILE` "
                              "(the crops are reused).")
-    samples, rejects, notes, voted = _discover_samples(input_root, labels_file, classes, reporter, no_labels)
+    samples, rejects, notes, voted = _discover_samples(input_root, labels_file, classes, reporter, no_labels,
+                                                       fold_case)
+    if samples.empty:
+        raise _no_usable_rows(ws, input_root, labels_file, rejects)
+    _check_rejected_share(ws, input_root, labels_file, samples, rejects, max_rejected)
+    if "label_original" not in samples:  # photos without labels, a vote file's majority: as read
+        samples = samples.assign(label_original=samples["label"])
     if voted is not None and shard is not None:
         raise WorkspaceError(f"{labels_file} has several labels per image; prepare it without --shard (a vote "
                              "file is not split into shards yet).")
+    if image_size is None:  # before the shards split: every shard decides the same size
+        image_size = crop_size_for(_header_sizes(input_root, samples, workers), notes)
+        reporter.log(notes[-1])
+    settings = PrepareSettings(image_size, on_no_face, multi_face, float(min_face_size), float(min_score), crop=crop)
     if shard is not None:
         check_shard_count(shard, len(samples), input_root)
     claim(ws.root)  # creates the folder; marks it fercure's when it was new or empty
@@ -499,7 +513,7 @@ def _check_options(input_root: Path, on_no_face: str, multi_face: str, crop: str
 
 
 def _discover_samples(input_root: Path, labels_file: Path | str | None, classes: list[str] | None,
-                      reporter: Reporter, no_labels: bool = False
+                      reporter: Reporter, no_labels: bool = False, fold_case: bool = True
                       ) -> tuple[pd.DataFrame, pd.DataFrame, list[str], vote_files.VoteFile | None]:
     """The labelled images under ``input_root`` (every image, unlabelled, with ``no_labels``), the
     rejected rows, notes (already logged) and, for a vote file, its annotations."""
@@ -516,19 +530,89 @@ def _discover_samples(input_root: Path, labels_file: Path | str | None, classes:
         samples, rejects = voted.samples[["sample_id", "source_path", "label", "split"]].copy(), voted.rejects
         samples.attrs["notes"] = list(voted.notes)
     else:
-        samples, rejects = discover(input_root, Path(labels_file) if labels_file else None, classes)
+        samples, rejects = discover(input_root, Path(labels_file) if labels_file else None, classes,
+                                    fold_case=fold_case)
     if classes and voted is None and not no_labels:
         check_classes(classes, samples, rejects, Path(labels_file) if labels_file else None)
     notes = list(samples.attrs.get("notes", []))
     for note in notes:
         reporter.log(note)
-    if samples.empty:
-        raise WorkspaceError(
-            f"No usable images found under {input_root}"
-            + (f" with labels from {labels_file}" if labels_file else " (expected class subfolders: INPUT/<class>/<image>)")
-            + f"; {len(rejects)} rows were rejected (see the summary)."
-        )
     return samples, rejects, notes, voted
+
+
+SHOWN_REJECTS = 5  # rejects an error message lists (path and why); the table holds them all
+
+
+def rejects_listing(rejects: pd.DataFrame, limit: int = SHOWN_REJECTS) -> str:
+    """The first rejects as lines a user can act on: where (file row, path), what, and the fix."""
+    lines = []
+    for r in rejects.head(limit).itertuples(index=False):
+        where = f"{r.file} row {r.row}: " if r.file and int(r.row) >= 0 else ""
+        lines.append(f"  {where}{_display_path(str(r.source_path))}: {r.problem}" + (f" ({r.hint})" if r.hint else ""))
+    if len(rejects) > limit:
+        lines.append(f"  ... and {len(rejects) - limit:,} more")
+    return "\n".join(lines)
+
+
+def crop_size_for(sizes: list[tuple[int, int] | None], notes: list[str]) -> int:
+    """The crop store's side when --image-size is not given: the input's own side when it is a
+    pre-cropped dataset (at least AS_GIVEN_SHARE of the readable images square at one size no larger
+    than DEFAULT_CROP_SIZE), so an as-given face is stored as it is, never upsampled (a 48 px FER2013
+    face at 112 px and back lost ~10 % of its edge energy); else DEFAULT_CROP_SIZE. Adds a note."""
+    counts = Counter(s for s in sizes if s is not None)
+    if counts:
+        (w, h), n = counts.most_common(1)[0]
+        if w == h and MIN_CROP_SIZE <= w <= DEFAULT_CROP_SIZE and n >= AS_GIVEN_SHARE * sum(counts.values()):
+            notes.append(f"crops stored at {w} px, the size of {n:,} of the {sum(counts.values()):,} images "
+                         f"(pre-cropped faces: kept at their own size, not resampled); --image-size sets another.")
+            return int(w)
+    notes.append(f"crops stored at {DEFAULT_CROP_SIZE} px (the images are of several sizes); --image-size sets "
+                 "another.")
+    return DEFAULT_CROP_SIZE
+
+
+def _header_sizes(input_root: Path, samples: pd.DataFrame, workers: int) -> list[tuple[int, int] | None]:
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return list(pool.map(header_size, [input_root / p for p in samples["source_path"]]))
+
+
+def _check_rejected_share(ws: Workspace, input_root: Path, labels_file: Path | str | None,
+                          samples: pd.DataFrame, rejects: pd.DataFrame, max_rejected: float) -> None:
+    """Refuse an input of which more than ``max_rejected`` of the rows were rejected: a run on what
+    is left would pass for the dataset (43 % of a new user's rows were lost to one cause, exit 0)."""
+    total = len(samples) + len(rejects)
+    if total and len(rejects) / total > max_rejected:
+        raise _no_usable_rows(ws, input_root, labels_file, rejects, total=total, max_rejected=max_rejected)
+
+
+def _no_usable_rows(ws: Workspace, input_root: Path, labels_file: Path | str | None,
+                    rejects: pd.DataFrame, *, total: int | None = None,
+                    max_rejected: float | None = None) -> WorkspaceError:
+    """The error for an input of which no row is usable: the first rejects' reasons in the message
+    itself, and the whole table in WS/rejects.parquet (written when the workspace holds no earlier
+    manifest it would belong with, so the user keeps it after the failure)."""
+    where = (f" with labels from {labels_file}" if labels_file
+             else " (expected class subfolders: INPUT/<class>/<image>)")
+    kept = ""
+    if len(rejects) and not ws.manifest.exists():
+        claim(ws.root)
+        table = rejects.reindex(columns=REJECT_COLUMNS)
+        for col in ("file", "source_path"):
+            table[col] = table[col].astype(object).map(lambda v: _display_path(v) if isinstance(v, str) else v)
+        write_table(table, ws.rejects, {"input_root": str(input_root.resolve())}, table=schema.REJECTS)
+        kept = f" All of them, with a hint each, are in {ws.rejects}."
+    counts = ", ".join(f"{k}: {v:,}" for k, v in rejects["problem"].value_counts().head(5).items()) if len(rejects) else ""
+    if total is not None:  # some rows are usable, but too few
+        head = (f"{len(rejects):,} of the {total:,} rows under {input_root}{where} were rejected "
+                f"({len(rejects) / total:.0%}, more than --max-rejected {max_rejected:g} allows"
+                + (f"; {counts}" if counts else "") + "). Fix them, or pass --max-rejected 1 to prepare the "
+                "rest anyway.")
+    else:
+        head = (f"No usable images found under {input_root}{where}; {len(rejects):,} rows were rejected"
+                + (f" ({counts})" if counts else "") + ".")
+    return WorkspaceError(
+        head + kept
+        + (f" The first:\n{rejects_listing(rejects)}" if len(rejects) else ""))
 
 
 def _with_file_identity(samples: pd.DataFrame, input_root: Path, workers: int) -> pd.DataFrame:
@@ -557,8 +641,9 @@ def _reuse_previous(ws: Workspace, settings: PrepareSettings, input_root: Path, 
     # A crop depends on the file and the settings only: a changed label or split (labels joined to
     # photos prepared with --no-labels) reuses it and takes the new label.
     key = ["sample_id", "source_path", "content_hash"]
-    merged = samples[key + ["_order", "label", "split"]].merge(prev_df.drop(columns=["label", "split"]), on=key,
-                                                                how="inner")
+    # label_original from this run's reading too (a row whose case changed keeps its detection)
+    merged = samples[key + ["_order", "label", "split", "label_original"]].merge(
+        prev_df.drop(columns=["label", "split", "label_original"], errors="ignore"), on=key, how="inner")
     if len(merged):
         has = merged["store_index"].to_numpy() >= 0
         reused_crops = np.asarray(prev_store[merged.loc[has, "store_index"].to_numpy()])
@@ -694,8 +779,10 @@ def _finish(ws: Workspace, rows_df: pd.DataFrame, crops: _Concat, rejects: pd.Da
         "sample_id", "source_path", "label", "split", "face_status", "reason", "face_count", "face_score",
         "bbox", "landmarks", "face_size", "sharpness", "brightness", "contrast", "phash", "duplicate_of",
         "store_index", "width", "height", "file_size", "file_mtime_ns", "content_hash", "detection_status",
-        "detection_reason", "crop_mode", "crop_fill",
+        "detection_reason", "crop_mode", "crop_fill", "label_original",
     ]
+    # Rows reused from a manifest written before the column: the label as it was read.
+    manifest["label_original"] = manifest.get("label_original", manifest["label"]).fillna(manifest["label"])
     table_meta = {"classes": class_list, **{k: meta[k] for k in ("input_root", "labels_file", "settings",
                                                                  "settings_fingerprint")}}
     if meta.get("no_labels"):

@@ -319,6 +319,7 @@ def _run_train(ws: Workspace, config: TrainConfig, resume: bool, reporter: Repor
         ws.remove_stale_temps()
     resolve_device(config.device)  # fail before a run folder exists when the device is missing
     data = _load_inputs(ws, reporter)
+    config = config.at_size(data.store.shape[1])  # no size given: the crop store's (config.json records it)
     trusted = trusted_labels.load(ws, config.trusted, data.classes, reporter)
     data, reviewed = trusted_labels.apply_to_data(data, trusted)  # reviewed labels in, dropped samples out
     fingerprint = _fingerprint(data)

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-# ImageNet statistics: timm backbones (and any pretrained state_dict a user brings) expect them.
+# ImageNet statistics: what most timm backbones expect; a backbone declaring others (timm's
+# pretrained_cfg, FerNet.mean / .std) is given its own.
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
@@ -43,16 +44,17 @@ def to_float(batch_u8: torch.Tensor) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=None)
-def _mean_std(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def _mean_std(device: torch.device, dtype: torch.dtype, mean: tuple = MEAN, std: tuple = STD
+              ) -> tuple[torch.Tensor, torch.Tensor]:
     # Made once per device: building them per batch is a host→device copy, i.e. a sync per step.
-    mean = torch.tensor(MEAN, dtype=dtype).view(1, 3, 1, 1).to(device)
-    std = torch.tensor(STD, dtype=dtype).view(1, 3, 1, 1).to(device)
-    return mean, std
+    m = torch.tensor(mean, dtype=dtype).view(1, 3, 1, 1).to(device)
+    s = torch.tensor(std, dtype=dtype).view(1, 3, 1, 1).to(device)
+    return m, s
 
 
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    mean, std = _mean_std(x.device, x.dtype)
-    return (x - mean) / std
+def normalize(x: torch.Tensor, mean: tuple = MEAN, std: tuple = STD) -> torch.Tensor:
+    m, s = _mean_std(x.device, x.dtype, tuple(mean), tuple(std))
+    return (x - m) / s
 
 
 def resize(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -63,9 +65,9 @@ def resize(x: torch.Tensor, size: int) -> torch.Tensor:
                          antialias=x.shape[-1] > size)
 
 
-def eval_batch(batch_u8: torch.Tensor, size: int) -> torch.Tensor:
+def eval_batch(batch_u8: torch.Tensor, size: int, mean: tuple = MEAN, std: tuple = STD) -> torch.Tensor:
     """Store batch → normalised float tensor at ``size`` (no randomness)."""
-    return normalize(resize(to_float(batch_u8), size))
+    return normalize(resize(to_float(batch_u8), size), mean, std)
 
 
 def random_affine_theta(n: int, cfg: AugmentConfig, gen: torch.Generator,
@@ -110,7 +112,7 @@ def random_erase(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> t
 
 
 def train_batch(batch_u8: torch.Tensor, size: int, gen: torch.Generator,
-                cfg: AugmentConfig = AugmentConfig()) -> torch.Tensor:
+                cfg: AugmentConfig = AugmentConfig(), mean: tuple = MEAN, std: tuple = STD) -> torch.Tensor:
     """Store batch (B,H,W,3) uint8 → augmented, normalised (B,3,size,size) float32."""
     x = to_float(batch_u8)
     n = x.shape[0]
@@ -118,7 +120,7 @@ def train_batch(batch_u8: torch.Tensor, size: int, gen: torch.Generator,
     grid = F.affine_grid(theta, [n, 3, size, size], align_corners=False)
     # Border padding: faces are centred crops, replicating the edge looks more natural than black.
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    x = normalize(x)
+    x = normalize(x, mean, std)
     if cfg.erase_p > 0:
         x = random_erase(x, cfg, gen)
     return x

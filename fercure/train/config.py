@@ -27,14 +27,18 @@ class TrainConfig:
     # Keyword arguments for timm.create_model (e.g. {"patch_size": 8, "depth": 6} for a small ViT);
     # ViT-style models also get img_size = image_size.
     backbone_args: dict[str, Any] = field(default_factory=dict)
-    image_size: int = 112  # crops are resized on the device to this size
+    # Crops are resized on the device to this size; None: the crop store's own size (train at the
+    # size prepare cut, with no resampling: a 48 px store trained at 112 px cost ~6× the time).
+    image_size: int | None = None
     epochs: int = 20
     batch_size: int = 128
     lr: float = 1e-3  # AdamW peak learning rate; 1-epoch linear warm-up then cosine decay per step
     weight_decay: float = 5e-4
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    pretrained: str | None = None  # local state_dict path for the backbone (torch.load weights_only)
+    # The backbone's starting weights: a local file (a state dict or timm checkpoint, loaded with
+    # torch.load weights_only), or a timm / Hugging Face hub name timm downloads and caches.
+    pretrained: str | None = None
     dropout: float = 0.0  # dropout on the embedding before the classifier
     label_smoothing: float = 0.1  # on the core cross-entropy
     erase_p: float = 0.0  # random erasing probability (the SCN recipe uses 0.5)
@@ -124,7 +128,7 @@ class TrainConfig:
         if not 0.0 < self.beta < 1.0:
             raise ValueError(f"beta must be in (0, 1), not {self.beta}")
         for name in ("epochs", "batch_size", "image_size", "ensemble"):
-            if int(getattr(self, name)) < 1:
+            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, not {getattr(self, name)}")
         if self.batch_size < 2:
             raise ValueError("batch_size must be >= 2 (batch norm and rank regularisation need it)")
@@ -163,6 +167,12 @@ class TrainConfig:
         start = int(round(r * self.epochs)) if 0.0 < r < 1.0 else int(r)
         return max(1, start)
 
+    def at_size(self, store_side: int) -> "TrainConfig":
+        """This config with ``image_size`` resolved: the crop store's side when it is None."""
+        if self.image_size is not None:
+            return self
+        return dataclasses.replace(self, image_size=int(store_side))
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -171,3 +181,24 @@ class TrainConfig:
         """Build from a dict (e.g. config.json); unknown keys are ignored so old runs still load."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# What a machine decides, not the recipe: never carried from one run to the next.
+NOT_CARRIED = ("trusted", "extra", "device", "store", "compile", "eval_batch_size")
+
+
+def continue_settings(config: TrainConfig, given: set[str], previous: dict[str, Any]
+                      ) -> tuple[TrainConfig, list[str]]:
+    """``config`` with every setting the user did not give (``given``: field names set on the
+    command line) taken from ``previous`` (the run a ``--trusted`` round continues), and the
+    settings that differ from it, as "name value (was old)". Pure."""
+    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in NOT_CARRIED]
+    carried = {n: previous[n] for n in names if n in previous and n not in given}
+    out = TrainConfig.from_dict({**config.to_dict(), **carried})
+    changed = [f"{n} {getattr(out, n)!r} (was {previous[n]!r})" for n in names
+               if n in previous and n in given and _comparable(getattr(out, n)) != _comparable(previous[n])]
+    return out, changed
+
+
+def _comparable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value

@@ -247,6 +247,7 @@ def fit(images: Any, labels: Any, classes: list[str], config: TrainConfig, *,
     the same, whole result.
     """
     seed = config.seed if seed is None else seed
+    config = config.at_size(_store_side(images))
     run = _start(images, labels, classes, config, index, seed, soft_targets, record_labels, vote_targets)
     if resume_state is not None:
         run.st.load(resume_state)
@@ -386,7 +387,7 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[dict[str, torch.Tensor], torch.
     for b, ((s, e), m, crops) in enumerate(zip(run.steps, run.fresh, batches)):
         for g in st.opt.param_groups:
             g["lr"] = lr_at(epoch * len(run.bounds) + b, total_steps, warmup, config.lr)
-        x = augment.train_batch(crops, config.image_size, st.aug_gen, aug)
+        x = augment.train_batch(crops, config.image_size, st.aug_gen, aug, run.model.mean, run.model.std)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         _train_step(run, x, order[s:e], m, epoch, ep, sums)
@@ -568,6 +569,7 @@ def predict(model: FerNet, images: Any, config: TrainConfig, *, index: np.ndarra
     Under data parallelism each rank scores the rows it owns and every rank gets all of them."""
     world = dd.current()
     device = device or next(model.parameters()).device
+    config = config.at_size(_store_side(images))
     store = open_crop_store(images, device, config.store, world)
     rows = torch.arange(store.shape[0], device=device) if index is None else \
         torch.tensor(np.asarray(index, dtype=np.int64), device=device)
@@ -595,9 +597,15 @@ def predict(model: FerNet, images: Any, config: TrainConfig, *, index: np.ndarra
     return res_np
 
 
+def _store_side(images: Any) -> int:
+    """The side of the store's square crops ((N,S,S,3)): the training size when none is set."""
+    return int(images.shape[1])
+
+
 def _eval_outputs(model: FerNet, crops: torch.Tensor, config: TrainConfig, parts: list[Part] | None,
                   flip: bool, channels_last: bool | None = None) -> dict[str, torch.Tensor]:
-    x = augment.eval_batch(crops, config.image_size)
+    x = augment.eval_batch(crops, config.image_size, getattr(model, "mean", augment.MEAN),
+                           getattr(model, "std", augment.STD))
     if crops.device.type == "cuda" if channels_last is None else channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     out = model(x)

@@ -1,4 +1,4 @@
-"""The network: a timm backbone (any name, created with pretrained=False), a pooling step, a linear
+"""The network: a timm backbone (any name), a pooling step, a linear
 classifier, and the heads the method parts add (SCN's importance weight, ARBEx's anchors and
 attention, the HMTL pretext heads).
 
@@ -6,6 +6,14 @@ Pooling (``pool``): ``avg`` is the backbone's own (timm's ``forward_head``); ``a
 the most active positions of a CNN feature map and ``atp`` keeps only the most attended tokens
 inside a ViT (APViT, ``fercure.train.pooling``). ViT-style backbones are built at the crop size
 (timm's ``img_size``), so they work at the store's resolution.
+
+Pretrained weights (``--pretrained``): a local file (a state dict or a timm checkpoint, never
+downloaded), or a timm / Hugging Face hub name that timm downloads and caches when the machine is
+online; offline a PretrainedWeightsError says how to pass a file instead. Pretrained, the backbone
+keeps its own input normalisation (timm's ``pretrained_cfg`` mean and std, ``FerNet.mean`` /
+``.std``; from scratch ImageNet's, as before); the crops
+are RGB (grey faces repeated over three channels by prepare), and a one-channel first convolution in
+a local file is spread over the three channels so a grey face gives the response it was trained on.
 
 Precision: on CUDA the backbone runs under bf16 autocast; the classifier and every head run in
 fp32 outside autocast, on the fp32 embedding, so probabilities (and every statistic derived from
@@ -22,6 +30,7 @@ import torch
 import torch.nn as nn
 
 from fercure.train import pooling
+from fercure.train.augment import MEAN, STD
 from fercure.train.config import POOLS
 from fercure.errors import PretrainedWeightsError, WorkspaceError  # noqa: F401  (re-exported)
 
@@ -29,9 +38,13 @@ from fercure.errors import PretrainedWeightsError, WorkspaceError  # noqa: F401 
 class FerNet(nn.Module):
     def __init__(self, backbone: str, num_classes: int, *, dropout: float = 0.0,
                  heads: dict[str, nn.Module] | None = None, pool: str = "avg", pool_keep: float = 1.0,
-                 image_size: int | None = None, backbone_args: dict[str, Any] | None = None) -> None:
+                 image_size: int | None = None, backbone_args: dict[str, Any] | None = None,
+                 hub_weights: bool = False) -> None:
         super().__init__()
-        self.backbone = create_backbone(backbone, image_size, backbone_args)
+        self.backbone = create_backbone(backbone, image_size, backbone_args, pretrained=hub_weights)
+        # From scratch any fixed normalisation serves (ImageNet's, as ever); pretrained weights get
+        # the one they were trained with (build_model sets it for a local file too).
+        self.mean, self.std = input_normalisation(self.backbone) if hub_weights else (MEAN, STD)
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {', '.join(POOLS)}, not {pool!r}")
         if pool == "atp" and not pooling.is_vit(self.backbone):
@@ -77,10 +90,60 @@ class FerNet(nn.Module):
 
 
 
-def create_backbone(name: str, image_size: int | None, args: dict[str, Any] | None = None) -> nn.Module:
+def input_normalisation(backbone: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean and std the backbone's weights expect (timm's ``pretrained_cfg``; ImageNet's when the
+    model declares none)."""
+    cfg = getattr(backbone, "pretrained_cfg", None) or {}
+    mean, std = tuple(cfg.get("mean") or MEAN), tuple(cfg.get("std") or STD)
+    if len(mean) != 3 or len(std) != 3:  # a one-channel model's statistics: the same for R, G and B
+        mean, std = (mean[0],) * 3, (std[0],) * 3
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+# A --pretrained value with one of these endings, or a path that exists, is a local file.
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".tar")
+
+
+def is_hub_name(value: str | Path | None) -> bool:
+    """True when ``--pretrained`` names weights for timm to fetch (``resnet18.a1_in1k``,
+    ``hf-hub:timm/resnet18.a1_in1k``) rather than a local file."""
+    if value is None:
+        return False
+    text = str(value)
+    if text.startswith("hf-hub:"):
+        return True
+    if Path(text).expanduser().exists() or text.lower().endswith(WEIGHT_SUFFIXES):
+        return False
+    return not text.startswith((".", "/", "~")) and "\\" not in text and text.count("/") <= 1
+
+
+def offline_hint(name: str) -> str:
+    """How to use hub weights on a machine that cannot download them."""
+    return (f"On a machine that is online, save them to a file: python -c \"import timm, torch; torch.save("
+            f"timm.create_model('{name}', pretrained=True).state_dict(), 'weights.pth')\"; then pass "
+            f"--pretrained weights.pth --backbone {name.removeprefix('hf-hub:')}")
+
+
+def create_backbone(name: str, image_size: int | None, args: dict[str, Any] | None = None,
+                    pretrained: bool = False) -> nn.Module:
     """timm model without its classifier; ViT-style models (those taking ``img_size``) are built
-    for the crop size, other models ignore it. ``args`` go to the model's constructor."""
-    kw = dict(args or {}, pretrained=False, num_classes=0, in_chans=3)
+    for the crop size, other models ignore it. ``args`` go to the model's constructor. With
+    ``pretrained`` timm loads the name's weights (from its cache, or downloaded)."""
+    kw = dict(args or {}, pretrained=pretrained, num_classes=0, in_chans=3)
+    try:
+        return _create(name, image_size, kw)
+    except (WorkspaceError, PretrainedWeightsError):
+        raise
+    except Exception as exc:  # no network, hub errors, a file timm cannot read
+        if not pretrained:
+            raise
+        raise PretrainedWeightsError(
+            f"Cannot get the pretrained weights {name!r} ({type(exc).__name__}: {str(exc)[:300]}). timm downloads "
+            "hub weights once and caches them; this machine could not (offline, or the name is not on the hub). "
+            + offline_hint(name) + ".") from exc
+
+
+def _create(name: str, image_size: int | None, kw: dict[str, Any]) -> nn.Module:
     try:
         if image_size is not None:
             try:
@@ -92,15 +155,18 @@ def create_backbone(name: str, image_size: int | None, args: dict[str, Any] | No
         raise WorkspaceError(f"Unknown backbone {name!r}: {exc}. Use a timm model name, "
                              "e.g. resnet18.") from exc
     except TypeError as exc:  # an argument this model's constructor does not take
-        raise WorkspaceError(f"Backbone {name!r} does not take the arguments {sorted(args or {})}: {exc}") from exc
+        given = sorted(k for k in kw if k not in ("pretrained", "num_classes", "in_chans"))
+        raise WorkspaceError(f"Backbone {name!r} does not take the arguments {given}: {exc}") from exc
 
 
 def build_model(config, num_classes: int, parts: list | None = None) -> FerNet:
     """Model for a TrainConfig and its method parts; loads ``config.pretrained`` into the backbone
     when set."""
-    model = FerNet(config.backbone, num_classes, dropout=config.dropout, pool=config.pool,
-                   pool_keep=config.pool_keep, image_size=config.image_size,
-                   backbone_args=config.backbone_args)
+    hub = is_hub_name(config.pretrained)
+    # Hub weights: the name says the architecture too (resnet18.a1_in1k, hf-hub:timm/...).
+    model = FerNet(config.pretrained if hub else config.backbone, num_classes, dropout=config.dropout,
+                   pool=config.pool, pool_keep=config.pool_keep, image_size=config.image_size,
+                   backbone_args=config.backbone_args, hub_weights=hub)
     for part in parts or []:
         head = part.make_head(model.embed_dim, num_classes)
         if head is not None:
@@ -110,8 +176,9 @@ def build_model(config, num_classes: int, parts: list | None = None) -> FerNet:
         model.feature_map |= part.needs_feature_map
     for part in parts or []:
         part.check_model(model, config.backbone)
-    if config.pretrained:
+    if config.pretrained and not hub:
         load_pretrained(model.backbone, config.pretrained)
+        model.mean, model.std = input_normalisation(model.backbone)
     return model
 
 
@@ -147,6 +214,7 @@ def load_pretrained(backbone: nn.Module, path: str | Path) -> list[str]:
             continue
         clean[k] = v
     own = backbone.state_dict()
+    clean = _grey_first_conv(backbone, clean, own)
     bad = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
            for k, v in clean.items() if k in own and own[k].shape != v.shape]
     if bad:
@@ -161,3 +229,19 @@ def load_pretrained(backbone: nn.Module, path: str | Path) -> list[str]:
     result = backbone.load_state_dict({k: clean[k] for k in matched}, strict=False)
     return list(result.missing_keys)
 
+
+
+def _grey_first_conv(backbone: nn.Module, state: dict[str, torch.Tensor],
+                     own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weights of a one-channel (grey) first convolution spread over the RGB model's three inputs,
+    a third each: a grey crop (R = G = B) then gives exactly the response the weights were trained
+    to give (timm's in_chans adaptation goes the other way only)."""
+    first = (getattr(backbone, "pretrained_cfg", None) or {}).get("first_conv")
+    names = [first] if isinstance(first, str) else list(first or [])
+    out = dict(state)
+    for key in (f"{n}.weight" for n in names):
+        w, mine = state.get(key), own.get(key)
+        if w is not None and mine is not None and w.ndim == 4 and w.shape[1] == 1 and mine.shape[1] == 3 \
+                and w.shape[0] == mine.shape[0] and w.shape[2:] == mine.shape[2:]:
+            out[key] = w.repeat(1, 3, 1, 1) / 3.0
+    return out
