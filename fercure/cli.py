@@ -76,12 +76,28 @@ def _examples(text: str) -> str:
     return head + "\n\n\b\n" + "\n".join(lines)
 
 
-def _fail(message: str, code: int = 1) -> None:
+# Set by a command run with --json (reset before every command): an error is then also a JSON object
+# on stdout, so a script reading stdout gets one whether the command worked or not.
+_JSON_ERRORS = False
+
+
+def _json_errors(on: bool) -> None:
+    global _JSON_ERRORS
+    _JSON_ERRORS = bool(on)
+
+
+def _fail(message: str, code: int = 1, error: BaseException | None = None) -> None:
     from fercure.console import err_console, text
     from fercure import launch
 
     launch.record_error(message)  # a rank of `--nproc N`: the launcher prints it once
     if not launch.launched_rank() or os.environ.get("RANK", "0").strip() in ("", "0"):
+        if _JSON_ERRORS:
+            import json
+
+            from fercure.summary import error_json
+
+            typer.echo(json.dumps(error_json(message, error, code), ensure_ascii=False))
         err_console.print(f"[bold red]error:[/] {text(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
@@ -96,7 +112,7 @@ def _locked(workspace: Path, wait: bool, *, create: bool = False):
     try:
         stack.enter_context(workspace_lock(workspace, wait=wait, create=create))
     except FercureError as e:
-        _fail(str(e))
+        _fail(str(e), error=e)
     with stack:
         yield
 
@@ -116,6 +132,11 @@ def _fmt(value: object) -> str:
     if isinstance(value, dict):
         return json.dumps(value, default=str, separators=(", ", ": "))[:200]
     return str(value)
+
+
+def _missing(value: object) -> bool:
+    """None or NaN: a value that was not measured (printed as such, never as "None" or "nan")."""
+    return value is None or (isinstance(value, float) and value != value)
 
 
 def _render(summary: object, title: str) -> None:
@@ -139,7 +160,9 @@ def _render(summary: object, title: str) -> None:
             if value and all(isinstance(v, int) and not isinstance(v, bool) for v in value.values()):
                 extras.append(counts_table(label, value, key=label.split()[0], limit=TABLE_MAX_ROWS))
             elif value:
-                flat = {str(k): _fmt(v) for k, v in value.items() if not isinstance(v, (dict, list))}
+                # machine keys (--json's) read with spaces here; what was not measured is left out
+                flat = {str(k).replace("_", " "): _fmt(v) for k, v in value.items()
+                        if not isinstance(v, (dict, list)) and not _missing(v)}
                 if flat:
                     extras.append(kv_table(label, flat))
         elif isinstance(value, pd.DataFrame):
@@ -153,7 +176,8 @@ def _render(summary: object, title: str) -> None:
                 for c in shown.columns:
                     t.add_column(text(c), justify="right")
                 for idx, row in shown.iterrows():
-                    cells = [text(_fmt(v.item() if hasattr(v, "item") else v)) for v in row.tolist()]
+                    cells = [text("not measured" if _missing(v) else _fmt(v.item() if hasattr(v, "item") else v))
+                             for v in row.tolist()]
                     t.add_row(text(idx), *cells)
                 extras.append(t)
         elif isinstance(value, (list, tuple)):
@@ -239,7 +263,7 @@ def _run(fn, title: str, as_json: bool | None = False, quiet: bool = False, **kw
         with (contextlib.nullcontext(NULL) if quiet else RichReporter()) as reporter:
             summary = fn(reporter=reporter, **kwargs)
     except FercureError as e:
-        _fail(str(e))
+        _fail(str(e), error=e)
     except KeyboardInterrupt:
         _fail(_interrupted(title, kwargs.get("workspace")), 130)
     except OSError as e:  # a write outside atomic_path (those already say which file)
@@ -299,7 +323,7 @@ def _version(value: bool) -> None:
 def main(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
-    pass
+    _json_errors(False)  # each command says again whether it runs with --json
 
 
 @app.command(
@@ -338,6 +362,7 @@ def prepare(
     json_out: bool = JsonOpt,
 ) -> None:
     """Detect, align and score faces; write the crop store and manifest.parquet."""
+    _json_errors(json_out)
     from fercure.stages.prepare import check_workspace, merge_prepare_shards, parse_shard, run_prepare
     from fercure.workspace import Workspace, workspace_lock
 
@@ -352,14 +377,14 @@ def prepare(
     try:
         shard_of = parse_shard(shard) if shard is not None else None
     except FercureError as e:
-        _fail(str(e), 2)
+        _fail(str(e), 2, error=e)
     class_list = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
     if not input_root.is_dir():  # before the lock creates the workspace folder
         _fail(f"Input folder {input_root} does not exist or is not a folder.")
     try:  # before the lock creates the workspace folder: never inside the input folder
         check_workspace(Workspace(workspace), input_root, labels)
     except FercureError as e:
-        _fail(str(e))
+        _fail(str(e), error=e)
     kwargs = dict(input_root=input_root, workspace=workspace, labels_file=labels,
                   classes=class_list, device=device.value, batch_size=batch_size, workers=workers,
                   image_size=image_size, on_no_face=on_no_face.value, multi_face=multi_face.value,
@@ -443,6 +468,7 @@ def train(
     json_out: bool = JsonOpt,
 ) -> None:
     """Train a timm backbone and record how every sample behaves (the evidence audit-labels judges labels by)."""
+    _json_errors(json_out)
     from fercure.stages.train import run_train
     from fercure.train.distributed import DistributedError, env_world
     from fercure.train.model import is_hub_name
@@ -457,7 +483,7 @@ def train(
     try:
         rank = env_world().rank
     except DistributedError as e:
-        _fail(str(e))
+        _fail(str(e), error=e)
     launch.watch_launcher()
     # Under torchrun rank 0 holds the lock for the whole data-parallel run (under `--nproc N` the
     # launcher does); the other ranks are part of the same command.
@@ -472,7 +498,7 @@ def train(
             Workspace(workspace).check_readable(resume=resume)
             backbone_args = parse_backbone_args(backbone_arg)
         except FercureError as e:
-            _fail(str(e))
+            _fail(str(e), error=e)
         config = TrainConfig(
             backbone=backbone, image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
             device=device.value, pretrained=pretrained or None, selfcure=selfcure,
@@ -570,10 +596,12 @@ def audit_labels(
     queue_order: QueueOrder = typer.Option(QueueOrder("auto"), help="The review queue's order (the audit's review_rank column): auto = a model fitted on the reviewed rows when its cross-validated AUROC beats the hand-made order's, else the hand-made order; score = the hand-made order; unambiguous = likely wrong and unambiguous first (cross-entropy to the given label minus entropy)."),
     groups: bool = typer.Option(GROUPS_DEFAULT, "--groups/--no-groups", help="Group flagged look-alikes (near-copies, or close neighbours in the run's embedding, with the same given and suggested label) into one card that one decision covers (README, \"Group cards\")."),
     group_tightness: float = typer.Option(GroupSettings().tightness, min=0.0, max=1.0, help="How close a group member must be to the card's first member: closer than this share of all samples are to their own nearest neighbour."),
+    list_missed_faces: bool = typer.Option(False, "--list-missed-faces", help="List pre-cropped faces the detector missed (no_face on a crop of the dataset's size) as face problems in the report; by default they are not (their crop is the face as given)."),
     wait: bool = WaitOpt,
     json_out: bool = JsonOpt,
 ) -> None:
     """Score every label: wrong or not, what it should be, how sure, ambiguous or not."""
+    _json_errors(json_out)
     from fercure.audit import SIGNALS
     from fercure.stages.audit import run_audit
     from fercure.workspace import Workspace
@@ -588,12 +616,12 @@ def audit_labels(
                             may_replace=[ws.report])
             ws.check_readable()
         except FercureError as e:
-            _fail(str(e))
+            _fail(str(e), error=e)
         settings = dataclasses.replace(GroupSettings(), tightness=group_tightness) if groups else None
         _run(run_audit, "audit-labels", as_json=json_out, workspace=workspace, run_id=run, report_path=report,
              method=score, threshold_method=threshold_method.value, pred_probs=pred_probs, features=features,
              trusted_files=[str(p.resolve()) for p in trusted], queue_order=queue_order.value,
-             groups=settings)
+             groups=settings, list_missed_faces=list_missed_faces)
 
 
 @app.command(
@@ -629,6 +657,7 @@ def export_cleaned(
     json_out: bool = JsonOpt,
 ) -> None:
     """Write cleaned, relabelled annotations with every original label and the reason for each change."""
+    _json_errors(json_out)
     from fercure.stages.export import run_export
     from fercure.workspace import is_inside
 
@@ -640,7 +669,7 @@ def export_cleaned(
                                  decisions=decisions, images=images.value, link=link.value, strict=strict,
                                  allow_weak_drop=allow_weak_drop, cards=cards, image_url=image_url)
         except FercureError as e:
-            _fail(str(e))
+            _fail(str(e), error=e)
     _emit(summary, "export-cleaned", workspace, json_out)
 
 
@@ -720,6 +749,7 @@ def demo(
 ) -> None:
     """Run all four stages on sample_data/ (1,800 FER2013 crops: a few minutes on a CPU); export to
     WS/cleaned.parquet, then score the audit against the FER+ votes (WS/scorecard.json)."""
+    _json_errors(json_out)
     data = data or find_sample_data()
     if data is None or not (data / "labels.csv").exists():
         _fail("sample_data/ not found: pass --data PATH (a folder with images/ and labels.csv).")
@@ -781,7 +811,7 @@ def _demo_stages(data: Path, workspace: Path, limit: int | None, config: "TrainC
     try:
         summary = run_export(workspace, Path(workspace) / "cleaned.parquet", force=force)
     except FercureError as e:
-        _fail(str(e))
+        _fail(str(e), error=e)
     summaries.append(("export-cleaned", summary))
     if not as_json:
         _emit(summary, "export-cleaned", workspace, False)

@@ -48,6 +48,15 @@ def as_json(summary: Any, stage: str, workspace: Path | str | None = None) -> di
     return out
 
 
+def error_json(message: str, error: BaseException | None = None, code: int = 1) -> dict[str, Any]:
+    """``--json``'s error object: the message, and where known the hint, the file and the row (an
+    error may carry them as attributes: ``hint``, ``file`` or ``path``, ``row``)."""
+    file = getattr(error, "file", None) or getattr(error, "path", None)
+    row = getattr(error, "row", None)
+    return {"error": message, "hint": getattr(error, "hint", None), "file": str(file) if file else None,
+            "row": int(row) if isinstance(row, (int, np.integer)) else None, "exit_code": int(code)}
+
+
 def next_step(stage: str, summary: Any, workspace: Path | str | None) -> dict[str, Any]:
     """``{"outputs": [paths], "next": command}`` for the stage that just finished."""
     ws = Path(workspace) if workspace is not None else Path(getattr(summary, "workspace", "."))

@@ -31,8 +31,9 @@ def test_markup_in_labels_and_paths_is_printed_literally(tmp_path: Path, monkeyp
     labels = Path("[red]labels.csv")
     # cp1252 (é): prepare logs a note naming the label file
     labels.write_bytes("path,label\n[red]x.png,[/b]angry\ny.png,happy\ncaf\u00e9.png,happy\n".encode("cp1252"))
+    # café.png is not on disk: 1 row of 3 rejected, more than the default --max-rejected allows
     result = runner.invoke(app, ["prepare", "data", "-l", str(labels), "-w", "[b]ws", "--device", "cpu",
-                                 "--image-size", "32"])
+                                 "--image-size", "32", "--max-rejected", "1"])
     assert result.exit_code == 0, (result.output, result.exception)
     assert "[/b]angry" in result.output  # class counts
     assert "[red]labels.csv is not valid UTF-8" in result.output  # the note

@@ -91,3 +91,75 @@ def test_pre_cropped_faces_are_stored_at_their_own_size_not_upsampled(tmp_path):
     ws2 = tmp_path / "ws2"
     invoke("prepare", data, "-w", ws2, "--device", "cpu")
     assert np.load(ws2 / "faces" / "crops.npy").shape[1] == 112
+
+
+def _face_manifest(sizes: list[int], status: list[str], face_count: list[int] | None = None) -> pd.DataFrame:
+    n = len(sizes)
+    return pd.DataFrame({"sample_id": [f"id{i}" for i in range(n)], "source_path": [f"img/{i}.png" for i in range(n)],
+                         "label": "happy", "face_status": status, "width": sizes, "height": sizes,
+                         "face_count": face_count or [1] * n})
+
+
+def test_a_pre_cropped_face_the_detector_missed_is_no_face_card_and_photos_without_faces_are_named():
+    from fercure.report.data import BIT, review_rows
+    from fercure.stages.prepare import face_notes
+
+    # FER-style: 20 crops of 48 px, 3 missed by the detector; one 640 px photo of a cup
+    status = ["ok"] * 17 + ["no_face"] * 3 + ["no_face"]
+    manifest = _face_manifest([48] * 20 + [640], status)
+    audit = pd.DataFrame({"sample_id": manifest["sample_id"], "face_status": status})
+    bits, listed = review_rows(audit, manifest)
+    face = (bits & BIT["face"]) > 0
+    assert np.flatnonzero(face).tolist() == [20]  # the photo, not the three crops
+    bits, _ = review_rows(audit, manifest, list_missed_faces=True)
+    assert np.flatnonzero((bits & BIT["face"]) > 0).tolist() == [17, 18, 19, 20]  # shown when asked
+    notes = face_notes(manifest, {"on_no_face": "keep", "multi_face": "largest"})
+    assert notes[0].startswith("3 pre-cropped faces got no detection")
+    assert notes[1].startswith("1 images have no face at all: img/20.png.") and "--on-no-face drop" in notes[1]
+    # photos of many sizes: every no_face is a photo without a face, and keeps its card
+    photos = _face_manifest([300, 400, 500, 640], ["ok", "no_face", "ok", "ok"], face_count=[1, 0, 2, 3])
+    bits, _ = review_rows(pd.DataFrame({"sample_id": photos["sample_id"], "face_status": photos["face_status"]}), photos)
+    assert np.flatnonzero((bits & BIT["face"]) > 0).tolist() == [1]
+    notes = face_notes(photos, {"on_no_face": "keep", "multi_face": "largest"})
+    assert notes == ["1 images have no face at all: img/1.png. They are kept whole and will train as their label's "
+                     "expression; pass --on-no-face drop to leave them out (or drop them in the report).",
+                     "2 images show several faces: status ok, the largest one kept (--multi-face most-central or drop "
+                     "for another choice)."]
+
+
+def test_json_errors_are_a_json_object_on_stdout(tmp_path):
+    data = tmp_path / "data"
+    _images(data / "images", ["0.png", "1.png"])
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame({"path": ["0.png", "1.png"], "label": ["happy", "sad"]}).to_csv(labels, index=False)
+    result = invoke("prepare", data, "-l", labels, "-w", tmp_path / "ws", "--device", "cpu", "--json", code=1)
+    error = json.loads(result.stdout)
+    assert error["file"] == str(labels) and error["row"] == 2 and error["exit_code"] == 1
+    assert "path does not exist" in error["error"] and "relative to the input root" in error["hint"]
+    # a command without --json after it: the plain message only
+    result = invoke("audit-labels", "-w", tmp_path / "nothing", code=1)
+    assert result.stdout.strip() == "" or not result.stdout.lstrip().startswith("{")
+
+
+def _keys(value, path=""):
+    """Every mapping key in ``value`` with where it is, skipping the maps whose keys are data (class
+    names, face statuses, reject problems)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield path, k
+            if path.split(".")[-1:] not in (["per_class"], ["transition_matrix"], ["face_issues"],
+                                            ["status_counts"], ["class_counts"], ["rejects_by_problem"]):
+                yield from _keys(v, f"{path}.{k}")
+
+
+def test_audit_summary_has_machine_keys_and_no_none_rows(tmp_path):
+    from tests.test_issue20_safety import make_ws
+
+    ws = make_ws(tmp_path / "ws")
+    data = json.loads(invoke("audit-labels", "-w", ws.root, "--json").stdout)
+    bad = [(where, k) for where, k in _keys(data) if where.count(".") <= 1 and not k.replace("_", "").isalnum()
+           and where not in (".per_class", ".transition_matrix", ".face_issues")]
+    assert bad == []
+    assert all(v is not None for v in data["error_share"].values())  # nothing planted, nothing reviewed: {}
+    shown = invoke("audit-labels", "-w", ws.root).stdout
+    assert "None" not in shown and "planted flips" not in shown.replace("planted flips ranked", "")

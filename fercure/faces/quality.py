@@ -18,6 +18,8 @@ __all__ = [
 STATUSES = ("ok", "no_face", "multiple_faces", "low_confidence", "too_small")
 MULTI_FACE_POLICIES = ("largest", "most-central", "drop")
 NO_FACE_POLICIES = ("keep", "drop")  # what prepare does with an image where no face was found
+# A dataset is pre-cropped when at least this share of its images are squares of one side.
+AS_GIVEN_SHARE = 0.9
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)   # ITU-R BT.601, as PIL's "L" mode
 
 
@@ -176,3 +178,33 @@ def pick_face(det, image_shape, policy: str = "largest") -> int:
         return int(np.argmin(np.hypot(cx, cy)))
     area = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
     return int(np.argmax(area))
+
+
+def pre_cropped_side(widths, heights, max_side: int | None = None) -> int | None:
+    """The side of a pre-cropped dataset's faces: the square size at least AS_GIVEN_SHARE of the
+    images (with a known size) share, no larger than ``max_side``; None for photos of many sizes."""
+    w = np.asarray(widths, dtype=float)
+    h = np.asarray(heights, dtype=float)
+    known = np.isfinite(w) & np.isfinite(h) & (w > 0) & (h > 0)
+    if not known.any():
+        return None
+    sizes, counts = np.unique(np.stack([w[known], h[known]], axis=1), axis=0, return_counts=True)
+    k = int(np.argmax(counts))
+    side_w, side_h = sizes[k]
+    if side_w != side_h or counts[k] < AS_GIVEN_SHARE * known.sum() or (max_side is not None and side_w > max_side):
+        return None
+    return int(side_w)
+
+
+def missed_on_crop(status, widths, heights) -> np.ndarray:
+    """Rows where the detector found no face in a pre-cropped dataset's face crop (the image is of
+    the dataset's crop size): an open mouth, a profile or a hand defeated the detector, the image
+    is still a face, and its crop is the image as given. Other no_face rows are photos without a
+    face (a cat, a cup)."""
+    status = np.asarray(status, dtype=object)
+    side = pre_cropped_side(widths, heights)
+    if side is None:
+        return np.zeros(len(status), bool)
+    w = np.asarray(widths, dtype=float)
+    h = np.asarray(heights, dtype=float)
+    return (status == "no_face") & (w == side) & (h == side)

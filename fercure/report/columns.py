@@ -42,6 +42,8 @@ MANIFEST_COLUMNS: dict[str, tuple[str, ...]] = {
     "id": ("sample_id",),
     "brightness": ("brightness",),
     "contrast": ("contrast",),
+    "width": ("width",),
+    "height": ("height",),
 }
 
 

@@ -13,6 +13,7 @@ from fercure import review_calibration as rc
 from fercure import strength as st
 from fercure.exposure import LOW_CONTRAST, TOO_BRIGHT, TOO_DARK, exposure_issues  # noqa: F401 (re-exported)
 from fercure.health import IMBALANCE_RATIO
+from fercure.faces import quality
 from fercure.report import columns as C
 from fercure.report import embedding as E
 from fercure.report.thumbs import THUMB_BUDGET, THUMB_SIZE, thumbnails
@@ -132,17 +133,22 @@ def _round(x: float, digits: int) -> float | None:
     return None if x is None or not math.isfinite(x) else round(float(x), digits)
 
 
-def review_rows(audit: pd.DataFrame, manifest: pd.DataFrame | None = None) -> tuple[np.ndarray, np.ndarray]:
+def review_rows(audit: pd.DataFrame, manifest: pd.DataFrame | None = None, *,
+                list_missed_faces: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(flags per audit row as FLAGS bits, positions of the rows the page lists): every label issue,
     ambiguous sample, duplicate or conflicting-duplicate original, face-stage problem and image
-    quality issue."""
+    quality issue. A pre-cropped face the detector missed (``quality.missed_on_crop``) is no face
+    problem (its crop is the face as given) unless ``list_missed_faces``."""
     n = len(audit)
     bits = np.zeros(n, np.int64)
     status = C.column(audit, "face_status", "ok").astype(str).to_numpy()
     for key, flag_name in (("is_issue", "label_issue"), ("is_ambiguous", "ambiguous"),
                            ("is_duplicate", "duplicate"), ("is_blur", "blur")):
         bits |= np.where(C.flag(audit, key).to_numpy(), BIT[flag_name], 0)
-    bits |= np.where((status != "ok") & (status != "duplicate"), BIT["face"], 0)
+    face = (status != "ok") & (status != "duplicate")
+    if not list_missed_faces:
+        face &= ~missed_faces(audit, manifest)
+    bits |= np.where(face, BIT["face"], 0)
     if manifest is not None and C.name(manifest, "brightness", C.MANIFEST_COLUMNS):
         m = manifest.set_index(C.column(manifest, "id", table=C.MANIFEST_COLUMNS).astype(str))
         ids = C.column(audit, "id").astype(str)
@@ -160,6 +166,20 @@ def review_rows(audit: pd.DataFrame, manifest: pd.DataFrame | None = None) -> tu
     bits |= np.where(C.flag(audit, "is_reviewed").to_numpy(), BIT["reviewed"], 0)
     bits[spot_checks(audit, bits)] |= BIT["spot_check"]  # after the reviewed bit: never a reviewed row
     return bits, np.flatnonzero(bits)
+
+
+def missed_faces(audit: pd.DataFrame, manifest: pd.DataFrame | None) -> np.ndarray:
+    """Audit rows that are a pre-cropped dataset's face crop the detector missed
+    (``quality.missed_on_crop`` over the whole manifest; none without its image sizes)."""
+    if manifest is None or not all(C.name(manifest, k, C.MANIFEST_COLUMNS) for k in ("width", "height")) \
+            or "face_status" not in manifest:
+        return np.zeros(len(audit), bool)
+    ids = C.column(manifest, "id", table=C.MANIFEST_COLUMNS).astype(str).to_numpy()
+    hit = quality.missed_on_crop(manifest["face_status"].astype(str).to_numpy(),
+                                 _num(manifest[C.name(manifest, "width", C.MANIFEST_COLUMNS)]),
+                                 _num(manifest[C.name(manifest, "height", C.MANIFEST_COLUMNS)]))
+    missed = set(ids[hit])
+    return C.column(audit, "id").astype(str).isin(missed).to_numpy()
 
 
 def spot_checks(audit: pd.DataFrame, bits: np.ndarray) -> np.ndarray:
@@ -204,6 +224,7 @@ def build_payload(
     thumb_budget: int = THUMB_BUDGET,
     thumb_size: int = THUMB_SIZE,
     neighbours=None,
+    list_missed_faces: bool = False,
 ) -> dict:
     """The page's JSON blob: the listed rows (columnar), thumbnails, duplicate groups, counts, the
     embedding map's points, group cards and similar faces.
@@ -214,7 +235,7 @@ def build_payload(
     classes = [str(c) for c in classes]
     verdict = str((stats.get("model_strength") or {}).get("verdict", "unknown"))
     bands = stats.get("confidence_bands") or {}
-    bits, listed = review_rows(audit, manifest)
+    bits, listed = review_rows(audit, manifest, list_missed_faces=list_missed_faces)
     order = review_order(audit, listed, bits)
     store = np.nan_to_num(_num(C.column(audit, "store_index", -1)), nan=-1).astype(np.int64)
     thumbs = thumbnails(crops, store, order, budget=thumb_budget, size=thumb_size)

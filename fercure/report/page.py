@@ -484,6 +484,7 @@ def render_report(
     thumb_size: int = THUMB_SIZE,
     thumb_budget: int = THUMB_BUDGET,
     workspace: str | None = None,
+    list_missed_faces: bool = False,
     input_root: str | None = None,
     neighbours=None,
 ) -> str:
@@ -515,16 +516,17 @@ def render_report(
     """
     classes = [str(c) for c in classes]
     payload = _report_payload(audit, stats, classes, crops, manifest, actions, thumb_budget, thumb_size,
-                              run_id, input_root, neighbours)
+                              run_id, input_root, neighbours, list_missed_faces)
     return _page_html(audit, stats, classes, payload, rejects, run_id, workspace)
 
 
 def _report_payload(audit: pd.DataFrame, stats: dict, classes: list[str], crops, manifest, actions,
                     thumb_budget: int, thumb_size: int, run_id: str | None, input_root: str | None,
-                    neighbours=None) -> dict:
+                    neighbours=None, list_missed_faces: bool = False) -> dict:
     """The page's JSON data: rows, thumbnails (with a note on those left out), counts, ids."""
     payload = build_payload(audit, stats, classes, crops=crops, manifest=manifest, actions=actions,
-                            thumb_budget=thumb_budget, thumb_size=thumb_size, neighbours=neighbours)
+                            thumb_budget=thumb_budget, thumb_size=thumb_size, neighbours=neighbours,
+                            list_missed_faces=list_missed_faces)
     payload["run_id"] = run_id
     payload["stem"] = decisions_stem(run_id)
     payload["input_root"] = input_root

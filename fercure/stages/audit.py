@@ -124,6 +124,7 @@ def run_audit(
     trusted_files: Sequence[str | Path] = (),
     queue_order: str = "auto",
     groups: grouping.GroupSettings | None = None,
+    list_missed_faces: bool = False,
 ) -> AuditSummary:
     """Score every manifest sample's label with run ``run_id`` (default: the latest finished run),
     the user's ``pred_probs`` file, their ``features`` file, or any of them joined (``fercure.evidence``).
@@ -136,6 +137,7 @@ def run_audit(
     retraining: those rows are never flagged again, and they re-rank the rest (``fercure.rerank``);
     kept in WS/reviewed.parquet. ``queue_order``: one of ``fercure.rerank.QUEUE_ORDERS``. ``groups``: how flagged look-alikes are grouped into one card (None: no groups;
     ``group_id`` stays empty).
+    ``list_missed_faces``: the report lists a pre-cropped face the detector missed as a face problem.
     """
     start = time.perf_counter()
     ws = workspace if isinstance(workspace, Workspace) else Workspace(Path(workspace))
@@ -188,7 +190,7 @@ def run_audit(
     out_report: Path | None = None
     if write_report:
         out_report = Path(report_path) if report_path is not None else ws.report
-        _write_report(ws, out_report, table, stats, classes, run_id, manifest, neighbours)
+        _write_report(ws, out_report, table, stats, classes, run_id, manifest, neighbours, list_missed_faces)
     task.advance()
     task.close()
     verdict = stats["model_strength"].get("verdict")
@@ -516,7 +518,8 @@ def _embedding_columns(table: pd.DataFrame, run_dir: Path | None, stats: dict,
 
 
 def _write_report(ws: Workspace, out_report: Path, table: pd.DataFrame, stats: dict, classes: list[str],
-                  run_id: str | None, manifest: pd.DataFrame, neighbours: grouping.Neighbours | None = None) -> None:
+                  run_id: str | None, manifest: pd.DataFrame, neighbours: grouping.Neighbours | None = None,
+                  list_missed_faces: bool = False) -> None:
     """The HTML report at ``out_report``, with the crops, rejects and default export actions it shows."""
     crops = np.load(ws.store, mmap_mode="r") if ws.store.exists() else None
     rejects = read_table(ws.rejects) if ws.rejects.exists() else None
@@ -524,7 +527,8 @@ def _write_report(ws: Workspace, out_report: Path, table: pd.DataFrame, stats: d
     actions = export_core.apply_policy(table, classes, model_verdict=stats["model_strength"].get("verdict"))["action"]
     html = render_report(table, stats, classes, crops=crops, run_id=run_id, manifest=manifest,
                          rejects=rejects, actions=actions.tolist(), workspace=str(ws.root.resolve()),
-                         input_root=ws.prepared_inputs()[0], neighbours=neighbours)
+                         input_root=ws.prepared_inputs()[0], neighbours=neighbours,
+                         list_missed_faces=list_missed_faces)
     atomic_write_text(out_report, html)
 
 
@@ -539,7 +543,8 @@ def _per_class_frame(stats: dict) -> pd.DataFrame:
         per_class["est_wrong_lo"] = [(est[c].get("label_noise_interval") or (None, None))[0] for c in per_class.index]
         per_class["est_wrong_hi"] = [(est[c].get("label_noise_interval") or (None, None))[1] for c in per_class.index]
     per_class.index.name = "class"
-    return per_class
+    # a column no class has a value in (threshold under a method that sets none) says nothing
+    return per_class.dropna(axis=1, how="all")
 
 
 def _transition_frame(stats: dict, classes: list[str]) -> pd.DataFrame:
@@ -549,26 +554,29 @@ def _transition_frame(stats: dict, classes: list[str]) -> pd.DataFrame:
 
 
 def _error_share_rows(cal: dict) -> dict:
-    """The share of wrong labels as the planted flips and the reviewed rows estimate it, side by side."""
+    """The share of wrong labels as the planted flips and the reviewed rows estimate it, side by side;
+    machine keys (the terminal shows them with spaces), and what was not measured left out."""
     rv = cal.get("reviewed") or {}
-    return {"planted flips": cal["planted"]["share"] if cal.get("planted") else None,
-            "reviewed rows": rv.get("share"),
-            "reviewed rows, 95 % interval": [rv.get("lo"), rv.get("hi")] if rv.get("share") is not None else None,
-            "reviewed rows (n, wrong, spot checks)": [rv.get("n_reviewed", 0), rv.get("n_errors", 0),
-                                                     rv.get("n_spot_checks", 0)],
-            "spot checks wrong": rv.get("spot_check_error_rate"),
-            "image drops (not label errors)": rv.get("n_image_drops") or None,
-            "why not reviewed": rv.get("why") if rv.get("share") is None and rv.get("n_reviewed") else None,
+    rows = {"planted_flips": cal["planted"]["share"] if cal.get("planted") else None,
+            "reviewed_rows": rv.get("share"),
+            "reviewed_rows_lo": rv.get("lo") if rv.get("share") is not None else None,  # its 95 % interval
+            "reviewed_rows_hi": rv.get("hi") if rv.get("share") is not None else None,
+            "n_reviewed": rv.get("n_reviewed") or None, "n_reviewed_wrong": rv.get("n_errors") if rv.get("n_reviewed") else None,
+            "n_spot_checks": rv.get("n_spot_checks") or None,
+            "spot_checks_wrong": rv.get("spot_check_error_rate"),
+            "n_image_drops": rv.get("n_image_drops") or None,  # drops of face / quality cards: not label errors
+            "why_not_reviewed": rv.get("why") if rv.get("share") is None and rv.get("n_reviewed") else None,
             "used": cal.get("used")}
+    return {k: v for k, v in rows.items() if v is not None}
 
 
 def _self_check_rows(sc: dict) -> dict:
     """The planted-flip self-check as a few readable numbers for the terminal summary."""
     out = {}
     if sc.get("n_planted"):
-        out["planted flips"] = sc["n_planted"]
-        for key, label in (("auroc_mean_p", "ranked at AUROC"), ("recall_at_estimated_share", "found at the estimated error share"),
-                           ("estimated_error_share", "estimated share of wrong labels")):
+        out["planted_flips"] = sc["n_planted"]
+        for key, label in (("auroc_mean_p", "planted_auroc"), ("recall_at_estimated_share", "planted_found_at_estimated_share"),
+                           ("estimated_error_share", "estimated_error_share")):
             if sc.get(key) is not None:
                 out[label] = round(float(sc[key]), 3)
     return out

@@ -54,7 +54,6 @@ STATUSES = schema.FACE_STATUSES  # the manifest's face_status values (declared i
 CHUNK_SIZE = 512
 DEFAULT_CROP_SIZE = 112  # the crop store's side for photos of several sizes
 MIN_CROP_SIZE = 16  # --image-size's least value
-AS_GIVEN_SHARE = 0.9  # share of the images at one square size that makes a pre-cropped dataset
 
 
 @dataclass(frozen=True)
@@ -472,7 +471,8 @@ def run_prepare(
     shutil.rmtree(ws.prepare_parts, ignore_errors=True)
     if no_labels:  # no audit and no report to list them: the summary does
         notes.append(_face_problems_note(manifest, ws))
-    return _summary(ws, manifest, rejects, reused, conflicts, notes, timings, start)
+    return _summary(ws, manifest, rejects, reused, conflicts, notes + face_notes(manifest, asdict(settings)),
+                    timings, start)
 
 
 def _face_problems_note(manifest: pd.DataFrame, ws: Workspace, shown: int = 5) -> str:
@@ -555,19 +555,19 @@ def rejects_listing(rejects: pd.DataFrame, limit: int = SHOWN_REJECTS) -> str:
 
 
 def crop_size_for(sizes: list[tuple[int, int] | None], notes: list[str]) -> int:
-    """The crop store's side when --image-size is not given: the input's own side when it is a
-    pre-cropped dataset (at least AS_GIVEN_SHARE of the readable images square at one size no larger
-    than DEFAULT_CROP_SIZE), so an as-given face is stored as it is, never upsampled (a 48 px FER2013
-    face at 112 px and back lost ~10 % of its edge energy); else DEFAULT_CROP_SIZE. Adds a note."""
-    counts = Counter(s for s in sizes if s is not None)
-    if counts:
-        (w, h), n = counts.most_common(1)[0]
-        if w == h and MIN_CROP_SIZE <= w <= DEFAULT_CROP_SIZE and n >= AS_GIVEN_SHARE * sum(counts.values()):
-            notes.append(f"crops stored at {w} px, the size of {n:,} of the {sum(counts.values()):,} images "
-                         f"(pre-cropped faces: kept at their own size, not resampled); --image-size sets another.")
-            return int(w)
-    notes.append(f"crops stored at {DEFAULT_CROP_SIZE} px (the images are of several sizes); --image-size sets "
-                 "another.")
+    """The crop store's side when --image-size is not given: a pre-cropped dataset's own side
+    (``quality.pre_cropped_side``, up to DEFAULT_CROP_SIZE), so an as-given face is stored as it is,
+    never upsampled (a 48 px FER2013 face at 112 px and back lost ~10 % of its edge energy); else
+    DEFAULT_CROP_SIZE. Adds a note saying which."""
+    known = [s for s in sizes if s is not None]
+    side = quality.pre_cropped_side([s[0] for s in known], [s[1] for s in known], max_side=DEFAULT_CROP_SIZE)
+    if side is not None and side >= MIN_CROP_SIZE:
+        n = sum(1 for s in known if s == (side, side))
+        notes.append(f"crops stored at {side} px, the size of {n:,} of the {len(known):,} images (pre-cropped "
+                     "faces: kept at their own size, not resampled); --image-size sets another.")
+        return side
+    notes.append(f"crops stored at {DEFAULT_CROP_SIZE} px (the images are not crops of one size up to "
+                 f"{DEFAULT_CROP_SIZE} px); --image-size sets another.")
     return DEFAULT_CROP_SIZE
 
 
@@ -610,9 +610,13 @@ def _no_usable_rows(ws: Workspace, input_root: Path, labels_file: Path | str | N
     else:
         head = (f"No usable images found under {input_root}{where}; {len(rejects):,} rows were rejected"
                 + (f" ({counts})" if counts else "") + ".")
-    return WorkspaceError(
-        head + kept
-        + (f" The first:\n{rejects_listing(rejects)}" if len(rejects) else ""))
+    err = WorkspaceError(head + kept + (f" The first:\n{rejects_listing(rejects)}" if len(rejects) else ""))
+    # for --json's error object: where the first reject is, and what fixes it
+    first = rejects.iloc[0] if len(rejects) else None
+    err.file = (first["file"] or str(input_root)) if first is not None else str(input_root)
+    err.row = int(first["row"]) if first is not None and int(first["row"]) >= 0 else None
+    err.hint = first["hint"] if first is not None and first["hint"] else None
+    return err
 
 
 def _with_file_identity(samples: pd.DataFrame, input_root: Path, workers: int) -> pd.DataFrame:
@@ -815,6 +819,37 @@ def _finish(ws: Workspace, rows_df: pd.DataFrame, crops: _Concat, rejects: pd.Da
     return manifest, conflicts
 
 
+SHOWN_FILES = 10  # files a summary note names before "and N more"
+
+
+def face_notes(manifest: pd.DataFrame, settings: dict) -> list[str]:
+    """What the face stage decided that a user should hear: faces the detector missed on a
+    pre-cropped dataset's crops (kept as given, not listed for review), photos with no face at all
+    (named: kept whole, they train as an expression), and photos with several faces (one kept)."""
+    out = []
+    status = manifest["face_status"].astype(str).to_numpy()
+    width = pd.to_numeric(manifest.get("width"), errors="coerce") if "width" in manifest else np.full(len(status), np.nan)
+    height = pd.to_numeric(manifest.get("height"), errors="coerce") if "height" in manifest else np.full(len(status), np.nan)
+    missed = quality.missed_on_crop(status, width, height)
+    if missed.any():
+        out.append(f"{int(missed.sum()):,} pre-cropped faces got no detection (a profile, an open mouth, a hand): kept "
+                   "as given, audited like any other; the report does not list them as face problems "
+                   "(audit-labels --list-missed-faces does).")
+    photos = (status == "no_face") & ~missed
+    if photos.any() and settings.get("on_no_face", "keep") == "keep":
+        paths = manifest.loc[photos, "source_path"].astype(str).tolist()
+        named = ", ".join(paths[:SHOWN_FILES]) + (f" and {len(paths) - SHOWN_FILES:,} more" if len(paths) > SHOWN_FILES else "")
+        out.append(f"{len(paths):,} images have no face at all: {named}. They are kept whole and will train as their "
+                   "label's expression; pass --on-no-face drop to leave them out (or drop them in the report).")
+    several = (pd.to_numeric(manifest.get("face_count"), errors="coerce").fillna(0).to_numpy() > 1) & (status == "ok") \
+        if "face_count" in manifest else np.zeros(len(status), bool)
+    if several.any():
+        policy = settings.get("multi_face", "largest")
+        out.append(f"{int(several.sum()):,} images show several faces: status ok, the {policy.replace('-', ' ')} one "
+                   "kept (--multi-face most-central or drop for another choice).")
+    return out
+
+
 def _summary(ws: Workspace, manifest: pd.DataFrame, rejects: pd.DataFrame, reused: int, conflicts: int,
              notes: list[str], timings: Counter, start: float) -> PrepareSummary:
     has = manifest["store_index"].to_numpy() >= 0
@@ -986,4 +1021,5 @@ def _merge_locked(ws: Workspace, shard_dir: Path, n: int, notes: list[str], repo
     del chunks
     shutil.rmtree(shard_dir, ignore_errors=True)
     notes.append(f"Merged {n} shards into {ws.manifest}.")
+    notes.extend(face_notes(manifest, metas[0]["settings"]))
     return _summary(ws, manifest, rejects, reused, conflicts, notes, timings, start)
