@@ -424,6 +424,7 @@ def parse_backbone_args(items: list[str]) -> dict[str, object]:
     "  fercure train -w ws --epochs 30 --thorough --device cuda\n\n"
     "  fercure train -w ws --selfcure --reliability     # the SCN + ARBEx methods\n\n"
     "  fercure train -w ws --pretrained resnet18.pth    # a local state dict\n\n"
+    "  fercure train -w ws --pretrained resnet18.a1_in1k  # hub weights, cached\n\n"
     "  fercure train -w ws --trusted decisions-RUN.csv  # reviewed labels\n\n"
     "  fercure train -w ws --nproc 2                    # data-parallel, 2 processes")
 )

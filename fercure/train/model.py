@@ -137,10 +137,12 @@ def create_backbone(name: str, image_size: int | None, args: dict[str, Any] | No
     except Exception as exc:  # no network, hub errors, a file timm cannot read
         if not pretrained:
             raise
-        raise PretrainedWeightsError(
+        err = PretrainedWeightsError(
             f"Cannot get the pretrained weights {name!r} ({type(exc).__name__}: {str(exc)[:300]}). timm downloads "
             "hub weights once and caches them; this machine could not (offline, or the name is not on the hub). "
-            + offline_hint(name) + ".") from exc
+            + offline_hint(name) + ".")
+        err.hint = offline_hint(name)  # --json's error object
+        raise err from exc
 
 
 def _create(name: str, image_size: int | None, kw: dict[str, Any]) -> nn.Module:
