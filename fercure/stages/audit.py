@@ -394,17 +394,19 @@ def _with_dynamics_signals(predictions: pd.DataFrame, run_dir: Path) -> pd.DataF
 
 
 def _queue_rows(queue: dict) -> dict:
-    """Which order the review queue follows, and the AUROCs on the reviewed rows that chose it."""
+    """Which order the review queue follows, and the AUROCs on the reviewed rows that chose it
+    (machine keys; the terminal shows them with spaces)."""
     names = {"score": "hand-made score", "rerank": "re-ranker (fitted on the reviewed rows)",
              "unambiguous": "likely wrong and unambiguous first (--queue-order unambiguous)"}
-    out = {"order": names.get(queue.get("order"), queue.get("order")), "rows in the queue": queue.get("n_ranked")}
+    out = {"order": names.get(queue.get("order"), queue.get("order")), "n_in_queue": queue.get("n_ranked")}
     fit = queue.get("rerank")
     if fit:
-        out.update({"reviewed rows it learned from": f"{fit['n_reviewed']} ({fit['n_errors']} wrong, "
-                                                     f"{fit['n_spot_checks']} spot checks)",
-                    "re-ranker AUROC (cross-validated, on the reviewed rows)": fit["cv_auroc"],
-                    "hand-made order's AUROC (same rows)": fit["hand_auroc"], "why": fit["why"]})
-    return out
+        out.update({"n_reviewed_learned_from": fit["n_reviewed"], "n_reviewed_wrong": fit["n_errors"],
+                    "n_spot_checks": fit["n_spot_checks"],
+                    "rerank_auroc_cross_validated": fit["cv_auroc"],  # on the reviewed rows
+                    "hand_made_auroc": fit["hand_auroc"],  # the same rows
+                    "why": fit["why"]})
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def _predictions_path(ws: Workspace, run_id: str) -> Path:
