@@ -11,13 +11,15 @@ which classes' labels the reviewer finds wrong, and how the signals weigh agains
 dataset.
 
 Queue cards are the most suspect rows, so they alone would teach the model only about the top of the
-ranking; the report's random spot checks stand for every row nobody reviewed, and are weighted for it
-(``sample_weights``). Whether the fit orders the queue is measured, not assumed: its cross-validated
-AUROC on the reviewed rows is set beside the hand-made score's AUROC on the same rows, and the better
-one orders the queue (``choose``); below ``MIN_REVIEWED`` reviewed rows (or ``MIN_PER_CLASS`` of either
-verdict) the hand-made order stays, and the stats say why. Both numbers come from rows the reviewer
-picked in queue order, so they rank within what was reviewed; the replay on kept benchmark tables
-(benchmarks/bench_rerank.py) measures what the ordering does to the next cards.
+ranking; the report's random spot checks stand for every row nobody reviewed. The model is fitted with
+every reviewed row alike (``DEFAULT_WEIGHTING``: in the replay, weighting the spot checks for the rows
+they stand for ranked the unreviewed rows better by AUROC but put fewer errors in the next cards).
+Whether the fit orders the queue is measured, not assumed: its cross-validated AUROC on the reviewed
+rows is set beside the hand-made order's AUROC on the same rows, both with the spot checks weighted
+for the rows they stand for (the queue cards alone were picked by the hand-made key, which would
+flatter it), and the better one orders the queue; below ``MIN_REVIEWED`` reviewed rows (or
+``MIN_PER_CLASS`` of either verdict) the hand-made order stays, and the stats say why. The replay on
+kept benchmark tables (benchmarks/bench_rerank.py) measures what the ordering does to the next cards.
 
 Every row the queue can show gets a ``review_rank`` (1 = first); reviewed and unscored rows get none.
 """
@@ -40,13 +42,13 @@ FEATURES = ("label_score", "retrain_p_given", "aum", "p_given", "uncertainty_ent
             "suggested_label_confidence", "logit_margin", "el2n_early", "learned_epoch", "knn_agreement",
             "fine_alignment")
 # Set by replaying reviews on the reference benchmark (benchmarks/RESULTS.md, "Decisions re-rank the queue").
-MIN_REVIEWED = 100  # reviewed rows (queue cards + spot checks) before the fit may order the queue
+MIN_REVIEWED = 90  # reviewed rows before the fit may order the queue: the first 50 cards and 40 spot checks
 MIN_PER_CLASS = 10  # ...of which at least this many of each verdict
-L2 = 10.0  # ridge penalty on the standardised inputs, in units of one reviewed row's weight
+L2 = 100.0  # ridge penalty on the standardised inputs, in units of one reviewed row's weight
 FOLDS = 5
 MAX_ITER, TOL = 50, 1e-8  # Newton steps; stop when no weight moves more than TOL
 WEIGHTINGS = ("population", "equal")  # spot checks weighted for the rows they stand for, or every row alike
-DEFAULT_WEIGHTING = "population"
+DEFAULT_WEIGHTING = "equal"  # the fit; its AUROC against the hand-made order's is always population-weighted
 QUEUE_ORDERS = ("auto", "score", "unambiguous")  # the re-ranker when it measures better; today's; ALC's
 
 
@@ -250,7 +252,9 @@ def review_rank(key: np.ndarray, eligible: np.ndarray, tiebreak: np.ndarray | No
     return out
 
 
-FLAGGED_FIRST = True  # the re-ranked order keeps the flagged rows (the report's label-issue cards) first
+# The re-ranked order mixes flagged and unflagged rows (the report lists the unflagged ones it puts among the
+# first cards as "next in the re-ranked queue"); keeping the flagged rows first found fewer errors per card.
+FLAGGED_FIRST = False
 
 
 def queue_key(prob_wrong: np.ndarray, flagged: np.ndarray, flagged_first: bool = FLAGGED_FIRST) -> np.ndarray:

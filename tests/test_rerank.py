@@ -161,7 +161,7 @@ def test_review_rank_numbers_the_open_rows_and_leaves_reviewed_and_unscored_rows
 
 
 def test_the_fit_is_deterministic_and_the_spot_checks_stand_for_the_unreviewed_rows():
-    w = rerank.sample_weights(np.array([False] * 60 + [True] * 40), n_population=1060)
+    w = rerank.sample_weights(np.array([False] * 60 + [True] * 40), n_population=1060, weighting="population")
     # 60 queue cards stand for themselves, 40 spot checks for the other 1000 rows; sum = 100
     assert w[:60] == pytest.approx([100 / 1060] * 60) and w[60:] == pytest.approx([100 / 1060 * 25] * 40)
     assert rerank.sample_weights(np.array([False, True]), 10, "equal").tolist() == [1.0, 1.0]
@@ -301,3 +301,22 @@ def test_only_decisions_about_the_label_the_run_scored_teach_the_reranker():
     # later; b (kept) and c were trained with their given label
     assert core.learnable_verdicts(later, run)["sample_id"].tolist() == ["b", "c"]
     assert core.learnable_verdicts(later, None)["sample_id"].tolist() == ["a", "b", "c"]
+
+
+def test_the_report_lists_the_unflagged_rows_a_reranked_queue_puts_first():
+    from fercure.report.data import BIT, review_order, review_rows
+
+    man, preds, _ = small_audit(n=80, seed=3)
+    audit, _ = core.build_audit(man, preds, CLASSES2, threshold_method="confident_joint")
+    issues = np.flatnonzero(audit["is_label_issue"].to_numpy())
+    calm = np.flatnonzero(~audit["is_label_issue"].to_numpy() & ~audit["is_ambiguous_issue"].to_numpy())
+    bits, listed = review_rows(audit)
+    assert not (bits & BIT["queue"]).any()  # the hand-made order: its first cards are the label issues
+    # a re-ranked queue: an unflagged row first, the last label issue past the label issues' count
+    rank = audit["review_rank"].astype(float).to_numpy().copy()
+    rank[calm[0]], rank[issues[-1]] = 0.5, len(audit) + 1.0
+    audit["review_rank"] = pd.Series(pd.Series(rank).rank(method="first").to_numpy(), dtype="Int64")
+    bits, listed = review_rows(audit)
+    assert np.flatnonzero(bits & BIT["queue"]).tolist() == [calm[0]]
+    order = review_order(audit, listed, bits)
+    assert order[0] == calm[0] and issues[-1] in order[: len(issues) + 1]

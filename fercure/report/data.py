@@ -20,7 +20,7 @@ from fercure.report.thumbs import THUMB_BUDGET, THUMB_SIZE, thumbnails
 
 # Flags of a listed row, one bit each (the page filters on them).
 FLAGS = ("label_issue", "ambiguous", "duplicate", "face", "blur", "dark", "bright", "low_contrast", "reviewed",
-         "spot_check")
+         "spot_check", "queue")
 BIT = {f: 1 << i for i, f in enumerate(FLAGS)}
 QUALITY_FLAGS = ("blur", "dark", "bright", "low_contrast")
 
@@ -165,6 +165,7 @@ def review_rows(audit: pd.DataFrame, manifest: pd.DataFrame | None = None, *,
     # reviewed rows are listed (the page hides them by default), never as issues
     bits |= np.where(C.flag(audit, "is_reviewed").to_numpy(), BIT["reviewed"], 0)
     bits[spot_checks(audit, bits)] |= BIT["spot_check"]  # after the reviewed bit: never a reviewed row
+    bits[queue_rows(audit, bits)] |= BIT["queue"]
     return bits, np.flatnonzero(bits)
 
 
@@ -180,6 +181,18 @@ def missed_faces(audit: pd.DataFrame, manifest: pd.DataFrame | None) -> np.ndarr
                                  _num(manifest[C.name(manifest, "height", C.MANIFEST_COLUMNS)]))
     missed = set(ids[hit])
     return C.column(audit, "id").astype(str).isin(missed).to_numpy()
+
+
+def queue_rows(audit: pd.DataFrame, bits: np.ndarray) -> np.ndarray:
+    """Rows the queue (``review_rank``) puts among its first cards without a flag: as many first cards as
+    there are open label issues. Under the hand-made order those are the label issues themselves, so
+    none; a queue re-ranked on the reviewer's decisions (``fercure.rerank``) can put unflagged rows there."""
+    if not C.name(audit, "review_rank"):
+        return np.zeros(0, np.int64)
+    rank = _num(C.column(audit, "review_rank"))
+    issue = (bits & BIT["label_issue"]) > 0
+    n_open = int((issue & ((bits & BIT["reviewed"]) == 0)).sum())
+    return np.flatnonzero(np.isfinite(rank) & (rank <= n_open) & ~issue)
 
 
 def spot_checks(audit: pd.DataFrame, bits: np.ndarray) -> np.ndarray:
@@ -204,9 +217,9 @@ def review_order(audit: pd.DataFrame, listed: np.ndarray, bits: np.ndarray) -> n
     by ``queue_key`` (most likely wrong first), then ambiguous by top-2 margin, then spot checks,
     duplicates, face and quality; reviewed rows last."""
     b = bits[listed]
-    key = queue_key(audit, listed[(b & BIT["label_issue"]) > 0])[listed]
+    key = queue_key(audit, listed[(b & BIT["label_issue"]) > 0])[listed]  # the queue rows have a review_rank
     margin = _num(C.column(audit, "margin", np.nan))[listed]
-    tier = np.select([b & BIT["reviewed"] > 0, b & BIT["label_issue"] > 0, b & BIT["ambiguous"] > 0,
+    tier = np.select([b & BIT["reviewed"] > 0, b & (BIT["label_issue"] | BIT["queue"]) > 0, b & BIT["ambiguous"] > 0,
                       b & BIT["spot_check"] > 0, b & BIT["duplicate"] > 0, b & BIT["face"] > 0],
                      [6, 0, 1, 2, 3, 4], default=5)
     key2 = np.where(tier == 0, key, np.where(tier == 1, margin, 0.0))

@@ -10,7 +10,7 @@
   var QUALITY = BIT.blur | BIT.dark | BIT.bright | BIT.low_contrast;
   var FLAG_TEXT = {label_issue: 'label issue', ambiguous: 'ambiguous', duplicate: 'duplicate', face: 'face problem',
                    blur: 'blurry', dark: 'too dark', bright: 'too bright', low_contrast: 'low contrast',
-                   reviewed: 'reviewed', spot_check: 'spot check'};
+                   reviewed: 'reviewed', spot_check: 'spot check', queue: 'next in the re-ranked queue'};
   var ACTION_TEXT = {keep: 'keep', relabel: 'relabel', drop: 'drop', review: 'leave for review'};
 
   var rows = R.id.map(function (id, i) {
@@ -119,7 +119,7 @@
   // --- filtering and sorting
   function inCategory(r) {
     switch (state.cat) {
-      case 'review': return (r.flags & (BIT.label_issue | BIT.ambiguous)) !== 0 && !(r.flags & BIT.reviewed);
+      case 'review': return (r.flags & (BIT.label_issue | BIT.ambiguous | (BIT.queue || 0))) !== 0 && !(r.flags & BIT.reviewed);
       case 'quality': return (r.flags & QUALITY) !== 0;
       case 'all': return true;
       default: return (r.flags & BIT[state.cat]) !== 0;
