@@ -151,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "groups.json")
     args = ap.parse_args(argv)
 
+    import common
     from bench_review_loop import fercure_queue
 
     from fercure import groups as grouping
@@ -177,7 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     given = audit["given_label"].astype(str).to_numpy()
     sugg = audit["suggested_label"].astype(str).to_numpy()
 
-    out = {"keep": str(args.keep), "neighbours_from": source, "n_rows": len(ids), "n_flagged": int(flagged.sum()),
+    out = {"command": [sys.executable, *sys.argv] if argv is None else ["bench_groups.main", *argv],
+           "date": common.today(), **common.git_commit(), "kept_audit_run": meta.get("run_id"),
+           "kept_audit_fercure_version": meta.get("fercure_version"),
+           "keep": str(args.keep), "neighbours_from": source, "n_rows": len(ids), "n_flagged": int(flagged.sum()),
            "error_share": float((answers["action"] != "keep").mean()), "settings": {}}
     for n in args.cards:
         out.setdefault("no_groups", {})[str(n)] = replay(audit, answers, queue, None, n)

@@ -18,8 +18,9 @@ import numpy as np
 # Which decision made a reviewed row: a card of its own, or one decision on a group card.
 VIA_CARD, VIA_GROUP = "card", "group"
 # Whether audit-labels groups by default: decided by benchmarks/bench_groups.py (RESULTS.md, "Group
-# cards"): on only where groups raise the rows fixed per card without lowering their precision.
-GROUPS_DEFAULT = False
+# cards"): on because, at the tightness below, groups raised the rows fixed per card over the first
+# 50, 100 and 200 cards and their members were wrong more often than the plain queue's cards.
+GROUPS_DEFAULT = True
 
 
 @dataclass(frozen=True)
@@ -62,9 +63,10 @@ class GroupSettings:
     neighbours are), so the cut follows the embedding's own scale (a ReLU embedding's cosines all
     lie near 1); ``max_size``: members per card, the leader included (a card the reviewer can take
     in at once); ``same_suggestion``: members must share the leader's suggested label too (one
-    decision, "relabel to X", then fits each of them)."""
+    decision, "relabel to X", then fits each of them). The defaults are the setting measured best
+    (benchmarks/RESULTS.md, "Group cards")."""
 
-    tightness: float = 0.5
+    tightness: float = 0.25
     max_size: int = 6
     same_suggestion: bool = True
 
@@ -149,3 +151,7 @@ def find_groups(order: np.ndarray, suspicious: np.ndarray, given: np.ndarray, su
             group[members] = i
             leaders.append(int(i))
     return Groups(group=group, leaders=np.asarray(leaders, dtype=np.int64), min_similarity=cut)
+
+
+# what audit-labels uses when it is not told (None: no groups)
+DEFAULT_SETTINGS: GroupSettings | None = GroupSettings() if GROUPS_DEFAULT else None

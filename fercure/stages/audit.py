@@ -123,7 +123,7 @@ def run_audit(
     features: Path | str | None = None,
     trusted_files: Sequence[str | Path] = (),
     queue_order: str = "auto",
-    groups: grouping.GroupSettings | None = None,
+    groups: grouping.GroupSettings | None = grouping.DEFAULT_SETTINGS,
     list_missed_faces: bool = False,
 ) -> AuditSummary:
     """Score every manifest sample's label with run ``run_id`` (default: the latest finished run),
