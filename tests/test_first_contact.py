@@ -163,3 +163,24 @@ def test_audit_summary_has_machine_keys_and_no_none_rows(tmp_path):
     assert all(v is not None for v in data["error_share"].values())  # nothing planted, nothing reviewed: {}
     shown = invoke("audit-labels", "-w", ws.root).stdout
     assert "None" not in shown and "nan" not in shown.split()
+
+
+def test_mixed_case_labels_train_as_one_class_and_a_large_rejected_share_fails(tmp_path):
+    data = tmp_path / "data"
+    _images(data, [f"{i}.png" for i in range(8)])
+    labels = tmp_path / "labels.csv"
+    rows = pd.DataFrame({"path": [f"{i}.png" for i in range(8)],
+                         "label": ["angry", "Angry", "ANGRY", "angry", "sad", "Sad", "sad", "sad"]})
+    rows.to_csv(labels, index=False)
+    out = json.loads(invoke("prepare", data, "-l", labels, "-w", tmp_path / "ws", "--device", "cpu", "--json").stdout)
+    assert out["class_counts"] == {"angry": 4, "sad": 4} and out["n_rejects"] == 0
+    assert any(n.startswith("3 rows carry a label that differs from another only in case") for n in out["notes"])
+    manifest = read_table(tmp_path / "ws" / "manifest.parquet")
+    assert manifest["label_original"].tolist() == rows["label"].tolist()
+    # --strict-labels: the 3 odd spellings rejected, 3 of 8 rows (more than a quarter): exit 1, listed
+    result = invoke("prepare", data, "-l", labels, "-w", tmp_path / "strict", "--device", "cpu", "--strict-labels",
+                    code=1)
+    text = " ".join(result.output.split())
+    assert "3 of the 8 rows" in text and "look-alike label" in text and "--max-rejected 1" in text
+    invoke("prepare", data, "-l", labels, "-w", tmp_path / "strict", "--device", "cpu", "--strict-labels",
+           "--max-rejected", 1)
