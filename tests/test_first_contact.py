@@ -184,3 +184,20 @@ def test_mixed_case_labels_train_as_one_class_and_a_large_rejected_share_fails(t
     assert "3 of the 8 rows" in text and "look-alike label" in text and "--max-rejected 1" in text
     invoke("prepare", data, "-l", labels, "-w", tmp_path / "strict", "--device", "cpu", "--strict-labels",
            "--max-rejected", 1)
+
+
+def test_the_terminal_says_not_measured_instead_of_none(capsys):
+    import dataclasses
+
+    from fercure import cli
+
+    @dataclasses.dataclass
+    class Summary:
+        per_class: pd.DataFrame
+        error_share: dict
+
+    per_class = pd.DataFrame({"n": [3, 4], "threshold": [0.4, None]}, index=["angry", "happy"])
+    cli._render(Summary(per_class, {"planted_flips": 0.12, "reviewed_rows": None}), "audit-labels")
+    out = capsys.readouterr().out
+    assert "None" not in out and "nan" not in out.split()
+    assert "not measured" in out and "planted flips" in out and "reviewed rows" not in out
