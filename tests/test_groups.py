@@ -169,14 +169,25 @@ def test_train_trusted_reads_the_group_decision_for_every_member(tmp_path):
     gid = a.loc[a["group_id"] != "", "group_id"].value_counts().index[0]
     out_id = a.loc[a["group_id"] == gid, "sample_id"].iloc[-1]
     decisions = tmp_path / "decisions.csv"
-    ids = group_decisions(decisions, a, gid, "drop", "", taken_out=out_id, own="keep")
-    t = trusted_labels.load(ws, [str(decisions)], CLASSES, NULL).table.set_index("sample_id")
+    given = a.loc[a["group_id"] == gid, "given_label"].iloc[0]
+    other = next(c for c in CLASSES if c != given)
+    ids = group_decisions(decisions, a, gid, "relabel", other, taken_out=out_id, own="keep")
+    trusted = trusted_labels.load(ws, [str(decisions)], CLASSES, NULL)
+    t = trusted.table.set_index("sample_id")
     assert sorted(t.index) == sorted(ids)
     for sid in ids:
         if sid == out_id:
             assert t.at[sid, "action"] == "keep" and "one decision for" not in t.at[sid, "source"]
         else:
-            assert t.at[sid, "action"] == "drop" and t.at[sid, "source"].endswith(f"(one decision for group {gid})")
+            assert t.at[sid, "action"] == "relabel" and t.at[sid, "label"] == other
+            assert t.at[sid, "source"].endswith(f"(one decision for group {gid})")
+    # what the run then trains with (train's own inputs and the same function train calls)
+    from fercure.stages.train import _load_inputs
+
+    data, reviewed = trusted_labels.apply_to_data(_load_inputs(ws, NULL), trusted)
+    label_of = dict(zip(data.sample_ids, np.asarray(data.classes, dtype=object)[data.given]))
+    assert {sid: label_of[sid] for sid in ids} == {sid: given if sid == out_id else other for sid in ids}
+    assert int(reviewed.sum()) == len(ids)
 
 
 def test_an_unknown_decided_via_is_named_and_the_decision_still_applies(tmp_path):
