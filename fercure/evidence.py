@@ -74,6 +74,7 @@ class FeatureSignals:
     knn_agreement: np.ndarray  # (m,) the vote for the given label
     outliers: outliers.OutlierScores
     k: int
+    neighbours: outliers.Neighbours | None = None  # (m, k), rows of the features: the map and group cards
 
 
 @dataclass
@@ -343,7 +344,7 @@ def feature_signals(ft: Features, manifest: pd.DataFrame, classes: Sequence[str]
     vote = outliers.label_vote(nb, given, len(classes))
     agree = np.where(given >= 0, vote[np.arange(len(given)), np.clip(given, 0, None)], np.nan) if len(given) \
         else np.zeros(0)
-    return FeatureSignals(ft.positions, vote, agree, outliers.outlier_scores(nb, given), nb.index.shape[1])
+    return FeatureSignals(ft.positions, vote, agree, outliers.outlier_scores(nb, given), nb.index.shape[1], nb)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,16 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fercure.groups import Neighbours  # each row's k nearest other rows, best first (one record for all)
+
 DEFAULT_K = 10
 FENCE_IQR = 3.0  # Tukey's "far out" fence
-
-
-@dataclass(frozen=True)
-class Neighbours:
-    """Each row's k nearest other rows by cosine similarity, best first."""
-
-    similarity: np.ndarray  # (n, k)
-    index: np.ndarray  # (n, k) int64
 
 
 @dataclass(frozen=True)
@@ -57,7 +51,7 @@ def nearest_neighbours(features: np.ndarray, k: int = DEFAULT_K, block_cells: in
     sims = np.zeros((n, k))
     idx = np.zeros((n, k), dtype=np.int64)
     if k == 0:
-        return Neighbours(sims, idx)
+        return Neighbours(index=idx, similarity=sims)
     block = max(1, block_cells // max(n, 1))
     for s in range(0, n, block):
         q = np.arange(s, min(s + block, n))
@@ -68,7 +62,7 @@ def nearest_neighbours(features: np.ndarray, k: int = DEFAULT_K, block_cells: in
         order = np.lexsort((top, -top_sim), axis=1)  # best first, ties to the smaller index
         idx[q] = np.take_along_axis(top, order, axis=1)
         sims[q] = np.take_along_axis(top_sim, order, axis=1)
-    return Neighbours(sims, idx)
+    return Neighbours(index=idx, similarity=sims)
 
 
 def label_vote(nb: Neighbours, labels: np.ndarray, n_classes: int) -> np.ndarray:

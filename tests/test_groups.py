@@ -265,3 +265,30 @@ def test_the_replay_counts_a_group_card_once_and_each_member_taken_out_as_a_card
     assert r["blind"]["rows_fixed"] == 3 and r["blind"]["rows_broken"] == 1
     plain = mod.replay(audit, answers, queue, None, n_cards=3)
     assert plain["take_out"]["rows_fixed"] == 3 and plain["cards"] == 3  # a, d, b: all wrong
+
+
+def test_a_features_file_draws_the_map_and_groups_look_alikes_without_a_run(tmp_path):
+    from conftest import make_small_workspace
+
+    n = 60
+    ws, wrong = make_small_workspace(tmp_path / "ws", n, flip_rate=0.2)
+    true = np.arange(n) % 3
+    rng = np.random.default_rng(3)
+    emb = rng.normal(0, 0.3, (n, 6))
+    emb[np.arange(n), true] += 3.0
+    # two wrong labels that are near-copies of each other: one card
+    a, b = np.flatnonzero(wrong)[:2]
+    emb[b] = emb[a] + 1e-3
+    m = read_table(ws.manifest)
+    labels = m["label"].to_numpy(dtype=object)
+    labels[b] = labels[a]  # the same wrong label on both
+    m["label"] = labels
+    write_table(m, ws.manifest, {"classes": ["happy", "neutral", "sad"]})
+    pd.DataFrame({"sample_id": m["sample_id"], "embedding": list(emb)}).to_parquet(tmp_path / "emb.parquet")
+    run_audit(ws, features=tmp_path / "emb.parquet", groups=grouping.GroupSettings(tightness=0.5))
+    audit = read_table(ws.audit)
+    assert np.isfinite(audit[["map_x", "map_y"]].to_numpy()).all()
+    assert audit["is_label_issue"].iat[a] and audit["is_label_issue"].iat[b]
+    assert audit["group_id"].iat[a] == audit["group_id"].iat[b] != ""
+    assert read_metadata(ws.audit)["stats"]["groups"]["from"] == "features"
+    assert (audit.loc[~audit["is_label_issue"], "group_id"] == "").all()

@@ -176,7 +176,7 @@ def run_audit(
                               f"If the manifest changed after training, re-run `fercure train -w {ws.root}`.") from e
     _add_evidence(table, stats, manifest, classes, ev, predictions, run_id)
     table = _with_votes(ws, table, stats, classes)
-    neighbours = _embedding_columns(table, ws.run_dir(run_id) if run_id else None, stats, groups)
+    neighbours = _embedding_columns(table, ws.run_dir(run_id) if run_id else None, stats, groups, ev)
     task.advance()
 
     provenance = dict(run_meta.get("trusted") or {})
@@ -487,12 +487,30 @@ def queue_positions(table: pd.DataFrame, flagged: np.ndarray) -> np.ndarray:
     return np.lexsort((np.arange(len(table)), np.nan_to_num(key, nan=2.0)))
 
 
+def features_embedding(ev: ev_core.Evidence, n: int) -> tuple[np.ndarray, grouping.Neighbours | None]:
+    """A --features file as ``read_embedding`` gives a run's: its principal components and neighbours
+    on the ``n`` manifest rows (the audit's; NaN / none where the file has no row)."""
+    ft, fs = ev.features, ev.feature_signals
+    comps = embedding_map.principal_components(ft.vectors)
+    dense = np.full((n, comps.shape[1]), np.nan)
+    dense[ft.positions] = comps
+    rows = np.full(n, -1, dtype=np.int64)
+    rows[ft.positions] = np.arange(len(ft.positions))
+    nb = fs.neighbours.take(rows, n) if fs is not None and fs.neighbours is not None and fs.k else None
+    return dense, nb
+
+
 def _embedding_columns(table: pd.DataFrame, run_dir: Path | None, stats: dict,
-                       settings: grouping.GroupSettings | None) -> grouping.Neighbours | None:
+                       settings: grouping.GroupSettings | None,
+                       ev: ev_core.Evidence | None = None) -> grouping.Neighbours | None:
     """Add the map's coordinates and the group cards' ``group_id`` to ``table`` (in place) from the
-    run's embedding; returns the neighbours (aligned with the table) for the report's similar faces."""
+    embedding the audit judged neighbours by (a --features file's, else the run's); returns the
+    neighbours (aligned with the table) for the report's similar faces."""
     ids = table["sample_id"].astype(str).to_numpy()
-    comps, neighbours = read_embedding(run_dir, ids)
+    if ev is not None and ev.features is not None:
+        comps, neighbours = features_embedding(ev, len(ids))
+    else:
+        comps, neighbours = read_embedding(run_dir, ids)
     xy = embedding_map.project(comps)
     table["map_x"], table["map_y"] = xy[:, 0], xy[:, 1]
     table["group_id"] = ""
@@ -510,6 +528,7 @@ def _embedding_columns(table: pd.DataFrame, run_dir: Path | None, stats: dict,
         table["group_id"] = found.ids(ids)
     stats["groups"] = {
         "enabled": settings is not None, "embedding": bool(comps.shape[1]), "neighbours": neighbours is not None,
+        "from": "features" if ev is not None and ev.features is not None else "run" if comps.shape[1] else None,
         "settings": None if settings is None else {"tightness": settings.tightness, "max_size": settings.max_size,
                                                    "same_suggestion": settings.same_suggestion},
         "min_similarity": None if found is None or not np.isfinite(found.min_similarity) else found.min_similarity,
