@@ -147,7 +147,7 @@ def _render(summary: object, title: str) -> None:
     import pandas as pd
     from rich.table import Table
 
-    from fercure.console import console, counts_table, kv_table, text
+    from fercure.console import cell, console, counts_table, kv_table, text
 
     scalars: dict[str, str] = {}
     extras = []
@@ -174,11 +174,11 @@ def _render(summary: object, title: str) -> None:
                           caption=f"({', '.join(cut)}: see --json or the workspace's files)" if cut else None)
                 t.add_column("")
                 for c in shown.columns:
-                    t.add_column(text(c), justify="right")
+                    t.add_column(cell(c), justify="right")
                 for idx, row in shown.iterrows():
-                    cells = [text("not measured" if _missing(v) else _fmt(v.item() if hasattr(v, "item") else v))
+                    cells = [cell("not measured" if _missing(v) else _fmt(v.item() if hasattr(v, "item") else v))
                              for v in row.tolist()]
-                    t.add_row(text(idx), *cells)
+                    t.add_row(cell(idx), *cells)
                 extras.append(t)
         elif isinstance(value, (list, tuple)):
             if value:  # long lists (skipped samples) in full in --json only
@@ -358,6 +358,7 @@ def prepare(
     max_rejected: float = typer.Option(MAX_REJECTED_SHARE, min=0.0, max=1.0, help="Fail when more than this share of the input's rows is rejected (the error lists the first rejects); 1: never."),
     shard: Optional[str] = typer.Option(None, help="I/N: process only shard I (0..N-1) of N, split by sample_id hash, into the workspace's shard files; the shard that finds all N done merges them. Shards run side by side, also on machines sharing the workspace."),
     merge: bool = typer.Option(False, "--merge", help="Combine a complete set of shards into the manifest and store (no INPUT needed)."),
+    new_input: bool = typer.Option(False, "--new-input", help="Prepare into a workspace prepared from another input folder (refused without it): its manifest and crops are replaced, and its runs and audit then describe other images."),
     wait: bool = WaitOpt,
     json_out: bool = JsonOpt,
 ) -> None:
@@ -382,10 +383,10 @@ def prepare(
     if not input_root.is_dir():  # before the lock creates the workspace folder
         _fail(f"Input folder {input_root} does not exist or is not a folder.")
     try:  # before the lock creates the workspace folder: never inside the input folder
-        check_workspace(Workspace(workspace), input_root, labels)
+        check_workspace(Workspace(workspace), input_root, labels, new_input=new_input)
     except FercureError as e:
         _fail(str(e), error=e)
-    kwargs = dict(input_root=input_root, workspace=workspace, labels_file=labels,
+    kwargs = dict(input_root=input_root, workspace=workspace, labels_file=labels, new_input=new_input,
                   classes=class_list, device=device.value, batch_size=batch_size, workers=workers,
                   image_size=image_size, on_no_face=on_no_face.value, multi_face=multi_face.value,
                   min_face_size=min_face_size, min_score=min_score, crop=crop.value, chunk_size=chunk_size,
@@ -707,7 +708,7 @@ def _demo_scorecard(data: Path, workspace: Path, quiet: bool = False) -> dict | 
     scorecard and write it to WS/scorecard.json. Skipped, with one line, without a reference."""
     import pandas as pd
 
-    from fercure.console import console
+    from fercure.console import console, text
     from fercure.scorecard import render_scorecard, scorecard
     from fercure.workspace import Workspace, atomic_write_json, read_metadata, read_table
 
@@ -715,7 +716,7 @@ def _demo_scorecard(data: Path, workspace: Path, quiet: bool = False) -> dict | 
         from fercure.console import err_console as console
     reference_path = data / "ferplus_reference.csv"
     if not reference_path.exists():
-        console.print(f"Scorecard skipped: {reference_path} not found (it holds the FER+ votes the audit is "
+        console.print(f"Scorecard skipped: {text(reference_path)} not found (it holds the FER+ votes the audit is "
                       "scored against).", soft_wrap=True, highlight=False)
         return None
     audit_path = Workspace(workspace).audit
@@ -723,7 +724,7 @@ def _demo_scorecard(data: Path, workspace: Path, quiet: bool = False) -> dict | 
         card = scorecard(read_table(audit_path), pd.read_csv(reference_path, keep_default_na=False),
                          read_metadata(audit_path).get("stats"))
     except ValueError as e:
-        console.print(f"Scorecard skipped: {e}.", soft_wrap=True, highlight=False)
+        console.print(f"Scorecard skipped: {text(e)}.", soft_wrap=True, highlight=False)
         return None
     card["reference"] = str(reference_path)
     atomic_write_json(Path(workspace) / "scorecard.json", card)
@@ -775,6 +776,20 @@ def _check_demo_workspace(workspace: Path, data: Path) -> None:
     if is_inside(workspace, data):
         _fail(f"--workspace {workspace} lies inside the sample data {data}; fercure never writes into its input. "
               "Choose a workspace outside it, e.g. -w demo-ws.")
+    from fercure.workspace import Workspace
+
+    ws = Workspace(workspace)
+    if not ws.root.is_dir() or not any(p.name not in (".lock", ws.marker.name) for p in ws.root.iterdir()):
+        return
+    before = ws.prepared_inputs()[0] if ws.manifest.is_file() else None
+    other = before is None or before != str((data / "images").resolve())
+    reviewed = ws.reviewed_work()
+    if other or reviewed:
+        why = (f"holds a person's review ({'; '.join(reviewed)})" if reviewed else
+               f"was prepared from {before}" if before else "holds files that are not an earlier demo's")
+        replaced = ws.contents() + ([f"{ws.root / 'cleaned.parquet'}"] if (ws.root / "cleaned.parquet").exists() else [])
+        _fail(f"--workspace {workspace} {why}; the demo would replace "
+              + ("; ".join(replaced) or "what is there") + ". Run the demo in a new workspace (e.g. -w demo-ws2).")
 
 
 # The demo's backbone: ResNet-18 at half width trains 2.7x more images per CPU-second than the full
@@ -784,7 +799,7 @@ DEMO_RESNET18_ARGS = {"channels": [32, 64, 128, 256]}
 
 def _demo_stages(data: Path, workspace: Path, limit: int | None, config: "TrainConfig", force: bool,
                  as_json: bool = False) -> None:
-    from fercure.console import console
+    from fercure.console import console, text
     from fercure.stages.audit import run_audit
     from fercure.stages.export import run_export
     from fercure.stages.prepare import run_prepare
@@ -830,8 +845,8 @@ def _demo_stages(data: Path, workspace: Path, limit: int | None, config: "TrainC
         from fercure.report.page import export_command
 
         run_id = summaries[1][1].run_id
-        console.print(f"Review report: {report} (open it in a browser, record decisions, save them, then, "
-                      f"in the folder the browser saved them to: `{export_command(str(workspace), run_id)}`).",
+        console.print(f"Review report: {text(report)} (open it in a browser, record decisions, save them, then, "
+                      f"in the folder the browser saved them to: `{text(export_command(str(workspace), run_id))}`).",
                       soft_wrap=True, highlight=False)
 
 

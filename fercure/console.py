@@ -1,8 +1,9 @@
 """Terminal rendering: rich progress bars for the stages' Reporter interface, and summary tables.
 
 Every string that comes from the user's data (labels, paths, messages quoting them) goes through
-``text()`` before rich sees it: rich reads ``[...]`` as markup, so a label such as ``[/b]angry``
-would raise MarkupError after the stage finished, and ``[red]x.png`` would print as ``x.png``.
+``text()`` (``cell()`` in a table) before rich sees it: rich reads ``[...]`` as markup, so a label
+such as ``[/b]angry`` would raise MarkupError after the stage finished, and ``[red]x.png`` would
+print as ``x.png``.
 """
 
 from __future__ import annotations
@@ -23,13 +24,27 @@ from rich.progress import (
 )
 from rich.table import Table
 
-console = Console()
-err_console = Console(stderr=True)
+# emoji=False: rich would turn ":x:" in a label or a path into an emoji; fercure prints no emoji codes.
+console = Console(emoji=False)
+err_console = Console(stderr=True, emoji=False)
+
+# Control characters and line separators other than a newline (U+2028, U+2029, NEL, VT, FF, CR, ESC)
+# would break a table row or move the cursor: each is shown as its escape (\u2028).
+_SHOWN_AS_ESCAPE = {c: f"\\x{c:02x}" for c in (*range(0x00, 0x09), *range(0x0b, 0x20), 0x7f)}
+_SHOWN_AS_ESCAPE.update({c: f"\\x{c:02x}" for c in range(0x80, 0xa0)})
+_SHOWN_AS_ESCAPE.update({0x2028: "\\u2028", 0x2029: "\\u2029"})
+_CELL_ESCAPE = {**_SHOWN_AS_ESCAPE, 0x0a: "\\n", 0x09: "\\t"}
 
 
 def text(value: object) -> str:
-    """``value`` as text rich prints literally (no markup)."""
-    return escape(str(value))
+    """``value`` as text rich prints literally: no markup, no emoji codes, no control characters
+    or line separators but the newline (a message may have several lines)."""
+    return escape(str(value).translate(_SHOWN_AS_ESCAPE))
+
+
+def cell(value: object) -> str:
+    """``text`` for a table cell: a newline or a tab is shown as its escape too (one row per entry)."""
+    return escape(str(value).translate(_CELL_ESCAPE))
 
 
 class _RichHandle:
@@ -83,7 +98,7 @@ def counts_table(title: str, counts: Mapping[str, int], key: str = "value", tota
     table.add_column("count", justify="right")
     items = list(counts.items())
     for k, v in items[:limit]:
-        table.add_row(text(k), f"{v:,}")
+        table.add_row(cell(k), f"{v:,}")
     if limit is not None and len(items) > limit:
         table.add_row(f"... {len(items) - limit} more", f"{sum(v for _, v in items[limit:]):,}")
     if total and counts:
@@ -96,5 +111,5 @@ def kv_table(title: str, rows: Mapping[str, object]) -> Table:
     table.add_column("what", style="bold")
     table.add_column("value")
     for k, v in rows.items():
-        table.add_row(text(k), text(v))
+        table.add_row(cell(k), text(v))
     return table

@@ -81,6 +81,27 @@ def cell_text(value) -> str:
     return text
 
 
+SHOWN_CHARS = 60  # a cell quoted in a message: a decisions cell is an id, an action or a class name
+
+
+def shown(value, limit: int = SHOWN_CHARS) -> str:
+    """A cell of the user's file as a message quotes it: repr'd (control characters and line
+    separators escaped) and cut to ``limit`` characters, with how long it was."""
+    text = str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return repr(text[:limit]) + f"... ({len(text):,} characters)"
+
+
+def shown_header(names: Sequence[str]) -> str:
+    """A header line as a message quotes it: a few names, each cut (any file's first line lands here)."""
+    names = [str(n) for n in names]
+    if not names:
+        return "empty"
+    out = ", ".join(shown(n, 30) for n in names[:8])
+    return out + (f" and {len(names) - 8:,} more" if len(names) > 8 else "")
+
+
 class DecisionsFileError(ValueError):
     """The file cannot be read as decisions at all (message names the file and what to do)."""
 
@@ -115,15 +136,22 @@ def read_decisions(path: Path | str, limit: int | None = None) -> list[tuple[str
     path = Path(path)
     size = path.stat().st_size
     if limit is not None and size > limit:
-        raise DecisionsFileError(f"{path} is {size / 2**20:,.1f} MB, more than a decisions file for this audit can be "
-                                 f"({limit / 2**20:,.1f} MB: one short row per sample); it is not read. Pass the file "
-                                 "saved from this workspace's report.")
+        raise _too_large(path, size, limit)
+    return _records_from_text(path, _decode(path, path.read_bytes()))
+
+
+def _too_large(path: Path, size: int, limit: int) -> DecisionsFileError:
+    return DecisionsFileError(f"{path} is larger than a decisions file for this audit can be ({limit / 2**20:,.1f} MB: "
+                              "one short row per sample); it is not read. Pass the file saved from this workspace's "
+                              "report.")
+
+
+def _decode(path: Path, data: bytes) -> str:
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise DecisionsFileError(f"{path} is not UTF-8 text ({e}); save the decisions again from the report "
                                  "(CSV or JSON).") from e
-    return _records_from_text(path, text)
 
 
 def _records_from_text(path: Path, text: str) -> list[tuple[str, dict]]:
@@ -133,7 +161,10 @@ def _records_from_text(path: Path, text: str) -> list[tuple[str, dict]]:
         return _tool_records(path, lambda: handoff.read_cvat(path, text))
     if path.suffix.lower() == ".json" or stripped.startswith(("[", "{")):
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_unique_keys)
+        except _DuplicateKey as e:
+            raise DecisionsFileError(f"{path} has an object with the key {shown(e.args[0])} twice; which one is meant "
+                                     "cannot be told. Keep one and run again.") from None
         except json.JSONDecodeError as e:
             raise DecisionsFileError(f"{path} is not valid JSON ({e}); save the decisions again from the "
                                      "report.") from e
@@ -153,10 +184,11 @@ def _records_from_text(path: Path, text: str) -> list[tuple[str, dict]]:
     reader = csv.DictReader(io.StringIO(text))
     header = [h.strip().lower() for h in (reader.fieldnames or [])]
     _refuse_flattened(path, header)
+    _check_unique_columns(path, header)
     missing = [c for c in ("sample_id", "action") if c not in header]
     if missing:
         raise DecisionsFileError(
-            f"{path} has no {' or '.join(missing)} column (its header: {', '.join(reader.fieldnames or []) or 'empty'}). "
+            f"{path} has no {' or '.join(missing)} column (its header: {shown_header(reader.fieldnames or [])}). "
             "A decisions file is CSV with the header sample_id,action,label (as the report saves it).")
     reader.fieldnames = header
     # DictReader's line_num is the last physical line read: a row's own line number
@@ -185,6 +217,31 @@ def _tool_records(path: Path, read) -> list[tuple[str, dict]]:
         raise DecisionsFileError(str(e)) from None
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """json's object hook: a key given twice in one object is an error, not the last one silently."""
+    out: dict = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
+def _check_unique_columns(path: Path, header: Sequence[str]) -> None:
+    """A column fercure reads, named twice: csv.DictReader would keep the last one without a word."""
+    twice = sorted({h for h in header if h in KNOWN_COLUMNS and header.count(h) > 1})
+    if twice:
+        raise DecisionsFileError(f"{path} has the column {', '.join(map(shown, twice))} more than once; which one is "
+                                 "meant cannot be told. Keep one and run again.")
+
+
+KNOWN_COLUMNS = ("sample_id", "action", "label", "given_label", "path", "source_path")
+
+
 def parse(records: Sequence[tuple[str, dict]], *, file: str, sample_ids: Sequence[str], given: Sequence[str],
           suggested: Sequence, classes: Sequence[str]) -> Decisions:
     """Check each record against the audit (ids, given labels, suggestions, classes).
@@ -207,7 +264,7 @@ def parse(records: Sequence[tuple[str, dict]], *, file: str, sample_ids: Sequenc
             bad(row, rec["_problem"])
             continue
         if "_bad" in rec:
-            bad(row, f"{rec['_bad']!r} is not an object with sample_id and action; skipped.")
+            bad(row, f"{shown(repr(rec['_bad']))} is not an object with sample_id and action; skipped.")
             continue
         sid = cell_text(rec.get("sample_id"))
         action = cell_text(rec.get("action")).lower()
@@ -216,7 +273,7 @@ def parse(records: Sequence[tuple[str, dict]], *, file: str, sample_ids: Sequenc
             bad(row, "no sample_id; skipped. Copy the sample_id from the report's card.")
             continue
         if sid not in where:
-            bad(row, f"unknown sample_id {sid!r}: no such sample in this workspace's audit; skipped. Was the "
+            bad(row, f"unknown sample_id {shown(sid)}: no such sample in this workspace's audit; skipped. Was the "
                      "file saved from another workspace's report?")
             continue
         i = where[sid]
@@ -226,11 +283,11 @@ def parse(records: Sequence[tuple[str, dict]], *, file: str, sample_ids: Sequenc
                      "skipped. The labels changed since the export: export the queue again.")
             continue
         if recorded_given and recorded_given != str(given[i]):
-            bad(row, f"sample {sid} was decided as labelled {recorded_given!r}, but the audit says "
+            bad(row, f"sample {sid} was decided as labelled {shown(recorded_given)}, but the audit says "
                      f"{given[i]!r}; skipped. The labels changed since the report: review it again.")
             continue
         if action not in ACTIONS:
-            bad(row, f"unknown action {action!r} for sample {sid}; skipped. Use keep, relabel, drop or accept.")
+            bad(row, f"unknown action {shown(action)} for sample {sid}; skipped. Use keep, relabel, drop or accept.")
             continue
         if action == "accept":
             s = suggested[i]
@@ -240,9 +297,9 @@ def parse(records: Sequence[tuple[str, dict]], *, file: str, sample_ids: Sequenc
             action, label = "relabel", str(s)
         if action == "relabel":
             if label not in classes:
-                close = difflib.get_close_matches(label, classes, n=1)
+                close = difflib.get_close_matches(label[:200], classes, n=1)
                 hint = f" Did you mean {close[0]!r}?" if close else ""
-                bad(row, f"unknown class {label!r} for sample {sid}; skipped. Classes: {class_list}.{hint}"
+                bad(row, f"unknown class {shown(label)} for sample {sid}; skipped. Classes: {class_list}.{hint}"
                     if label else f"relabel of sample {sid} names no label; skipped. Put a class in the label "
                                   f"column ({class_list}).")
                 continue
@@ -353,6 +410,7 @@ def _plain_records(path: Path, text: str, path_ids: dict[str, str]) -> tuple[lis
     problem of its own."""
     reader = csv.DictReader(io.StringIO(text))
     reader.fieldnames = [h.strip().lower() for h in (reader.fieldnames or [])]
+    _check_unique_columns(path, reader.fieldnames)
     key = "sample_id" if "sample_id" in reader.fieldnames else \
         next(k for k in ("path", "source_path") if k in reader.fieldnames)
     records, problems = [], []
@@ -361,7 +419,7 @@ def _plain_records(path: Path, text: str, path_ids: dict[str, str]) -> tuple[lis
             where, ref = f"row {reader.line_num}", cell_text(row.get(key))
             sid = ref if key == "sample_id" else path_ids.get(ref.replace("\\", "/"), "")
             if key != "sample_id" and ref and not sid:
-                problems.append(Problem(str(path), where, f"path {ref!r} is not in this workspace's manifest; skipped. "
+                problems.append(Problem(str(path), where, f"path {shown(ref)} is not in this workspace's manifest; skipped. "
                                         "Give the path as the manifest has it (relative to the prepared input "
                                         "folder), or the sample_id."))
                 continue
@@ -372,17 +430,20 @@ def _plain_records(path: Path, text: str, path_ids: dict[str, str]) -> tuple[lis
     return records, problems
 
 
-def read_trusted_file(path: Path | str, *, limit: int | None, path_ids: dict[str, str]) -> tuple[list, list[Problem]]:
+def read_trusted_file(path: Path | str, *, limit: int | None, path_ids: dict[str, str],
+                      data: bytes | None = None) -> tuple[list, list[Problem]]:
     """Records of one ``--trusted`` file: a decisions file (``read_decisions``) or a plain CSV table
     with a ``label`` column and a ``sample_id`` or ``path`` column (no ``action``). Returns
-    (records, problems found while reading)."""
+    (records, problems found while reading). ``data``: the file's bytes when the caller read them
+    (once, to fingerprint what it parsed); else the file is read here."""
     path = Path(path)
-    if limit is not None and path.stat().st_size > limit:
-        return read_decisions(path, limit), []  # raises with the size message
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        return read_decisions(path, limit), []  # raises with the encoding message
+    if data is None:
+        if limit is not None and path.stat().st_size > limit:
+            return read_decisions(path, limit), []  # raises with the size message
+        data = path.read_bytes()
+    if limit is not None and len(data) > limit:
+        raise _too_large(path, len(data), limit)
+    text = _decode(path, data)
     if not text.lstrip().startswith(("[", "{")) and path.suffix.lower() != ".json" and not handoff.is_xml(text):
         header = [h.strip().lower() for h in next(csv.reader(io.StringIO(text)), [])]
         _refuse_flattened(path, header)
@@ -392,7 +453,7 @@ def read_trusted_file(path: Path | str, *, limit: int | None, path_ids: dict[str
             raise DecisionsFileError(
                 f"{path} has neither an action column (a decisions file saved from the report: sample_id,action,"
                 f"label) nor a label column with a sample_id or path column (a table of verified labels); its "
-                f"header: {', '.join(header) or 'empty'}. Pass one of those.")
+                f"header: {shown_header(header)}. Pass one of those.")
     return _records_from_text(path, text), []
 
 

@@ -35,6 +35,41 @@ def file_kind(path: Path | str) -> str | None:
     return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
+# Kernel pseudo-files look like empty regular files (/proc/kmsg: mode -r--------, size 0) and a read
+# can block forever; an input is never one of them.
+PSEUDO_ROOTS = ("/proc", "/sys")
+
+
+def pseudo_file(path: Path | str) -> bool:
+    """Whether ``path`` (links followed) lies in a kernel pseudo-filesystem (/proc, /sys)."""
+    try:
+        real = os.path.realpath(path)
+    except (OSError, ValueError):
+        return False
+    return any(real == root or real.startswith(root + "/") for root in PSEUDO_ROOTS)
+
+
+def read_regular_bytes(path: Path | str, limit: int | None = None) -> bytes:
+    """A regular file's bytes, read once (at most ``limit`` + 1 of them, so a caller sees it is too
+    large): opened without blocking and checked on the open descriptor, so a file swapped for a FIFO
+    or a device between a check and the read is refused, never waited on. OSError otherwise."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        chunks, left = [], (limit + 1 if limit is not None else None)
+        while left is None or left > 0:
+            chunk = os.read(fd, 1 << 20 if left is None else min(1 << 20, left))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            if left is not None:
+                left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def _umask() -> int:
     """The process umask, read without changing it where Linux shows it (os.umask sets it, and
     another thread could create a file in between)."""

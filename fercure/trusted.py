@@ -10,6 +10,7 @@ Bad rows are named (file, row, fix) and skipped; a file none of whose rows appli
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +22,7 @@ import pandas as pd
 from fercure import decisions as dec
 from fercure import review_calibration as rc
 from fercure import schema
+from fercure.files import read_regular_bytes
 from fercure.progress import Reporter
 from fercure.workspace import Workspace, WorkspaceError, check_input_file, read_metadata, read_table, write_table
 
@@ -136,15 +138,18 @@ def load(ws: Workspace, files: Sequence[str], classes: Sequence[str], reporter: 
     path_ids = dict(zip(manifest["source_path"].astype(str), ids)) if "source_path" in manifest.columns else {}
     audit = _current_audit(ws)
     suggested = _suggestions(audit, ids)
-    parsed = []
+    parsed, digests = [], []
     for f in files:
         path = check_input_file(f, option="--trusted", hint=HINT)
+        limit = dec.max_bytes(len(ids))
         try:
-            records, early = dec.read_trusted_file(path, limit=dec.max_bytes(len(ids)), path_ids=path_ids)
+            raw = read_regular_bytes(path, limit)  # read once: what is parsed is what is fingerprinted
+            records, early = dec.read_trusted_file(path, limit=limit, path_ids=path_ids, data=raw)
         except dec.DecisionsFileError as e:
             raise WorkspaceError(f"--trusted: {e}") from None
         except OSError as e:
-            raise WorkspaceError(f"Cannot read --trusted {path} ({e.strerror or e}).") from None
+            raise WorkspaceError(f"Cannot read --trusted {path} ({e.strerror or e}). {HINT}") from None
+        digests.append(hashlib.sha256(raw).hexdigest())
         d = dec.parse(records, file=str(path), sample_ids=ids, given=given, suggested=suggested, classes=classes)
         d.problems[:0] = early
         if not len(d.table):
@@ -154,6 +159,8 @@ def load(ws: Workspace, files: Sequence[str], classes: Sequence[str], reporter: 
                                  f"(or leave the file out) and run again:\n{listing}")
         parsed.append(d)
     trusted = dec.merge_trusted(parsed, dict(zip(ids, given)))
+    for entry, digest in zip(trusted.files, digests):
+        entry["sha256"] = digest  # what --resume checks the files against
     context = review_context(ws, audit, trusted.table["sample_id"].tolist())
     for col in REVIEW_COLUMNS:
         trusted.table[col] = context[col].to_numpy()
@@ -173,6 +180,21 @@ def load(ws: Workspace, files: Sequence[str], classes: Sequence[str], reporter: 
                  + ", ".join(f"{int(counts.get(a, 0)):,} {a}" for a in ("keep", "relabel", "drop"))
                  + (f"; {len(trusted.problems):,} rows skipped" if trusted.problems else "") + ".")
     return trusted
+
+
+def check_unchanged(saved: dict, trusted: dec.Trusted | None, run_id: str, root: Path) -> None:
+    """Refuse to resume run ``run_id`` when a --trusted file it started with is not the same now
+    (``saved``: the run's config.json). Its planted set and reviewed mask came from those
+    decisions; a changed file would continue another run's plan under this one's name."""
+    before = {f.get("file"): f.get("sha256") for f in (saved.get("trusted_files") or {}).get("files", [])}
+    now = {f.get("file"): f.get("sha256") for f in (trusted.files if trusted is not None else [])}
+    for name, digest in before.items():
+        if digest and now.get(name) != digest:
+            raise WorkspaceError(
+                f"The --trusted file {name} changed since run {run_id} started, so the run cannot be resumed "
+                "(which samples it plants and treats as reviewed came from the file as it was). Put the file "
+                f"back as it was and run `fercure train -w {root} --resume` again, or start a new run with the "
+                "file as it is now (without --resume).")
 
 
 def apply_to_data(data: Any, trusted: dec.Trusted | None) -> tuple[Any, np.ndarray]:
@@ -217,4 +239,5 @@ def write_reviewed(ws: Workspace, trusted: dec.Trusted, meta: dict) -> None:
 def read(run_dir: Path) -> pd.DataFrame | None:
     """The run's reviewed samples (``schema.TRUSTED``), None for a run without ``--trusted``."""
     path = run_dir / FILE
-    return read_table(path) if path.exists() else None
+    # checked against its contract whatever its metadata says: a table put there by hand is named, not a KeyError
+    return read_table(path, table=schema.TRUSTED) if path.exists() else None

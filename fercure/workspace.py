@@ -32,7 +32,7 @@ from fercure.errors import (  # noqa: F401
     damaged, rebuild_hint,
 )
 from fercure.files import (  # noqa: F401
-    TMP_TAG, atomic_path, atomic_write_json, atomic_write_text, check_free_space, disk_full, file_kind,
+    TMP_TAG, atomic_path, atomic_write_json, atomic_write_text, check_free_space, disk_full, file_kind, pseudo_file,
     is_disk_full,
 )
 
@@ -197,6 +197,43 @@ class Workspace:
                     tmp.unlink(missing_ok=True)
                     n += 1
         return n
+
+    def reviewed_work(self) -> list[str]:
+        """What in this workspace holds a person's review, which no command may replace unasked: runs
+        trained with --trusted decisions, a cleaned table with reviewer decisions, saved decisions files."""
+        found = []
+        runs = sorted(d for d in self.runs_dir.iterdir() if d.is_dir()) if self.runs_dir.is_dir() else []
+        found += [f"{d / 'trusted.parquet'} (run {d.name}, trained with reviewed decisions)"
+                  for d in runs if (d / "trusted.parquet").is_file()]
+        for table in sorted(self.root.glob("*.parquet")):
+            if table in (self.manifest, self.rejects, self.audit):
+                continue
+            try:
+                decided = pq.read_table(table, columns=["decided_by"]).column(0).to_pylist()
+            except (pa.ArrowException, OSError, KeyError):
+                continue
+            n = sum(1 for d in decided if d == "reviewer")
+            if n:
+                found.append(f"{table} ({n:,} row(s) decided by a reviewer)")
+        found += [f"{f} (saved review decisions)" for f in sorted(self.root.glob("decisions*"))
+                  if f.suffix.lower() in (".csv", ".json") and f.is_file()]
+        return found
+
+    def contents(self) -> list[str]:
+        """What a stage re-run from scratch would replace here, in words (empty for a new workspace)."""
+        out = []
+        if self.manifest.is_file():
+            try:
+                n = pq.ParquetFile(self.manifest).metadata.num_rows
+                root = read_metadata(self.manifest).get("input_root")
+                out.append(f"its manifest and face crops ({n:,} samples" + (f" from {root})" if root else ")"))
+            except (pa.ArrowException, OSError, WorkspaceError):
+                out.append(f"its manifest ({self.manifest}) and face crops")
+        runs = [d for d in self.runs_dir.iterdir() if d.is_dir()] if self.runs_dir.is_dir() else []
+        if runs:
+            out.append(f"{len(runs)} training run(s) in {self.runs_dir}, which would describe other images")
+        out += [f"its {what}" for path, what in ((self.audit, "audit"), (self.report, "report")) if path.is_file()]
+        return out
 
     def owned(self) -> dict[Path, str]:
         """The files and folders stages write here, with what they are: never an output's target."""
@@ -387,6 +424,9 @@ def check_input_file(path: Path | str, *, option: str, hint: str) -> Path:
     kind = file_kind(path)
     if kind:
         raise WorkspaceError(f"{option} {path} is {kind}, not a regular file. {hint}")
+    if pseudo_file(path):
+        raise WorkspaceError(f"{option} {path} is a kernel pseudo-file (under /proc or /sys), not a file of yours; "
+                             f"it is not read. {hint}")
     return path
 
 

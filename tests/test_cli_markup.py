@@ -60,3 +60,17 @@ def test_summary_tables_escape_user_strings(capsys):
     out = capsys.readouterr().out
     for literal in ("[red]ws", "[/b]angry", "[bold]happy", "[i]col", "see [red]x.png"):
         assert literal in out
+
+
+def test_emoji_codes_and_line_separators_in_user_text_print_literally():
+    from fercure.console import console, counts_table, text
+
+    with console.capture() as cap:
+        console.print(counts_table("classes", {"sad:x:": 3, "a\u2028b": 2, "c\nd": 1}))
+        console.print(text("label :thumbs_up: in \x1b[31mred"))
+    out = cap.get()
+    assert "sad:x:" in out and ":thumbs_up:" in out and "\u274c" not in out and "\U0001f44d" not in out
+    assert "\u2028" not in out and "\x1b[31m" not in out and "a\\u2028b" in out and "\\x1b[31mred" in out
+    assert "c\\nd" in out  # one table row per class
+    rows = [line for line in out.splitlines() if "│" in line and any(ch.isdigit() for ch in line)]
+    assert len(rows) == 4  # the three classes and the total

@@ -109,11 +109,32 @@ def test_imagefolder_output_is_replaced_only_with_force_and_never_inside_the_inp
     with pytest.raises(OutputExistsError, match="--force"):
         run_export(ws, out, fmt="imagefolder")
     assert (out / "mine.txt").exists()
+    (out / "mine.txt").unlink()
     run_export(ws, out, fmt="imagefolder", force=True)  # an earlier fercure export is replaced as a whole
-    assert not (out / "mine.txt").exists() and (out / "index.csv").exists()
+    assert (out / "index.csv").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no temp folder left
     with pytest.raises(ExportError, match="input folder"):
         run_export(ws, root / "export", fmt="imagefolder")
+
+
+def test_force_refuses_an_earlier_export_holding_files_it_did_not_write(ws_with_originals, tmp_path):
+    ws, _ = ws_with_originals
+    out = tmp_path / "out"
+    run_export(ws, out, fmt="imagefolder")
+    index = pd.read_csv(out / "index.csv", dtype=str, keep_default_na=False)
+    a_class = Path(index["file"].iloc[0]).parent
+    (out / "notes.txt").write_text("my notes")
+    (out / a_class / "extra.png").write_bytes(b"mine")
+    (out / a_class.parent / "my_class" / "deep").mkdir(parents=True)
+    (out / a_class.parent / "my_class" / "deep" / "x.png").write_bytes(b"mine")
+    before = tree_digest(out)
+    with pytest.raises(ExportError) as e:
+        run_export(ws, out, fmt="imagefolder", force=True)
+    text = str(e.value)
+    assert "3 file(s) or folder(s) that its earlier export did not write" in text
+    for shown in ("notes.txt", f"{(a_class / 'extra.png').as_posix()}", f"{(a_class.parent / 'my_class').as_posix()}/"):
+        assert f"  {shown}" in text
+    assert tree_digest(out) == before  # nothing deleted
 
 
 def test_csv_exports_neutralise_formulas(ws_with_originals, tmp_path):

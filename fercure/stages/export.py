@@ -234,6 +234,7 @@ def _read_audit(ws: Workspace) -> tuple[dict, object, list[str]]:
         raise ExportError(f"{ws.audit} carries no fercure audit metadata (was it re-saved by another tool?): its "
                           "classes and the model-strength verdict cannot be trusted. Re-run `fercure audit-labels "
                           f"-w {ws.root}`.")
+    check_audit_is_of_latest_run(ws, audit_meta.get("run_id"))
     manifest = read_table(ws.manifest)
     audit = read_table(ws.audit)
     check_audit_matches(manifest, audit, ws)
@@ -360,6 +361,25 @@ def reviewed_in_audit(audit, run_id) -> reviewed.Decisions | None:
     table = pd.DataFrame({"sample_id": r["sample_id"].astype(str).to_numpy(), "action": action, "label": label,
                           "source": f"train --trusted of run {run_id}"})
     return reviewed.from_trusted(table)
+
+
+def check_audit_is_of_latest_run(ws: Workspace, run_id: str | None) -> None:
+    """Refuse an audit of an older run when a later run finished after it and was never audited: the
+    export would carry the older run's verdicts (and miss the later run's --trusted decisions) without
+    a word. An audit of an older run written after the later run finished (``audit-labels --run``) is
+    the user's choice and goes ahead."""
+    try:
+        latest = ws.latest_run()
+    except WorkspaceError:
+        return
+    finished = ws.run_dir(latest) / "predictions.parquet"
+    if not run_id or latest == run_id or not finished.exists():
+        return
+    if finished.stat().st_mtime > ws.audit.stat().st_mtime:
+        raise ExportError(f"{ws.audit} is the audit of run {run_id}, but the latest run, {latest}, finished after it "
+                          f"and was never audited; exporting would use the older run's verdicts. Run `fercure "
+                          f"audit-labels -w {ws.root}` (the latest run) and export again, or, to export run "
+                          f"{run_id}, audit it again first: `fercure audit-labels -w {ws.root} --run {run_id}`.")
 
 
 def check_audit_matches(manifest, audit, ws: Workspace) -> None:
@@ -510,6 +530,48 @@ def _check_folder_output(ws: Workspace, output: Path, force: bool, decisions: Pa
                           "--force. Choose a new or empty folder.")
     if not force:
         raise OutputExistsError(f"{output} holds an earlier fercure export; pass --force to replace it.")
+    foreign = foreign_files(output)
+    if foreign:
+        shown = "\n".join(f"  {f}" for f in foreign[:20]) + (f"\n  ... and {len(foreign) - 20:,} more"
+                                                             if len(foreign) > 20 else "")
+        raise ExportError(f"--output {output} holds {len(foreign):,} file(s) or folder(s) that its earlier export did "
+                          f"not write (not in its index.csv); --force replaces only fercure's own files. Move them "
+                          f"away, or export to a new folder:\n{shown}")
+
+
+EXPORT_FILES = ("index.csv", "classes.json", "provenance.json")  # an imagefolder export's own files beside its tree
+
+
+def foreign_files(folder: Path) -> list[str]:
+    """What a folder holding an earlier imagefolder export holds that the export did not write
+    (relative paths, sorted; a folder ends with /): compared with the export's own index.csv and
+    classes.json. An export without a readable index.csv is all foreign (nothing can be told apart)."""
+    try:
+        index = pd.read_csv(folder / "index.csv", dtype=str, keep_default_na=False, usecols=["file"])
+        ours = {reviewed.cell_text(f) for f in index["file"]}
+    except (OSError, ValueError):
+        ours = set()
+    if not ours and not (folder / "index.csv").is_file():
+        return ["index.csv (missing: the files of the earlier export cannot be told from others)"]
+    ours |= {EXPORT_MARKER, *EXPORT_FILES}
+    dirs = {p.as_posix() for f in ours for p in Path(f).parents if p != Path(".")}
+    try:
+        meta = json.loads((folder / "classes.json").read_text(encoding="utf-8"))
+        for split in (meta.get("splits") or {}).values():
+            dirs.add(str(split))
+            dirs |= {f"{split}/{c.get('folder')}" for c in meta.get("classes") or []}
+    except (OSError, ValueError, AttributeError, TypeError):
+        pass
+    foreign = []
+    for root, subdirs, files in os.walk(folder):
+        rel = Path(root).relative_to(folder)
+        for d in list(subdirs):
+            r = (rel / d).as_posix()
+            if r not in dirs or os.path.islink(Path(root) / d):
+                foreign.append(r + "/")
+                subdirs.remove(d)  # one line for a whole foreign folder
+        foreign += [(rel / f).as_posix() for f in files if (rel / f).as_posix() not in ours]
+    return sorted(foreign)
 
 
 def _write_imagefolder(rows, output: Path, provenance: dict, fill=layouts.write_imagefolder,

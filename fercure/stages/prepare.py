@@ -98,15 +98,25 @@ class PrepareSummary:
         return max(self.stage_seconds, key=self.stage_seconds.get) if self.stage_seconds else ""
 
 
-def check_workspace(ws: Workspace, input_root: Path, labels_file: Path | str | None) -> None:
+def check_workspace(ws: Workspace, input_root: Path, labels_file: Path | str | None, *,
+                    new_input: bool = False) -> None:
     """The output rule (fercure.workspace.check_output_path) for the workspace folder and each file
     prepare writes in it: not in the input folder, not the label file, no device/FIFO replaced.
-    The workspace's own files are rewritten without --force: that is what re-running prepare does."""
+    The workspace's own files are rewritten without --force: that is what re-running prepare does,
+    on the input the workspace was prepared from. Another input folder is refused unless
+    ``new_input``: its manifest and crops would be replaced and its runs and audit describe other images."""
     protected = {Path(labels_file): "the label file given with --labels"} if labels_file else {}
     for path, folder in ((ws.root, True), (ws.faces_dir, True), (ws.manifest, False), (ws.rejects, False),
                          (ws.store, False), (ws.annotations, False)):
         check_output_path(path, force=True, option="--workspace", input_root=input_root,
                           protected=protected, folder=folder)
+    before = ws.prepared_inputs()[0] if ws.manifest.is_file() else None
+    if before and before != str(Path(input_root).resolve()) and not new_input:
+        replaced = ws.contents() + ws.reviewed_work()
+        raise WorkspaceError(
+            f"Workspace {ws.root} was prepared from {before}, not {Path(input_root).resolve()}. Preparing another "
+            "input there would replace " + "; ".join(replaced) + ". Use a new workspace (-w NEW), or pass "
+            "--new-input to prepare this input there anyway (then train and audit again).")
 
 
 def _file_stamp(path: Path) -> tuple[int, int]:
@@ -387,6 +397,7 @@ def run_prepare(
     merge: bool = True,
     merge_lock: Callable[[], ContextManager] | None = None,
     no_labels: bool = False,
+    new_input: bool = False,
     reporter: Reporter = NULL,
 ) -> PrepareSummary:
     """Prepare the input into the workspace (module docstring).
@@ -405,7 +416,7 @@ def run_prepare(
     input_root = Path(input_root)
     ws = workspace if isinstance(workspace, Workspace) else Workspace(Path(workspace))
     _check_options(input_root, on_no_face, multi_face, crop, shard)
-    check_workspace(ws, input_root, labels_file)
+    check_workspace(ws, input_root, labels_file, new_input=new_input)
     if no_labels and labels_file is not None:
         raise WorkspaceError("--no-labels and --labels exclude each other: prepare the photos with --no-labels, "
                              "then join the label file later with `fercure prepare INPUT -w WS --labels FILE` "

@@ -135,6 +135,48 @@ def _load_inputs(ws: Workspace, reporter: Reporter) -> _Data:
                  int(len(df) - len(sel)))
 
 
+def _load_trusted(ws: Workspace, files: list[str], classes: list[str], reporter: Reporter,
+                  world: dd.World) -> Any:
+    """The --trusted decisions, read and parsed once by rank 0 and handed to the other ranks: each
+    rank reading the files itself would train on different tables if a file changed during start-up."""
+    outcome: tuple[Any, str | None] = (None, None)
+    if world.main:
+        try:
+            outcome = (trusted_labels.load(ws, files, classes, reporter), None)
+        except WorkspaceError as e:
+            if not world.distributed:
+                raise
+            outcome = (None, str(e))
+    trusted, error = dd.broadcast_object(outcome, world)
+    if error is not None:
+        raise WorkspaceError(error)
+    return trusted
+
+
+def _check_trainable(ws: Workspace, data: _Data, dropped: bool, world: dd.World) -> None:
+    """What is left to train after the --trusted drops (``dropped``: decisions were applied):
+    samples of at least two classes (a classifier of one class learns nothing, and an empty run
+    divides by zero), and a sample per rank."""
+    counts = np.bincount(data.given, minlength=len(data.classes))
+    left = [(c, int(n)) for c, n in zip(data.classes, counts) if n]
+    why = ("the --trusted decisions leave" if dropped else f"{ws.manifest} leaves")
+    if len(data.sample_ids) < 2 or len(left) < 2:
+        shown = ", ".join(f"{n} {c}" for c, n in left) or "no sample"
+        raise WorkspaceError(f"{why} {shown} to train on; training needs samples of at least two classes. "
+                             "Drop fewer samples (check the --trusted files' drop rows), or add data.")
+    if world.size > len(data.sample_ids):
+        raise WorkspaceError(f"{world.size} processes for {len(data.sample_ids)} samples: each process needs samples of "
+                             f"its own. Use --nproc {max(1, len(data.sample_ids) // 2)} or fewer (or leave it out).")
+
+
+def _reviewed_digest(data: _Data, reviewed: np.ndarray) -> str:
+    """The reviewed samples (never planted, never flagged) and their trained labels: what a resumed run must share."""
+    h = hashlib.sha1()
+    h.update("\n".join(s for s, r in zip(data.sample_ids, reviewed) if r).encode())
+    h.update(data.given[reviewed].tobytes())
+    return h.hexdigest()
+
+
 def _fingerprint(data: _Data) -> str:
     h = hashlib.sha1()
     h.update("\n".join(data.sample_ids).encode())
@@ -320,24 +362,38 @@ def _run_train(ws: Workspace, config: TrainConfig, resume: bool, reporter: Repor
     resolve_device(config.device)  # fail before a run folder exists when the device is missing
     data = _load_inputs(ws, reporter)
     config = config.at_size(data.store.shape[1])  # no size given: the crop store's (config.json records it)
-    trusted = trusted_labels.load(ws, config.trusted, data.classes, reporter)
-    data, reviewed = trusted_labels.apply_to_data(data, trusted)  # reviewed labels in, dropped samples out
-    fingerprint = _fingerprint(data)
     # Rank 0 picks the run (the others cannot see a folder it has not made yet, and a new id is random).
     run_id = _unfinished_run(ws) if resume and world.main else None
     run_id = dd.broadcast_object(run_id, world)
     resumed = run_id is not None
     if resumed:
         started.append(run_id)
-        saved_trusted = TrainConfig.from_dict(json.loads((ws.run_dir(run_id) / "config.json").read_text())).trusted
-        if saved_trusted != config.trusted:  # the run's own --trusted files, as they were given
-            trusted = trusted_labels.load(ws, saved_trusted, data.classes, reporter)
-            data, reviewed = trusted_labels.apply_to_data(_load_inputs(ws, reporter), trusted)
-            fingerprint = _fingerprint(data)
+        saved = json.loads((ws.run_dir(run_id) / "config.json").read_text())
+        saved_trusted = TrainConfig.from_dict(saved).trusted
+        if config.trusted and config.trusted != saved_trusted:
+            raise WorkspaceError(
+                f"--resume continues run {run_id} with the --trusted files it started with ("
+                + (", ".join(saved_trusted) or "none") + f"); it cannot take {', '.join(config.trusted)} as well. "
+                f"Resume without --trusted (`fercure train -w {ws.root} --resume`), or start a new run with the "
+                "new file (without --resume).")
+        trusted = _load_trusted(ws, saved_trusted, data.classes, reporter, world)  # the run's own files
+        trusted_labels.check_unchanged(saved, trusted, run_id, ws.root)
+    else:
+        trusted = _load_trusted(ws, config.trusted, data.classes, reporter, world)
+    data, reviewed = trusted_labels.apply_to_data(data, trusted)  # reviewed labels in, dropped samples out
+    _check_trainable(ws, data, trusted is not None, world)
+    fingerprint = _fingerprint(data)
+    reviewed_digest = _reviewed_digest(data, reviewed)
+    if resumed:
         config, ckpt = _resume_run(ws, run_id, config, fingerprint, world, reporter)
+        if ckpt.get("reviewed", reviewed_digest) != reviewed_digest:
+            raise WorkspaceError(f"The reviewed samples of run {run_id} are not the ones it started with (its "
+                                 "--trusted decisions read differently now); it cannot be resumed. Start a new run "
+                                 "without --resume.")
     else:
         run_id = _new_run(ws, config, resume, data, fingerprint, started, world, reporter, trusted)
-        ckpt = {"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "done": {}, "current": None}
+        ckpt = {"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "reviewed": reviewed_digest, "done": {},
+                "current": None}
     run_dir = ws.run_dir(run_id)
     votes = _vote_targets(ws, data, reviewed) if config.soft_labels else None
 
