@@ -277,7 +277,7 @@ def _run(fn, title: str, as_json: bool | None = False, quiet: bool = False, **kw
     return summary
 
 
-def _launch_ranks(nproc: int, workspace: Path, wait: bool) -> None:
+def _launch_ranks(nproc: int, workspace: Path, wait: bool, device: str = "auto") -> None:
     """`fercure train --nproc N`: the same command as N rank processes on this machine
     (fercure.launch), which die with this command; it holds the workspace lock for them."""
     import sys
@@ -286,6 +286,10 @@ def _launch_ranks(nproc: int, workspace: Path, wait: bool) -> None:
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         _fail("--nproc starts the ranks itself; under torchrun (or another launcher) leave it out.", 2)
+    try:
+        launch.check_nproc(nproc, device)
+    except FercureError as e:
+        _fail(str(e))
     args, skip = [], False
     for a in sys.argv[2:]:  # after the program and the `train` subcommand
         if skip:
@@ -481,7 +485,7 @@ def train(
     from fercure import launch
 
     if nproc > 1:
-        _launch_ranks(nproc, workspace, wait)
+        _launch_ranks(nproc, workspace, wait, device.value)
     try:
         rank = env_world().rank
     except DistributedError as e:

@@ -135,6 +135,18 @@ def _mb(n: int) -> str:
     return f"{-(-n // 2**20):,}"  # rounded up: "0 MB" would read as nothing needed
 
 
+@contextlib.contextmanager
+def disk_full_as_error(path: Path | str) -> Iterator[None]:
+    """Inside: a full disk (ENOSPC, EDQUOT) while writing ``path`` (a file or a folder being filled)
+    becomes the WorkspaceError naming it; other errors pass unchanged."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        if isinstance(e, WorkspaceError) or not (is_disk_full(e) or _looks_full(e, Path(path))):
+            raise
+        raise disk_full(path, at_least=True) from e
+
+
 def disk_full(path: Path | str, needed: int | None = None, *, at_least: bool = False) -> WorkspaceError:
     """The error for a write that did not fit (or would not): what, how much, how much is free."""
     path = Path(path)
@@ -170,10 +182,15 @@ def atomic_path(path: Path | str, *, size: int | None = None) -> Iterator[Path]:
     if kind:
         raise WorkspaceError(f"{path} is {kind}, not a regular file; fercure never replaces it. "
                              "Give the path of a regular file.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if size is not None:
-        check_free_space(path, size)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_TAG}", suffix=".tmp", dir=path.parent)
+    try:  # a disk with no block left refuses the folder or the empty temporary file already
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if size is not None:
+            check_free_space(path, size)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_TAG}", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        raise disk_full(path, size, at_least=size is None) from e
     os.close(fd)
     tmp_path = Path(tmp)
     try:

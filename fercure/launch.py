@@ -15,6 +15,7 @@ failure and prints each distinct message once (rank 0 prints its own as it stops
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,6 +29,63 @@ ENV_LAUNCHER = "FERCURE_LAUNCHER_PID"  # set in the ranks: the launcher holds th
 ENV_ERRORS = "FERCURE_RANK_ERRORS"  # folder where each rank writes the message it stops with
 _PR_SET_PDEATHSIG = 1
 TERM_GRACE_S = 5.0
+
+
+RANKS_PREFIX = "fercure-ranks-"  # + the launcher's PID + "-": the rank folder's owner, for the cleanup below
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_rank_folders(tmp_root: str | None = None) -> int:
+    """Delete rank folders (``fercure-ranks-<PID>-*`` in the temp folder) whose launcher is gone: a
+    ``kill -9`` of the launcher skips its own cleanup. Only this user's folders, named that way."""
+    root = Path(tmp_root or tempfile.gettempdir())
+    n = 0
+    try:
+        candidates = list(root.glob(f"{RANKS_PREFIX}*-*"))
+    except OSError:
+        return 0
+    for folder in candidates:
+        pid = folder.name[len(RANKS_PREFIX):].split("-", 1)[0]
+        try:
+            st = folder.lstat()
+        except OSError:
+            continue
+        if not pid.isdigit() or not folder.is_dir() or folder.is_symlink() or st.st_uid != os.getuid():
+            continue
+        if int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            n += 1
+    return n
+
+
+def check_nproc(nproc: int, device: str) -> None:
+    """Refuse more CPU processes than this machine gives the command (each would fight the others for
+    a core), or more CUDA processes than GPUs. ``device``: the --device value."""
+    import torch
+
+    from fercure.errors import DistributedError
+
+    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if cuda:
+        gpus = torch.cuda.device_count()
+        if nproc > gpus:
+            raise DistributedError(f"--nproc {nproc} asks for more processes than the {gpus} GPU(s) here (one process "
+                                   f"per GPU); use --nproc {max(1, gpus)} or fewer.")
+        return
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if nproc > cpus:
+        raise DistributedError(f"--nproc {nproc} asks for more processes than the {cpus} CPU core(s) this command may "
+                               f"use; CPU processes beyond one per core only slow each other down. Use --nproc {cpus} "
+                               "or fewer.")
 
 
 def free_port() -> int:
@@ -148,8 +206,9 @@ def run_ranks(args: list[str], nproc: int, *, log=None) -> int:
     first failing rank's). Ranks other than 0 write their stderr to a temporary file that is shown
     (its tail) only when such a rank dies without a message of its own."""
     log = log or (lambda line: print(line, file=sys.stderr))
+    remove_stale_rank_folders()
     port = free_port()
-    with tempfile.TemporaryDirectory(prefix="fercure-ranks-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"{RANKS_PREFIX}{os.getpid()}-") as tmp:
         errors = Path(tmp)
         procs: list[subprocess.Popen] = []
         logs = []

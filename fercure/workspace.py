@@ -32,7 +32,8 @@ from fercure.errors import (  # noqa: F401
     damaged, rebuild_hint,
 )
 from fercure.files import (  # noqa: F401
-    TMP_TAG, atomic_path, atomic_write_json, atomic_write_text, check_free_space, disk_full, file_kind, pseudo_file,
+    TMP_TAG, atomic_path, atomic_write_json, atomic_write_text, check_free_space, disk_full, disk_full_as_error,
+    file_kind, pseudo_file,
     is_disk_full,
 )
 
@@ -122,9 +123,9 @@ class Workspace:
         else:
             text = str(error).strip().splitlines()
             line = f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
-        try:
-            (run / "FAILED").write_text(line + "\n", encoding="utf-8")
-        except OSError:
+        try:  # atomic: a full disk leaves no FAILED rather than an empty one
+            atomic_write_text(run / "FAILED", line + "\n")
+        except (OSError, WorkspaceError):
             return False
         return True
 

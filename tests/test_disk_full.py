@@ -150,3 +150,73 @@ def test_torch_style_error_on_a_full_filesystem(tmp_path: Path, monkeypatch):
     with pytest.raises(RuntimeError, match="unexpected pos"), atomic_path(target) as tmp:
         torch_save_short_write(tmp)
     assert temps(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Nothing half-written: every output of a command that hit a full disk is the old one or none
+
+
+def test_a_full_disk_leaves_every_output_whole_or_absent(tmp_path: Path, monkeypatch):
+    from test_export import make_workspace
+
+    from fercure import files, layouts
+    from fercure.stages import audit as audit_stage
+    from fercure.stages import prepare
+    from fercure.stages.audit import run_audit
+    from fercure.stages.export import run_export
+
+    # a chunk of prepare on a disk with no block left for even the empty temporary file
+    with monkeypatch.context() as m:
+        m.setattr(files.tempfile, "mkstemp", enospc)
+        with pytest.raises(WorkspaceError, match=r"Disk full while writing .*part-00003\.npy"):
+            prepare._save_part(tmp_path / "parts", 3, pd.DataFrame({"a": [1]}), np.zeros((2, 8, 8, 3), np.uint8))
+    assert not list((tmp_path / "parts").glob("part-*"))
+
+    ws = make_workspace(tmp_path / "ws")
+    run_audit(ws)
+    pair = {p: p.read_bytes() for p in (ws.audit, ws.report)}
+    # audit-labels: the audit table does not fit -> neither the audit nor the report is replaced
+    def audit_full(*args, **kwargs):  # what write_table raises on a full disk
+        raise workspace.disk_full(ws.audit)
+
+    with monkeypatch.context() as m:
+        m.setattr(audit_stage, "write_table", audit_full)
+        with pytest.raises(WorkspaceError, match="Disk full while writing .*audit.parquet"):
+            run_audit(ws)
+    assert {p: p.read_bytes() for p in pair} == pair and temps(ws.root) == []
+
+    # a CSV export that does not fit leaves no provenance file behind
+    out = tmp_path / "cleaned.csv"
+    with monkeypatch.context() as m:
+        m.setattr(pd.DataFrame, "to_csv", enospc)
+        with pytest.raises(WorkspaceError, match="Disk full while writing .*cleaned.csv"):
+            run_export(ws, out, fmt="csv")
+    assert not out.exists() and not (tmp_path / "cleaned.csv.provenance.json").exists() and temps(tmp_path) == []
+
+    # an imagefolder export: a named error, no partial tree, the earlier export untouched
+    folder = tmp_path / "images"
+    run_export(ws, folder, fmt="imagefolder")
+    before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+    calls = []
+
+    def put_then_full(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 3:
+            enospc()
+        return real_put(*args, **kwargs)
+
+    real_put = layouts._put_image
+    with monkeypatch.context() as m:
+        m.setattr(layouts, "_put_image", put_then_full)
+        with pytest.raises(WorkspaceError, match=f"Disk full while writing {folder}"):
+            run_export(ws, folder, fmt="imagefolder", force=True)
+    assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".images.")]
+
+    # a run that failed on a full disk gets no empty FAILED file
+    run = ws.run_dir("r9")
+    run.mkdir()
+    with monkeypatch.context() as m:
+        m.setattr(workspace.os, "fsync", enospc)
+        assert ws.mark_run_failed("r9", RuntimeError("boom")) is False
+    assert not (run / "FAILED").exists() and temps(run) == []

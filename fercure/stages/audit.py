@@ -32,7 +32,7 @@ from fercure.report import render_report
 from fercure.workspace import (
     Workspace,
     WorkspaceError,
-    atomic_write_text,
+    atomic_path,
     read_metadata,
     read_table,
     write_table,
@@ -184,13 +184,19 @@ def run_audit(
         provenance["audit_trusted"] = trusted_labels.provenance(decided)
         # where each decided card stood when decided, for the next round's train/audit --trusted
         trusted_labels.write_reviewed(ws, decided, {"run_id": run_id, "trusted": provenance["audit_trusted"]})
-    thresholds = _write_audit(ws, table, stats, run_id, classes, predictions_path, provenance)
-    task.advance()
-
     out_report: Path | None = None
     if write_report:
+        # The report is rendered and written (not yet renamed into place) before the audit is replaced,
+        # and put in place after it: a full disk leaves the old pair, never a new audit beside an old report.
         out_report = Path(report_path) if report_path is not None else ws.report
-        _write_report(ws, out_report, table, stats, classes, run_id, manifest, neighbours, list_missed_faces)
+        html = _render_report(ws, table, stats, classes, run_id, manifest, neighbours, list_missed_faces)
+        with atomic_path(out_report) as tmp:
+            tmp.write_text(html, encoding="utf-8")
+            thresholds = _write_audit(ws, table, stats, run_id, classes, predictions_path, provenance)
+            task.advance()
+    else:
+        thresholds = _write_audit(ws, table, stats, run_id, classes, predictions_path, provenance)
+        task.advance()
     task.advance()
     task.close()
     verdict = stats["model_strength"].get("verdict")
@@ -538,10 +544,10 @@ def _embedding_columns(table: pd.DataFrame, run_dir: Path | None, stats: dict,
     return neighbours
 
 
-def _write_report(ws: Workspace, out_report: Path, table: pd.DataFrame, stats: dict, classes: list[str],
-                  run_id: str | None, manifest: pd.DataFrame, neighbours: grouping.Neighbours | None = None,
-                  list_missed_faces: bool = False) -> None:
-    """The HTML report at ``out_report``, with the crops, rejects and default export actions it shows."""
+def _render_report(ws: Workspace, table: pd.DataFrame, stats: dict, classes: list[str], run_id: str | None,
+                   manifest: pd.DataFrame, neighbours: grouping.Neighbours | None = None,
+                   list_missed_faces: bool = False) -> str:
+    """The HTML report, with the crops, rejects and default export actions it shows."""
     crops = np.load(ws.store, mmap_mode="r") if ws.store.exists() else None
     rejects = read_table(ws.rejects) if ws.rejects.exists() else None
     # what `export-cleaned` with its default policy would do, shown on each card beside the decision
@@ -550,7 +556,7 @@ def _write_report(ws: Workspace, out_report: Path, table: pd.DataFrame, stats: d
                          rejects=rejects, actions=actions.tolist(), workspace=str(ws.root.resolve()),
                          input_root=ws.prepared_inputs()[0], neighbours=neighbours,
                          list_missed_faces=list_missed_faces)
-    atomic_write_text(out_report, html)
+    return html
 
 
 def _per_class_frame(stats: dict) -> pd.DataFrame:

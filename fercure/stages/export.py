@@ -37,6 +37,7 @@ from fercure.workspace import (
     atomic_path,
     atomic_write_json,
     check_input_file,
+    disk_full_as_error,
     read_metadata,
     read_table,
     write_table,
@@ -171,10 +172,11 @@ def run_export(
     if fmt == "parquet":
         write_table(cleaned, output, provenance, table=schema.CLEANED)
     elif fmt == "csv":
-        # The sidecar goes first: a CSV never appears without its provenance beside it.
-        atomic_write_json(sidecar, {"fercure_version": __version__, "schema_version": SCHEMA_VERSION, **provenance})
+        # The CSV is written first, then the sidecar, then the CSV renamed into place: a CSV never appears
+        # without its provenance beside it, and a CSV that did not fit leaves no new provenance behind.
         with atomic_path(output) as tmp:
             core.neutralise_formulas(cleaned).to_csv(tmp, index=False, encoding="utf-8")
+            atomic_write_json(sidecar, {"fercure_version": __version__, "schema_version": SCHEMA_VERSION, **provenance})
     else:
         queue = _queue(ws, cleaned, audit, cards) if fmt in handoff.FORMATS else None
         if queue is not None and not len(queue):
@@ -539,7 +541,9 @@ def _check_folder_output(ws: Workspace, output: Path, force: bool, decisions: Pa
                           f"away, or export to a new folder:\n{shown}")
 
 
-EXPORT_FILES = ("index.csv", "classes.json", "provenance.json")  # an imagefolder export's own files beside its tree
+# a folder export's own files beside its tree (imagefolder; the annotation tools' hand-off folders)
+EXPORT_FILES = ("index.csv", "classes.json", "provenance.json", handoff.TASKS, handoff.LABEL_CONFIG, handoff.CVAT_XML,
+                handoff.CVAT_LABELS)
 
 
 def foreign_files(folder: Path) -> list[str]:
@@ -581,30 +585,36 @@ def _write_imagefolder(rows, output: Path, provenance: dict, fill=layouts.write_
     what lets a later --force replace it."""
     output = output.absolute()
     tmp = output.parent / f".{output.name}.{secrets.token_hex(4)}.partial"
-    tmp.mkdir(parents=True)
     try:
-        (tmp / EXPORT_MARKER).write_text(f"written by fercure {__version__} export-cleaned; --force replaces this "
-                                         "folder as a whole\n", encoding="utf-8")
-        result, index = fill(rows, tmp, **kw)
-        _check_some_images(result, rows, output)
-        with open(tmp / "index.csv", "w", encoding="utf-8", newline="") as f:
-            core.neutralise_formulas(index).to_csv(f, index=False)
-        splits = sorted({str(s or "train") for s in rows["split"]})
-        with open(tmp / "classes.json", "w", encoding="utf-8") as f:
-            json.dump(layouts.classes_json(kw.get("classes", ()), splits), f, indent=2, ensure_ascii=False)
-        with open(tmp / "provenance.json", "w", encoding="utf-8") as f:
-            json.dump({"fercure_version": __version__, "schema_version": SCHEMA_VERSION, **provenance,
-                       "n_images": result.n_images, "skipped": result.skipped}, f, indent=2, default=str)
-        old = None
-        if output.exists():
-            old = output.parent / f".{output.name}.{secrets.token_hex(4)}.old"
-            os.replace(output, old)
-        os.replace(tmp, output)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        with disk_full_as_error(output):  # a full disk: a named error, the partial tree removed, the old one kept
+            return _fill_folder(rows, output, tmp, provenance, fill, **kw)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fill_folder(rows, output: Path, tmp: Path, provenance: dict, fill, **kw) -> layouts.LayoutResult:
+    """_write_imagefolder's body: fill ``tmp``, then rename it over ``output``."""
+    tmp.mkdir(parents=True)
+    (tmp / EXPORT_MARKER).write_text(f"written by fercure {__version__} export-cleaned; --force replaces this "
+                                     "folder as a whole\n", encoding="utf-8")
+    result, index = fill(rows, tmp, **kw)
+    _check_some_images(result, rows, output)
+    with open(tmp / "index.csv", "w", encoding="utf-8", newline="") as f:
+        core.neutralise_formulas(index).to_csv(f, index=False)
+    splits = sorted({str(s or "train") for s in rows["split"]})
+    with open(tmp / "classes.json", "w", encoding="utf-8") as f:
+        json.dump(layouts.classes_json(kw.get("classes", ()), splits), f, indent=2, ensure_ascii=False)
+    with open(tmp / "provenance.json", "w", encoding="utf-8") as f:
+        json.dump({"fercure_version": __version__, "schema_version": SCHEMA_VERSION, **provenance,
+                   "n_images": result.n_images, "skipped": result.skipped}, f, indent=2, default=str)
+    old = None
+    if output.exists():
+        old = output.parent / f".{output.name}.{secrets.token_hex(4)}.old"
+        os.replace(output, old)
+    os.replace(tmp, output)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return result
 
 

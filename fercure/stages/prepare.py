@@ -45,6 +45,7 @@ from fercure.workspace import (
     atomic_path,
     check_output_path,
     claim,
+    disk_full_as_error,
     read_metadata,
     read_table,
     write_table,
@@ -297,7 +298,8 @@ def _process_chunk(
 
 
 def _save_part(part_dir: Path, k: int, df: pd.DataFrame, crops: np.ndarray) -> None:
-    part_dir.mkdir(parents=True, exist_ok=True)
+    with disk_full_as_error(part_dir):
+        part_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(part_dir / f"part-{k:05d}.npy") as tmp:
         with open(tmp, "wb") as f:
             np.save(f, crops)

@@ -153,6 +153,11 @@ def _load_trusted(ws: Workspace, files: list[str], classes: list[str], reporter:
     return trusted
 
 
+# Samples a rank must own in a data-parallel run: batch norm needs two per step, and the probe,
+# the folds and the retrain each take a share away.
+MIN_PER_RANK = 8
+
+
 def _check_trainable(ws: Workspace, data: _Data, dropped: bool, world: dd.World) -> None:
     """What is left to train after the --trusted drops (``dropped``: decisions were applied):
     samples of at least two classes (a classifier of one class learns nothing, and an empty run
@@ -164,9 +169,13 @@ def _check_trainable(ws: Workspace, data: _Data, dropped: bool, world: dd.World)
         shown = ", ".join(f"{n} {c}" for c, n in left) or "no sample"
         raise WorkspaceError(f"{why} {shown} to train on; training needs samples of at least two classes. "
                              "Drop fewer samples (check the --trusted files' drop rows), or add data.")
-    if world.size > len(data.sample_ids):
-        raise WorkspaceError(f"{world.size} processes for {len(data.sample_ids)} samples: each process needs samples of "
-                             f"its own. Use --nproc {max(1, len(data.sample_ids) // 2)} or fewer (or leave it out).")
+    own = dd.rank_counts(data.rows, world.size)
+    if world.distributed and int(own.min()) < MIN_PER_RANK:
+        fits = max(1, int(len(data.rows) // MIN_PER_RANK))
+        raise WorkspaceError(
+            f"{world.size} processes for {len(data.rows)} samples: each process trains on a share of its own, and "
+            f"one would get {int(own.min())} (a batch needs {MIN_PER_RANK // 2}, every fit a few). Use --nproc "
+            f"{min(fits, world.size - 1)} or fewer" + (" (or leave --nproc out)." if fits <= 1 else "."))
 
 
 def _reviewed_digest(data: _Data, reviewed: np.ndarray) -> str:
