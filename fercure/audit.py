@@ -1365,6 +1365,7 @@ def _face_columns(manifest: pd.DataFrame, blur_threshold: float | None) -> tuple
     cols = {
         "face_status": face_status, "face_score": face_score, "sharpness": sharpness, "duplicate_of": duplicate_of,
         "store_index": _num(manifest, "store_index", -1).astype(np.int64),
+        "content_hash": _col(manifest, "content_hash", ""),
         "is_duplicate_issue": is_dup, "duplicate_score": np.where(is_dup, 0.0, 1.0),
         "is_no_face_issue": is_noface, "no_face_score": np.where(is_noface, 0.0, np.nan_to_num(face_score, nan=0.0)),
         "blur_score": sharpness_rank(sharpness), "is_blur_issue": is_blur,

@@ -177,9 +177,13 @@ def _records_from_text(path: Path, text: str) -> list[tuple[str, dict]]:
         if not isinstance(items, list):
             raise DecisionsFileError(f"{path}: expected a list of decisions or {{\"decisions\": [...]}}.")
         _refuse_flattened(path, items[0] if items and isinstance(items[0], dict) else {})
+        run = data.get("run_id") if isinstance(data, dict) else None  # the report's JSON names its run once
         out = []
         for i, item in enumerate(items, start=1):
-            out.append((f"entry {i}", item if isinstance(item, dict) else {"_bad": item}))
+            rec = item if isinstance(item, dict) else {"_bad": item}
+            if run and isinstance(item, dict):
+                rec = {"run_id": run, **item}
+            out.append((f"entry {i}", rec))
         return out
     reader = csv.DictReader(io.StringIO(text))
     header = [h.strip().lower() for h in (reader.fieldnames or [])]
@@ -243,14 +247,19 @@ KNOWN_COLUMNS = ("sample_id", "action", "label", "given_label", "path", "source_
 
 
 def parse(records: Sequence[tuple[str, dict]], *, file: str, sample_ids: Sequence[str], given: Sequence[str],
-          suggested: Sequence, classes: Sequence[str]) -> Decisions:
+          suggested: Sequence, classes: Sequence[str], content_hashes: Sequence[str] | None = None,
+          runs: Sequence[str] | None = None) -> Decisions:
     """Check each record against the audit (ids, given labels, suggestions, classes).
 
     ``sample_ids``, ``given`` and ``suggested`` are the audit's columns, row-aligned. A sample decided
     twice keeps its last decision (a row appended later corrects an earlier one); the earlier row is
-    reported as overridden.
+    reported as overridden. ``content_hashes`` (row-aligned, the manifest's) and ``runs`` (this
+    workspace's run ids), when given, are checked against a record's ``content_hash`` (the image
+    it was decided on; a prefix of at least 8 hex digits) and ``run_id`` (the run the report
+    showed): a decision about another image, or made in another workspace, is not applied blind.
     """
     classes = [str(c) for c in classes]
+    known_runs = set(runs) if runs is not None else None
     where = {str(s): i for i, s in enumerate(sample_ids)}
     problems: list[Problem] = []
     chosen: dict[str, dict] = {}
@@ -277,6 +286,18 @@ def parse(records: Sequence[tuple[str, dict]], *, file: str, sample_ids: Sequenc
                      "file saved from another workspace's report?")
             continue
         i = where[sid]
+        run = cell_text(rec.get("run_id"))
+        if run and known_runs is not None and run not in known_runs:
+            bad(row, f"sample {sid} was decided on run {shown(run)}, which this workspace does not have; skipped. "
+                     "Were the decisions saved from another workspace's report?")
+            continue
+        recorded_hash = cell_text(rec.get("content_hash")).lower()
+        now = str(content_hashes[i]) if content_hashes is not None else ""
+        if len(recorded_hash) >= 8 and now and not now.startswith(recorded_hash):
+            bad(row, f"sample {sid} ({shown(rec.get('source_path') or '')}) was decided on another image than the one "
+                     "there now (its content hash differs: the file was replaced, or the decisions come from another "
+                     "workspace with the same file names); skipped. Review it again.")
+            continue
         recorded_given = cell_text(rec.get("given_label"))
         if rec.get("given_tag") and rec["given_tag"] != handoff.label_tag(given[i]):  # CVAT: the image name's
             bad(row, f"sample {sid} was exported for review labelled otherwise than the audit's {given[i]!r} now; "

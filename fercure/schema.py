@@ -305,6 +305,8 @@ AUDIT = Table(
         _c("sharpness", FLOAT64, "from the manifest (variance of the Laplacian; higher = sharper)"),
         _c("duplicate_of", STRING, "from the manifest"),
         _c("store_index", INT64, "row of WS/faces/crops.npy (-1: no crop)", nullable=False),
+        _c("content_hash", STRING, "the manifest's content_hash (blake2b of the image file): export and decisions "
+           "check that the image is still the one audited", required=False),
         _c("is_duplicate_issue", BOOL, "a near-duplicate of another sample"),
         _c("duplicate_score", FLOAT64, "0 for a duplicate, 1 otherwise", bounds=SCORE),
         _c("is_no_face_issue", BOOL, "no face was found"),

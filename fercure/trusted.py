@@ -136,6 +136,7 @@ def load(ws: Workspace, files: Sequence[str], classes: Sequence[str], reporter: 
     ids = manifest["sample_id"].astype(str).tolist()
     given = manifest["label"].astype(object).where(manifest["label"].notna(), "").astype(str).tolist()
     path_ids = dict(zip(manifest["source_path"].astype(str), ids)) if "source_path" in manifest.columns else {}
+    hashes = manifest["content_hash"].fillna("").astype(str).tolist() if "content_hash" in manifest.columns else None
     audit = _current_audit(ws)
     suggested = _suggestions(audit, ids)
     parsed, digests = [], []
@@ -150,7 +151,8 @@ def load(ws: Workspace, files: Sequence[str], classes: Sequence[str], reporter: 
         except OSError as e:
             raise WorkspaceError(f"Cannot read --trusted {path} ({e.strerror or e}). {HINT}") from None
         digests.append(hashlib.sha256(raw).hexdigest())
-        d = dec.parse(records, file=str(path), sample_ids=ids, given=given, suggested=suggested, classes=classes)
+        d = dec.parse(records, file=str(path), sample_ids=ids, given=given, suggested=suggested, classes=classes,
+                      content_hashes=hashes, runs=ws.run_ids())
         d.problems[:0] = early
         if not len(d.table):
             listing = "\n".join(str(p) for p in d.problems[:20]) or f"{path} holds no rows."

@@ -199,6 +199,10 @@ class Workspace:
                     n += 1
         return n
 
+    def run_ids(self) -> list[str]:
+        """The ids of the run folders here (finished or not)."""
+        return sorted(d.name for d in self.runs_dir.iterdir() if d.is_dir()) if self.runs_dir.is_dir() else []
+
     def reviewed_work(self) -> list[str]:
         """What in this workspace holds a person's review, which no command may replace unasked: runs
         trained with --trusted decisions, a cleaned table with reviewer decisions, saved decisions files."""

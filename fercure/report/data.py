@@ -266,9 +266,12 @@ def build_payload(
     votes = C.column(audit, "votes", "").fillna("").astype(str).to_numpy()
     ids = C.column(audit, "id").astype(str).to_numpy()
     paths = C.column(audit, "path", "").astype(str).to_numpy()
+    # the image a decision is about: 12 hex digits of its content hash, saved with the decision
+    hashes = audit["content_hash"].fillna("").astype(str).str[:12].to_numpy() if "content_hash" in audit.columns \
+        else np.full(len(audit), "", dtype=object)
 
     rows: dict[str, list] = {k: [] for k in ("id", "path", "given", "sugg", "offer", "conf", "band", "score",
-                                             "flags", "status", "reason", "action", "thumb", "votes")}
+                                             "flags", "status", "reason", "action", "thumb", "votes", "hash")}
     for r in order:
         s = sugg[r]
         s_i = lidx.get(str(s), -1) if s is not None and not (isinstance(s, float) and math.isnan(s)) else -1
@@ -286,6 +289,7 @@ def build_payload(
         rows["action"].append(str(actions[r]) if actions is not None else "")
         rows["thumb"].append(thumbs.get(int(r), ""))
         rows["votes"].append(votes[r])
+        rows["hash"].append(str(hashes[r]))
 
     grp = E.group_leaders(audit, order)
     if any(g >= 0 for g in grp):  # absent keys cost nothing on a page without groups or neighbours

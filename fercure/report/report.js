@@ -16,7 +16,8 @@
   var rows = R.id.map(function (id, i) {
     return {i: i, id: id, path: R.path[i], given: R.given[i], sugg: R.sugg[i], offer: R.offer ? R.offer[i] : 1,
             conf: R.conf[i], band: D.bands[R.band[i]], score: R.score[i], flags: R.flags[i], status: R.status[i],
-            reason: R.reason[i], action: R.action[i], thumb: R.thumb[i], votes: R.votes ? R.votes[i] : '', h: hash(id)};
+            reason: R.reason[i], action: R.action[i], thumb: R.thumb[i], votes: R.votes ? R.votes[i] : '', h: hash(id),
+            hash: R.hash ? R.hash[i] : ''};
   });
   // A fixed pseudo-random number per sample (FNV-1a of its id): the spot checks are listed in this
   // order, not flagged-first, so the order says nothing about what the model thinks of them.
@@ -403,7 +404,8 @@
       var d = decisions[id];
       return {sample_id: id, action: d.action, label: d.label, given_label: d.given,
               source_path: d.path !== undefined ? d.path : (byId[id] ? byId[id].path : ''),
-              decided_via: d.via || 'card', group_id: d.group || ''};
+              decided_via: d.via || 'card', group_id: d.group || '',
+              content_hash: byId[id] ? byId[id].hash || '' : '', run_id: D.run_id || ''};
     });
   }
   function download(name, type, text) {
@@ -415,9 +417,10 @@
   }
   var stem = D.stem || 'decisions-report';
   $('dl-csv').addEventListener('click', function () {
-    var lines = ['sample_id,action,label,given_label,source_path,decided_via,group_id'];
+    var lines = ['sample_id,action,label,given_label,source_path,decided_via,group_id,content_hash,run_id'];
     decisionList().forEach(function (d) {
-      lines.push([d.sample_id, d.action, d.label, d.given_label, d.source_path, d.decided_via, d.group_id]
+      lines.push([d.sample_id, d.action, d.label, d.given_label, d.source_path, d.decided_via, d.group_id, d.content_hash,
+        d.run_id]
         .map(csvCell).join(','));
     });
     download(stem + '.csv', 'text/csv', lines.join('\n') + '\n');

@@ -160,7 +160,7 @@ def run_export(
     _check_weak_drops(audit, policy, min_confidence, verdict, allow_weak_drop, notes)  # before the policy's work
     cleaned = core.apply_policy(audit, classes, policy, min_confidence=min_confidence,
                                 model_verdict=verdict)
-    decided = _read_decisions(decisions, audit, classes) if decisions is not None else None
+    decided = _read_decisions(decisions, audit, classes, ws) if decisions is not None else None
     if decided is not None:
         _check_decisions_applied(decided, strict)
     from_training = reviewed_in_audit(audit, audit_meta.get("run_id"))  # train --trusted; a --decisions file outranks it
@@ -399,7 +399,8 @@ def check_audit_matches(manifest, audit, ws: Workspace) -> None:
     a = a.loc[m.index]
     for mcol, acol, what in (("label", "given_label", "label"), ("split", "split", "split"),
                              ("source_path", "source_path", "path"), ("store_index", "store_index", "crop"),
-                             ("face_status", "face_status", "face status")):
+                             ("face_status", "face_status", "face status"),
+                             ("content_hash", "content_hash", "image file (content hash)")):
         if mcol not in m.columns or acol not in a.columns:
             continue
         differ = m[mcol].astype(str).to_numpy() != a[acol].astype(str).to_numpy()
@@ -493,7 +494,7 @@ def _check_some_images(result: layouts.LayoutResult, rows, output: Path) -> None
                           f"{shown}")
 
 
-def _read_decisions(path: Path, audit, classes) -> reviewed.Decisions:
+def _read_decisions(path: Path, audit, classes, ws: Workspace) -> reviewed.Decisions:
     """The decisions file checked against the audit; ExportError when it is not a decisions file."""
     try:
         records = reviewed.read_decisions(path, limit=reviewed.max_bytes(len(audit)))
@@ -503,7 +504,9 @@ def _read_decisions(path: Path, audit, classes) -> reviewed.Decisions:
         raise ExportError(f"Cannot read --decisions {path} ({e.strerror or e}).") from None
     return reviewed.parse(records, file=str(path), sample_ids=column(audit, "id").astype(str).tolist(),
                           given=column(audit, "given", "").astype(str).tolist(),
-                          suggested=column(audit, "suggested", None).tolist(), classes=classes)
+                          suggested=column(audit, "suggested", None).tolist(), classes=classes,
+                          content_hashes=audit["content_hash"].astype(str).tolist()
+                          if "content_hash" in audit.columns else None, runs=ws.run_ids())
 
 
 def _check_folder_output(ws: Workspace, output: Path, force: bool, decisions: Path | None) -> None:
