@@ -17,7 +17,7 @@ from PIL import Image
 from conftest import SAMPLE_DATA
 from fercure.stages.audit import run_audit
 from fercure.stages.export import run_export
-from fercure.workspace import read_table
+from fercure.workspace import read_metadata, read_table
 
 from test_report import make_workspace, small_audit
 
@@ -212,9 +212,14 @@ def test_filters_apply_as_typed_bulk_decisions_and_keys(workspace, browser):
     saved = wait_for_file(browser.downloads, "decisions-*.csv")
     rows = pd.read_csv(saved, keep_default_na=False).set_index("sample_id")
     paths = audit.set_index("sample_id")["source_path"]
-    assert list(rows.columns) == ["action", "label", "given_label", "source_path", "decided_via", "group_id"]
+    assert list(rows.columns) == ["action", "label", "given_label", "source_path", "decided_via", "group_id",
+                                 "content_hash", "run_id"]
     assert set(rows["decided_via"]) == {"card"} and set(rows["group_id"]) == {""}  # no group card in this audit
     assert rows["source_path"].to_dict() == {i: paths[i] for i in rows.index}
+    hashes = audit.set_index("sample_id")["content_hash"]  # the image each decision is about, and the run shown
+    as_text = pd.read_csv(saved, dtype=str, keep_default_na=False).set_index("sample_id")
+    assert as_text["content_hash"].to_dict() == {i: hashes[i][:12] for i in rows.index}
+    assert set(rows["run_id"]) == {read_metadata(workspace.audit)["run_id"]}
     from fercure.decisions import read_decisions
     assert {rec["sample_id"] for _, rec in read_decisions(saved)} == {first["id"], second["id"]}
 
