@@ -90,16 +90,19 @@ def within(y: np.ndarray, score: np.ndarray, groups: np.ndarray) -> float | None
 
 
 def replay(audit: pd.DataFrame, classes: list[str], err: np.ndarray, order: str, rounds: int, batch: int,
-           opts: dict, min_reviewed: int | None = None) -> list[dict]:
+           opts: dict, min_reviewed: int | None = None, spot_seed: int | None = None) -> list[dict]:
     """Rounds of ``batch`` cards in the order's queue (spot checks with the first), each round's order
     recomputed from the decisions so far. ``min_reviewed`` None: the re-ranker orders the queue
-    whenever it can be fitted (forced); a number: as the audit decides (``auto``)."""
+    whenever it can be fitted (forced); a number: as the audit decides (``auto``). ``spot_seed``: the
+    spot checks drawn at random with this seed (as many as the report's) instead of the report's draw."""
     ids = audit["sample_id"].astype(str).to_numpy()
     score = audit["label_score"].to_numpy(dtype=float)
     scored = np.isfinite(score)
     groups = audit["given_label"].astype(str).to_numpy()
     rule_flags = audit["is_label_issue"].fillna(False).astype(bool).to_numpy()
     spot_pos = rc.spot_checks(ids, score, np.zeros(len(ids), bool))
+    if spot_seed is not None:
+        spot_pos = np.sort(np.random.default_rng(spot_seed).choice(np.flatnonzero(scored), len(spot_pos), replace=False))
     reviewed, spot = np.zeros(len(ids), bool), np.zeros(len(ids), bool)
     rows = []
     for r in range(rounds + 1):
@@ -107,7 +110,7 @@ def replay(audit: pd.DataFrame, classes: list[str], err: np.ndarray, order: str,
         verdicts = pd.DataFrame({"sample_id": ids[reviewed], "action": np.where(err[reviewed], "drop", "keep"),
                                  "spot_check": spot[reviewed]})
         ff = opts.get("flagged_first", rerank.FLAGGED_FIRST)
-        fit_opts = {k: v for k, v in opts.items() if k in ("l2", "weighting")}
+        fit_opts = {k: v for k, v in opts.items() if k in ("l2", "weighting", "margin")}
         if order == "rerank":
             fit_opts["min_reviewed"] = 0 if min_reviewed is None else min_reviewed
             q = rerank.order_queue(t, classes, verdicts, "auto", rule_flags=rule_flags, flagged_first=ff, **fit_opts)
@@ -183,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--flagged-first", nargs="+", choices=("yes", "no"), default=["yes", "no"])
     ap.add_argument("--min-reviewed", type=int, default=rerank.MIN_REVIEWED,
                     help="the auto rows' minimum of reviewed rows before the re-ranker may order the queue")
+    ap.add_argument("--spot-draws", type=int, default=0,
+                    help="also replay today's order and the re-ranker's defaults with this many other random "
+                         "draws of the spot checks (the spread of the figures)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "rerank.json")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
@@ -216,6 +222,18 @@ def main(argv: list[str] | None = None) -> int:
               + " | AUROC open: " + " ".join(f"{r['auroc_unreviewed']:.3f}" for r in rows)
               + " | within: " + " ".join(f"{(r['within_auroc_unreviewed'] or float('nan')):.3f}" for r in rows)
               + " | used: " + "".join(r["order_used"][0] for r in rows))
+    spread = {}
+    for s in range(args.spot_draws):
+        for name, order, kw in (("today", "today", {}),
+                                ("rerank defaults auto", "rerank", {"min_reviewed": rerank.MIN_REVIEWED})):
+            rows = replay(a, classes, err, order, args.rounds, args.batch, {}, spot_seed=s + 1, **kw)
+            spread.setdefault(name, []).append(rows)
+    for name, draws in spread.items():
+        per = np.array([[100 * np.mean([r["batch_errors_per_100"] for r in rows[:k]]) / 100 for k in (4, 8)]
+                        for rows in draws])
+        print(f"{name:24s} over {len(draws)} spot-check draws: errors per 100 cards over the first "
+              f"{4 * args.batch} / {8 * args.batch}: mean {per[:, 0].mean():.1f} / {per[:, 1].mean():.1f}, "
+              f"range {per[:, 0].min():.1f}–{per[:, 0].max():.1f} / {per[:, 1].min():.1f}–{per[:, 1].max():.1f}")
     signals = signal_table(a, err)
     for name, s in signals.items():
         print(f"signal {name:28s} n {s['n']:5d}  AUROC {s['auroc']:.3f}  AP {s['ap']:.3f}  "
@@ -224,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
                "command": command, "kept": str(args.kept), "n_scored": int(scored.sum()),
                "error_share": float(err[scored].mean()), "batch": args.batch, "rounds": args.rounds,
                "spot_checks": rc.SPOT_CARDS, "min_reviewed": args.min_reviewed, "orders": results,
-               "signals": signals, "seconds": time.perf_counter() - t0}
+               "spot_draws": spread, "signals": signals, "seconds": time.perf_counter() - t0}
     common.merge_results(args.out, "cpu", payload)
     print(f"merged into {args.out} ({payload['seconds']:.0f}s)")
     return 0
