@@ -15,12 +15,14 @@ in queue order, plus the report's ``SPOT_CARDS`` (40) random spot checks with th
                label minus entropy, flagged rows first); static;
 * rerank ...   ``fercure.rerank``'s model refitted on every decision so far after each batch, for each
                setting of the grid (``--l2``, ``--weighting``, flagged rows first or not), forced (used
-               whenever it can be fitted) and as the audit decides (``auto``: only when its
-               cross-validated AUROC beats the hand-made order's, from ``--min-reviewed`` rows).
+               whenever it can be fitted) and as the audit decides (``auto``: from ``--min-reviewed``
+               rows, unless the hand-made order's AUROC beats its cross-validated one by more than
+               ``rerank.AUROC_MARGIN``).
 
 Per round: errors among the cards decided (per 100), errors among the next 100 cards of the order,
-AUROC and macro within-class AUROC on the rows nobody reviewed yet. Then each signal alone on every
-scored row (AUROC, AP, macro within-class AUROC against the reviewer's verdict).
+AUROC and macro within-class AUROC on the rows nobody reviewed yet. With ``--spot-draws N``, today's order
+and the re-ranker's defaults again with N other random draws of the spot checks (the spread). Then each
+signal alone on every scored row (AUROC, AP, macro within-class AUROC against the reviewer's verdict).
 
     .venv/bin/python benchmarks/bench_rerank.py --kept /path/to/keep
 
