@@ -135,8 +135,8 @@ def suggestion_words(s: dict, probe: dict | None = None) -> str:
     if s.get("enough"):
         return (f"your decisions chose the suggested class on {s['k']} of {s['n']} cards that offered one "
                 f"({_pct(s['share'])}, 95 % interval {_pct(s['lo'])}–{_pct(s['hi'])})")
-    head = (f"the suggestions are not measured yet ({s.get('n', 0)} of the {MIN_RATE_ROWS} decided cards with a "
-            "suggestion needed)")
+    head = (f"not measured yet ({s.get('n', 0)} of the {MIN_RATE_ROWS} decided cards with a suggestion "
+            "needed)")
     acc, chance = (probe or {}).get("holdout_accuracy"), (probe or {}).get("chance_accuracy")
     if acc is not None and chance is not None:
         head += (f"; held out, the model's top class matched the given label for {_pct(acc)} of "
@@ -156,7 +156,8 @@ def probe_lift_clear(probe: dict | None) -> bool | None:
 
 
 def verdict(ranking: dict, suggestions: dict, probe: dict | None = None) -> dict:
-    """``ok | weak | too_weak | unknown`` and the sentence the terminal and the report show.
+    """``ok | weak | too_weak | unknown``, the sentence the terminal shows (``message``: both parts and
+    what to do) and what to do alone (``advice``, the report's headline beside its two lines).
 
     too_weak: the ranking does not beat chance clearly (its interval reaches 0.5): its flags are no
     better than a random draw. Without any measure of the ranking (no planted flips, no spot checks)
@@ -166,27 +167,38 @@ def verdict(ranking: dict, suggestions: dict, probe: dict | None = None) -> dict
     ``RANKING_STRONG``. ok: otherwise. The sentence always says what to do with each part."""
     sugg = suggestion_words(suggestions, probe)
     lift = probe_lift_clear(probe)
+    blind = "Do not accept suggestions blindly."
     if ranking.get("source") is None:
         if lift is None:
-            return {"verdict": "unknown", "message": "Not measured: no planted flips, no probe, no decided spot "
-                                                      "checks (holdout = 0 and plant_rate = 0)."}
+            return {"verdict": "unknown", "advice": "Not measured.",
+                    "message": "Not measured: no planted flips, no probe, no decided spot checks (holdout = 0 "
+                               "and plant_rate = 0)."}
         if not lift:
-            return {"verdict": "too_weak", "message": "Ranking not measured (no planted flips) and the model's "
-                    f"held-out predictions barely beat chance: {sugg}. Treat the flags as unproven leads; train "
-                    "longer, on more images, or with --pretrained weights."}
-        return {"verdict": "ok", "message": f"Ranking not measured (no planted flips); {sugg}. Review in this "
-                "order; do not accept suggestions blindly."}
+            advice = ("Treat the flags as unproven leads; train longer, on more images, or with --pretrained "
+                      "weights.")
+            return {"verdict": "too_weak", "advice": advice,
+                    "message": "Ranking not measured (no planted flips) and the model's held-out predictions "
+                               f"barely beat chance; suggestions {sugg}. {advice}"}
+        advice = f"Review in this order. {blind}"
+        return {"verdict": "ok", "advice": advice,
+                "message": f"Ranking not measured (no planted flips); suggestions {sugg}. {advice}"}
     rank = ranking_words(ranking)
     if not ranking["useful"]:
-        return {"verdict": "too_weak", "message": f"The ranking does not beat chance clearly: {rank}. Treat the "
-                "flags as noise; train longer, on more images, or with --pretrained weights."}
+        advice = "Treat the flags as noise; train longer, on more images, or with --pretrained weights."
+        return {"verdict": "too_weak", "advice": advice,
+                "message": f"The ranking does not beat chance clearly: {rank}. {advice}"}
     judged = suggestions.get("judged")
     if judged == "good":
-        return {"verdict": "ok", "message": f"The ranking is useful: {rank}. Review in this order. The suggestions "
-                f"hold up: {sugg}."}
+        advice = "Review in this order; the suggestions hold up."
+        return {"verdict": "ok", "advice": advice,
+                "message": f"The ranking is useful: {rank}. Review in this order. The suggestions hold up: {sugg}."}
     weak = judged in ("weak", "unsure") or (judged is None and (lift is False or (ranking["auroc"] or 0) < RANKING_STRONG))
+    advice = f"Review in this order. {blind}"
     if weak:
-        return {"verdict": "weak", "message": f"The ranking is useful: {rank}. Review in this order. The suggestions "
-                f"are {'weak' if judged == 'weak' else 'unproven'}: {sugg}. Do not accept suggestions blindly."}
-    return {"verdict": "ok", "message": f"The ranking is useful: {rank}. Review in this order; {sugg}. Do not "
-            "accept suggestions blindly until your decisions have measured them."}
+        word = "weak" if judged == "weak" else "unproven"
+        return {"verdict": "weak", "advice": advice,
+                "message": f"The ranking is useful: {rank}. Review in this order. The suggestions are {word}: "
+                           f"{sugg}. {blind}"}
+    return {"verdict": "ok", "advice": advice + " Your decisions will measure them.",
+            "message": f"The ranking is useful: {rank}. Review in this order; suggestions {sugg}. {blind[:-1]} "
+                       "until your decisions have measured them."}

@@ -19,8 +19,10 @@ from test_report import CLASSES, small_audit
 
 
 def text_of(html: str, element_id: str) -> str:
-    """The visible text of the element with ``element_id`` (tags dropped)."""
-    m = re.search(rf'id="{element_id}"[^>]*>(.*?)</(?:div|span|p)>', html, re.S)
+    """The visible text of the element with ``element_id`` (tags dropped; the element is a div, span or p
+    whose own closing tag ends it)."""
+    tag = re.search(rf'<(div|span|p)\b[^>]*id="{element_id}"', html).group(1)
+    m = re.search(rf'id="{element_id}"[^>]*>(.*?)</{tag}>', html, re.S)
     assert m, element_id
     return re.sub(r"<[^>]+>", "", m.group(1))
 

@@ -141,10 +141,11 @@ def _strength(stats: dict) -> str:
         r, sg = ms["ranking"], ms.get("suggestions") or {}
         useful = {True: "useful (its interval lies above 0.5, chance)", False: "not clearly better than chance",
                   None: "not measured"}[r.get("useful")]
-        parts = (f'<br><span id="ranking"><b>Ranking</b>: {_e(useful)}; {_e(st.ranking_words(r))}.</span>'
-                 f'<br><span id="suggestions"><b>Suggestions</b>: {_e(st.suggestion_words(sg, ms))}.</span>')
+        parts = (f'<br><span id="ranking"><b>Ranking</b> (does the queue put wrong labels first?): {_e(useful)}; '
+                 f'{_e(st.ranking_words(r))}.</span><br><span id="suggestions"><b>Suggestions</b> (is the suggested '
+                 f'class right?): {_e(st.suggestion_words(sg, ms))}.</span>')
     return (f'<div class="verdict v-{_e(verdict)}" id="verdict">Model strength: <b>{_e(verdict)}</b> — '
-            f'{_e(ms.get("message", "not measured"))}{_e(hint)}{parts}'
+            f'{_e(ms.get("advice") or ms.get("message", "not measured"))}{_e(hint)}{parts}'
             + (f'<br><span class="muted">Self-check: {_e("; ".join(bits))}.</span>' if bits else "")
             + _error_share_line(stats) + "</div>")
 
@@ -249,7 +250,8 @@ def _bands_line(stats: dict, n_classes: int, chance: float) -> str:
         none = (f" No card is called {' or '.join(folded)}: fewer than {b.get('min_rows', st.MIN_RATE_ROWS)} probe "
                 "predictions were that sure." if folded else "")
         return (", ".join(parts) + f".{none} The given labels are the noisy ones under audit, so agreement with them "
-                "is not how often a suggestion is right (on FER+ it overstated it 2–6×); the verdict above says "
+                "is not how often a suggestion is right (on FER2013, against the FER+ votes, it overstated it 1.4–6×); "
+                "the verdict above says "
                 f"what your decisions measured. Chance with {n_classes} classes is {_fmt(chance)}.")
     return ('<span class="b-likely">likely</span> (a majority of the probability, well above chance), '
             '<span class="b-lead">a lead</span> (above chance, not evidence), <span class="b-guess">a guess</span> '
@@ -385,7 +387,7 @@ def _progress_line(p: dict) -> str:
                "wrong labels, so this leans high (on a FER2013 reference subset it said 74 where the first 100 "
                f"cards held 44 clear errors, 29 right labels and 27 unclear ones) until {rc.MIN_RECENT_CARDS} "
                "reviewed queue cards replace it")
-        nxt = (f"; the next {p['next_cards']} flagged cards are expected to hold about {p['expected_errors_next']:g} "
+        nxt = (f"; the next {p['next_cards']} flagged cards are expected to hold about {p['expected_errors_next']:.0f} "
                f"wrong labels (95 % interval {p['expected_lo']:g}–{p['expected_hi']:g}; {why})")
     if not p.get("n_spot_checks"):
         spot = ""
@@ -437,7 +439,7 @@ def _error_share_line(stats: dict) -> str:
     elif rv.get("n_reviewed") or rv.get("n_image_drops"):
         reviewed = f"your decisions: not yet — {rv.get('why')}{drops}"
     else:
-        reviewed = "your decisions: none yet (train --trusted with a saved decisions file)"
+        reviewed = "your decisions: none yet (audit-labels --trusted or train --trusted with a saved decisions file)"
     used = {"reviewed": "your decisions'", "planted": "the planted flips'"}.get(cal.get("used"), "neither")
     flags = ""
     if cal.get("used") == "reviewed" and cal.get("share_for_flags") not in (None, cal.get("share")):
