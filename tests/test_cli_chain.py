@@ -65,7 +65,7 @@ def test_json_summaries_name_outputs_and_next_command(chain: Path):
     # the verdict's two parts under machine keys: the ranking with its interval, the suggestions unmeasured
     rk, sg = out["audit-labels"]["ranking"], out["audit-labels"]["suggestions"]
     assert rk == {} or (rk["measured_on"] == "planted" and rk["auroc_lo"] <= rk["auroc"] <= rk["auroc_hi"])
-    assert sg["cards"] == 0 and sg["share"] is None and sg["judged"] == "not enough cards"
+    assert sg == {"cards": 0, "chosen": 0, "judged": "not enough cards"}  # no share: not measured, left out
     assert "read_parquet" in out["export-cleaned"]["next"]
 
 

@@ -246,8 +246,9 @@ def _suggestion_rows(sg: dict | None) -> dict:
     """The suggestions' strength as machine keys: decided cards that offered one, how many took it."""
     if not sg:
         return {}
-    return {"cards": sg["n"], "chosen": sg["k"], "share": sg["share"], "share_lo": sg["lo"], "share_hi": sg["hi"],
+    rows = {"cards": sg["n"], "chosen": sg["k"], "share": sg["share"], "share_lo": sg["lo"], "share_hi": sg["hi"],
             "judged": sg["judged"] or "not enough cards"}
+    return {k: v for k, v in rows.items() if v is not None}  # what was not measured is left out
 
 
 def _which_run(ws: Workspace, run_id: str | None, external: bool) -> str | None:
