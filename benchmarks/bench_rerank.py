@@ -92,7 +92,8 @@ def within(y: np.ndarray, score: np.ndarray, groups: np.ndarray) -> float | None
 
 
 def replay(audit: pd.DataFrame, classes: list[str], err: np.ndarray, order: str, rounds: int, batch: int,
-           opts: dict, min_reviewed: int | None = None, spot_seed: int | None = None) -> list[dict]:
+           opts: dict, min_reviewed: int | None = None, spot_seed: int | None = None,
+           relabel: np.ndarray | None = None) -> list[dict]:
     """Rounds of ``batch`` cards in the order's queue (spot checks with the first), each round's order
     recomputed from the decisions so far. ``min_reviewed`` None: the re-ranker orders the queue
     whenever it can be fitted (forced); a number: as the audit decides (``auto``). ``spot_seed``: the
@@ -132,6 +133,8 @@ def replay(audit: pd.DataFrame, classes: list[str], err: np.ndarray, order: str,
                "next_100_errors": int(err[by_rank[:100]].sum()),
                "auroc_unreviewed": float(common.auroc(err[open_rows], -rank[open_rows])),
                "within_auroc_unreviewed": within(err[open_rows], -rank[open_rows], groups[open_rows])}
+        if relabel is not None:  # labels the reviewer has corrected so far (each one a row made right)
+            row["relabels_so_far"] = int(relabel[reviewed].sum())
         if q.fit is not None:
             row.update(cv_auroc=q.fit.cv_auroc, hand_auroc=q.fit.hand_auroc)
         if r == rounds:
@@ -144,6 +147,22 @@ def replay(audit: pd.DataFrame, classes: list[str], err: np.ndarray, order: str,
         if r == 0:
             new = spot_pos[~reviewed[spot_pos]]
             reviewed[new], spot[new] = True, True
+    return rows
+
+
+def fixed_order_replay(audit: pd.DataFrame, err: np.ndarray, relabel: np.ndarray, key: np.ndarray,
+                       rounds: int, batch: int) -> list[dict]:
+    """The same rounds in an order no decision changes (``key`` per audit row, lowest first: cleanlab's
+    self-confidence, or a random order). No spot checks: neither tool has them."""
+    scored = np.isfinite(audit["label_score"].to_numpy(dtype=float)) & np.isfinite(key)
+    order = np.flatnonzero(scored)[np.argsort(key[scored], kind="stable")]
+    rows = []
+    for r in range(rounds + 1):
+        done = order[: r * batch]
+        row = {"reviewed": len(done), "queue_cards": len(done), "relabels_so_far": int(relabel[done].sum())}
+        if r < rounds:
+            row["batch_errors_per_100"] = float(100 * err[order[r * batch:(r + 1) * batch]].mean())
+        rows.append(row)
     return rows
 
 
@@ -206,10 +225,45 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{int(scored.sum())} scored rows, {int(err[scored].sum())} wrong by the reviewer "
           f"({100 * err[scored].mean():.1f} %); run {run.name if run else 'none'}")
 
+    # A relabel makes a row right against the FER+ majority where there is one (ties have none).
+    fixes = (answers["action"] == "relabel")
+    if "majority" in answers:
+        fixes &= answers["reviewer_label"].astype(str) == answers["majority"].astype(str)
+    relabel = fixes.set_axis(answers["sample_id"]).reindex(a["sample_id"].astype(str)).fillna(False) \
+        .astype(bool).to_numpy()
     results: dict[str, list[dict]] = {}
-    results["today"] = replay(a, classes, err, "today", args.rounds, args.batch, {})
-    results["class_spread"] = replay(a, classes, err, "class_spread", args.rounds, args.batch, {})
-    results["unambiguous"] = replay(a, classes, err, "unambiguous", args.rounds, args.batch, {})
+    results["today"] = replay(a, classes, err, "today", args.rounds, args.batch, {}, relabel=relabel)
+    results["class_spread"] = replay(a, classes, err, "class_spread", args.rounds, args.batch, {}, relabel=relabel)
+    results["unambiguous"] = replay(a, classes, err, "unambiguous", args.rounds, args.batch, {}, relabel=relabel)
+    results["rerank defaults auto"] = replay(a, classes, err, "rerank", args.rounds, args.batch, {},
+                                             min_reviewed=rerank.MIN_REVIEWED, relabel=relabel)
+    # The kept out-of-fold probabilities and bench_review_loop's random order follow answers.csv's rows.
+    pos = pd.Series(np.arange(len(answers)), index=answers["sample_id"]).reindex(a["sample_id"].astype(str))
+    at = pos.to_numpy(dtype=float)
+    oof = args.kept / "oof_probs.npy"
+    if oof.exists():  # cleanlab's self-confidence: the given label's out-of-fold probability
+        p = np.load(oof)
+        cidx = {c: i for i, c in enumerate(classes)}
+        g = answers["label"].astype(str).map(cidx).to_numpy()
+        self_conf = p[np.arange(len(p)), g]
+        key = np.where(np.isfinite(at), self_conf[np.nan_to_num(at).astype(int)], np.inf)
+        results["cleanlab self-confidence"] = fixed_order_replay(a, err, relabel, key, args.rounds, args.batch)
+    rand = np.empty(len(answers))
+    rand[np.random.default_rng(0).permutation(len(answers))] = np.arange(len(answers))
+    key = np.where(np.isfinite(at), rand[np.nan_to_num(at).astype(int)], np.inf)
+    results["random"] = fixed_order_replay(a, err, relabel, key, args.rounds, args.batch)
+    if "majority" in answers:  # label accuracy against the FER+ majority, raw and after each round
+        has = answers["majority"].notna()
+        n_major = int(has.sum())
+        raw_acc = float((answers.loc[has, "label"].astype(str) == answers.loc[has, "majority"].astype(str)).mean())
+        for rows in results.values():
+            for row in rows:
+                if "relabels_so_far" in row:
+                    row["label_accuracy"] = raw_acc + row["relabels_so_far"] / n_major
+        print(f"label accuracy against the FER+ majority ({n_major} rows with one): raw {raw_acc:.4f}; after "
+              f"{4 * args.batch} queue cards: " + ", ".join(
+                  f"{name} {rows[4]['label_accuracy']:.4f}" for name, rows in results.items()
+                  if len(rows) > 4 and "label_accuracy" in rows[4]))
     for ff in args.flagged_first:
         for w in args.weighting:
             for l2 in args.l2:
@@ -219,6 +273,10 @@ def main(argv: list[str] | None = None) -> int:
                 results[tag + " auto"] = replay(a, classes, err, "rerank", args.rounds, args.batch, opts,
                                                 min_reviewed=args.min_reviewed)
     for name, rows in results.items():
+        if "next_100_errors" not in rows[0]:  # a fixed order: its figures are in the JSON
+            print(f"{name:48s} errors per 100 cards by batch: "
+                  + " ".join(f"{r['batch_errors_per_100']:.0f}" for r in rows[:-1]))
+            continue
         print(f"{name:48s} next-100 errors after 0/{args.batch}/... cards: "
               + " ".join(f"{r['next_100_errors']:3d}" for r in rows)
               + " | AUROC open: " + " ".join(f"{r['auroc_unreviewed']:.3f}" for r in rows)
