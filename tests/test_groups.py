@@ -285,8 +285,10 @@ def test_a_features_file_draws_the_map_and_groups_look_alikes_without_a_run(tmp_
     m["label"] = labels
     write_table(m, ws.manifest, {"classes": ["happy", "neutral", "sad"]})
     pd.DataFrame({"sample_id": m["sample_id"], "embedding": list(emb)}).to_parquet(tmp_path / "emb.parquet")
-    run_audit(ws, features=tmp_path / "emb.parquet", groups=grouping.GroupSettings(tightness=0.5))
+    summary = run_audit(ws, features=tmp_path / "emb.parquet", groups=grouping.GroupSettings(tightness=0.5))
     audit = read_table(ws.audit)
+    assert summary.group_cards["samples_on_group_cards"] == int((audit["group_id"] != "").sum()) >= 2
+    assert summary.group_cards["group_cards"] == audit.loc[audit["group_id"] != "", "group_id"].nunique()
     assert np.isfinite(audit[["map_x", "map_y"]].to_numpy()).all()
     assert audit["is_label_issue"].iat[a] and audit["is_label_issue"].iat[b]
     assert audit["group_id"].iat[a] == audit["group_id"].iat[b] != ""

@@ -85,6 +85,8 @@ class AuditSummary:
     # and how often a suggestion was the reviewer's choice (None until enough decided cards)
     ranking: dict = field(default_factory=dict)
     suggestions: dict = field(default_factory=dict)
+    # group cards (fercure.groups): how many, how many flagged samples they hold, the embedding behind them
+    group_cards: dict = field(default_factory=dict)
 
     @property
     def warning(self) -> str | None:
@@ -231,7 +233,19 @@ def run_audit(
         review_queue=_queue_rows(stats["queue"]),
         ranking=_ranking_rows(stats["model_strength"].get("ranking")),
         suggestions=_suggestion_rows(stats["model_strength"].get("suggestions")),
+        group_cards=_group_rows(stats["groups"]),
     )
+
+
+def _group_rows(g: dict) -> dict:
+    """The group cards in a few words for the summary (nothing when grouping was off)."""
+    if not g.get("enabled"):
+        return {}
+    if not g.get("neighbours"):
+        return {"group_cards": 0, "why_none": "no embedding neighbours (a run before 0.5, --knn 0, or no run)"}
+    return {"group_cards": g["n_groups"], "samples_on_group_cards": g["n_grouped_rows"],
+            "tightness": g["settings"]["tightness"], "min_similarity": g.get("min_similarity"),
+            "embedding": g.get("from")}
 
 
 def _ranking_rows(r: dict | None) -> dict:
