@@ -13,6 +13,7 @@ import pytest
 from fercure import decisions as dec
 from fercure import embedding_map
 from fercure import groups as grouping
+from fercure import review_calibration as rc
 from fercure import schema
 from fercure import trusted as trusted_labels
 from fercure.progress import NULL
@@ -114,7 +115,11 @@ def grouped_workspace(tmp_path: Path):
 
 def test_audit_writes_group_ids_and_map_coordinates_from_the_runs_embedding(tmp_path):
     ws, a = grouped_workspace(tmp_path)
-    flagged = a[a["is_label_issue"]]
+    spots = rc.spot_checks(a["sample_id"].astype(str).to_numpy(), a["label_score"].to_numpy(float),
+                           np.zeros(len(a), bool))
+    assert a["is_label_issue"].to_numpy()[spots].any()  # a flagged spot check: decided blind and alone
+    assert (a["group_id"].to_numpy()[spots] == "").all()
+    flagged = a[a["is_label_issue"]].drop(index=spots, errors="ignore")
     assert len(flagged) >= 4
     for label, rows in flagged.groupby("given_label"):
         if len(rows) >= 2:  # every flagged row of a label shares one card (max_size 6 caps it)
@@ -276,10 +281,12 @@ def test_a_features_file_draws_the_map_and_groups_look_alikes_without_a_run(tmp_
     rng = np.random.default_rng(3)
     emb = rng.normal(0, 0.3, (n, 6))
     emb[np.arange(n), true] += 3.0
-    # two wrong labels that are near-copies of each other: one card
-    a, b = np.flatnonzero(wrong)[:2]
-    emb[b] = emb[a] + 1e-3
+    # two wrong labels that are near-copies of each other: one card (neither a spot check: every row is
+    # scored here, so the draw is the one the audit makes)
     m = read_table(ws.manifest)
+    spots = rc.spot_checks(m["sample_id"].astype(str).to_numpy(), np.zeros(n), np.zeros(n, bool))
+    a, b = [i for i in np.flatnonzero(wrong) if i not in set(spots)][:2]
+    emb[b] = emb[a] + 1e-3
     labels = m["label"].to_numpy(dtype=object)
     labels[b] = labels[a]  # the same wrong label on both
     m["label"] = labels

@@ -109,7 +109,9 @@ def test_similar_faces_list_a_cards_neighbours_with_their_labels(page):
     ws, audit, d = page
     data = payload_of(ws.report.read_text(encoding="utf-8"))
     ids, nn = data["rows"]["id"], data["rows"]["nn"]
-    i = next(k for k, n in enumerate(nn) if sum(x[2] >= 0 for x in n) >= 2 and data["rows"]["grp"][k] < 0)
+    spot = 1 << data["flags"].index("spot_check")  # a spot check is shown blind: no similar faces there
+    i = next(k for k, n in enumerate(nn) if sum(x[2] >= 0 for x in n) >= 2 and data["rows"]["grp"][k] < 0
+             and not data["rows"]["flags"][k] & spot)
     card = f'#list .card[data-id="{ids[i]}"]'
     texts = d.execute_script(f"return Array.from(document.querySelectorAll('{card} .similar .nn')).map(e => e.textContent)")
     assert texts == [f"{data['labels'][x[0]]} {round(100 * x[1])}%" for x in nn[i]]
@@ -119,3 +121,7 @@ def test_similar_faces_list_a_cards_neighbours_with_their_labels(page):
     grp = data["rows"]["grp"]
     want = {ids[grp[k]] if grp[k] >= 0 else ids[k] for k in [i] + [x[2] for x in nn[i] if x[2] >= 0]}
     assert ids[i] in got and got == want and listed
+    click(d, "#chips button")  # the whole list again
+    blind = next(k for k, f in enumerate(data["rows"]["flags"]) if f & spot and nn[k])
+    assert d.find_elements(By.CSS_SELECTOR, f'#list .card.blind[data-id="{ids[blind]}"]')
+    assert not d.find_elements(By.CSS_SELECTOR, f'#list .card[data-id="{ids[blind]}"] .similar')

@@ -263,7 +263,7 @@
       back.appendChild(pb);
       c.appendChild(back);
     }
-    var sim = similarBox(r);
+    var sim = blind ? null : similarBox(r);  // the neighbours' labels are the model's view too
     if (sim) { c.appendChild(sim); }
     c.appendChild(controls(r, d, offered(r)));
     return c;

@@ -496,6 +496,18 @@ def read_embedding(run_dir: Path | None, sample_ids: np.ndarray) -> tuple[np.nda
     return dense[rows], grouping.Neighbours(index, sim).take(rows, n)
 
 
+def group_candidates(table: pd.DataFrame) -> np.ndarray:
+    """The rows a group card may hold: flagged label issues no reviewer decided, spot checks left out
+    (a spot check is decided blind and alone: it estimates the share of wrong labels)."""
+    flagged = table["is_label_issue"].fillna(False).astype(bool).to_numpy().copy()
+    reviewed = table["is_reviewed"].fillna(False).astype(bool).to_numpy() if "is_reviewed" in table.columns \
+        else np.zeros(len(table), bool)
+    flagged &= ~reviewed
+    flagged[rc.spot_checks(table["sample_id"].astype(str).to_numpy(), table["label_score"].to_numpy(dtype=float),
+                           reviewed)] = False
+    return flagged
+
+
 def queue_positions(table: pd.DataFrame, flagged: np.ndarray) -> np.ndarray:
     """Row positions in review order (a group's first card is the one the queue reaches first): the
     audit's ``review_rank`` where it has one, else the queue's key (``review_calibration.queue_key``)."""
@@ -537,9 +549,7 @@ def _embedding_columns(table: pd.DataFrame, run_dir: Path | None, stats: dict,
     table["group_id"] = ""
     found = None
     if settings is not None:
-        flagged = table["is_label_issue"].fillna(False).astype(bool).to_numpy().copy()
-        if "is_reviewed" in table.columns:
-            flagged &= ~table["is_reviewed"].fillna(False).astype(bool).to_numpy()
+        flagged = group_candidates(table)
         order = queue_positions(table, flagged)
         pos = pd.Series(np.arange(len(ids)), index=ids)
         dup = table["duplicate_of"].fillna("").astype(str)
