@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench_review_loop import fercure_queue
 
     from fercure import groups as grouping
-    from fercure.stages.audit import queue_positions
+    from fercure.stages.audit import group_candidates, queue_positions
     from fercure.workspace import read_metadata, read_table
 
     audit_path = args.keep / "audit-0.parquet"
@@ -169,9 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     neighbours, source = neighbours_of(first_run(args.keep, meta), args.keep, ids, args.k)
     queue = fercure_queue(audit, set())
 
-    flagged = audit["is_label_issue"].fillna(False).astype(bool).to_numpy().copy()
-    if "is_reviewed" in audit.columns:
-        flagged &= ~audit["is_reviewed"].fillna(False).astype(bool).to_numpy()
+    flagged = group_candidates(audit)  # as audit-labels picks them (spot checks left out)
     order = queue_positions(audit, flagged)  # as audit-labels orders the leaders
     pos = pd.Series(np.arange(len(ids)), index=ids)
     dup = pos.reindex(audit["duplicate_of"].fillna("").astype(str).to_numpy()).fillna(-1).to_numpy(np.int64)
