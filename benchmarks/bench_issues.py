@@ -263,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             "pred-probs + fercure (default rule)": dict(run_id=run_id, pred_probs=oof_file),
             "pred-probs + fercure (noise_rate rule)": dict(run_id=run_id, pred_probs=oof_file,
                                                            threshold_method="noise_rate"),
+            "pred-probs score, fercure's rule": dict(run_id=run_id, pred_probs=oof_file, method="self_confidence"),
             "fercure alone": dict(run_id=run_id),
         }
         arms = {k: v for k, v in arms.items() if oof is not None or "pred_probs" not in v}
