@@ -134,7 +134,7 @@ def test_pool_and_part_misuse_is_a_clear_error():
     with pytest.raises(WorkspaceError, match="CNN feature map"):
         build_model(TrainConfig(backbone="vit_tiny_patch16_224", image_size=32, inpaint=True,
                                 backbone_args={"patch_size": 8, "depth": 1}), 7,
-                    build_parts(TrainConfig(inpaint=True), 4, 7, torch.device("cpu")))
+                    build_parts(TrainConfig(inpaint=True, image_size=32), 4, 7, torch.device("cpu")))
     with pytest.raises(ValueError, match="pool_keep"):
         TrainConfig(pool="app", pool_keep=0.0)
 

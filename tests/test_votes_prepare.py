@@ -142,7 +142,7 @@ def test_no_labels_summary_lists_the_face_problems(tmp_path: Path, sample_data: 
         shutil.copyfile(img, root / img.name)
     Image.new("RGB", (64, 64), (120, 120, 120)).save(root / "grey_wall.png")  # no face in it
     summary = _run(root, tmp_path / "ws", no_labels=True)
-    note = summary.notes[-1]
+    note = next(n for n in summary.notes if n.startswith("Face problems"))
     assert note.startswith("Face problems in 1 of 3 photos (no_face: 1): grey_wall.png (no_face")
     assert "manifest.parquet (face_status, reason)" in note
 

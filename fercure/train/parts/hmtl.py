@@ -107,6 +107,8 @@ class InpaintPart(Part):
         self.frac = tuple(float(v) for v in config.inpaint_frac)
         # The reconstruction resolution: half the crop, at most 32 px (the loss is about where the
         # face parts are, not their fine texture, and the decoder's cost grows with its square).
+        if config.image_size is None:  # train resolves it from the crop store before building parts
+            raise ValueError("InpaintPart needs the training image size: set TrainConfig.image_size.")
         self.out_size = max(8, min(32, int(config.image_size) // 2))
         self.head: InpaintDecoder | None = None
 
