@@ -111,7 +111,10 @@ def check_workspace(ws: Workspace, input_root: Path, labels_file: Path | str | N
                          (ws.store, False), (ws.annotations, False)):
         check_output_path(path, force=True, option="--workspace", input_root=input_root,
                           protected=protected, folder=folder)
-    before = ws.prepared_inputs()[0] if ws.manifest.is_file() else None
+    try:
+        before = ws.prepared_inputs()[0] if ws.manifest.is_file() else None
+    except DamagedFileError:  # prepare's own file, unreadable: it says nothing of its input, and prepare rebuilds it
+        before = None
     if before and before != str(Path(input_root).resolve()) and not new_input:
         replaced = ws.contents() + ws.reviewed_work()
         raise WorkspaceError(
