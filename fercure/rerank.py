@@ -43,7 +43,7 @@ from fercure.metrics import auroc
 FEATURES = ("label_score", "retrain_p_given", "aum", "p_given", "uncertainty_entropy",
             "suggested_label_confidence", "logit_margin", "el2n_early", "learned_epoch", "knn_agreement",
             "fine_alignment")
-# Set by replaying reviews on the reference benchmark (benchmarks/RESULTS.md, "Decisions re-rank the queue").
+# Set by replaying reviews on the reference benchmark (benchmarks/RESULTS.md, "Every reviewed card counts").
 MIN_REVIEWED = 80  # reviewed rows before the fit may order the queue: the first 50 cards and most of the 40 spot checks
 MIN_PER_CLASS = 10  # ...of which at least this many of each verdict
 L2 = 100.0  # ridge penalty on the standardised inputs, in units of one reviewed row's weight
