@@ -229,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     fixes = (answers["action"] == "relabel")
     if "majority" in answers:
         fixes &= answers["reviewer_label"].astype(str) == answers["majority"].astype(str)
+    if "majority_votes" in answers:
+        fixes &= answers["majority_votes"] >= 5
     relabel = fixes.set_axis(answers["sample_id"]).reindex(a["sample_id"].astype(str)).fillna(False) \
         .astype(bool).to_numpy()
     results: dict[str, list[dict]] = {}
@@ -253,7 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     key = np.where(np.isfinite(at), rand[np.nan_to_num(at).astype(int)], np.inf)
     results["random"] = fixed_order_replay(a, err, relabel, key, args.rounds, args.batch)
     if "majority" in answers:  # label accuracy against the FER+ majority, raw and after each round
-        has = answers["majority"].notna()
+        has = answers["majority"].notna()  # bench_review_loop's rule: a majority of at least 5 of 10 votes
+        if "majority_votes" in answers:
+            has &= answers["majority_votes"] >= 5
         n_major = int(has.sum())
         raw_acc = float((answers.loc[has, "label"].astype(str) == answers.loc[has, "majority"].astype(str)).mean())
         for rows in results.values():
