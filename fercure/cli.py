@@ -785,8 +785,11 @@ def _check_demo_workspace(workspace: Path, data: Path) -> None:
     ws = Workspace(workspace)
     if not ws.root.is_dir() or not any(p.name not in (".lock", ws.marker.name) for p in ws.root.iterdir()):
         return
-    before = ws.prepared_inputs()[0] if ws.manifest.is_file() else None
-    other = before is None or before != str((data / "images").resolve())
+    try:
+        before = ws.prepared_inputs()[0] if ws.manifest.is_file() else None
+        other = before is None or before != str((data / "images").resolve())
+    except FercureError:  # fercure's own manifest, unreadable: prepare rebuilds it, as it does for `prepare`
+        before, other = None, False
     reviewed = ws.reviewed_work()
     if other or reviewed:
         why = (f"holds a person's review ({'; '.join(reviewed)})" if reviewed else

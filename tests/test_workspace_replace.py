@@ -45,3 +45,15 @@ def test_demo_refuses_a_workspace_holding_reviewed_work(tmp_path, sample_data):
     assert "holds a person's review" in text and "run r2, trained with reviewed decisions" in text
     assert "cleaned.parquet (1 row(s) decided by a reviewer)" in text
     assert {p: p.read_bytes() for p in before} == before
+
+
+def test_demo_over_its_own_damaged_manifest_rebuilds_it_instead_of_a_traceback(tmp_path, sample_data):
+    ws = tmp_path / "ws"
+    args = ["demo", "--data", str(sample_data), "-w", str(ws), "--limit", "3", "--epochs", "1",
+            "--image-size", "32", "--batch-size", "16", "--device", "cpu", "--backbone", "test_resnet"]
+    assert runner.invoke(app, args).exit_code == 0
+    manifest = ws / "manifest.parquet"
+    manifest.write_bytes(manifest.read_bytes()[:100])  # truncated: an interrupted copy, a full disk
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, (r.output, r.exception)
+    assert len(read_table(manifest)) == 3 * pd.read_csv(sample_data / "labels.csv")["label"].nunique()
