@@ -168,6 +168,19 @@ def _relative(value: str, input_root: str | None) -> str:
     return p[2:] if p.startswith("./") else p
 
 
+def _keyed_rows(data, manifest: pd.DataFrame, need: np.ndarray, path: Path, option: str,
+                input_root) -> tuple[np.ndarray, np.ndarray]:
+    """A keyed file's rows that the audit needs, and their manifest positions, in manifest order;
+    a needed manifest row the file lacks is an error (``_check_missing``)."""
+    all_pos = _positions(data, manifest, path, option, input_root)
+    have = np.zeros(len(manifest), bool)
+    have[all_pos] = True
+    _check_missing(have, need, manifest, path, option)
+    use = need[all_pos]
+    order = np.argsort(all_pos[use], kind="stable")
+    return np.flatnonzero(use)[order], all_pos[use][order]
+
+
 def _check_missing(have: np.ndarray, need: np.ndarray, manifest: pd.DataFrame, path: Path, option: str) -> None:
     missing = np.flatnonzero(need & ~have)
     if len(missing):
@@ -205,14 +218,7 @@ def load_pred_probs(path: Path | str, manifest: pd.DataFrame, classes: Sequence[
         values = np.asarray(data[file_rows], dtype=float)
     else:
         cols = _class_columns(data, classes, path, option)
-        all_pos = _positions(data, manifest, path, option, input_root)
-        have = np.zeros(len(manifest), bool)
-        have[all_pos] = True
-        _check_missing(have, need, manifest, path, option)
-        use = need[all_pos]
-        file_rows = np.flatnonzero(use)
-        order = np.argsort(all_pos[use], kind="stable")
-        file_rows, positions = file_rows[order], all_pos[use][order]
+        file_rows, positions = _keyed_rows(data, manifest, need, path, option, input_root)
         try:
             values = data[cols].to_numpy(dtype=float)[file_rows]
         except (TypeError, ValueError) as e:
@@ -298,14 +304,7 @@ def load_features(path: Path | str, manifest: pd.DataFrame, classes: Sequence[st
         except (TypeError, ValueError) as e:
             raise EvidenceFileError(f"{option} {path} must hold numbers ({e}).") from None
     else:
-        all_pos = _positions(data, manifest, path, option, input_root)
-        have = np.zeros(len(manifest), bool)
-        have[all_pos] = True
-        _check_missing(have, need, manifest, path, option)
-        use = need[all_pos]
-        file_rows = np.flatnonzero(use)
-        order = np.argsort(all_pos[use], kind="stable")
-        file_rows, positions = file_rows[order], all_pos[use][order]
+        file_rows, positions = _keyed_rows(data, manifest, need, path, option, input_root)
         values = _feature_matrix(data, path, option)[file_rows]
     if values.ndim != 2 or values.shape[1] == 0:
         raise EvidenceFileError(f"{option} {path} holds no embedding columns.")
