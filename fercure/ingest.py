@@ -49,22 +49,18 @@ latin-1 names on disk listed in a latin-1 file still match.
 
 Notes (e.g. "read as cp1252") are logged on the ``fercure.ingest`` logger and listed in
 ``samples.attrs["notes"]``.
+
+This module holds the two layouts (a class-folder tree, the rows of a label file) and the sample and
+reject rows they make. Reading the label file (formats, encodings, columns) is
+``fercure.label_file``'s; checking a path (inside the root, an image, a regular file) is
+``fercure.input_paths``'; how a label becomes a class (cleaning, case, look-alikes, reserved names)
+is ``fercure.label_rules``'.
 """
 
 from __future__ import annotations
 
-import ast
-import csv
-import io
 import logging
-import math
 import os
-import posixpath
-import re
-import select
-import stat
-import time
-import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,9 +69,11 @@ from typing import Any
 import pandas as pd
 
 from fercure import labels as class_names
-from fercure.images import IMAGE_EXTENSIONS
-from fercure.labels import label_skeleton  # noqa: F401  (re-exported: tests and callers import it here)
-from fercure.workspace import WorkspaceError, file_kind, sample_id
+from fercure.input_paths import PathLocator, is_image_name, safe_is_dir, within
+from fercure.label_file import blank_cells, cell_text, read_label_table, resolve_columns
+from fercure.label_rules import (check_reserved, clean_label, did_you_mean, fold_case_variants, is_wanted,
+                                 lookalike_hint, lookalike_labels, lookalike_note)
+from fercure.workspace import WorkspaceError, sample_id
 
 log = logging.getLogger("fercure.ingest")
 
@@ -86,86 +84,8 @@ DEFAULT_SPLIT = "train"
 # on what is left would pass for the whole dataset.
 MAX_REJECTED_SHARE = 0.25
 
-# Accepted header names after normalisation (strip, lower-case, spaces/hyphens -> "_"); the first
-# alias present wins, so a file with both "path" and "image" columns uses "path".
-PATH_ALIASES = ("path", "file", "filename", "file_name", "filepath", "file_path", "image",
-                "image_path", "img")
-LABEL_ALIASES = ("label", "class", "emotion", "expression", "class_name", "label_name")
-SPLIT_ALIASES = ("split", "usage", "subset")
 SPLIT_FOLDERS = frozenset({"train", "training", "test", "testing", "val", "valid", "validation",
                            "dev"})
-
-CSV_SUFFIXES = frozenset({".csv", ".tsv", ".txt"})
-PARQUET_SUFFIXES = frozenset({".parquet", ".pq"})
-_DELIMITERS = (",", ";", "\t")
-# A label file that is not a regular file (a pipe, /dev/stdin) is read into memory, at most this much,
-# waiting at most this long for data.
-MAX_STREAM_BYTES = 512 * 2**20
-STREAM_IDLE_SECONDS = 30.0
-_WINDOWS_ABS = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")
-
-
-def clean_label(value: str) -> str:
-    """A label as fercure keys it: NFC, without format characters (category Cf: zero-width space,
-    BOM, joiners, direction marks), without surrounding whitespace. Such differences are invisible,
-    so they never make a class of their own."""
-    s = unicodedata.normalize("NFC", value)
-    s = "".join(ch for ch in s if unicodedata.category(ch) != "Cf")
-    return s.strip()
-
-
-def _code_points(s: str) -> str:
-    return " ".join(f"U+{ord(ch):04X}" for ch in s)
-
-
-def lookalike_labels(labels: list[str]) -> dict[str, str]:
-    """{spelling: the spelling it is taken for} for labels whose skeleton another, different label
-    shares. The most frequent spelling of a skeleton is kept (then plain ASCII, then the first in
-    sorted order); every other spelling maps to it."""
-    counts = Counter(labels)
-    groups: dict[str, list[str]] = {}
-    for label in sorted(counts):
-        groups.setdefault(label_skeleton(label), []).append(label)
-    taken_for: dict[str, str] = {}
-    for group in groups.values():
-        if len(group) > 1:
-            keep = min(group, key=lambda lab: (-counts[lab], not lab.isascii(), lab))
-            taken_for.update({lab: keep for lab in group if lab != keep})
-    return taken_for
-
-
-def _lookalike_hint(label: str, keep: str) -> str:
-    return (f"label {label!r} ({_code_points(label)}) looks like {keep!r} ({_code_points(keep)}) but is a "
-            f"different string: did you mean {keep!r}? Fix the label and re-run (rows of the rarer spelling "
-            "are rejected, not made a class of their own)")
-
-
-def _lookalike_note(taken_for: dict[str, str], n_rows: int) -> str:
-    pairs = ", ".join(f"{lab!r} for {keep!r}" for lab, keep in sorted(taken_for.items())[:3])
-    return (f"{n_rows} rows carry a label that looks like another class but is a different string "
-            f"({pairs}); they are rejected as 'look-alike label' (see rejects.parquet).")
-
-
-def _is_wanted(label: str, wanted: set[str] | None, fold_case: bool) -> bool:
-    return wanted is None or label in wanted or (fold_case and label.casefold() in {w.casefold() for w in wanted})
-
-
-def _fold_case(labels: list[str], wanted: set[str] | None, fold_case: bool, notes: list[str]) -> dict[str, str]:
-    """{spelling: the spelling kept} for case variants (empty unless ``fold_case``), with a note."""
-    if not fold_case:
-        return {}
-    folded = class_names.case_variants(labels, sorted(wanted or ()))
-    if folded:
-        n = sum(1 for lab in labels if lab in folded)
-        pairs = ", ".join(f"{lab!r} as {keep!r}" for lab, keep in sorted(folded.items())[:4])
-        notes.append(f"{n} rows carry a label that differs from another only in case ({pairs}"
-                     f"{', ...' if len(folded) > 4 else ''}): read as one class (case folded; the manifest's "
-                     "label_original keeps each row's spelling). Pass --strict-labels to reject them instead.")
-    return folded
-
-
-class LabelFileError(WorkspaceError):
-    """The label file as a whole cannot be used (missing, empty, unreadable, wrong columns)."""
 
 
 @dataclass
@@ -230,27 +150,6 @@ def discover(
     return samples, rej
 
 
-def reserved_class_names() -> set[str]:
-    """Class names that would give a per-class column (``mean_p_<class>``) the name of a fixed one
-    (``mean_p_given``) in one of fercure's tables: e.g. ``given``."""
-    from fercure import schema
-
-    fixed = {c.name for t in schema.TABLES.values() for c in t.columns if not c.per_class}
-    prefixes = {c.name for t in schema.TABLES.values() for c in t.columns if c.per_class}
-    return {name[len(p) + 1:] for p in prefixes for name in fixed if name.startswith(p + "_") and len(name) > len(p) + 1}
-
-
-def check_reserved(counts: dict[str, int], where: Path) -> None:
-    """Refuse a class whose name fercure's tables use for something else (the run would mix the two)."""
-    clash = sorted(set(counts) & reserved_class_names())
-    if clash:
-        name = clash[0]
-        raise WorkspaceError(
-            f"Class {name!r} ({counts[name]} images, in {where}) has a name fercure's tables reserve (a column "
-            f"p_{name} / mean_p_{name} would clash with another column). Rename the class in the label file or "
-            f"folder (e.g. {name}_class) and run prepare again.")
-
-
 def _frame(data: dict[str, list[Any]], columns: list[str]) -> pd.DataFrame:
     cols: dict[str, pd.Series] = {}
     for name in columns:
@@ -263,22 +162,6 @@ def _frame(data: dict[str, list[Any]], columns: list[str]) -> pd.DataFrame:
         except UnicodeEncodeError:  # lone surrogates from non-UTF-8 file names
             cols[name] = pd.Series(values, dtype=object)
     return pd.DataFrame(cols, columns=columns)
-
-
-# ---------------------------------------------------------------------------------------------
-# Path helpers
-
-
-def _within(path: str, base: str) -> bool:
-    return path == base or path.startswith(base.rstrip(os.sep) + os.sep)
-
-
-def _is_image_name(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-
-
-_EXT_HINT = "supported extensions: " + " ".join(sorted(IMAGE_EXTENSIONS))
-
 
 # ---------------------------------------------------------------------------------------------
 # Folder mode
@@ -295,7 +178,7 @@ def _discover_folder(root: Path, wanted: set[str] | None, notes: list[str], fold
 
     found: list[str] = []  # image paths of the class folder being walked
     rejects: list[_Reject] = []
-    top_dirs = [e for e in top if not e.name.startswith(".") and _safe_is_dir(e)]
+    top_dirs = [e for e in top if not e.name.startswith(".") and safe_is_dir(e)]
     split_layout = bool(top_dirs) and all(e.name.strip().lower() in SPLIT_FOLDERS for e in top_dirs)
 
     def no_class(rel: str, parent: str) -> None:
@@ -307,9 +190,9 @@ def _discover_folder(root: Path, wanted: set[str] | None, notes: list[str], fold
     for entry in top:
         if entry.name.startswith("."):
             continue
-        if _safe_is_dir(entry):
+        if safe_is_dir(entry):
             splits.append((entry.name.strip() if split_layout else DEFAULT_SPLIT, entry.name))
-        elif _is_image_name(entry.name):
+        elif is_image_name(entry.name):
             no_class(entry.name, os.fspath(root))
 
     samples: list[tuple[str, str, str]] = []
@@ -325,9 +208,9 @@ def _discover_folder(root: Path, wanted: set[str] | None, notes: list[str], fold
             for entry in entries:
                 if entry.name.startswith("."):
                     continue
-                if _safe_is_dir(entry):
+                if safe_is_dir(entry):
                     class_dirs.append(f"{top_rel}/{entry.name}")
-                elif _is_image_name(entry.name):
+                elif is_image_name(entry.name):
                     no_class(f"{top_rel}/{entry.name}", f"{root}/{top_rel}")
         else:
             class_dirs = [top_rel]
@@ -339,23 +222,23 @@ def _discover_folder(root: Path, wanted: set[str] | None, notes: list[str], fold
                 if not label:
                     rejects.append(_Reject("", -1, rel, "empty label",
                                            "the class folder's name is blank; rename it to the class"))
-                elif not _is_wanted(label, wanted, fold_case):
+                elif not is_wanted(label, wanted, fold_case):
                     rejects.append(_Reject("", -1, rel, f"unknown class {label!r}",
-                                           f"expected one of: {', '.join(sorted(wanted))}" + _did_you_mean(label, wanted)))
+                                           f"expected one of: {', '.join(sorted(wanted))}" + did_you_mean(label, wanted)))
                 else:
                     samples.append((rel, label, split))
     samples = _one_sample_per_file(root_s, real_root, samples, rejects)
-    folded = _fold_case([s[1] for s in samples], wanted, fold_case, notes)
+    folded = fold_case_variants([s[1] for s in samples], wanted, fold_case, notes)
     if folded:
         (original if original is not None else {}).update({s[0]: s[1] for s in samples if s[1] in folded})
         samples = [(rel, folded.get(label, label), split) for rel, label, split in samples]
     taken_for = lookalike_labels([s[1] for s in samples])
     if taken_for:
         odd = [s for s in samples if s[1] in taken_for]
-        rejects.extend(_Reject("", -1, rel, "look-alike label", _lookalike_hint(label, taken_for[label]))
+        rejects.extend(_Reject("", -1, rel, "look-alike label", lookalike_hint(label, taken_for[label]))
                        for rel, label, _ in odd)
         samples = [s for s in samples if s[1] not in taken_for]
-        notes.append(_lookalike_note(taken_for, len(odd)))
+        notes.append(lookalike_note(taken_for, len(odd)))
     samples.sort(key=lambda s: s[0])
     rejects.sort(key=lambda r: r.source_path)
     return samples, rejects
@@ -381,54 +264,13 @@ def _one_sample_per_file(root_s: str, real_root: str, samples: list[tuple[str, s
                                        f"{samples[keep][1]!r}); remove the link"))
     return [s for i, s in enumerate(samples) if i not in drop]
 
-
-def _did_you_mean(label: str, wanted: set[str]) -> str:
-    """ (did you mean 'happy'?)" when ``label`` looks like one of the wanted classes: the same
-    letters in another script or case, other spacing, or one typing slip away."""
-    skeleton = label_skeleton(label)
-    near = sorted(w for w in wanted if label_skeleton(w) == skeleton)
-    if near:
-        return f" (did you mean {near[0]!r}? {label!r} is {_code_points(label)})"
-    typo = class_names.suggestion(label, wanted)
-    return f" (did you mean {typo!r}?)" if typo else ""
-
-
-def check_classes(classes: list[str], samples: pd.DataFrame, rejects: pd.DataFrame,
-                  labels_file: Path | None = None) -> None:
-    """``discover``'s result for ``classes``: a --classes name that no image carries while a
-    rejected label looks like it (case, look-alike letters, spacing, one typing slip) is a typo,
-    in --classes or in the labels: raise, rather than drop that class's rows and carry on."""
-    counts = Counter(samples["label"].astype(str))
-    problems = rejects["problem"].astype(str)
-    unknown = Counter(ast.literal_eval(p[len("unknown class "):]) for p in problems
-                      if p.startswith("unknown class "))  # the problem quotes the label with repr()
-    for name in dict.fromkeys(clean_label(str(c)) for c in classes):
-        if counts.get(name):
-            continue
-        same = [u for u in unknown if label_skeleton(u) == label_skeleton(name)]
-        near = same or [u for u in sorted(unknown) if class_names.similar(name, u)]
-        if near:
-            where = f"in {labels_file}" if labels_file else "as a class folder"
-            raise WorkspaceError(
-                f"--classes names {name!r}, which no image carries, while {unknown[near[0]]} images are labelled "
-                f"{near[0]!r} {where}: did you mean {near[0]!r}? Fix the --classes list (or those labels); as "
-                "it is, those images would be dropped as an unknown class.")
-
-
-def _safe_is_dir(entry: os.DirEntry) -> bool:
-    try:
-        return entry.is_dir()  # follows symlinks; escaping links are checked when walking
-    except OSError:
-        return False
-
-
 def _walk_class_dir(root_s: str, real_root: str, rel_dir: str, found: list[str],
                     rejects: list[_Reject], seen: set[str]) -> None:
     """Collect image files under ``rel_dir`` (relative to the root), not following symlinks that
     leave the root, and visiting each real folder once (symlink loops)."""
     full_dir = os.path.join(root_s, rel_dir)
     real_dir = os.path.realpath(full_dir)
-    if not _within(real_dir, real_root):
+    if not within(real_dir, real_root):
         rejects.append(_Reject("", -1, rel_dir, "path escapes the input root",
                                "a symbolic link to a folder outside the input root is not followed; "
                                "copy the images in or choose a higher input root"))
@@ -446,8 +288,8 @@ def _walk_class_dir(root_s: str, real_root: str, rel_dir: str, found: list[str],
         if entry.name.startswith("."):
             continue
         rel = f"{rel_dir}/{entry.name}"
-        if _safe_is_dir(entry):
-            if entry.is_symlink() and _within(os.path.realpath(entry.path), real_root):
+        if safe_is_dir(entry):
+            if entry.is_symlink() and within(os.path.realpath(entry.path), real_root):
                 # data/angry/loop -> .. would read every class again as 'angry': a folder inside the
                 # tree is read where it lies, never again through a link.
                 rejects.append(_Reject("", -1, rel, "symbolic link back into the input tree",
@@ -456,11 +298,11 @@ def _walk_class_dir(root_s: str, real_root: str, rel_dir: str, found: list[str],
                 continue
             _walk_class_dir(root_s, real_root, rel, found, rejects, seen)
             continue
-        if not _is_image_name(entry.name):
+        if not is_image_name(entry.name):
             continue
         if entry.is_symlink():
             real = os.path.realpath(entry.path)
-            if not _within(real, real_root):
+            if not within(real, real_root):
                 rejects.append(_Reject("", -1, rel, "path escapes the input root",
                                        "a symbolic link to a file outside the input root is not "
                                        "followed; copy the file in"))
@@ -478,391 +320,21 @@ def _walk_class_dir(root_s: str, real_root: str, rel_dir: str, found: list[str],
             continue
         found.append(rel)
 
-
-# ---------------------------------------------------------------------------------------------
-# Label-file mode: reading
-
-
-@dataclass
-class _Table:
-    header: list[str]  # as found in the file
-    rows: list[tuple[int, list[Any]]]  # (row number as the user sees it, cells)
-    encoding: str | None  # text encoding of a CSV (to recover non-UTF-8 names); None for Parquet
-
-
-def _normalise_header(name: Any) -> str:
-    s = str(name).replace("\ufeff", "").strip().lower()
-    return re.sub(r"[\s\-]+", "_", s)
-
-
-def _read_label_table(path: Path, notes: list[str]) -> _Table:
-    if not path.exists():
-        raise LabelFileError(f"Label file {path} does not exist. Check the path passed with --labels.")
-    if path.is_dir():
-        raise LabelFileError(f"Label file {path} is a folder. Pass the CSV or Parquet file itself.")
-    kind = file_kind(path)
-    # A pipe (`--labels <(...)`, /dev/stdin) or device can be read only once: read it into memory
-    # first and sniff the format from that buffer.
-    raw = _read_stream(path, kind) if kind else None
-    try:
-        if raw is None:
-            with open(path, "rb") as f:
-                head = f.read(8)
-        else:
-            head = raw[:8]
-    except OSError as e:
-        raise LabelFileError(f"Cannot read label file {path}: {e.strerror or e}. "
-                             "Check that it exists and that you may read it.") from e
-    suffix = path.suffix.lower()
-    if suffix in PARQUET_SUFFIXES or (suffix not in CSV_SUFFIXES and head.startswith(b"PAR1")):
-        return _read_parquet(path, raw)
-    if head.startswith(b"PK\x03\x04"):
-        raise LabelFileError(f"Label file {path} looks like an Excel workbook (or another zip file). "
-                             "Save it as CSV (UTF-8) and pass that.")
-    return _read_csv(path, notes, raw)
-
-
-def _read_stream(path: Path, kind: str) -> bytes:
-    """All of a label file that is not a regular file, read once and bounded: at most
-    MAX_STREAM_BYTES (/dev/zero never ends) and at most STREAM_IDLE_SECONDS without data (a FIFO
-    nobody writes to must not hang)."""
-    try:
-        # O_NONBLOCK: opening a FIFO that has no writer yet would block forever.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as e:
-        raise LabelFileError(f"Cannot read label file {path} ({kind}): {e.strerror or e}. "
-                             "Save the labels to a regular file and pass that.") from e
-    buf = bytearray()
-    writer_seen = False  # EOF before any writer connected is "not yet", not "empty"
-    deadline = time.monotonic() + STREAM_IDLE_SECONDS
-    try:
-        while True:
-            try:
-                chunk = os.read(fd, 1 << 20)
-            except BlockingIOError:  # a writer is connected but has sent nothing yet
-                writer_seen = True
-                chunk = None
-            except OSError as e:
-                raise LabelFileError(f"Cannot read label file {path} ({kind}): {e.strerror or e}.") from e
-            if chunk:
-                buf += chunk
-                deadline = time.monotonic() + STREAM_IDLE_SECONDS
-                if len(buf) > MAX_STREAM_BYTES:
-                    raise LabelFileError(
-                        f"Label file {path} is {kind} that gave more than {MAX_STREAM_BYTES // 2**20} MB. "
-                        f"Label files that are not regular files are read into memory, up to "
-                        f"{MAX_STREAM_BYTES // 2**20} MB: save the labels to a regular file and pass that.")
-                continue
-            if chunk == b"" and (buf or writer_seen):
-                return bytes(buf)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise LabelFileError(
-                    f"Label file {path} is {kind} and nothing came from it for {STREAM_IDLE_SECONDS:.0f} s. "
-                    "Save the labels to a regular file and pass that.")
-            if chunk is None:
-                select.select([fd], [], [], left)  # wakes on data or on the writer closing
-            else:
-                time.sleep(min(0.05, left))  # no writer yet: look again shortly
-    finally:
-        os.close(fd)
-
-
-def _read_parquet(path: Path, raw: bytes | None = None) -> _Table:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path if raw is None else pa.BufferReader(raw))
-    except Exception as e:  # ArrowInvalid, OSError, ...: the file as a whole is unusable
-        raise LabelFileError(f"Cannot read label file {path} as Parquet: {e}. "
-                             "Re-export it, or save it as CSV.") from e
-    header = [str(c) for c in table.column_names]
-    if not header:
-        raise LabelFileError(f"Label file {path} has no columns; expected path and label columns.")
-    idx = _resolve_columns(path, header)
-    columns: list[list[Any]] = []
-    for i in range(len(header)):
-        # Only the columns we use are converted; others stay empty placeholders.
-        if i in idx.values():
-            try:
-                columns.append(table.column(i).to_pylist())
-            except Exception as e:
-                raise LabelFileError(f"Cannot read column {header[i]!r} of {path}: {e}.") from e
-        else:
-            columns.append([None] * table.num_rows)
-    rows = [(r + 1, [col[r] for col in columns]) for r in range(table.num_rows)]
-    if not rows:
-        raise LabelFileError(f"Label file {path} has no data rows. Add one row per image "
-                             "(path, label).")
-    return _Table(header, rows, None)
-
-
-def _decode_text(path: Path, raw: bytes, notes: list[str]) -> tuple[str, str]:
-    if raw.startswith(b"\xef\xbb\xbf"):
-        try:
-            return raw[3:].decode("utf-8"), "utf-8"
-        except UnicodeDecodeError:
-            pass  # a BOM followed by non-UTF-8 bytes: fall through to the fallbacks
-    elif raw.startswith((b"\xff\xfe", b"\xfe\xff")):  # Excel's "Unicode text" export
-        try:
-            return raw.decode("utf-16"), "utf-16"
-        except UnicodeDecodeError as e:
-            raise LabelFileError(f"Label file {path} starts with a UTF-16 byte-order mark but is not "
-                                 f"valid UTF-16 ({e}). Save it as CSV (UTF-8).") from e
-    else:
-        try:
-            return raw.decode("utf-8"), "utf-8"
-        except UnicodeDecodeError:
-            pass
-    # Not UTF-8. cp1252 (Windows "ANSI", a superset of latin-1's printable characters) is the
-    # usual culprit; latin-1 decodes any byte string, so it is the last resort.
-    for enc in ("cp1252", "latin-1"):
-        try:
-            text = raw.decode(enc)
-        except UnicodeDecodeError:
-            continue
-        text = text[1:] if text.startswith("\u00ef\u00bb\u00bf") else text
-        notes.append(f"{path} is not valid UTF-8; read it as {enc}. Save it as UTF-8 to be sure "
-                     "non-ASCII names are read as intended.")
-        return text, enc
-    raise AssertionError("latin-1 decodes any bytes")  # pragma: no cover
-
-
-def _records(text: str, delimiter: str) -> Any:
-    return csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=False)
-
-
-def _blank(cells: list[Any]) -> bool:
-    return all(not str(c).strip() for c in cells)
-
-
-def _first_record(text: str, delimiter: str) -> list[str]:
-    try:
-        for rec in _records(text, delimiter):
-            if not _blank(rec):
-                return rec
-    except csv.Error:
-        return []
-    return []
-
-
-def _choose_delimiter(text: str, suffix: str) -> str:
-    """Pick the delimiter whose header has both a path and a label column; else the one that
-    splits the header into the most cells (then the missing-column error lists sensible names)."""
-    order = ("\t", ",", ";") if suffix == ".tsv" else _DELIMITERS
-    best, best_score = order[0], -1
-    for d in order:
-        names = {_normalise_header(c) for c in _first_record(text, d)}
-        score = len(names)
-        if names & set(PATH_ALIASES) and names & set(LABEL_ALIASES):
-            score += 10_000
-        if score > best_score:
-            best, best_score = d, score
-    return best
-
-
-def _read_csv(path: Path, notes: list[str], raw: bytes | None = None) -> _Table:
-    try:
-        raw = path.read_bytes() if raw is None else raw
-    except OSError as e:
-        raise LabelFileError(f"Cannot read label file {path}: {e.strerror or e}.") from e
-    text, encoding = _decode_text(path, raw, notes)
-    if not text.strip():
-        raise LabelFileError(f"Label file {path} is empty. Expected a header row such as "
-                             "`path,label` (optionally `split`) and one row per image.")
-    # Excel writes an optional "sep=;" first line; honour it and count it as a row.
-    first_line, _, rest = text.partition("\n")
-    row_offset = 0
-    m = re.fullmatch(r"sep=(.)", first_line.rstrip("\r"))
-    if m:
-        delimiter, text, row_offset = m.group(1), rest, 1
-    else:
-        delimiter = _choose_delimiter(text, path.suffix.lower())
-
-    header: list[str] | None = None
-    rows: list[tuple[int, list[Any]]] = []
-    n = row_offset
-    try:
-        for rec in _records(text, delimiter):
-            n += 1
-            if _blank(rec):
-                continue  # blank lines: not data, but they keep their row number
-            if header is None:
-                header = rec
-                _resolve_columns(path, header)  # fail fast with the columns found
-                continue
-            rows.append((n, rec))
-    except csv.Error as e:
-        raise LabelFileError(f"Label file {path}, row {n + 1}: cannot parse CSV ({e}). "
-                             "Check the quoting around that row.") from e
-    if header is None:  # only a "sep=" line
-        raise LabelFileError(f"Label file {path} has no header row. Expected a header such as "
-                             "`path,label` and one row per image.")
-    if not rows:
-        raise LabelFileError(f"Label file {path} has a header but no data rows. Add one row per "
-                             "image (path, label).")
-    return _Table(header, rows, encoding)
-
-
-def _resolve_columns(path: Path, header: list[str]) -> dict[str, int]:
-    names = [_normalise_header(h) for h in header]
-    found: dict[str, int] = {}
-    for key, aliases in (("path", PATH_ALIASES), ("label", LABEL_ALIASES), ("split", SPLIT_ALIASES)):
-        for alias in aliases:
-            if alias in names:
-                found[key] = names.index(alias)
-                break
-    missing = [k for k in ("path", "label") if k not in found]
-    if missing:
-        shown = ", ".join(repr(str(h)) for h in header) or "(none)"
-        msg = (f"Label file {path} is missing the required column(s) {', '.join(missing)}. "
-               f"Found columns: {shown}. Expected: path (or {', '.join(PATH_ALIASES[1:4])}, "
-               f"image) and label (or {', '.join(LABEL_ALIASES[1:4])}), optionally split.")
-        if "pixels" in names:
-            msg += (" This looks like a FER2013-style pixel CSV (emotion, pixels, Usage), which "
-                    "fercure does not read yet: write the pixel rows out as image files first.")
-        raise LabelFileError(msg)
-    return found
-
-
 # ---------------------------------------------------------------------------------------------
 # Label-file mode: rows
-
-
-def _cell_text(value: Any) -> str | None:
-    """A cell as text; None when it is not a single value (a list, a struct...)."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bytes):
-        return os.fsdecode(value)  # Parquet binary paths: keep non-UTF-8 names (surrogateescape)
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return ""
-        # Integer labels read back as floats (a column with nulls) must stay "3", not "3.0".
-        return str(int(value)) if value.is_integer() else repr(value)
-    if isinstance(value, (list, tuple, dict, set)):
-        return None
-    return str(value)
-
-
-class _Locator:
-    """Turns a path cell into a path relative to the input root, or says what is wrong with it."""
-
-    def __init__(self, root: Path, encoding: str | None):
-        self.root = root
-        self.root_s = os.fspath(root)
-        self.abs_root = os.path.abspath(self.root_s)
-        self.real_root = os.path.realpath(self.root_s)
-        self.encoding = encoding
-        self._cache: dict[str, tuple[str | None, str, str]] = {}
-
-    def locate(self, raw: str) -> tuple[str | None, str, str]:
-        """Return (relative posix path, "", "") or (None, problem, hint). A path listed many times
-        is looked up on disk once."""
-        found = self._cache.get(raw)
-        if found is None:
-            found = self._cache[raw] = self._locate(raw)
-        return found
-
-    def _locate(self, raw: str) -> tuple[str | None, str, str]:
-        p = raw.strip()
-        if "\x00" in p:
-            return None, "path contains a NUL character", "fix the path in the label file"
-        if re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*://", p):
-            return None, "path is a URL", "download the images first and list their local paths"
-        if _WINDOWS_ABS.match(p):
-            return None, "path escapes the input root", (
-                f"a Windows absolute path cannot be located; write paths relative to {self.root}")
-        if "\\" in p:
-            # A literal backslash is a legal file-name character on POSIX; prefer it when such a
-            # file exists, else read it as a Windows separator.
-            rel, problem, hint = self._locate_one(p)
-            if rel is not None:
-                return rel, "", ""
-            rel, problem, hint = self._locate_one(p.replace("\\", "/"))
-            if rel is None and problem == "path does not exist":
-                hint += " (backslashes were read as folder separators)"
-            return rel, problem, hint
-        rel, problem, hint = self._locate_one(p)
-        if rel is None and problem == "path does not exist" and self.encoding not in (None, "utf-8"):
-            # The label file is cp1252/latin-1 and the names on disk may be in that encoding too.
-            try:
-                alt = os.fsdecode(p.encode(self.encoding))
-            except UnicodeEncodeError:
-                alt = p
-            if alt != p:
-                rel2, _, _ = self._locate_one(alt)
-                if rel2 is not None:
-                    return rel2, "", ""
-        return rel, problem, hint
-
-    def _locate_one(self, p: str) -> tuple[str | None, str, str]:
-        escape_hint = (f"paths must stay inside the input root {self.root}; copy the file in or "
-                       "choose a higher input root")
-        if os.path.isabs(p):
-            ap = os.path.normpath(p)
-            if ap in (self.abs_root, self.real_root):
-                return None, "path is a directory", "give the path of an image file"
-            for base in (self.abs_root, self.real_root):
-                if _within(ap, base):
-                    rel = os.path.relpath(ap, base).replace(os.sep, "/")
-                    break
-            else:
-                return None, "path escapes the input root", escape_hint
-        else:
-            rel = posixpath.normpath(p)
-            if rel == ".." or rel.startswith("../"):
-                return None, "path escapes the input root", escape_hint
-            if rel == ".":
-                return None, "path is a directory", "give the path of an image file"
-        if not _is_image_name(rel):
-            return None, "not an image file extension", _EXT_HINT
-        full = os.path.join(self.root_s, rel)
-        if not os.path.lexists(full):
-            return None, "path does not exist", self._missing_hint(rel)
-        if not _within(os.path.realpath(full), self.real_root):
-            return None, "path escapes the input root", (
-                "a symbolic link that leads outside the input root is not followed; copy the file in")
-        try:
-            st = os.stat(full)
-        except FileNotFoundError:
-            return None, "path does not exist", "it is a broken symbolic link"
-        except OSError as e:
-            return None, f"cannot access path: {e.strerror or e}", "check the file's permissions"
-        if stat.S_ISDIR(st.st_mode):
-            return None, "path is a directory", "give the path of an image file"
-        if not stat.S_ISREG(st.st_mode):
-            return None, "not a regular file", "give the path of an image file"
-        return rel, "", ""
-
-    def _missing_hint(self, rel: str) -> str:
-        hint = f"no file at {self.root_s}/{rel}; paths are relative to the input root {self.root}"
-        first, _, remainder = rel.partition("/")
-        if remainder and first == os.path.basename(self.abs_root) and os.path.lexists(
-            os.path.join(self.root_s, remainder)
-        ):
-            hint += f" (paths seem to include the root folder's name {first!r}; drop that prefix)"
-        return hint
 
 
 def _discover_label_file(root: Path, labels_file: Path, wanted: set[str] | None, notes: list[str],
                          fold_case: bool = True, original: dict[str, str] | None = None
                          ) -> tuple[list[tuple[str, str, str]], list[_Reject]]:
-    table = _read_label_table(labels_file, notes)
+    table = read_label_table(labels_file, notes)
     file_s = os.fspath(labels_file)
-    locator = _Locator(root, table.encoding)
-    good, rejects = _check_rows(table, _resolve_columns(labels_file, table.header), file_s, locator, wanted,
+    locator = PathLocator(root, table.encoding)
+    good, rejects = _check_rows(table, resolve_columns(labels_file, table.header), file_s, locator, wanted,
                                 fold_case)
     # Case variants first: 'Angry' and 'angry' are one class, and one path listed under both is a
     # duplicate, not a conflict.
-    folded = _fold_case([g[2] for g in good], wanted, fold_case, notes)
+    folded = fold_case_variants([g[2] for g in good], wanted, fold_case, notes)
     if folded:
         (original if original is not None else {}).update({g[1]: g[2] for g in good if g[2] in folded})
         good = [(g[0], g[1], folded.get(g[2], g[2]), g[3], g[4]) for g in good]
@@ -871,17 +343,17 @@ def _discover_label_file(root: Path, labels_file: Path, wanted: set[str] | None,
     taken_for = lookalike_labels([g[2] for g in good])
     if taken_for:
         odd = [g for g in good if g[2] in taken_for]
-        rejects.extend(_Reject(file_s, g[0], g[4], "look-alike label", _lookalike_hint(g[2], taken_for[g[2]]))
+        rejects.extend(_Reject(file_s, g[0], g[4], "look-alike label", lookalike_hint(g[2], taken_for[g[2]]))
                        for g in odd)
         good = [g for g in good if g[2] not in taken_for]
-        notes.append(_lookalike_note(taken_for, len(odd)))
+        notes.append(lookalike_note(taken_for, len(odd)))
     samples = _one_row_per_path(good, file_s, rejects)
     kept = _one_path_per_real_file(samples, good, locator, file_s, rejects)
     rejects.sort(key=lambda r: r.row)
     return kept, rejects
 
 
-def _check_rows(table, idx: dict[str, int], file_s: str, locator: "_Locator", wanted: set[str] | None,
+def _check_rows(table, idx: dict[str, int], file_s: str, locator: "PathLocator", wanted: set[str] | None,
                 fold_case: bool = True) -> tuple[list[tuple[int, str, str, str, str]], list[_Reject]]:
     """Rows that pass every per-row check, as (row, relative path, label, split, path as written),
     and a reject for each row that does not."""
@@ -891,7 +363,7 @@ def _check_rows(table, idx: dict[str, int], file_s: str, locator: "_Locator", wa
     for row, cells in table.rows:
         def cell(key: str) -> str | None:
             i = idx.get(key)
-            return "" if i is None or i >= len(cells) else _cell_text(cells[i])
+            return "" if i is None or i >= len(cells) else cell_text(cells[i])
 
         path_txt = cell("path")
         shown = path_txt.strip() if path_txt is not None else repr(cells[idx["path"]])
@@ -899,7 +371,7 @@ def _check_rows(table, idx: dict[str, int], file_s: str, locator: "_Locator", wa
         def reject(problem: str, hint: str) -> None:
             rejects.append(_Reject(file_s, row, shown, problem, hint))
 
-        if len(cells) > width and not _blank(cells[width:]):
+        if len(cells) > width and not blank_cells(cells[width:]):
             reject(f"row has {len(cells)} fields but the header has {width}",
                    "quote cells that contain the delimiter, or remove the extra cells")
             continue
@@ -917,9 +389,9 @@ def _check_rows(table, idx: dict[str, int], file_s: str, locator: "_Locator", wa
         if not label:
             reject("empty label", "fill in the label, or remove the row")
             continue
-        if not _is_wanted(label, wanted, fold_case):
+        if not is_wanted(label, wanted, fold_case):
             reject(f"unknown class {label!r}", f"expected one of: {', '.join(sorted(wanted))} "
-                                               "(or add it to --classes)" + _did_you_mean(label, wanted))
+                                               "(or add it to --classes)" + did_you_mean(label, wanted))
             continue
         rel, problem, hint = locator.locate(path_txt)
         if rel is None:
@@ -960,7 +432,7 @@ def _one_row_per_path(good: list[tuple[int, str, str, str, str]], file_s: str,
 
 
 def _one_path_per_real_file(samples: list[tuple[str, str, str]], good: list[tuple[int, str, str, str, str]],
-                         locator: "_Locator", file_s: str, rejects: list[_Reject]) -> list[tuple[str, str, str]]:
+                         locator: "PathLocator", file_s: str, rejects: list[_Reject]) -> list[tuple[str, str, str]]:
     """Two paths to one file (a symbolic link listed beside its target) are one sample: the first row."""
     first_row_of = {g[1]: g[0] for g in reversed(good)}
     by_real: dict[str, str] = {}

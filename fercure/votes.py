@@ -28,9 +28,10 @@ import pandas as pd
 
 from fercure import annotators
 from fercure import labels as class_names_mod
-from fercure.ingest import (DEFAULT_SPLIT, LABEL_ALIASES, PATH_ALIASES, REJECT_COLUMNS, SAMPLE_COLUMNS, SPLIT_ALIASES,
-                            LabelFileError, _Locator, _lookalike_hint, _normalise_header, check_reserved,
-                            clean_label, lookalike_labels)
+from fercure.ingest import DEFAULT_SPLIT, REJECT_COLUMNS, SAMPLE_COLUMNS
+from fercure.input_paths import PathLocator
+from fercure.label_file import LABEL_ALIASES, PATH_ALIASES, SPLIT_ALIASES, LabelFileError, normalise_header
+from fercure.label_rules import check_reserved, clean_label, lookalike_hint, lookalike_labels
 from fercure.workspace import file_kind, sample_id
 
 ANNOTATOR_ALIASES = ("annotator", "annotator_id", "rater", "rater_id", "worker", "worker_id", "labeler",
@@ -96,7 +97,7 @@ def sniff(path: Path | str) -> str | None:
             header = [str(c) for c in _read_frame(path, nrows=0)[0].columns]
     except Exception:  # noqa: BLE001 - unreadable here: ingest reads it and says what is wrong
         return None
-    names = [_normalise_header(c) for c in header]
+    names = [normalise_header(c) for c in header]
     if _first(names, PATH_ALIASES) is None:
         return None
     if _first(names, ANNOTATOR_ALIASES) is not None and _first(names, LABEL_ALIASES) is not None:
@@ -125,8 +126,8 @@ def read_vote_file(root: Path, path: Path, classes: list[str] | None = None) -> 
         raise LabelFileError(f"Label file {path} has a header but no data rows.")
     wanted = None if classes is None else {clean_label(str(c)) for c in classes}
     header = [str(c) for c in df.columns]
-    names = [_normalise_header(c) for c in header]
-    locator = _Locator(root, None)
+    names = [normalise_header(c) for c in header]
+    locator = PathLocator(root, None)
     file_s = str(path)
     rows = np.arange(len(df)) + first_row
     rejects: list[tuple] = []
@@ -200,7 +201,7 @@ def read_vote_file(root: Path, path: Path, classes: list[str] | None = None) -> 
         ann.extend((rel, "", class_names[j], float(v[j]), row) for j in np.flatnonzero(v > 0))
     taken_for = lookalike_labels([a[2] for a in ann]) if kind == "long" else {}
     if taken_for:  # one class spelt two ways (case, look-alike letters): the rarer spelling's rows go, as in ingest
-        rejects.extend((file_s, a[4], a[0], "look-alike label", _lookalike_hint(a[2], taken_for[a[2]]))
+        rejects.extend((file_s, a[4], a[0], "look-alike label", lookalike_hint(a[2], taken_for[a[2]]))
                        for a in ann if a[2] in taken_for)
         ann = [a for a in ann if a[2] not in taken_for]
         rejects.sort(key=lambda r: r[1])

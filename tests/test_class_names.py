@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from fercure import labels
-from fercure.ingest import check_classes, discover
+from fercure.ingest import discover
+from fercure.label_rules import check_classes
 from fercure.workspace import WorkspaceError
 
 

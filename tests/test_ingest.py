@@ -21,7 +21,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from fercure.ingest import REJECT_COLUMNS, LabelFileError, discover, label_skeleton
+from fercure.ingest import REJECT_COLUMNS, discover
+from fercure.label_file import LabelFileError
+from fercure.labels import label_skeleton
 from fercure.workspace import WorkspaceError, sample_id
 
 SAMPLE_COLUMNS = ["sample_id", "source_path", "label", "split", "label_original"]
@@ -324,7 +326,7 @@ def test_label_file_permission_denied(root: Path, tmp_path: Path, monkeypatch) -
         raise PermissionError(13, "Permission denied", str(lf))
 
     # Simulated: the tests may run as root, which ignores file modes.
-    monkeypatch.setattr("fercure.ingest.open", deny, raising=False)
+    monkeypatch.setattr("fercure.label_file.open", deny, raising=False)
     with pytest.raises(LabelFileError, match="locked.csv.*Permission denied"):
         discover(root, lf)
 
@@ -668,18 +670,18 @@ def test_labels_from_a_fifo_are_read_once_and_sniffed_from_memory(tmp_path: Path
 
 
 def test_labels_from_an_endless_device_stop_at_the_cap(tmp_path: Path, monkeypatch):
-    from fercure import ingest
+    from fercure import label_file
 
-    monkeypatch.setattr(ingest, "MAX_STREAM_BYTES", 2**20)
+    monkeypatch.setattr(label_file, "MAX_STREAM_BYTES", 2**20)
     _touch(tmp_path / "data", "happy/a.png")
     with pytest.raises(LabelFileError, match=r"/dev/zero is a character device .*up to 1 MB"):
         discover(tmp_path / "data", Path("/dev/zero"))
 
 
 def test_a_fifo_nobody_writes_to_times_out(tmp_path: Path, monkeypatch):
-    from fercure import ingest
+    from fercure import label_file
 
-    monkeypatch.setattr(ingest, "STREAM_IDLE_SECONDS", 0.3)
+    monkeypatch.setattr(label_file, "STREAM_IDLE_SECONDS", 0.3)
     _touch(tmp_path / "data", "happy/a.png")
     fifo = tmp_path / "labels.csv"
     os.mkfifo(fifo)

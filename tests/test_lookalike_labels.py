@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from fercure.ingest import clean_label, discover, label_skeleton, lookalike_labels
+from fercure.ingest import discover
+from fercure.label_rules import clean_label, lookalike_labels
+from fercure.labels import label_skeleton
 
 CYRILLIC_HAPPY = "h\u0430ppy"  # а U+0430
 NFD_CAFE, NFC_CAFE = "cafe\u0301", "caf\u00e9"

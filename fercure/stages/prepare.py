@@ -34,7 +34,8 @@ from fercure.faces.quality import MULTI_FACE_POLICIES, NO_FACE_POLICIES
 from fercure.faces.detect import Detection, FaceDetector, detect_with_padding
 from fercure.images import header_size, load_rgb
 from fercure import votes as vote_files
-from fercure.ingest import MAX_REJECTED_SHARE, REJECT_COLUMNS, check_classes, clean_label, discover
+from fercure.ingest import MAX_REJECTED_SHARE, REJECT_COLUMNS, discover
+from fercure.label_rules import check_classes, clean_label
 from fercure.photos import discover_photos
 from fercure.progress import NULL, Reporter
 from fercure.store import open_store, write_store
