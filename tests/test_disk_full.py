@@ -77,11 +77,11 @@ def test_other_errors_pass_through(tmp_path: Path, monkeypatch):
 
 
 def test_prepare_part_np_save_on_a_full_disk(tmp_path: Path, monkeypatch):
-    from fercure.stages import prepare
+    from fercure.prepare import facepass
 
-    monkeypatch.setattr(prepare.np, "save", enospc)
+    monkeypatch.setattr(facepass.np, "save", enospc)
     with pytest.raises(WorkspaceError, match=r"Disk full while writing .*part-00003\.npy"):
-        prepare._save_part(tmp_path / "parts", 3, pd.DataFrame({"a": [1]}), np.zeros((2, 8, 8, 3), np.uint8))
+        facepass._save_part(tmp_path / "parts", 3, pd.DataFrame({"a": [1]}), np.zeros((2, 8, 8, 3), np.uint8))
     assert temps(tmp_path) == [] and not (tmp_path / "parts" / "part-00003.parquet").exists()
 
 
@@ -161,7 +161,7 @@ def test_a_full_disk_leaves_every_output_whole_or_absent(tmp_path: Path, monkeyp
 
     from fercure import files, layouts
     from fercure.stages import audit as audit_stage
-    from fercure.stages import prepare
+    from fercure.prepare import facepass
     from fercure.stages.audit import run_audit
     from fercure.stages.export import run_export
 
@@ -169,7 +169,7 @@ def test_a_full_disk_leaves_every_output_whole_or_absent(tmp_path: Path, monkeyp
     with monkeypatch.context() as m:
         m.setattr(files.tempfile, "mkstemp", enospc)
         with pytest.raises(WorkspaceError, match=r"Disk full while writing .*part-00003\.npy"):
-            prepare._save_part(tmp_path / "parts", 3, pd.DataFrame({"a": [1]}), np.zeros((2, 8, 8, 3), np.uint8))
+            facepass._save_part(tmp_path / "parts", 3, pd.DataFrame({"a": [1]}), np.zeros((2, 8, 8, 3), np.uint8))
     assert not list((tmp_path / "parts").glob("part-*"))
 
     ws = make_workspace(tmp_path / "ws")

@@ -102,7 +102,7 @@ def _face_manifest(sizes: list[int], status: list[str], face_count: list[int] | 
 
 def test_a_pre_cropped_face_the_detector_missed_is_no_face_card_and_photos_without_faces_are_named():
     from fercure.report.data import BIT, review_rows
-    from fercure.stages.prepare import face_notes
+    from fercure.prepare.summary import face_notes
 
     # FER-style: 20 crops of 48 px, 3 missed by the detector; one 640 px photo of a cup
     status = ["ok"] * 17 + ["no_face"] * 3 + ["no_face"]

@@ -221,12 +221,14 @@ def test_export_refuses_labels_changed_since_the_audit(tmp_path):
 
 
 def test_shards_of_edited_labels_are_another_set_and_the_shard_count_is_bounded(tmp_path):
-    from fercure.stages.prepare import PrepareSettings, _shard_set_key, run_prepare
+    from fercure.prepare.facepass import PrepareSettings
+    from fercure.prepare.shards import shard_set_key
+    from fercure.stages.prepare import run_prepare
 
     samples = pd.DataFrame({"sample_id": ["a", "b"], "label": ["happy", "sad"], "split": "train"})
     edited = samples.assign(label=["sad", "sad"])
     settings = PrepareSettings(48, "keep", "largest", 20.0, 0.9)
-    assert _shard_set_key(samples, settings, 2) != _shard_set_key(edited, settings, 2)
+    assert shard_set_key(samples, settings, 2) != shard_set_key(edited, settings, 2)
     data = tmp_path / "data"
     for rel in ("happy/a.png", "sad/b.png"):
         (data / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from PIL import Image
 
 import fercure.images as images
 from fercure.faces.detect import Detection
+from fercure.prepare import facepass
 from fercure.stages import prepare as prep
 from fercure.workspace import Workspace, read_table
 
@@ -26,7 +27,7 @@ def _record_detect(monkeypatch, fake: bool) -> list[tuple[int, ...]]:
     """Record the shape of every image handed to the detector; ``fake``: answer with one face box
     at (400,200)-(800,600) in the detector's pixels instead of running MTCNN."""
     shapes: list[tuple[int, ...]] = []
-    real = prep.FaceDetector.detect
+    real = facepass.FaceDetector.detect
 
     def detect(self, imgs):
         shapes.extend(np.asarray(im).shape for im in imgs)
@@ -36,7 +37,7 @@ def _record_detect(monkeypatch, fake: bool) -> list[tuple[int, ...]]:
         return [Detection(np.array([[400, 200, 800, 600]], np.float32), np.array([0.99], np.float32), lm)
                 for _ in imgs]
 
-    monkeypatch.setattr(prep.FaceDetector, "detect", detect)
+    monkeypatch.setattr(facepass.FaceDetector, "detect", detect)
     return shapes
 
 
@@ -51,7 +52,7 @@ def test_detector_sees_a_bounded_image_and_the_crop_is_the_usual_size(tmp_path: 
     # not retried (a padded copy would break the size bound)
     assert len(shapes) == 4
     assert sorted(s[:2] for s in shapes)[:2] == [(90, 120), (150, 180)]
-    assert max(max(s[:2]) for s in shapes) <= prep.DETECT_MAX_SIDE
+    assert max(max(s[:2]) for s in shapes) <= facepass.DETECT_MAX_SIDE
     assert sorted(s[:2] for s in shapes)[-1] == (1067, 1600)
     manifest = read_table(Workspace(tmp_path / "ws").manifest).set_index("source_path")
     # the manifest keeps the file's size; every image got a 32 px crop (whole image, no face)
@@ -109,15 +110,15 @@ def test_a_chunk_of_large_images_is_decoded_in_a_bounded_window(tmp_path: Path, 
     for i in range(10):
         _solid(root / ("a" if i % 2 else "b") / f"img{i}.png", (3000, 2000), (20 * i, 100, 50))
     one = 1600 * 1067 * 3
-    monkeypatch.setattr(prep, "DECODE_BUDGET", 2 * one)  # a window of 2 detection-size images
+    monkeypatch.setattr(facepass, "DECODE_BUDGET", 2 * one)  # a window of 2 detection-size images
     counts = {"full": 0, "full_max": 0, "small": 0, "small_max": 0}
     # full-size images are what Pillow decoded, handed to _shrink_image; the window's are what
     # load_rgb returns
     _track_live(monkeypatch, images, "_shrink_image", counts, "full", lambda im: max(im.size) > 1600,
                 argument=True)
-    _track_live(monkeypatch, prep, "load_rgb", counts, "small", lambda a: max(a.shape[:2]) <= 1600)
+    _track_live(monkeypatch, facepass, "load_rgb", counts, "small", lambda a: max(a.shape[:2]) <= 1600)
     batches = []
-    monkeypatch.setattr(prep.FaceDetector, "detect",
+    monkeypatch.setattr(facepass.FaceDetector, "detect",
                         lambda self, imgs: batches.append(len(imgs)) or [Detection.empty() for _ in imgs])
     summary = prep.run_prepare(root, tmp_path / "ws", device="cpu", image_size=32, workers=2)
     assert summary.n_with_crop == 10

@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fercure.cli import app
+from fercure.prepare.shards import shard_of
 from fercure.stages import prepare as prep
 from fercure.workspace import Workspace, WorkspaceError, read_table
 
@@ -50,7 +51,7 @@ def test_shards_merge_on_the_last_into_the_unsharded_rows(small_input, unsharded
     ws = Workspace(tmp_path / "ws")
     n = 3
     ids = read_table(unsharded.manifest)["sample_id"]
-    sizes = np.bincount(prep.shard_of(ids, n), minlength=n)
+    sizes = np.bincount(shard_of(ids, n), minlength=n)
     assert sizes.sum() == len(ids) and (sizes > 0).all()
     summaries = [prep.run_prepare(small_input, ws, device="cpu", image_size=32, shard=(i, n)) for i in range(n)]
     for i, s in enumerate(summaries[:-1]):
@@ -88,7 +89,7 @@ def test_shard_arguments():
         with pytest.raises(WorkspaceError, match="--shard"):
             prep.parse_shard(bad)
     ids = pd.Series([f"{i:016x}" for i in range(2000)])
-    a, b = prep.shard_of(ids, 4), prep.shard_of(ids, 4)
+    a, b = shard_of(ids, 4), shard_of(ids, 4)
     assert np.array_equal(a, b) and set(a) == {0, 1, 2, 3}
     assert np.bincount(a).min() > 400  # balanced: 500 ± a few dozen each
 

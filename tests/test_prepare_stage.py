@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fercure.prepare import facepass
 from fercure.stages import prepare as prep
 from fercure.workspace import Workspace, read_table
 
@@ -93,7 +94,7 @@ def test_interrupted_run_resumes_to_same_result(small_input: Path, tmp_path: Pat
     run(small_input, reference, chunk_size=4)
 
     ws = tmp_path / "ws"
-    real = prep._process_chunk
+    real = facepass._process_chunk
     calls = {"n": 0}
 
     def dies_on_third(*args, **kwargs):
@@ -102,13 +103,13 @@ def test_interrupted_run_resumes_to_same_result(small_input: Path, tmp_path: Pat
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(prep, "_process_chunk", dies_on_third)
+    monkeypatch.setattr(facepass, "_process_chunk", dies_on_third)
     with pytest.raises(KeyboardInterrupt):
         run(small_input, ws, chunk_size=4)
     assert not Workspace(ws).manifest.exists()
     assert len(list(Workspace(ws).prepare_parts.rglob("*.parquet"))) == 2
 
-    monkeypatch.setattr(prep, "_process_chunk", real)
+    monkeypatch.setattr(facepass, "_process_chunk", real)
     run(small_input, ws, chunk_size=4)
     assert not Workspace(ws).prepare_parts.exists()
     pd.testing.assert_frame_equal(table_without_times(reference), table_without_times(ws))
