@@ -69,6 +69,17 @@ class Detection:
         )
 
 
+@dataclass(frozen=True)
+class _Pixels:
+    """What the refinement stages (RNet, ONet) of one batch of same-size images read: its
+    summed-area table, the images' width and height, and whether work goes to the worker threads."""
+
+    sat: torch.Tensor
+    w: int
+    h: int
+    parallel: bool
+
+
 def _as_rgb(image: np.ndarray) -> np.ndarray:
     """Accept HxW grey and HxWx4 RGBA as well as HxWx3, so one odd file does not abort a batch."""
     image = np.asarray(image)
@@ -470,7 +481,8 @@ class FaceDetector:
         boxes = _rerec(_bbreg(cand[:, :4], cand[:, 5:9], plus_one=False))
 
         # Stage 2: RNet on 24×24 crops.
-        boxes, inds, score, (reg,) = self._refine(self.nets.r, sat, boxes, inds, 24, w, h, t1, parallel)
+        px = _Pixels(sat, w, h, parallel)
+        boxes, inds, score, (reg,) = self._refine(px, boxes, inds, self.nets.r, 24, t1)
         if boxes.shape[0] == 0:
             return [Detection.empty() for _ in range(bsz)]
         # float64: the per-image shift of fractional boxes is exact (see the module docstring); input order
@@ -479,7 +491,7 @@ class FaceDetector:
         inds = inds[keep]
 
         # Stage 3: ONet on 48×48 crops → score, box regression, landmarks.
-        boxes, inds, score, (reg, pts) = self._refine(self.nets.o, sat, boxes, inds, 48, w, h, t2, parallel)
+        boxes, inds, score, (reg, pts) = self._refine(px, boxes, inds, self.nets.o, 48, t2)
         if boxes.shape[0] == 0:
             return [Detection.empty() for _ in range(bsz)]
         bw = (boxes[:, 2] - boxes[:, 0] + 1)[:, None]
@@ -524,11 +536,13 @@ class FaceDetector:
 
         return list(self._get_pool().map(run, items))
 
-    def _refine(self, net, sat, boxes, inds, size, w, h, thresh, parallel):
-        """Crop boxes, run ``net`` in chunks, keep those scoring above ``thresh``.
+    def _refine(self, px: _Pixels, boxes, inds, net, size: int, thresh: float):
+        """Crop ``boxes`` of ``px``'s images to ``size``², run ``net`` in chunks, keep those
+        scoring above ``thresh``.
 
         Returns (boxes, image indices, scores, other outputs of ``net`` before the score)."""
-        win = _crop_windows(boxes, w, h)
+        sat = px.sat
+        win = _crop_windows(boxes, px.w, px.h)
         ok = (win[:, 2] > win[:, 0]) & (win[:, 3] > win[:, 1])   # facenet skips empty crops too
         boxes, inds, win = boxes[ok], inds[ok], win[ok]
         c = self._net_chunk
@@ -537,7 +551,7 @@ class FaceDetector:
             n = min(c, boxes.shape[0] - s)
             return tuple(o[:n] for o in net(_fixed_rows(_area_crops(sat, inds[s:s + c], win[s:s + c], size), c)))
 
-        outs = self._map(run, list(range(0, boxes.shape[0], c)), parallel)
+        outs = self._map(run, list(range(0, boxes.shape[0], c)), px.parallel)
         if not outs:
             n_extra = 1 if size == 24 else 2
             return boxes, inds, boxes.new_zeros(0), tuple(boxes.new_zeros((0, 10)) for _ in range(n_extra))
