@@ -51,7 +51,6 @@ class PrepareSettings:
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
-
 @dataclass(frozen=True)
 class FacePass:
     """How one run's face pass goes: where the images are, what changes a row or crop, where
@@ -84,7 +83,6 @@ class Processed:
         df.loc[df["crop_pos"] >= 0, "crop_pos"] += offset
         self.frames.append(df)
         self.crops.append(crops)
-
 
 
 # Memory per chunk is bounded by what is in flight, not by the chunk size or the 64 MP limit:
@@ -181,15 +179,14 @@ def _face_record(d, det: Detection, settings: PrepareSettings) -> tuple[dict, np
     return rec, align.resize_whole(d.image, size)
 
 
-def _process_chunk(
-    rows: pd.DataFrame, input_root: Path, detector: FaceDetector, settings: PrepareSettings,
-    pool: ThreadPoolExecutor, timings: Counter,
-) -> tuple[pd.DataFrame, np.ndarray]:
+def _process_chunk(job: FacePass, rows: pd.DataFrame, detector: FaceDetector, pool: ThreadPoolExecutor,
+                   timings: Counter) -> tuple[pd.DataFrame, np.ndarray]:
     """Decode, detect, align and score one chunk, one decode window at a time (see DECODE_BUDGET).
     Returns its manifest rows and crops (in row order of the rows that got a crop; ``crop_pos``
     says which)."""
+    settings = job.settings
     size = settings.image_size
-    paths = [input_root / p for p in rows["_fs_path"]]
+    paths = [job.input_root / p for p in rows["_fs_path"]]
     out, crops = [], []
     t0 = time.perf_counter()
     for window in _decode_windows(paths, pool, DECODE_BUDGET):
@@ -238,7 +235,6 @@ def _process_chunk(
     return df, crop_arr
 
 
-
 def _save_part(part_dir: Path, k: int, df: pd.DataFrame, crops: np.ndarray) -> None:
     with disk_full_as_error(part_dir):
         part_dir.mkdir(parents=True, exist_ok=True)
@@ -266,20 +262,18 @@ def _load_part(part_dir: Path, k: int, sample_ids: list[str],
     return df, crops
 
 
-
 def part_dir(ws: Workspace, settings: PrepareSettings, shard_dir: Path | None,
-              shard: tuple[int, int] | None) -> Path:
+             shard: tuple[int, int] | None) -> Path:
     """Where finished chunks are kept so an interrupted run resumes from them."""
     if shard is not None:
         return shard_dir / f"parts-{shard[0]:05d}"
-    part_dir = ws.prepare_parts / settings.fingerprint()
+    parts = ws.prepare_parts / settings.fingerprint()
     # Parts from other settings can never be resumed: remove them.
     if ws.prepare_parts.exists():
         for other in ws.prepare_parts.iterdir():
-            if other != part_dir:
+            if other != parts:
                 shutil.rmtree(other, ignore_errors=True)
-    return part_dir
-
+    return parts
 
 
 def process_todo(run: PrepareRun, job: FacePass, todo: pd.DataFrame, done: Processed) -> None:
@@ -296,7 +290,7 @@ def process_todo(run: PrepareRun, job: FacePass, todo: pd.DataFrame, done: Proce
                 if detector is None:
                     detector = FaceDetector(device=resolved, batch_size=job.batch_size,
                                             min_face_size=int(job.min_face_size))
-                df, crops = _process_chunk(rows, job.input_root, detector, job.settings, pool, run.timings)
+                df, crops = _process_chunk(job, rows, detector, pool, run.timings)
                 t = time.perf_counter()
                 _save_part(job.part_dir, k, df, crops)
                 run.timings["write"] += time.perf_counter() - t

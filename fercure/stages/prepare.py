@@ -52,7 +52,6 @@ CHUNK_SIZE = 512
 MIN_CROP_SIZE = 16  # --image-size's least value
 
 
-
 def check_workspace(ws: Workspace, input_root: Path, labels_file: Path | str | None, *,
                     new_input: bool = False) -> None:
     """The output rule (fercure.workspace.check_output_path) for the workspace folder and each file
