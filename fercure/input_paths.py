@@ -24,10 +24,12 @@ _WINDOWS_ABS = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")
 
 
 def within(path: str, base: str) -> bool:
+    """Whether ``path`` is ``base`` or below it (both absolute and normalised)."""
     return path == base or path.startswith(base.rstrip(os.sep) + os.sep)
 
 
 def is_image_name(name: str) -> bool:
+    """Whether the name has an image extension fercure decodes."""
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
@@ -35,6 +37,7 @@ EXT_HINT = "supported extensions: " + " ".join(sorted(IMAGE_EXTENSIONS))
 
 
 def safe_is_dir(entry: os.DirEntry) -> bool:
+    """``entry.is_dir()``, False where it cannot be told (a folder that cannot be read)."""
     try:
         return entry.is_dir()  # follows symlinks; escaping links are checked when walking
     except OSError:

@@ -52,17 +52,22 @@ class LabelFileError(WorkspaceError):
 
 @dataclass
 class LabelTable:
+    """A label file's header and data rows, each with the row number a user sees."""
+
     header: list[str]  # as found in the file
     rows: list[tuple[int, list[Any]]]  # (row number as the user sees it, cells)
     encoding: str | None  # text encoding of a CSV (to recover non-UTF-8 names); None for Parquet
 
 
 def normalise_header(name: Any) -> str:
+    """A header name as the aliases are written: no BOM, stripped, lower case, spaces and hyphens as _."""
     s = str(name).replace("\ufeff", "").strip().lower()
     return re.sub(r"[\s\-]+", "_", s)
 
 
 def read_label_table(path: Path, notes: list[str]) -> LabelTable:
+    """The label file at ``path`` as Parquet or CSV (told by suffix, else by content); a note is
+    added when the text was not UTF-8."""
     if not path.exists():
         raise LabelFileError(f"Label file {path} does not exist. Check the path passed with --labels.")
     if path.is_dir():
@@ -201,6 +206,7 @@ def _records(text: str, delimiter: str) -> Any:
 
 
 def blank_cells(cells: list[Any]) -> bool:
+    """Whether every cell is empty or whitespace."""
     return all(not str(c).strip() for c in cells)
 
 
@@ -273,6 +279,8 @@ def _read_csv(path: Path, notes: list[str], raw: bytes | None = None) -> LabelTa
 
 
 def resolve_columns(path: Path, header: list[str]) -> dict[str, int]:
+    """{"path": i, "label": j, ["split": k]}: the header's column of each, by alias; a missing
+    path or label column raises LabelFileError naming the columns found."""
     names = [normalise_header(h) for h in header]
     found: dict[str, int] = {}
     for key, aliases in (("path", PATH_ALIASES), ("label", LABEL_ALIASES), ("split", SPLIT_ALIASES)):

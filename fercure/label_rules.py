@@ -60,18 +60,21 @@ def lookalike_labels(labels: list[str]) -> dict[str, str]:
 
 
 def lookalike_hint(label: str, keep: str) -> str:
+    """The fix for a row whose label is a look-alike spelling of ``keep``, with both code points."""
     return (f"label {label!r} ({_code_points(label)}) looks like {keep!r} ({_code_points(keep)}) but is a "
             f"different string: did you mean {keep!r}? Fix the label and re-run (rows of the rarer spelling "
             "are rejected, not made a class of their own)")
 
 
 def lookalike_note(taken_for: dict[str, str], n_rows: int) -> str:
+    """The summary note for the rows rejected as look-alike labels."""
     pairs = ", ".join(f"{lab!r} for {keep!r}" for lab, keep in sorted(taken_for.items())[:3])
     return (f"{n_rows} rows carry a label that looks like another class but is a different string "
             f"({pairs}); they are rejected as 'look-alike label' (see rejects.parquet).")
 
 
 def is_wanted(label: str, wanted: set[str] | None, fold_case: bool) -> bool:
+    """Whether ``label`` is one of the --classes (``wanted``; None: any), up to case when ``fold_case``."""
     return wanted is None or label in wanted or (fold_case and label.casefold() in {w.casefold() for w in wanted})
 
 
