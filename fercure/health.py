@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from fercure.audit import confident_joint, per_class_thresholds
+from fercure.audit.counting import confident_joint, per_class_thresholds
 
 BOOTSTRAP = 200
 LEVEL = 0.95

@@ -458,7 +458,7 @@ def test_every_issue_has_a_score_in_0_1_with_low_worse_and_a_decision():
     out, _ = audit.build_audit(man, predictions_table(p, given, ids), CLASSES, method="confidence")
     issues = sorted(c[3:-6] for c in out.columns if c.startswith("is_") and c.endswith("_issue"))
     assert issues == ["ambiguous", "blur", "bright", "dark", "duplicate", "label", "low_contrast", "no_face",
-                      "unreadable"]
+                      "outlier", "unreadable"]  # outlier: NaN scores and no flag without --features
     assert [np.flatnonzero(out[f"is_{k}_issue"]).tolist() for k in ("dark", "bright", "low_contrast")] == [[3], [4], [6]]
     for name in issues:
         score, flag = out[f"{name}_score"].to_numpy(float), out[f"is_{name}_issue"].to_numpy(bool)

@@ -66,7 +66,7 @@ class AuditSummary:
     per_class: pd.DataFrame
     transition_matrix: pd.DataFrame  # rows: given label, columns: suggested label, counts
     thresholds: dict
-    face_issues: dict[str, int]  # duplicate / no_face / blur / unreadable counts
+    face_issues: dict[str, int]  # rows per registered issue that is not about the label (duplicate, blur, ...)
     audit_path: Path
     report_path: Path | None
     seconds: float
@@ -172,7 +172,7 @@ def run_audit(
                                         threshold_method=threshold_method, distribution=distribution,
                                         suggest_from=suggest_from, run_meta=run_meta, reviewed=trusted,
                                         decided=decided.table if decided is not None else None,
-                                        queue_order=queue_order)
+                                        queue_order=queue_order, features=ev.feature_signals)
     except ValueError as e:
         raise AuditInputError(f"Cannot audit {where} against {ws.manifest}: {e}. "
                               f"If the manifest changed after training, re-run `fercure train -w {ws.root}`.") from e
@@ -214,11 +214,7 @@ def run_audit(
         per_class=_per_class_frame(stats),
         transition_matrix=_transition_frame(stats, classes),
         thresholds=thresholds,
-        face_issues={
-            "duplicate": stats["n_duplicate_issues"], "no_face": stats["n_no_face_issues"],
-            "blur": stats["n_blur_issues"], "unreadable": int(table["is_unreadable_issue"].sum()),
-            **{issue: int(table[f"is_{issue}_issue"].sum()) for issue in ("dark", "bright", "low_contrast", "outlier")},
-        },
+        face_issues={i.name: stats[i.stats_key] for i in core.ISSUES.values() if i.section != "label"},
         audit_path=ws.audit,
         report_path=out_report,
         seconds=time.perf_counter() - start,
@@ -338,20 +334,12 @@ def _options_for(ev: ev_core.Evidence, run_id: str | None, method, threshold_met
 
 def _add_evidence(table: pd.DataFrame, stats: dict, manifest: pd.DataFrame, classes: list[str],
                   ev: ev_core.Evidence, predictions: pd.DataFrame | None, run_id: str | None) -> None:
-    """The audit's columns and stats that are not about one run: the outlier score (from --features),
-    each row's evidence, the label-health summary."""
-    n = len(table)
-    score, is_out = np.full(n, np.nan), np.zeros(n, bool)
-    if ev.feature_signals is not None:
-        fs = ev.feature_signals
-        score[fs.positions], is_out[fs.positions] = fs.outliers.score, fs.outliers.is_issue
+    """The audit's columns and stats that are not about one run: each row's evidence, the label-health
+    summary."""
     scored = table["trained"].to_numpy(bool)
     evidence = (np.where(scored, "fercure run", "not scored") if ev.pred_probs is None and ev.features is None
                 else ev_core.evidence_column(manifest, scored, ev, predictions))
-    at = table.columns.get_loc("reason")  # before the reason, as the contract lists them
-    for i, (name, values) in enumerate((("outlier_score", score), ("is_outlier_issue", is_out), ("evidence", evidence))):
-        table.insert(at + i, name, values)
-    stats["n_outlier_issues"] = int(is_out.sum())
+    table.insert(table.columns.get_loc("reason"), "evidence", evidence)  # before the reason, as the contract lists them
     stats["evidence"] = {**ev.as_dict(), "run_id": run_id,
                          "rows": {str(k): int(v) for k, v in table["evidence"].value_counts().items()}}
     cidx = {c: i for i, c in enumerate(classes)}
