@@ -15,6 +15,9 @@ likely an issue), and ``is_<issue>_issue`` is the decision.
 
 from __future__ import annotations
 
+import dataclasses
+import fnmatch
+
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -66,6 +69,9 @@ class Table:
     doc: str
     columns: tuple[Column, ...]
     metadata: str = ""
+    # Column families a name may match when no column declares it (``*`` stands for any text): how a
+    # registered issue's columns enter the audit's contract without an entry here.
+    families: tuple[Column, ...] = ()
 
     def column_names(self, classes: Sequence[str] = ()) -> list[str]:
         return [n for n, _ in self._expanded(classes)]
@@ -86,6 +92,10 @@ class Table:
     def columns_for(self, names: Iterable[str], classes: Sequence[str] = ()) -> dict[str, Column]:
         """Declared column of each name; ContractError for a name the contract does not declare."""
         declared = dict(self._expanded(classes))
+        for n in names:
+            family = next((f for f in self.families if n not in declared and fnmatch.fnmatchcase(n, f.name)), None)
+            if family is not None:
+                declared[n] = dataclasses.replace(family, name=n)
         unknown = [n for n in names if n not in declared]
         if unknown:
             raise ContractError(
@@ -356,6 +366,11 @@ AUDIT = Table(
     ),
     metadata="run_id, classes, thresholds, stats (per class, transition matrix, model strength, "
              "self-check, reviewed), predictions (path), trusted (the run's --trusted files and counts)",
+    families=(
+        _c("is_*_issue", BOOL, "a registered issue's decision (fercure.audit.issues; optional)", required=False),
+        _c("*_score", FLOAT64, "a registered issue's score: 0..1, low = worse (optional)", bounds=SCORE,
+           required=False),
+    ),
 )
 
 TRUSTED = Table(
@@ -558,6 +573,8 @@ def render_markdown() -> str:
                 notes.append("optional")
             extra = f" ({'; '.join(notes)})" if notes else ""
             lines.append(f"| `{name}` | {_type_name(col.type)} | {col.doc.replace('|', chr(92) + '|')}{extra} |")
+        for col in table.families:
+            lines.append(f"| `{col.name}` (any other) | {_type_name(col.type)} | {col.doc} |")
         if table.metadata:
             lines += ["", f"Metadata: {table.metadata}."]
     return "\n".join(lines) + "\n"

@@ -254,7 +254,7 @@ def test_confidence_band_follows_the_probe_calibration():
     assert confidence_band(0.71, 7, "weak", bands) == "lead"
     # the card no longer calls 2.4× chance "near chance"
     from pathlib import Path
-    js = (Path(core.__file__).parent / "report" / "report.js").read_text(encoding="utf-8")
+    js = (Path(core.__file__).parents[1] / "report" / "report.js").read_text(encoding="utf-8")
     assert "near chance" not in js and "band_accuracy" in js
 
 

@@ -153,11 +153,6 @@ def register_rule(cls: type[ThresholdRule]) -> type[ThresholdRule]:
     return cls
 
 
-def rule(name: str) -> ThresholdRule:
-    """The registered rule of that name; an older audit's unknown rule reads as the mixture's cut."""
-    return RULES.get(name) or RULES["mixture"]
-
-
 @register_rule
 class Retrain(ThresholdRule):
     name = "retrain"

@@ -19,7 +19,7 @@ from fercure.audit.bands import json_float
 from fercure.audit.counting import find_label_issues_confident_joint
 from fercure.audit.frames import text_column
 from fercure.audit.issues import ISSUES, IssueColumns, IssueInputs, LabelVerdict, RowView, issues_in
-from fercure.audit.rules import DEFAULT_THRESHOLD, RULES, FlaggedRow, Flags, Scored, rule
+from fercure.audit.rules import DEFAULT_THRESHOLD, RULES, FlaggedRow, Flags, Scored
 from fercure.audit.scale import GROUPS, align_groups, estimator_groups
 from fercure.audit.signals import DEFAULT_SCORE, class_distribution, entropy, label_quality, signals_from_predictions
 from fercure.audit.suggest import (AMBIGUITY_MARGIN, AMBIGUITY_MAX_CONFIDENCE, Suggestions, noise_transition_matrix,
@@ -215,7 +215,7 @@ def verdict_table(x: IssueInputs, s: Scored, flags: Flags, sg: Suggestions, al: 
     and its stats."""
     n_all = len(x.manifest)
     t = s.cj[0]
-    cut = rule(flags.rule).class_cuts(flags, t)
+    cut = RULES[flags.rule].class_cuts(flags, t)
     x = IssueInputs(x.manifest, x.blur_threshold, features=x.features, label=LabelVerdict(
         score=_spread(s.quality, np.nan, s.tiebreak, n_all, float),
         is_issue=_spread(flags.is_issue, False, s.tiebreak, n_all, bool),
@@ -307,7 +307,7 @@ def _verdict_stats(s: Scored, flags: Flags, cut: np.ndarray, sg: Suggestions, fo
     t, joint, nr_counts, _ = s.cj
     mix = s.mixture
     mix_issue = np.isfinite(quality) & (quality < mix.threshold)
-    counted = rule(used).cut == "class_score"  # the rule flagged a count per class (the confident joint's, the flips')
+    counted = RULES[used].cut == "class_score"  # the rule flagged a count per class (the confident joint's, the flips')
     per_class = {
         c: {
             "n": int((given == j).sum()),
@@ -360,7 +360,7 @@ def _reasons(audit: pd.DataFrame, s: Scored, flags: Flags, cut: np.ndarray, issu
              face_reason: np.ndarray) -> list[str]:
     """One human-readable sentence per row, with the numbers behind its flags: the rule's sentence for
     a label issue, then each flagged issue's own (the run's, the face status, the image's)."""
-    classes, t, decided_by = s.classes, s.cj[0], rule(flags.rule)
+    classes, t, decided_by = s.classes, s.cj[0], RULES[flags.rule]
     n_all = len(audit)
     nr_counts = flags.counts
     cj_class = _spread(find_label_issues_confident_joint(s.probs, s.given, t)[1], -1, s.tiebreak, n_all, int)

@@ -11,7 +11,7 @@ import pandas as pd
 
 from fercure import review_calibration as rc
 from fercure import strength as st
-from fercure.exposure import LOW_CONTRAST, TOO_BRIGHT, TOO_DARK, exposure_issues  # noqa: F401 (re-exported)
+from fercure.audit.issues import ISSUES, IssueInputs
 from fercure.health import IMBALANCE_RATIO
 from fercure.faces import quality
 from fercure.report import columns as C
@@ -19,12 +19,14 @@ from fercure.report import embedding as E
 from fercure.report.thumbs import THUMB_BUDGET, THUMB_SIZE, thumbnails
 
 # Flags of a listed row, one bit each (the page filters on them).
-FLAGS = ("label_issue", "ambiguous", "duplicate", "face", "blur", "dark", "bright", "low_contrast", "reviewed",
-         "spot_check", "queue")
+# The image-quality flags are the audit's registered issues that say so (``RowIssue.quality``).
+QUALITY_FLAGS = tuple(i.name for i in ISSUES.values() if i.quality)
+FLAGS = ("label_issue", "ambiguous", "duplicate", "face", *QUALITY_FLAGS, "reviewed", "spot_check", "queue")
 BIT = {f: 1 << i for i, f in enumerate(FLAGS)}
-QUALITY_FLAGS = ("blur", "dark", "bright", "low_contrast")
-
-# Exposure cuts and issues are the audit's (fercure.exposure); the page reads them from there.
+# What a card's chip says of each flag (the page's JavaScript reads it from the payload).
+FLAG_TEXT = {"label_issue": "label issue", "ambiguous": "ambiguous", "duplicate": "duplicate", "face": "face problem",
+             **{f: ISSUES[f].title for f in QUALITY_FLAGS},
+             "reviewed": "reviewed", "spot_check": "spot check", "queue": "next in the re-ranked queue"}
 
 BANDS = ("guess", "lead", "likely")
 
@@ -142,21 +144,14 @@ def review_rows(audit: pd.DataFrame, manifest: pd.DataFrame | None = None, *,
     n = len(audit)
     bits = np.zeros(n, np.int64)
     status = C.column(audit, "face_status", "ok").astype(str).to_numpy()
-    for key, flag_name in (("is_issue", "label_issue"), ("is_ambiguous", "ambiguous"),
-                           ("is_duplicate", "duplicate"), ("is_blur", "blur")):
+    for key, flag_name in (("is_issue", "label_issue"), ("is_ambiguous", "ambiguous"), ("is_duplicate", "duplicate")):
         bits |= np.where(C.flag(audit, key).to_numpy(), BIT[flag_name], 0)
     face = (status != "ok") & (status != "duplicate")
     if not list_missed_faces:
         face &= ~missed_faces(audit, manifest)
     bits |= np.where(face, BIT["face"], 0)
-    if manifest is not None and C.name(manifest, "brightness", C.MANIFEST_COLUMNS):
-        m = manifest.set_index(C.column(manifest, "id", table=C.MANIFEST_COLUMNS).astype(str))
-        ids = C.column(audit, "id").astype(str)
-        b = _num(m[C.name(manifest, "brightness", C.MANIFEST_COLUMNS)].reindex(ids))
-        c = _num(m[C.name(manifest, "contrast", C.MANIFEST_COLUMNS)].reindex(ids)) \
-            if C.name(manifest, "contrast", C.MANIFEST_COLUMNS) else np.full(n, np.nan)
-        for key, hit in exposure_issues(b, c).items():
-            bits |= np.where(hit, BIT[key], 0)
+    for name, hit in quality_issues(audit, manifest).items():
+        bits |= np.where(hit, BIT[name], 0)
     groups = duplicate_groups(C.column(audit, "id").astype(str).tolist(),
                               C.column(audit, "duplicate_of", "").fillna("").astype(str).tolist(),
                               C.column(audit, "given", "").astype(str).tolist())
@@ -167,6 +162,21 @@ def review_rows(audit: pd.DataFrame, manifest: pd.DataFrame | None = None, *,
     bits[spot_checks(audit, bits)] |= BIT["spot_check"]  # after the reviewed bit: never a reviewed row
     bits[queue_rows(audit, bits)] |= BIT["queue"]
     return bits, np.flatnonzero(bits)
+
+
+def quality_issues(audit: pd.DataFrame, manifest: pd.DataFrame | None) -> dict[str, np.ndarray]:
+    """Each image-quality issue's flags per audit row: the audit's own column; for an audit written
+    before the issue had one, the issue measured on the manifest (none without it)."""
+    out = {}
+    ids = C.column(audit, "id").astype(str)
+    for name in QUALITY_FLAGS:
+        issue = ISSUES[name]
+        if issue.flag_column in audit.columns:
+            out[name] = audit[issue.flag_column].fillna(False).to_numpy(dtype=bool)
+        elif manifest is not None and "sample_id" in manifest.columns:
+            m = manifest.set_index(manifest["sample_id"].astype(str)).reindex(ids).reset_index(drop=True)
+            out[name] = np.asarray(issue.columns(IssueInputs(m)).columns[issue.flag_column], bool)
+    return out
 
 
 def missed_faces(audit: pd.DataFrame, manifest: pd.DataFrame | None) -> np.ndarray:
@@ -309,6 +319,8 @@ def build_payload(
         "labels": labels,
         "statuses": statuses,
         "flags": list(FLAGS),
+        "flag_text": FLAG_TEXT,
+        "quality_flags": list(QUALITY_FLAGS),
         "bands": list(BANDS),
         "verdict": verdict,
         "chance": 1.0 / len(classes) if classes else None,

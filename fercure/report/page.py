@@ -24,13 +24,14 @@ import pandas as pd
 from fercure import __version__
 from fercure import review_calibration as rc
 from fercure import strength as st
+from fercure.audit.issues import ISSUES
+from fercure.audit.rules import RULES, ThresholdRule
 from fercure.report import columns as C
-from fercure.report.data import (LOW_CONTRAST, QUALITY_FLAGS, TOO_BRIGHT, TOO_DARK, balance_note,
+from fercure.report.data import (FLAG_TEXT, QUALITY_FLAGS, balance_note,
                                  build_payload, reliability_bins)
 from fercure.report.svg import histogram_svg, reliability_svg
 from fercure.report.thumbs import THUMB_BUDGET, THUMB_SIZE
 
-FLAG_TEXT = {"blur": "blurry", "dark": "too dark", "bright": "too bright", "low_contrast": "low contrast"}
 
 # Past these class counts the page shows the classes with the most flags / corrections and says so:
 # a K × K matrix and K charts would make the page grow with the square of the class count.
@@ -187,22 +188,24 @@ def _evidence_and_health(stats: dict) -> str:
     return "".join(parts)
 
 
+def _rule(stats: dict) -> ThresholdRule | None:
+    """The threshold rule that decided the flags (None: a rule this fercure does not know)."""
+    return RULES.get(stats.get("threshold_method_used", stats.get("threshold_method")) or "")
+
+
 def _threshold_line(stats: dict) -> str:
-    used = stats.get("threshold_method_used", stats.get("threshold_method"))
-    mix_t = (stats.get("mixture") or {}).get("threshold")
-    return (f"mixture on the label score, cut at {_fmt(mix_t, 3)}" if used == "mixture"
-            else "per class, the confident joint's count of wrong labels, lowest score first" if used == "noise_rate"
-            else "per class, lowest score first, as many as the planted flips say are wrong" if used == "planted"
-            else "a second model trained without the most suspect share scores that share held out" if used == "retrain"
-            else "confident joint (per-class thresholds on p(given))")
+    decided = _rule(stats)
+    if decided is None:
+        return f"rule {stats.get('threshold_method_used', stats.get('threshold_method'))} (unknown to this fercure)"
+    return decided.header(_fmt((stats.get("mixture") or {}).get("threshold"), 3))
 
 
 def _score_cut(stats: dict, cls: str) -> float | None:
     """The label-score cut drawn under class ``cls``'s histogram (None: the rule has no score cut)."""
-    used = stats.get("threshold_method_used", stats.get("threshold_method"))
-    if used == "mixture":
+    cut = getattr(_rule(stats), "cut", None)
+    if cut == "score":
         return (stats.get("mixture") or {}).get("threshold")
-    if used in ("noise_rate", "planted", "retrain"):
+    if cut == "class_score":
         return ((stats.get("per_class") or {}).get(cls) or {}).get("threshold")
     return None
 
@@ -311,12 +314,8 @@ def _quality(counts: dict[str, int], stats: dict) -> str:
     for f in QUALITY_FLAGS:
         link = f' <button type="button" class="link" data-show-flag="{f}">show</button>' if counts[f] else ""
         rows.append([f"{_e(FLAG_TEXT[f])}{link}", str(counts[f])])
-    blur_t = stats.get("blur_threshold")
-    return (_table(["issue", "samples"], rows)
-            + f"<p class='muted'>Measured by prepare on the aligned crop: blurry = sharpness (variance of "
-              f"the Laplacian) below {_fmt(blur_t, 1)}, about 3 robust standard deviations under this "
-              f"dataset's typical crop; too dark = mean grey level below {TOO_DARK:g}, too bright = above "
-              f"{TOO_BRIGHT:g}, low contrast = grey standard deviation below {LOW_CONTRAST:g} (0–255).</p>")
+    said = "; ".join(f"{ISSUES[f].title} = {ISSUES[f].describe(stats)}" for f in QUALITY_FLAGS)
+    return _table(["issue", "samples"], rows) + f"<p class='muted'>Measured by prepare on the aligned crop: {_e(said)}.</p>"
 
 
 _CONTROLS = """
@@ -558,7 +557,6 @@ def _kpis(audit: pd.DataFrame, payload: dict) -> str:
 
 def _per_class_table(audit: pd.DataFrame, stats: dict, classes: list[str]) -> str:
     """Counts, mean score and cut per class (the classes with most issues), and a balance note."""
-    used = stats.get("threshold_method_used", stats.get("threshold_method"))
     per_class = stats.get("per_class", {})
     pc_items = list(per_class.items())
     keep = top_classes(np.array([float(d.get("n_label_issues") or 0) for _, d in pc_items]), MAX_TABLE_CLASSES)
@@ -566,7 +564,7 @@ def _per_class_table(audit: pd.DataFrame, stats: dict, classes: list[str]) -> st
                 _fmt(d.get("mean_label_score", d.get("mean_label_quality"))), _fmt(d.get("threshold"), 3)]
                for c, d in (pc_items[i] for i in keep)]
     pc_html = _capped_note(len(keep), len(pc_items), "this table") + _table(["class", "samples", "label issues", "ambiguous", "mean label score",
-                      "confident-joint threshold" if used == "confident_joint" else "label score cut"], pc_rows)
+                      _rule(stats).table_heading() if _rule(stats) else "threshold"], pc_rows)
     given_counts = C.column(audit, "given", "").astype(str).value_counts()
     balance = balance_note({c: int(given_counts.get(c, 0)) for c in classes})
     if balance:
@@ -613,7 +611,7 @@ dashed line = the cut that decided the flags.</p>
 to list its samples below (on the diagonal only the listed ones: ambiguous, duplicates, face or quality issues).</p>
 {_transition_table(tm, classes) if classes else ''}
 <h2>Label score, all classes</h2>
-{histogram_svg(score, C.flag(audit, "is_issue").to_numpy(), threshold=mix_t if used == "mixture" else None, rule=used)}
+{histogram_svg(score, C.flag(audit, "is_issue").to_numpy(), threshold=mix_t if getattr(_rule(stats), "cut", None) == "score" else None, rule=used)}
 <h2>Calibration</h2>{_calibration(audit, classes)}
 <h2 id="face-stage">Face stage</h2>{_face_stage(audit, rejects)}
 <h2 id="quality">Image quality</h2>{_quality(counts, stats)}

@@ -7,10 +7,9 @@
   var R = D.rows, L = D.labels, K = D.classes.length;
   var BIT = {};
   D.flags.forEach(function (f, i) { BIT[f] = 1 << i; });
-  var QUALITY = BIT.blur | BIT.dark | BIT.bright | BIT.low_contrast;
-  var FLAG_TEXT = {label_issue: 'label issue', ambiguous: 'ambiguous', duplicate: 'duplicate', face: 'face problem',
-                   blur: 'blurry', dark: 'too dark', bright: 'too bright', low_contrast: 'low contrast',
-                   reviewed: 'reviewed', spot_check: 'spot check', queue: 'next in the re-ranked queue'};
+  var QUALITY = 0;
+  D.quality_flags.forEach(function (f) { QUALITY |= BIT[f]; });
+  var FLAG_TEXT = D.flag_text;
   var ACTION_TEXT = {keep: 'keep', relabel: 'relabel', drop: 'drop', review: 'leave for review'};
 
   var rows = R.id.map(function (id, i) {

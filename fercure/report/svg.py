@@ -11,19 +11,11 @@ from typing import Sequence
 
 import numpy as np
 
+from fercure.audit.rules import RULES
+
 
 def _e(x) -> str:
     return html.escape(str(x), quote=True)
-
-
-# What each threshold rule is, for the chart: only a rule that is a cut on the score gets a line.
-RULE_NOTES = {
-    "retrain": "rule: retrain — a second model's held-out vote, not a cut on this score",
-    "noise_rate": "rule: noise_rate — a per-class count, lowest scores first (cuts per class)",
-    "planted": "rule: planted — a per-class count, lowest scores first (cuts per class)",
-    "mixture": "rule: mixture — one cut on the score",
-    "confident_joint": "rule: confident_joint — per-class thresholds on p(given), not on this score",
-}
 
 
 def histogram_svg(values: np.ndarray, flagged: np.ndarray, *, bins: int = 25, threshold: float | None = None,
@@ -31,11 +23,12 @@ def histogram_svg(values: np.ndarray, flagged: np.ndarray, *, bins: int = 25, th
                   rule: str | None = None) -> str:
     """Histogram of a 0..1 score: flagged samples stacked in red over the rest, ``threshold`` dashed.
 
-    ``rule``: the threshold rule that decided the flags (``fercure.audit.THRESHOLD_RULES``); it is
-    named on the chart, and a rule that is not a cut on the score draws no line whatever
-    ``threshold`` says."""
-    if rule in ("retrain", "confident_joint"):
-        threshold = None  # these rules are no cut on the score
+    ``rule``: the threshold rule that decided the flags (``fercure.audit.rules.RULES``); it is
+    named on the chart with what it is, and a rule that is not a cut on the score draws no line
+    whatever ``threshold`` says."""
+    decided = RULES.get(rule) if rule else None
+    if decided is not None and not decided.draws_score_cut:
+        threshold = None
     v = np.asarray(values, dtype=float)
     ok = np.isfinite(v)
     flagged = np.asarray(flagged, dtype=bool)
@@ -62,7 +55,7 @@ def histogram_svg(values: np.ndarray, flagged: np.ndarray, *, bins: int = 25, th
     parts.append(f'<line x1="{pad_l}" y1="{pad_t + ph}" x2="{pad_l + pw}" y2="{pad_t + ph}" stroke="#333"/>')
     if rule is not None:
         parts.append(f'<text x="{pad_l + pw}" y="{pad_t + 10}" font-size="10" text-anchor="end" '
-                     f'class="rule">{_e(RULE_NOTES.get(rule, "rule: " + rule))}</text>')
+                     f'class="rule">{_e(f"rule: {rule} — {decided.chart_note}" if decided else "rule: " + rule)}</text>')
     if threshold is not None and math.isfinite(threshold) and 0 <= threshold <= 1:
         x = pad_l + threshold * pw
         parts.append(f'<line x1="{x:.1f}" y1="{pad_t}" x2="{x:.1f}" y2="{pad_t + ph}" stroke="#222" '

@@ -100,8 +100,9 @@ class RowIssue:
         """The sentence a flagged row's reason adds (None: the flag speaks for itself)."""
         return None
 
-    def count(self, table: pd.DataFrame) -> int:
-        return int(table[self.flag_column].fillna(False).astype(bool).sum()) if self.flag_column in table.columns else 0
+    def describe(self, stats: Mapping[str, Any]) -> str:
+        """How it is measured, with the audit's numbers where it has some (the page prints it)."""
+        return self.about
 
 
 ISSUES: dict[str, RowIssue] = {}

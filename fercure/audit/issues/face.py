@@ -84,6 +84,11 @@ class BlurIssue(RowIssue):
     quality = True
     about = "sharpness (variance of the Laplacian) about 3 robust standard deviations under this dataset's typical crop"
 
+    def describe(self, stats: Mapping[str, Any]) -> str:
+        cut = stats.get("blur_threshold")
+        return ("sharpness (variance of the Laplacian) below " + ("–" if cut is None else f"{cut:.1f}")
+                + ", about 3 robust standard deviations under this dataset's typical crop")
+
     def columns(self, x: IssueInputs) -> IssueColumns:
         sharpness = x.number("sharpness")
         hit, cut = blur_issues(sharpness, x.blur_threshold)
