@@ -205,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--round-share", type=float, default=0.025, help="share of the rows reviewed per round")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--subset-seed", type=int, default=0,
+                    help="which stratified subset of FER2013 train (another one tells a gain from noise)")
     ap.add_argument("--backbone", default="resnet18")
     ap.add_argument("--n-train", type=int, default=None, help="override the scale's subset size")
     ap.add_argument("--epochs", type=int, default=None, help="override the scale's epochs")
@@ -235,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     device = str(resolve_device(args.device))
     b = _B(args, cfg, device, rep)
     train = load_split(args.data, "train")
-    sub = train.iloc[stratified_subset(train["label"].to_numpy(), cfg["n_train"], seed=0)].reset_index(drop=True)
+    sub = train.iloc[stratified_subset(train["label"].to_numpy(), cfg["n_train"], seed=args.subset_seed)
+                     ].reset_index(drop=True)
     scratch = Path(tempfile.mkdtemp(prefix="review_loop_")) if args.keep is None else args.keep
     scratch.mkdir(parents=True, exist_ok=True)
     side_on = args.side_worker if args.side_worker is not None else device == "cpu"

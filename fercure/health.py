@@ -6,7 +6,7 @@ Named as cleanlab users know it (``cleanlab.dataset.health_summary``): per class
 ``overall_label_health_score`` = 1 − the estimated share of wrong labels in the dataset.
 
 The estimate is confident learning's: the confident joint on the audit distribution, each row
-calibrated to its class size (``fercure.audit.noise_rate_counts`` before rounding), so class j's
+calibrated to its class size (``fercure.audit.counting.noise_rate_counts`` before rounding), so class j's
 share is off_j / row_j. Its interval is a percentile bootstrap over the rows (the thresholds, the
 joint and the shares recomputed on each resample), with a fixed seed: the same inputs give the
 same interval. It is only as good as the probabilities: in-sample probabilities of a model that

@@ -1,7 +1,7 @@
 """`fercure train --trusted FILE`: a reviewer's decisions (or labels verified elsewhere) enter the run.
 
 A trusted sample trains with its reviewed label, a dropped one leaves the run, and neither is ever
-planted (``fercure.train.detection.plan_run``) nor flagged again (``fercure.audit.reviewed_step``).
+planted (``fercure.train.detection.plan_run``) nor flagged again (``fercure.audit.reviewed.reviewed_step``).
 The run keeps what it was given in runs/<id>/trusted.parquet (``schema.TRUSTED``), so the audit,
 the report and the export show every reviewed row without reading the files again.
 

@@ -3,7 +3,7 @@ its calibrated per-class counts, the count-then-rank flags, the two-component mi
 held-out vote, the planted-flip counts. The threshold rules (``fercure.audit.rules``) compose them.
 
 ``threshold_method="retrain"`` (``DEFAULT_THRESHOLD``): a sample is an issue when the run's second
-model, trained without it, still finds its label suspect (``rule_retrain``); a run without the retrain
+model, trained without it, still finds its label suspect (``rules.Retrain``); a run without the retrain
 falls back to ``noise_rate`` and ``stats["threshold_method_used"]`` says so.
 ``threshold_method="noise_rate"``: count with the confident joint, rank with the score —
 cleanlab's count-then-rank rule in its per-class form (``find_label_issues(...,
