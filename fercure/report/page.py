@@ -518,29 +518,26 @@ def render_report(
         The run's nearest neighbours, aligned with ``audit``: each card's similar faces.
     """
     classes = [str(c) for c in classes]
-    payload = _report_payload(audit, stats, classes, crops, manifest, actions, thumb_budget, thumb_size,
-                              run_id, input_root, neighbours, list_missed_faces)
-    return _page_html(audit, stats, classes, payload, rejects, run_id, workspace)
-
-
-def _report_payload(audit: pd.DataFrame, stats: dict, classes: list[str], crops, manifest, actions,
-                    thumb_budget: int, thumb_size: int, run_id: str | None, input_root: str | None,
-                    neighbours=None, list_missed_faces: bool = False) -> dict:
-    """The page's JSON data: rows, thumbnails (with a note on those left out), counts, ids."""
     payload = build_payload(audit, stats, classes, crops=crops, manifest=manifest, actions=actions,
                             thumb_budget=thumb_budget, thumb_size=thumb_size, neighbours=neighbours,
                             list_missed_faces=list_missed_faces)
+    _add_page_keys(payload, run_id, input_root, len(audit))
+    return _page_html(audit, stats, classes, payload, rejects, run_id, workspace)
+
+
+def _add_page_keys(payload: dict, run_id: str | None, input_root: str | None, n_rows: int) -> None:
+    """What the page's script needs beyond the rows: the run, the decisions file's name, the input
+    root, the key its saved decisions are kept under, the note on thumbnails left out."""
     payload["run_id"] = run_id
     payload["stem"] = decisions_stem(run_id)
     payload["input_root"] = input_root
-    payload["key"] = f"{run_id or ''}:{len(audit)}"
+    payload["key"] = f"{run_id or ''}:{n_rows}"
     th = payload["thumbs"]
     left_out = th["n_with_crop"] - th["n"]
     th["note"] = (f"Thumbnails: {th['size']} px JPEGs for the {th['n']} listed samples earliest in review order"
                   + (f"; {left_out} later ones are listed without one (the report keeps thumbnails under "
                      f"{th['budget_bytes'] // 2**20} MB)" if left_out > 0 else "")
                   + ". Samples that are not listed have no thumbnail.")
-    return payload
 
 
 def _kpis(audit: pd.DataFrame, payload: dict) -> str:

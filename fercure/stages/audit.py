@@ -191,7 +191,8 @@ def run_audit(
         # The report is rendered and written (not yet renamed into place) before the audit is replaced,
         # and put in place after it: a full disk leaves the old pair, never a new audit beside an old report.
         out_report = Path(report_path) if report_path is not None else ws.report
-        html = _render_report(ws, table, stats, classes, run_id, manifest, neighbours, list_missed_faces)
+        html = _render_report(ws, table, stats, classes, run_id=run_id, manifest=manifest, neighbours=neighbours,
+                              list_missed_faces=list_missed_faces)
         with atomic_path(out_report) as tmp:
             tmp.write_text(html, encoding="utf-8")
             thresholds = _write_audit(ws, table, stats, run_id, classes, predictions_path, provenance)
@@ -557,7 +558,7 @@ def _embedding_columns(table: pd.DataFrame, run_dir: Path | None, stats: dict,
     return neighbours
 
 
-def _render_report(ws: Workspace, table: pd.DataFrame, stats: dict, classes: list[str], run_id: str | None,
+def _render_report(ws: Workspace, table: pd.DataFrame, stats: dict, classes: list[str], *, run_id: str | None,
                    manifest: pd.DataFrame, neighbours: grouping.Neighbours | None = None,
                    list_missed_faces: bool = False) -> str:
     """The HTML report, with the crops, rejects and default export actions it shows."""
