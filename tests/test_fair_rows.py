@@ -17,6 +17,7 @@ from fercure.stages.export import run_export
 from fercure.stages.train import run_train
 from fercure.train import detection as det
 from fercure.train.config import TrainConfig
+from fercure.train.records import FitRecord
 from fercure.workspace import Workspace, read_metadata, sample_id, write_table
 
 CLASSES = ["happy", "neutral", "sad"]
@@ -187,17 +188,17 @@ def test_aggregate_scores_a_planted_row_by_a_model_that_never_saw_its_flip():
     fit = np.flatnonzero(~plan.holdout)
     tl = plan.train_labels
     onehot = np.eye(c)[tl] * 0.94 + 0.02
-    member = {"trained": fit, "probs": onehot, "mean_probs": onehot[fit],
-              "embedding": np.eye(c)[tl] + 0.01 * np.random.default_rng(0).normal(size=(n, c)),
-              "dynamics": {"p_given": np.full((e, len(fit)), 0.96), "margin": np.full((e, len(fit)), 0.92),
-                           "alpha": np.ones((e, len(fit))), "predicted": np.tile(tl[fit], (e, 1))}}
+    member = FitRecord(trained=fit, probs=onehot, mean_probs=onehot[fit],
+                       embedding=np.eye(c)[tl] + 0.01 * np.random.default_rng(0).normal(size=(n, c)),
+                       dynamics={"p_given": np.full((e, len(fit)), 0.96), "margin": np.full((e, len(fit)), 0.92),
+                                 "alpha": np.ones((e, len(fit))), "predicted": np.tile(tl[fit], (e, 1))})
     first = det.first_stage_scores(plan, [member], c)
     kept = np.flatnonzero(~det.retrain_excluded(first, plan, cfg.retrain_drop))
     assert not (plan.planted[kept] | plan.holdout[kept]).any()
     second = np.eye(c)[given] * 0.7 + 0.1
-    retrain = {"trained": kept, "probs": second,
-               "dynamics": {"p_given": np.full((e, len(kept)), 0.8), "margin": np.full((e, len(kept)), 0.6),
-                            "alpha": np.ones((e, len(kept))), "predicted": np.tile(given[kept], (e, 1))}}
+    retrain = FitRecord(trained=kept, probs=second,
+                        dynamics={"p_given": np.full((e, len(kept)), 0.8), "margin": np.full((e, len(kept)), 0.6),
+                                  "alpha": np.ones((e, len(kept))), "predicted": np.tile(given[kept], (e, 1))})
     cols, _, _ = det.aggregate(plan, [member], retrain, c, cfg)
     pl = plan.planted
     assert pl.sum() >= 10

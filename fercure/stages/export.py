@@ -91,6 +91,23 @@ class ExportSummary:
         return "\n".join(parts) or None
 
 
+@dataclass(frozen=True)
+class _Export:
+    """What the steps of one export share: where it writes and how (run_export's choices), the audit's
+    classes and model verdict, and the notes said under the summary (appended to as the export goes)."""
+    ws: Workspace
+    output: Path
+    fmt: str
+    policy: str
+    min_confidence: float
+    images: str  # crops | originals (the layouts)
+    link: str  # symlink | copy (--images originals)
+    image_url: str  # label-studio: what each task's image reference starts with
+    classes: list[str]
+    verdict: str | None  # the audit's model-strength verdict
+    notes: list[str]
+
+
 def provenance_path_for(output: Path) -> Path:
     """Where a CSV export's provenance goes: ``cleaned.csv`` → ``cleaned.csv.provenance.json``;
     an ImageFolder's: ``OUT/provenance.json``."""
@@ -158,6 +175,8 @@ def run_export(
     audit_meta, audit, classes = _read_audit(ws)
     verdict = ((audit_meta.get("stats") or {}).get("model_strength") or {}).get("verdict")
     _check_weak_drops(audit, policy, min_confidence, verdict, allow_weak_drop, notes)  # before the policy's work
+    ex = _Export(ws=ws, output=output, fmt=fmt, policy=policy, min_confidence=min_confidence, images=images,
+                 link=link, image_url=image_url, classes=classes, verdict=verdict, notes=notes)
     cleaned = core.apply_policy(audit, classes, policy, min_confidence=min_confidence,
                                 model_verdict=verdict)
     decided = _read_decisions(decisions, audit, classes, ws) if decisions is not None else None
@@ -166,8 +185,7 @@ def run_export(
     from_training = reviewed_in_audit(audit, audit_meta.get("run_id"))  # train --trusted; a --decisions file outranks it
     cleaned = reviewed.apply(cleaned, reviewed.combine(from_training, decided), classes, soft=policy == "soft")
     counts = core.action_counts(cleaned)
-    provenance = _provenance(ws, audit_meta, cleaned, decided, policy, min_confidence, verdict, classes, counts, fmt,
-                             audit)
+    provenance = _provenance(ex, audit_meta, audit, cleaned, decided, counts)
     n_images, skipped = None, []
     if fmt == "parquet":
         write_table(cleaned, output, provenance, table=schema.CLEANED)
@@ -181,7 +199,7 @@ def run_export(
         queue = _queue(ws, cleaned, audit, cards) if fmt in handoff.FORMATS else None
         if queue is not None and not len(queue):
             notes.append("The review queue is empty (nothing listed, or every card decided): the tasks hold none.")
-        result = _write_layout(ws, cleaned, output, fmt, images, link, provenance, classes, notes, queue, image_url)
+        result = _write_layout(ex, cleaned, provenance, queue)
         n_images, skipped = result.n_images, result.skipped
         if fmt in FOLDER_FORMATS:
             sidecar = output / "provenance.json"
@@ -264,16 +282,18 @@ def _check_weak_drops(audit, policy: str, min_confidence: float, verdict: str | 
                      "Review them in the report (--policy flag), or train a stronger model and audit again.")
 
 
-def _provenance(ws: Workspace, audit_meta: dict, cleaned, decided, policy: str, min_confidence: float,
-                verdict: str | None, classes: list[str], counts: dict, fmt: str, audit) -> dict:
+def _provenance(ex: _Export, audit_meta: dict, audit, cleaned, decided: reviewed.Decisions | None,
+                counts: dict) -> dict:
+    """What the export says of itself (in the Parquet's metadata, or its provenance JSON)."""
+    ws = ex.ws
     return {
         "run_id": audit_meta.get("run_id"),
         "thresholds": audit_meta.get("thresholds", {}),
-        "policy": policy,
-        "min_confidence": float(min_confidence),
-        "model_strength": verdict,
-        "classes": list(classes),
-        "soft_labels": "training targets" if policy == "soft" else "model distribution",
+        "policy": ex.policy,
+        "min_confidence": float(ex.min_confidence),
+        "model_strength": ex.verdict,
+        "classes": list(ex.classes),
+        "soft_labels": "training targets" if ex.policy == "soft" else "model distribution",
         "actions": counts,
         "issues": core.issue_counts(audit),
         "evidence": core.evidence_counts(audit),
@@ -285,14 +305,14 @@ def _provenance(ws: Workspace, audit_meta: dict, cleaned, decided, policy: str, 
         "trusted": audit_meta.get("trusted") or {},
         "input_root": ws.prepared_inputs()[0],
         "crop_store": str(ws.store.resolve()),
-        "format": fmt,
+        "format": ex.fmt,
     }
 
 
-def _write_layout(ws: Workspace, cleaned, output: Path, fmt: str, images: str, link: str, provenance: dict,
-                  classes: list[str], notes: list[str], queue=None, image_url: str = "") -> layouts.LayoutResult:
+def _write_layout(ex: _Export, cleaned, provenance: dict, queue=None) -> layouts.LayoutResult:
     """An imagefolder, hf or annotation-tool export: the images (crops or originals) and their table
     (``queue``: the rows an annotation tool gets, ``_queue``)."""
+    ws, output, fmt, images, link, classes = ex.ws, ex.output, ex.fmt, ex.images, ex.link, ex.classes
     rows = layouts.exported_rows(cleaned) if queue is None else queue
     store = _crop_store(ws, rows) if images == "crops" else None
     input_root = Path(provenance["input_root"]) if provenance["input_root"] else None
@@ -302,10 +322,10 @@ def _write_layout(ws: Workspace, cleaned, output: Path, fmt: str, images: str, l
     provenance.update(images=images, link=link if images == "originals" else None)
     try:
         if fmt in handoff.FORMATS:
-            provenance.update(handoff={"cards": len(rows), "image_url": image_url if fmt == handoff.LABEL_STUDIO
+            provenance.update(handoff={"cards": len(rows), "image_url": ex.image_url if fmt == handoff.LABEL_STUDIO
                                        else None})
             return _write_imagefolder(rows, output, provenance, fill=FOLDER_FORMATS[fmt], images=images, link=link,
-                                      store=store, input_root=input_root, classes=classes, image_url=image_url,
+                                      store=store, input_root=input_root, classes=classes, image_url=ex.image_url,
                                       model_version=f"fercure {__version__} run {provenance['run_id']}")
         if fmt == "imagefolder":
             result = _write_imagefolder(rows, output, provenance, images=images, link=link, store=store,
@@ -320,9 +340,9 @@ def _write_layout(ws: Workspace, cleaned, output: Path, fmt: str, images: str, l
     present = set(rows["clean_label"].astype(str)) if fmt == "imagefolder" else set(classes)
     empty = [c for c in classes if c not in present]
     if empty:
-        notes.append(f"No image left in class(es) {', '.join(map(repr, empty))}: their folders are written empty so "
-                     "that every loader numbers the classes alike (classes.json); load with torchvision's "
-                     "ImageFolder(..., allow_empty=True).")
+        ex.notes.append(f"No image left in class(es) {', '.join(map(repr, empty))}: their folders are written empty "
+                        "so that every loader numbers the classes alike (classes.json); load with torchvision's "
+                        "ImageFolder(..., allow_empty=True).")
     return result
 
 

@@ -3,8 +3,9 @@
 Files of a run:
   config.json        TrainConfig + classes + run facts (written first)
   checkpoint.pt      after every epoch: the running fit's full state + which fits are finished
-  fits/<key>.pt      a finished fit's results (predictions, embeddings, dynamics), written once
-                     when it finishes (checkpoint.pt and fits/ go when the run finishes)
+  fits/<key>.pt      a finished fit's results (predictions, embeddings, dynamics: a
+                     fercure.train.records.FitRecord), written once when it finishes
+                     (checkpoint.pt and fits/ go when the run finishes)
   model.pt           state_dict of the (first) final model, loadable with weights_only=True
   members/<key>.pt   state_dicts of further final-generation ensemble members
   dynamics.parquet   per sample × epoch × member (docs/ARCHITECTURE.md)
@@ -25,7 +26,7 @@ import re
 import secrets
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ from fercure.train.config import TrainConfig
 from fercure.train.parts import part_names
 from fercure.train.device_store import open_crop_store
 from fercure.train.loop import fit, predict, resolve_device
+from fercure.train.records import FitRecord
 from fercure.workspace import (Workspace, WorkspaceError, atomic_path, atomic_write_json,
                                read_metadata, read_table, write_table)
 
@@ -92,6 +94,35 @@ class _Data:
     classes: list[str]
     store: np.ndarray  # memory-mapped (N,S,S,3)
     n_excluded: int
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What the steps of one training run share (as fercure.train.loop's _Run does for a fit): the
+    workspace, the trained samples, the configuration, the process world, the reporter and the
+    --trusted decisions; once the run is chosen (``started``), its id, its plan and its fits."""
+    ws: Workspace
+    config: TrainConfig
+    data: _Data
+    world: dd.World
+    reporter: Reporter
+    trusted: Any = None
+    run_id: str = ""
+    plan: det.RunPlan | None = None
+    jobs: tuple[ens.Job, ...] = ()
+
+    def started(self, run_id: str, config: TrainConfig, reviewed: np.ndarray) -> _Run:
+        """This run under its id and (saved, when resumed) configuration, with its plan and fits."""
+        plan = det.plan_run(self.data.given, len(self.data.classes), config, reviewed=reviewed)
+        return replace(self, run_id=run_id, config=config, plan=plan, jobs=tuple(ens.plan_jobs(config)))
+
+    @property
+    def run_dir(self) -> Path:
+        return self.ws.run_dir(self.run_id)
+
+    def generation(self, done: dict[str, FitRecord], generation: int) -> list[FitRecord]:
+        """The finished records of a generation's ensemble members, in member order."""
+        return [done[ens.member_key(generation, i)] for i in range(self.config.ensemble)]
 
 
 def _load_inputs(ws: Workspace, reporter: Reporter) -> _Data:
@@ -287,46 +318,25 @@ def _fit_file(run_dir: Path, key: str) -> Path:
     return run_dir / "fits" / f"{key}.pt"
 
 
-def _done_record(run_dir: Path, key: str, value: Any, jobs: list[ens.Job]) -> dict[str, Any]:
+def _done_record(run_dir: Path, key: str, value: Any, jobs: tuple[ens.Job, ...]) -> FitRecord:
     """A finished fit's record from a checkpoint: in its own file (written once when the fit
     finished), or inline (checkpoints written before fits had their own files). The file's name
     comes from the run's own job list, never from the checkpoint's text."""
     if value != FIT_FILE:
-        return value
+        try:
+            return FitRecord.from_checkpoint(value)
+        except ValueError as exc:
+            raise WorkspaceError(f"{run_dir / 'checkpoint.pt'} holds a finished fit {key!r} that cannot be read "
+                                 f"({exc}); start a new run without --resume.") from None
     if key not in {j.key for j in jobs}:
         raise WorkspaceError(f"{run_dir / 'checkpoint.pt'} names a finished fit {key!r} this run does not "
                              "have; start a new run without --resume.")
     path = _fit_file(run_dir, key)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return FitRecord.from_checkpoint(torch.load(path, map_location="cpu", weights_only=True))
     except Exception as exc:
         raise WorkspaceError(f"{path} (finished fit {key} of this run) cannot be read ({exc}); "
                              "start a new run without --resume.") from exc
-
-
-def _to_tensors(d: dict[str, Any]) -> dict[str, Any]:
-    """numpy → torch so checkpoints load with weights_only=True."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, np.ndarray):
-            out[k] = torch.from_numpy(np.ascontiguousarray(v))
-        elif isinstance(v, dict):
-            out[k] = _to_tensors(v)
-        else:
-            out[k] = v
-    return out
-
-
-def _to_numpy(d: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if torch.is_tensor(v):
-            out[k] = v.numpy()
-        elif isinstance(v, dict):
-            out[k] = _to_numpy(v)
-        else:
-            out[k] = v
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,17 +403,18 @@ def _run_train(ws: Workspace, config: TrainConfig, resume: bool, reporter: Repor
     _check_trainable(ws, data, trusted is not None, world)
     fingerprint = _fingerprint(data)
     reviewed_digest = _reviewed_digest(data, reviewed)
+    run = _Run(ws, config, data, world, reporter, trusted)
     if resumed:
-        config, ckpt = _resume_run(ws, run_id, config, fingerprint, world, reporter)
+        config, ckpt = _resume_run(run, run_id, fingerprint)
         if ckpt.get("reviewed", reviewed_digest) != reviewed_digest:
             raise WorkspaceError(f"The reviewed samples of run {run_id} are not the ones it started with (its "
                                  "--trusted decisions read differently now); it cannot be resumed. Start a new run "
                                  "without --resume.")
     else:
-        run_id = _new_run(ws, config, resume, data, fingerprint, started, world, reporter, trusted)
+        run_id = _new_run(run, resume, fingerprint, started)
         ckpt = {"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "reviewed": reviewed_digest, "done": {},
                 "current": None}
-    run_dir = ws.run_dir(run_id)
+    run = run.started(run_id, config, reviewed)
     votes = _vote_targets(ws, data, reviewed) if config.soft_labels else None
 
     device = dd.rank_device(resolve_device(config.device), world)
@@ -412,41 +423,40 @@ def _run_train(ws: Workspace, config: TrainConfig, resume: bool, reporter: Repor
                      f"({'NCCL' if device.type == 'cuda' else 'gloo'}); rank 0 writes the run.")
     # The crops go to the device once (this rank's share of them), or stream when they do not fit.
     store = open_crop_store(data.store, device, config.store, world, log=reporter.log)
-    plan = det.plan_run(data.given, len(data.classes), config, reviewed=reviewed)
-    jobs = ens.plan_jobs(config)
     try:
-        done = _run_jobs(store, data, plan, jobs, config, ckpt, run_dir, world, reporter, votes)
+        done = _run_jobs(run, store, ckpt, votes)
     finally:
         store.close()
-    pred_df, dyn_df, meta, cols, strength, scn, emb = _tables(data, plan, jobs, done, config, run_id, world, trusted)
+    tables = _tables(run, done)
     if world.main:  # every rank holds the same tables; one writes them
-        _write_run(ws, run_dir, run_id, jobs, done, pred_df, dyn_df, meta, trusted, emb)
+        _write_run(run, done, tables)
     dd.barrier(world)  # no rank reports the run before its files are there
-    finals = [done[f"g{config.distill_generations}m{i}"] for i in range(config.ensemble)]
-    seconds_train = sum(r["seconds"] for r in done.values())
-    seen = sum(r["seen"] for r in done.values())
+    finals = run.generation(done, config.distill_generations)
+    seconds_train = sum(r.seconds for r in done.values())
+    seen = sum(r.seen for r in done.values())
+    cols, strength, plan = tables.signals, tables.strength, run.plan
     return TrainSummary(
-        run_id=run_id, run_dir=run_dir, n_samples=len(data.rows), epochs=config.epochs, device=str(device),
+        run_id=run_id, run_dir=run.run_dir, n_samples=len(data.rows), epochs=config.epochs, device=str(device),
         seconds=time.perf_counter() - t_start,
         images_per_s=seen / seconds_train if seconds_train > 0 else 0.0,
-        final_train_accuracy=float(np.mean([m["history"][-1]["train_accuracy"] for m in finals])),
-        relabeled=int((scn != data.given).sum()),
+        final_train_accuracy=float(np.mean([m.history[-1]["train_accuracy"] for m in finals])),
+        relabeled=int((tables.scn != data.given).sum()),
         classes=data.classes, n_excluded=data.n_excluded, members=config.ensemble,
-        generations=config.distill_generations, folds=config.folds, temperature=meta["temperature"],
+        generations=config.distill_generations, folds=config.folds, temperature=tables.meta["temperature"],
         resumed=resumed, parts=part_names(config), probe_accuracy=strength.get("holdout_accuracy"),
         chance_accuracy=strength.get("chance_accuracy"), planted_flips=int(plan.planted.sum()),
         retrained_without=int(cols["retrain_held_out"].sum()) if "retrain_held_out" in cols else 0,
         reviewed=len(trusted.table) if trusted is not None else 0)
 
 
-def _resume_run(ws: Workspace, run_id: str, config: TrainConfig, fingerprint: str, world: dd.World,
-                reporter: Reporter) -> tuple[TrainConfig, dict[str, Any]]:
+def _resume_run(run: _Run, run_id: str, fingerprint: str) -> tuple[TrainConfig, dict[str, Any]]:
     """The unfinished run's saved config and checkpoint, refused when they cannot continue."""
+    ws, reporter = run.ws, run.reporter
     run_dir = ws.run_dir(run_id)
     saved = json.loads((run_dir / "config.json").read_text())
-    check_resume_world(saved, world.size, run_id, ws.root)
+    check_resume_world(saved, run.world.size, run_id, ws.root)
     saved_cfg = TrainConfig.from_dict(saved)
-    if saved_cfg.to_dict() != config.to_dict():
+    if saved_cfg.to_dict() != run.config.to_dict():
         reporter.log(f"train: resuming {run_id} with its saved configuration.")
     try:
         ckpt = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
@@ -464,13 +474,13 @@ def _resume_run(ws: Workspace, run_id: str, config: TrainConfig, fingerprint: st
     return saved_cfg, ckpt
 
 
-def _new_run(ws: Workspace, config: TrainConfig, resume: bool, data: _Data, fingerprint: str,
-             started: list[str], world: dd.World, reporter: Reporter, trusted: Any = None) -> str:
+def _new_run(run: _Run, resume: bool, fingerprint: str, started: list[str]) -> str:
     """A new run folder with its config.json (made by rank 0; every rank gets its id)."""
+    ws, config, data, reporter = run.ws, run.config, run.data, run.reporter
     if resume:
         reporter.log("train: no unfinished run to resume; starting a new one.")
     run_id = None
-    if world.main:
+    if run.world.main:
         if not resume:
             left = _unfinished_run(ws)
             if left is not None:
@@ -489,8 +499,8 @@ def _new_run(ws: Workspace, config: TrainConfig, resume: bool, data: _Data, fing
             **config.to_dict(), "classes": data.classes, "run_id": run_id, "parts": part_names(config),
             "n_samples": len(data.sample_ids), "fercure_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "fingerprint": fingerprint,
-            "world_size": world.size, "trusted_files": trusted_labels.provenance(trusted)})
-    return dd.broadcast_object(run_id, world)
+            "world_size": run.world.size, "trusted_files": trusted_labels.provenance(run.trusted)})
+    return dd.broadcast_object(run_id, run.world)
 
 
 def _vote_targets(ws: Workspace, data: _Data, reviewed: np.ndarray) -> np.ndarray:
@@ -508,24 +518,22 @@ def _vote_targets(ws: Workspace, data: _Data, reviewed: np.ndarray) -> np.ndarra
     return targets
 
 
-def _run_jobs(store: Any, data: _Data, plan: Any, jobs: list[ens.Job], config: TrainConfig,
-              ckpt: dict[str, Any], run_dir: Path, world: dd.World, reporter: Reporter,
-              votes: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
+def _run_jobs(run: _Run, store: Any, ckpt: dict[str, Any], votes: np.ndarray | None = None) -> dict[str, FitRecord]:
     """Every fit of the run (members, generations, folds, the retrain) not yet done, each recorded
     to its own file and named in the checkpoint; returns every fit's record by key. ``votes``: the
     soft targets of ``--soft-labels`` (by trained sample)."""
+    data, plan, config, world, run_dir = run.data, run.plan, run.config, run.world, run.run_dir
     c = len(data.classes)
     labels_full = np.zeros(store.shape[0], dtype=np.int64)
     labels_full[data.rows] = plan.train_labels
     given_full = np.zeros(store.shape[0], dtype=np.int64)
     given_full[data.rows] = data.given
     folds = ens.stratified_folds(data.given, config.folds, config.seed) if config.folds else None
-    done: dict[str, dict[str, Any]] = {k: _to_numpy(_done_record(run_dir, k, v, jobs))
-                                       for k, v in ckpt["done"].items()}
+    done = {k: _done_record(run_dir, k, v, run.jobs) for k, v in ckpt["done"].items()}
     fit_pos = np.flatnonzero(~plan.holdout)  # the first models never see the probe
     writer = _CheckpointWriter(run_dir / "checkpoint.pt") if world.main else _NoWriter()
     try:
-        for job in jobs:
+        for job in run.jobs:
             if job.key in done:
                 continue
             resume_state = None
@@ -535,20 +543,19 @@ def _run_jobs(store: Any, data: _Data, plan: Any, jobs: list[ens.Job], config: T
             if job.kind == "member":
                 train_pos = fit_pos
                 if job.generation > 0:  # students learn the previous generation's ensemble mean
-                    prev = [done[f"g{job.generation - 1}m{i}"]["probs"] for i in range(config.ensemble)]
-                    soft = np.mean(prev, axis=0)[fit_pos]
+                    soft = np.mean([m.probs for m in run.generation(done, job.generation - 1)], axis=0)[fit_pos]
             elif job.kind == "fold":
                 train_pos = np.flatnonzero(folds != job.fold)
                 labels = given_full
             else:  # retrain: the given labels, without the first models' most suspect share
-                first = det.first_stage_scores(plan, [done[f"g0m{i}"] for i in range(config.ensemble)], c)
+                first = det.first_stage_scores(plan, run.generation(done, 0), c)
                 train_pos = np.flatnonzero(~det.retrain_excluded(first, plan, config.retrain_drop))
                 labels = given_full
 
             def save(state: dict[str, Any], key: str = job.key) -> None:
                 ckpt["current"] = {"key": key, "state": state}
                 writer.submit(ckpt)
-                _log_epoch(reporter, desc, state, config.epochs)
+                _log_epoch(run.reporter, desc, state, config.epochs)
 
             vote_targets = None
             if votes is not None:
@@ -557,15 +564,15 @@ def _run_jobs(store: Any, data: _Data, plan: Any, jobs: list[ens.Job], config: T
                     flipped = plan.train_labels != data.given
                     vote_targets[flipped] = np.eye(c)[plan.train_labels[flipped]]
                 vote_targets = vote_targets[train_pos]
-            desc = "train" if len(jobs) == 1 else f"train {job.key}"
+            desc = "train" if len(run.jobs) == 1 else f"train {job.key}"
             res = fit(store, labels, data.classes, config, index=data.rows[train_pos], seed=job.seed,
                       soft_targets=soft, vote_targets=vote_targets, resume_state=resume_state, on_epoch_end=save,
-                      reporter=reporter, description=desc)
+                      reporter=run.reporter, description=desc)
             held = np.flatnonzero(folds == job.fold) if job.kind == "fold" else None
-            done[job.key] = _fit_record(job, res, store, data, config, train_pos, held, run_dir, world)
+            done[job.key] = _fit_record(run, job, res, store, train_pos, held)
             if world.main:  # written once; the checkpoint names it instead of re-pickling it every epoch
                 with atomic_path(_fit_file(run_dir, job.key)) as tmp:
-                    torch.save(_to_tensors(done[job.key]), tmp)
+                    torch.save(done[job.key].to_checkpoint(), tmp)
             ckpt["done"][job.key] = FIT_FILE
             ckpt["current"] = None
             writer.submit(ckpt)
@@ -575,77 +582,89 @@ def _run_jobs(store: Any, data: _Data, plan: Any, jobs: list[ens.Job], config: T
     return done
 
 
-def _fit_record(job: ens.Job, res: Any, store: Any, data: _Data, config: TrainConfig, train_pos: np.ndarray,
-                held: np.ndarray | None, run_dir: Path, world: dd.World) -> dict[str, Any]:
+def _fit_record(run: _Run, job: ens.Job, res: Any, store: Any, train_pos: np.ndarray,
+                held: np.ndarray | None) -> FitRecord:
     """What the run keeps of a finished fit: its history and predictions (a fold model is only
     asked about its held-out fold; the others score every sample); a final member's weights."""
-    record: dict[str, Any] = {"history": res.history, "seconds": res.seconds,
-                              "seen": float(res.images_per_s * res.seconds), "trained": train_pos}
-    pr = predict(res.model, store, config, index=data.rows if held is None else data.rows[held],
-                 parts=res.parts, flip=True)
-    if job.kind == "member":
-        record.update(probs=pr["probs"], logits=pr["logits"], embedding=pr["embedding"],
-                      rel_probs=pr.get("rel_probs", pr["probs"]),
-                      reliability=pr.get("reliability", pr["probs"].max(axis=1)),
-                      labels=res.labels, relabel_count=res.relabel_count,
-                      mean_probs=res.mean_probs, dynamics=res.dynamics)
-        if job.generation == config.distill_generations and world.main:
-            target = run_dir / "model.pt" if job.key == f"g{config.distill_generations}m0" else \
-                run_dir / "members" / f"{job.key}.pt"
-            with atomic_path(target) as tmp:
-                torch.save({k: v.detach().cpu() for k, v in res.model.state_dict().items()}, tmp)
-    elif job.kind == "fold":
-        record.update(held=held, logits=pr["logits"], probs=pr["probs"])
-    else:
-        record.update(probs=pr["probs"], mean_probs=res.mean_probs, dynamics=res.dynamics)
-    return record
+    config, rows = run.config, run.data.rows
+    pr = predict(res.model, store, config, index=rows if held is None else rows[held], parts=res.parts, flip=True)
+    common = dict(history=res.history, seconds=res.seconds, seen=float(res.images_per_s * res.seconds),
+                  trained=train_pos, probs=pr["probs"])
+    if job.kind == "fold":
+        return FitRecord(**common, held=held, logits=pr["logits"])
+    if job.kind != "member":  # the retrain
+        return FitRecord(**common, mean_probs=res.mean_probs, dynamics=res.dynamics)
+    if job.generation == config.distill_generations and run.world.main:
+        target = run.run_dir / "model.pt" if job.key == ens.member_key(config.distill_generations, 0) else \
+            run.run_dir / "members" / f"{job.key}.pt"
+        with atomic_path(target) as tmp:
+            torch.save({k: v.detach().cpu() for k, v in res.model.state_dict().items()}, tmp)
+    return FitRecord(**common, logits=pr["logits"], embedding=pr["embedding"],
+                     rel_probs=pr.get("rel_probs", pr["probs"]),
+                     reliability=pr.get("reliability", pr["probs"].max(axis=1)),
+                     labels=res.labels, relabel_count=res.relabel_count,
+                     mean_probs=res.mean_probs, dynamics=res.dynamics)
 
 
-def _tables(data: _Data, plan: Any, jobs: list[ens.Job], done: dict[str, dict[str, Any]], config: TrainConfig,
-            run_id: str, world: dd.World, trusted: Any = None) -> tuple:
+@dataclass
+class _Tables:
+    """What a run's fits make: its tables with their metadata, and what the summary reports of them."""
+    predictions: pd.DataFrame
+    dynamics: pd.DataFrame
+    meta: dict[str, Any]  # the predictions' and dynamics' metadata
+    embedding: pd.DataFrame
+    embedding_meta: dict[str, Any]
+    signals: dict[str, np.ndarray]  # det.aggregate's per-sample columns
+    strength: dict[str, Any]  # the model-strength probe
+    scn: np.ndarray  # the SCN label of every trained sample
+
+
+def _tables(run: _Run, done: dict[str, FitRecord]) -> _Tables:
     """The run's predictions and dynamics tables from its fits; also the table metadata, the
     detection signals, the model-strength probe and the SCN labels (for the summary)."""
+    data, plan, config = run.data, run.plan, run.config
     n, c = len(data.rows), len(data.classes)
     fit_pos = np.flatnonzero(~plan.holdout)
-    members0 = [done[f"g0m{i}"] for i in range(config.ensemble)]
-    finals = [done[f"g{config.distill_generations}m{i}"] for i in range(config.ensemble)]
-    unc = ens.ensemble_uncertainty(np.stack([m["probs"] for m in finals]))
-    oof, temperature = _out_of_fold(done, data, config)
+    members0 = run.generation(done, 0)
+    finals = run.generation(done, config.distill_generations)
+    unc = ens.ensemble_uncertainty(np.stack([m.probs for m in finals]))
+    oof, temperature = _out_of_fold(run, done)
     scn, relabel_count = data.given.copy(), np.zeros(n, dtype=np.int64)
-    scn[fit_pos] = dyn.majority_labels([m["labels"] for m in members0], c)
+    scn[fit_pos] = dyn.majority_labels([m.labels for m in members0], c)
     scn[plan.planted] = data.given[plan.planted]  # never report a planted label
-    relabel_count[fit_pos] = np.rint(np.mean([m["relabel_count"] for m in members0], axis=0))
-    cols, self_check, strength = det.aggregate(plan, members0, done.get("retrain"), c, config)
+    relabel_count[fit_pos] = np.rint(np.mean([m.relabel_count for m in members0], axis=0))
+    cols, self_check, strength = det.aggregate(plan, members0, done.get(ens.RETRAIN_KEY), c, config)
     mean_probs = unc["mean"].copy()  # probe samples: the held-out prediction
-    mean_probs[fit_pos] = np.mean([m["mean_probs"] for m in members0], axis=0)
+    mean_probs[fit_pos] = np.mean([m.mean_probs for m in members0], axis=0)
 
     pred_df = dyn.predictions_frame(
         data.sample_ids, data.classes, data.given, probs=unc["mean"],
         mean_probs=mean_probs, signals=cols,
         relabel_count=relabel_count, scn_index=scn,
-        reliability=np.mean([m["reliability"] for m in finals], axis=0),
-        rel_probs=np.mean([m["rel_probs"] for m in finals], axis=0),
+        reliability=np.mean([m.reliability for m in finals], axis=0),
+        rel_probs=np.mean([m.rel_probs for m in finals], axis=0),
         entropy=unc["entropy"], mutual_info=unc["mutual_info"], oof_p_given=oof)
-    pred_df = det.hide_flips(pred_df, plan, data.classes, cols.get("retrain_probs"))  # no trace of a flip leaves the run
+    # no trace of a flip leaves the run
+    pred_df = det.hide_flips(pred_df, plan, data.classes, cols.get("retrain_probs"))
     # Planted and probe samples were not trained with their given label: their dynamics rows
     # would describe a label that is not theirs (or nothing), so dynamics.parquet leaves them out.
     real = ~(plan.planted | plan.holdout)
     dyn_frames = []
-    for j in jobs:
+    for j in run.jobs:
         if j.kind != "member":
             continue
-        pos = done[j.key]["trained"]
+        pos = done[j.key].trained
         keep = real[pos]
         sel = pos[keep]
         dyn_frames.append(dyn.dynamics_frame([data.sample_ids[i] for i in sel], data.given[sel],
-                                             {k: v[:, keep] for k, v in done[j.key]["dynamics"].items()},
+                                             {k: v[:, keep] for k, v in done[j.key].dynamics.items()},
                                              j.member))
-    meta = {"run_id": run_id, "classes": data.classes, "config": config.to_dict(),
+    meta = {"run_id": run.run_id, "classes": data.classes, "config": config.to_dict(),
             "temperature": temperature, "self_check": self_check, "model_strength": strength,
-            "world_size": world.size, "trusted": trusted_labels.provenance(trusted)}
-    meta_emb = {"run_id": run_id, "classes": data.classes}
-    emb_df = embedding_frame(data.sample_ids, cols, plan.planted)
-    return pred_df, pd.concat(dyn_frames, ignore_index=True), meta, cols, strength, scn, (emb_df, meta_emb)
+            "world_size": run.world.size, "trusted": trusted_labels.provenance(run.trusted)}
+    return _Tables(pred_df, pd.concat(dyn_frames, ignore_index=True), meta,
+                   embedding_frame(data.sample_ids, cols, plan.planted),
+                   {"run_id": run.run_id, "classes": data.classes}, cols, strength, scn)
 
 
 def embedding_frame(sample_ids, cols: dict[str, np.ndarray], planted: np.ndarray) -> pd.DataFrame:
@@ -668,40 +687,39 @@ def embedding_frame(sample_ids, cols: dict[str, np.ndarray], planted: np.ndarray
                          "neighbours": nb, "neighbour_similarity": ns})
 
 
-def _out_of_fold(done: dict[str, dict[str, Any]], data: _Data, config: TrainConfig
-                 ) -> tuple[np.ndarray, float | None]:
+def _out_of_fold(run: _Run, done: dict[str, FitRecord]) -> tuple[np.ndarray, float | None]:
     """Cross-fitted p(given) (NaN without folds) and the temperature fitted on the fold logits."""
+    data, config = run.data, run.config
     n, c = len(data.rows), len(data.classes)
     oof = np.full(n, np.nan)
     if not config.folds:
         return oof, None
     oof_logits = np.zeros((n, c))
     for k in range(config.folds):
-        r = done[f"fold{k}"]
-        oof_logits[r["held"]] = r["logits"]
+        r = done[ens.fold_key(k)]
+        oof_logits[r.held] = r.logits
     temperature = ens.fit_temperature(oof_logits, data.given)
     oof_probs = torch.softmax(torch.from_numpy(oof_logits / temperature), dim=1).numpy()
     return oof_probs[np.arange(n), data.given], temperature
 
 
-def _write_run(ws: Workspace, run_dir: Path, run_id: str, jobs: list[ens.Job], done: dict[str, dict[str, Any]],
-               pred_df: pd.DataFrame, dyn_df: pd.DataFrame, meta: dict[str, Any], trusted: Any = None,
-               emb: tuple[pd.DataFrame, dict] | None = None) -> None:
+def _write_run(run: _Run, done: dict[str, FitRecord], tables: _Tables) -> None:
     """The run's tables and metrics; predictions.parquet last (it marks the run finished), then
     the files only --resume needed are removed."""
-    write_table(dyn_df, run_dir / "dynamics.parquet", meta, table=schema.DYNAMICS)
-    if emb is not None:
-        write_table(emb[0], run_dir / "embedding.parquet", emb[1], table=schema.EMBEDDING)
-    atomic_write_json(run_dir / "metrics.json", {"fits": {k: r["history"] for k, r in done.items()},
+    run_dir, meta = run.run_dir, tables.meta
+    write_table(tables.dynamics, run_dir / "dynamics.parquet", meta, table=schema.DYNAMICS)
+    write_table(tables.embedding, run_dir / "embedding.parquet", tables.embedding_meta, table=schema.EMBEDDING)
+    atomic_write_json(run_dir / "metrics.json", {"fits": {k: r.history for k, r in done.items()},
                                                  "temperature": meta["temperature"],
-                                                 "train_seconds": sum(r["seconds"] for r in done.values())})
-    trusted_labels.write(run_dir, trusted, {"run_id": run_id, "trusted": meta["trusted"]})
-    write_table(pred_df, run_dir / "predictions.parquet", meta, table=schema.PREDICTIONS)  # last: marks the run finished
-    ws.set_latest_run(run_id)
+                                                 "train_seconds": sum(r.seconds for r in done.values())})
+    trusted_labels.write(run_dir, run.trusted, {"run_id": run.run_id, "trusted": meta["trusted"]})
+    # last: marks the run finished
+    write_table(tables.predictions, run_dir / "predictions.parquet", meta, table=schema.PREDICTIONS)
+    run.ws.set_latest_run(run.run_id)
     # The checkpoint (model + optimiser state, ~135 MB for ResNet-18) only serves --resume of an
     # unfinished run; a finished run keeps model.pt and its tables.
     (run_dir / "checkpoint.pt").unlink(missing_ok=True)
-    for j in jobs:
+    for j in run.jobs:
         _fit_file(run_dir, j.key).unlink(missing_ok=True)
     if (run_dir / "fits").is_dir() and not any((run_dir / "fits").iterdir()):
         (run_dir / "fits").rmdir()

@@ -38,6 +38,7 @@ from fercure.dynamics_signals import fine_alignment
 from fercure.metrics import auroc
 from fercure.train import signals as sg
 from fercure.train.dynamics import summarize
+from fercure.train.records import FitRecord
 
 
 @dataclass
@@ -60,23 +61,23 @@ def plan_run(given: np.ndarray, num_classes: int, config: Any, reviewed: np.ndar
     return RunPlan(given, train_labels, planted, holdout)
 
 
-def first_stage_scores(plan: RunPlan, members: Sequence[dict[str, Any]], num_classes: int) -> np.ndarray:
+def first_stage_scores(plan: RunPlan, members: Sequence[FitRecord], num_classes: int) -> np.ndarray:
     """The first models' score of every sample's given label (mean p(given) over epochs; held-out
     p(given) for the probe; see the module docstring for planted samples)."""
     score = np.full(len(plan.given), np.nan)
-    score[members[0]["trained"]] = summarize([m["dynamics"] for m in members])["mean_p_given"]
+    score[members[0].trained] = summarize([m.dynamics for m in members])["mean_p_given"]
     pl, ho = plan.planted, plan.holdout
     score[pl] = _mean_probs_full(members, len(plan.given), num_classes)[pl, plan.given[pl]]
-    probs = np.mean([m["probs"] for m in members], axis=0)
+    probs = np.mean([m.probs for m in members], axis=0)
     score[ho] = probs[ho, plan.given[ho]]
     return score
 
 
-def _mean_probs_full(members: Sequence[dict[str, Any]], n: int, num_classes: int) -> np.ndarray:
+def _mean_probs_full(members: Sequence[FitRecord], n: int, num_classes: int) -> np.ndarray:
     """(N,C) mean over epochs (and members) of the training-time distribution; NaN rows for the
     samples the first models did not train on."""
     out = np.full((n, num_classes), np.nan)
-    out[members[0]["trained"]] = np.mean([m["mean_probs"] for m in members], axis=0)
+    out[members[0].trained] = np.mean([m.mean_probs for m in members], axis=0)
     return out
 
 
@@ -124,13 +125,13 @@ def _margin(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return own - np.where(np.eye(c, dtype=bool)[labels], -np.inf, probs).max(axis=1)
 
 
-def aggregate(plan: RunPlan, members: Sequence[dict[str, Any]], retrain: dict[str, Any] | None,
+def aggregate(plan: RunPlan, members: Sequence[FitRecord], retrain: FitRecord | None,
               num_classes: int, config: Any) -> tuple[dict[str, np.ndarray], dict, dict]:
     """Per-sample signal columns (about the given label), the self-check and the model strength."""
     n, c = len(plan.given), num_classes
     given = plan.given
-    trained = members[0]["trained"]  # positions the first models trained on
-    summ = summarize([m["dynamics"] for m in members])  # about the *training* labels of `trained`
+    trained = members[0].trained  # positions the first models trained on
+    summ = summarize([m.dynamics for m in members])  # about the *training* labels of `trained`
     tl = plan.train_labels
     pl, ho = plan.planted, plan.holdout
 
@@ -142,17 +143,17 @@ def aggregate(plan: RunPlan, members: Sequence[dict[str, Any]], retrain: dict[st
     std_p = std_train.copy()  # about the given label: planted and probe samples have none
     std_p[pl] = np.nan
     aum_train = at_trained(summ["aum"])
-    predicted = members[0]["dynamics"]["predicted"]
+    predicted = members[0].dynamics["predicted"]
     forget_given = at_trained(sg.forgetting_events(predicted, given[trained]))
     forget_train = at_trained(sg.forgetting_events(predicted, tl[trained]))
-    eval_probs = np.mean([m["probs"] for m in members], axis=0)
+    eval_probs = np.mean([m.probs for m in members], axis=0)
     # The second model never trained on a planted sample (``retrain_excluded``): its held-out view
     # is the only one free of the flip. Without a retrain a planted sample is left unscored.
-    rp = retrain["probs"] if retrain is not None else np.full((n, c), np.nan)
+    rp = retrain.probs if retrain is not None else np.full((n, c), np.nan)
     # the first member's embedding: members are trained apart, so their feature spaces differ and
     # an average of embeddings would mean nothing. Neighbours vote with their *given* labels (no
     # flip is counted); a planted sample's own place in that space was learnt with its flip.
-    emb = members[0]["embedding"]
+    emb = members[0].embedding
     # The kNN runs where training ran (`--device cpu` never wakes a GPU). The fusion fit also needs
     # the vote on the labels the first model trained on: same neighbours, searched once.
     fit_fusion = bool(config.knn) and pl.sum() >= 10
@@ -174,7 +175,7 @@ def aggregate(plan: RunPlan, members: Sequence[dict[str, Any]], retrain: dict[st
 
     cols: dict[str, np.ndarray] = {
         "mean_p_given": mean_p, "var_p_given": std_p ** 2, "aum": aum,
-        "last_p_given": nan_planted(at_trained(np.mean([m["dynamics"]["p_given"][-1] for m in members], axis=0))),
+        "last_p_given": nan_planted(at_trained(np.mean([m.dynamics["p_given"][-1] for m in members], axis=0))),
         "importance_weight": nan_planted(at_trained(summ["importance_weight"])),
         "forgetting": nan_planted(forget_given), "knn_agreement": knn_agree, "knn_probs": knn,
         # FINE: alignment with the given class's principal direction of the same embedding (planted
@@ -186,8 +187,8 @@ def aggregate(plan: RunPlan, members: Sequence[dict[str, Any]], retrain: dict[st
     }
     if neighbours is not None:
         cols["neighbour_index"], cols["neighbour_similarity"] = neighbours.index, neighbours.similarity
-    if "p_given_eval" in members[0]["dynamics"]:
-        pe = at_trained(np.mean([m["dynamics"]["p_given_eval"].mean(axis=0) for m in members], axis=0))
+    if "p_given_eval" in members[0].dynamics:
+        pe = at_trained(np.mean([m.dynamics["p_given_eval"].mean(axis=0) for m in members], axis=0))
         pe[pl] = np.nan
         pe[ho] = eval_probs[ho, given[ho]]
         cols["mean_p_given_eval"] = pe
@@ -251,15 +252,15 @@ def _fusion_step(plan: RunPlan, trained: np.ndarray, on_train: dict[str, np.ndar
     return quality, fusion, fit_rows
 
 
-def _retrain_columns(retrain: dict[str, Any], given: np.ndarray, rp: np.ndarray) -> dict[str, np.ndarray]:
+def _retrain_columns(retrain: FitRecord, given: np.ndarray, rp: np.ndarray) -> dict[str, np.ndarray]:
     """The second model's p(given) (in-sample where it trained, held out where it did not), which rows
     it held out, and its class distributions."""
     n = len(given)
-    kept = retrain["trained"]
+    kept = retrain.trained
     dropped = np.ones(n, dtype=bool)
     dropped[kept] = False
     s2 = np.full(n, np.nan)
-    s2[kept] = summarize([retrain["dynamics"]])["mean_p_given"]
+    s2[kept] = summarize([retrain.dynamics])["mean_p_given"]
     s2[dropped] = rp[dropped, given[dropped]]
     return {"retrain_p_given": s2, "retrain_held_out": dropped, "retrain_probs": rp}
 

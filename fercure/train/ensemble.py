@@ -90,7 +90,8 @@ def fit_temperature(logits: np.ndarray | torch.Tensor, labels: np.ndarray | torc
 
 @dataclass(frozen=True)
 class Job:
-    """One fit of a run. key is stable so checkpoints can say which jobs are done."""
+    """One fit of a run. key (``member_key``, ``fold_key``, ``RETRAIN_KEY``) is stable so checkpoints
+    can say which jobs are done."""
     key: str
     kind: str  # member | fold | retrain
     generation: int = 0
@@ -104,6 +105,19 @@ class Job:
         return self.member if self.kind == "member" else -1
 
 
+def member_key(generation: int, member: int) -> str:
+    """The key of generation ``generation``'s ensemble member ``member`` (0..M-1): ``g1m0``."""
+    return f"g{generation}m{member}"
+
+
+def fold_key(fold: int) -> str:
+    """The key of the cross-fitting model trained without fold ``fold``: ``fold2``."""
+    return f"fold{fold}"
+
+
+RETRAIN_KEY = "retrain"  # the key of the second model (trained without the most suspect share)
+
+
 def plan_jobs(config: Any) -> list[Job]:
     """Members of generation 0, then students of generations 1..G, then the K folds, then the
     retrain (a second model without the most suspect share, which scores that share held out)."""
@@ -111,12 +125,12 @@ def plan_jobs(config: Any) -> list[Job]:
     m = config.ensemble
     for g in range(config.distill_generations + 1):
         for i in range(m):
-            jobs.append(Job(key=f"g{g}m{i}", kind="member", generation=g, member=g * m + i,
+            jobs.append(Job(key=member_key(g, i), kind="member", generation=g, member=g * m + i,
                             seed=config.seed + 1000 * g + i))
     for k in range(config.folds):
-        jobs.append(Job(key=f"fold{k}", kind="fold", fold=k, seed=config.seed + 100_000 + k))
+        jobs.append(Job(key=fold_key(k), kind="fold", fold=k, seed=config.seed + 100_000 + k))
     if getattr(config, "retrain", False):
-        jobs.append(Job(key="retrain", kind="retrain", seed=config.seed + 200_000))
+        jobs.append(Job(key=RETRAIN_KEY, kind="retrain", seed=config.seed + 200_000))
     return jobs
 
 
