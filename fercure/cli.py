@@ -1,4 +1,8 @@
-"""The `fercure` command line: parse options, call a stage, render its summary. No logic here."""
+"""The `fercure` command line: parse options, call a stage, render its summary. No logic here.
+
+The commands and their options are here; what every command shares around its stage (the run with
+its progress, errors, the summary's tables or JSON) is fercure.cli_output, the demo's steps
+fercure.cli_demo. The console entry point is ``fercure.cli:app``."""
 
 from __future__ import annotations
 
@@ -29,7 +33,11 @@ from fercure.layouts import IMAGE_SOURCES, LINKS
 from fercure.rerank import QUEUE_ORDERS
 from fercure.train.config import DEVICES, POOLS, STORE_MODES, TrainConfig
 from fercure.errors import FercureError, WorkspaceError
-from fercure.files import is_disk_full
+from fercure.cli_output import _emit, _fail, _json_errors, _run
+from fercure.cli_demo import DEMO_RESNET18_ARGS, _check_demo_workspace, _demo_stages, find_sample_data
+# Names that moved out of this module and that tests and scripts still read here.
+from fercure.cli_output import JSON_MAX_LIST, JSON_MAX_MAP, _render, bound_json  # noqa: F401
+from fercure.cli_demo import _demo_scorecard  # noqa: F401
 
 app = typer.Typer(
     name="fercure",
@@ -76,32 +84,6 @@ def _examples(text: str) -> str:
     return head + "\n\n\b\n" + "\n".join(lines)
 
 
-# Set by a command run with --json (reset before every command): an error is then also a JSON object
-# on stdout, so a script reading stdout gets one whether the command worked or not.
-_JSON_ERRORS = False
-
-
-def _json_errors(on: bool) -> None:
-    global _JSON_ERRORS
-    _JSON_ERRORS = bool(on)
-
-
-def _fail(message: str, code: int = 1, error: BaseException | None = None) -> None:
-    from fercure.console import err_console, text
-    from fercure import launch
-
-    launch.record_error(message)  # a rank of `--nproc N`: the launcher prints it once
-    if not launch.launched_rank() or os.environ.get("RANK", "0").strip() in ("", "0"):
-        if _JSON_ERRORS:
-            import json
-
-            from fercure.summary import error_json
-
-            typer.echo(json.dumps(error_json(message, error, code), ensure_ascii=False))
-        err_console.print(f"[bold red]error:[/] {text(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
 @contextlib.contextmanager
 def _locked(workspace: Path, wait: bool, *, create: bool = False):
     """Hold the workspace lock (fercure.workspace.workspace_lock) for a command that writes there;
@@ -115,166 +97,6 @@ def _locked(workspace: Path, wait: bool, *, create: bool = False):
         _fail(str(e), error=e)
     with stack:
         yield
-
-
-def _fmt(value: object) -> str:
-    """Short, readable cell text: 3 significant digits for floats, compact nested structures."""
-    import json
-
-    if isinstance(value, bool) or value is None:
-        return str(value)
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return f"{value:,.3g}" if abs(value) < 1e5 else f"{value:,.0f}"
-    if isinstance(value, (list, tuple)):
-        return ", ".join(_fmt(v) for v in value)
-    if isinstance(value, dict):
-        return json.dumps(value, default=str, separators=(", ", ": "))[:200]
-    return str(value)
-
-
-def _missing(value: object) -> bool:
-    """None or NaN: a value that was not measured (printed as such, never as "None" or "nan")."""
-    return value is None or (isinstance(value, float) and value != value)
-
-
-def _render(summary: object, title: str) -> None:
-    """Render a stage summary dataclass: scalars as one table, each count dict/DataFrame as its own.
-    Nested dicts (thresholds, statistics) are left to the files' metadata: only their scalars show."""
-    import numbers
-
-    import pandas as pd
-    from rich.table import Table
-
-    from fercure.console import cell, console, counts_table, kv_table, text
-
-    scalars: dict[str, str] = {}
-    extras = []
-    for f in dataclasses.fields(summary):
-        if f.metadata.get("hidden"):  # shown another way (e.g. through ``warning``)
-            continue
-        value = getattr(summary, f.name)
-        label = f.name.replace("_", " ")
-        if isinstance(value, dict):
-            if value and all(isinstance(v, int) and not isinstance(v, bool) for v in value.values()):
-                extras.append(counts_table(label, value, key=label.split()[0], limit=TABLE_MAX_ROWS))
-            elif value:
-                # machine keys (--json's) read with spaces here; what was not measured is left out
-                flat = {str(k).replace("_", " "): _fmt(v) for k, v in value.items()
-                        if not isinstance(v, (dict, list)) and not _missing(v)}
-                if flat:
-                    extras.append(kv_table(label, flat))
-        elif isinstance(value, pd.DataFrame):
-            if not value.empty:
-                shown = value.iloc[:TABLE_MAX_ROWS, :TABLE_MAX_COLS]
-                cut = [f"{n} more {what}" for n, what in ((len(value) - len(shown), "rows"),
-                                                         (value.shape[1] - shown.shape[1], "columns")) if n > 0]
-                t = Table(title=label, title_justify="left",
-                          caption=f"({', '.join(cut)}: see --json or the workspace's files)" if cut else None)
-                t.add_column("")
-                for c in shown.columns:
-                    t.add_column(cell(c), justify="right")
-                for idx, row in shown.iterrows():
-                    cells = [cell("not measured" if _missing(v) else _fmt(v.item() if hasattr(v, "item") else v))
-                             for v in row.tolist()]
-                    t.add_row(cell(idx), *cells)
-                extras.append(t)
-        elif isinstance(value, (list, tuple)):
-            if value:  # long lists (skipped samples) in full in --json only
-                shown = list(map(str, value[:10])) + ([f"... and {len(value) - 10} more"] if len(value) > 10 else [])
-                scalars[label] = "\n".join(shown)
-        elif value is not None:
-            scalars[label] = _fmt(value.item() if isinstance(value, numbers.Number) and hasattr(value, "item") else value)
-    for prop in ("images_per_s", "slowest_stage"):
-        if hasattr(type(summary), prop):
-            scalars[prop.replace("_", " ")] = _fmt(getattr(summary, prop))
-    console.print(kv_table(title, scalars))
-    for t in extras:
-        console.print(t)
-    warning = getattr(summary, "warning", None)
-    if warning:
-        from rich.panel import Panel
-
-        console.print(Panel(text(warning), title="warning", border_style="bold red"))
-
-
-# --json and the terminal tables stay bounded whatever the class count (a 900-class transition
-# matrix printed in full was 170 MB): the full tables are in the workspace's files.
-JSON_MAX_LIST = 1000  # items of any one list in --json
-JSON_MAX_MAP = 100  # entries of any one mapping (a table is a mapping of mappings: 100 × 100)
-TABLE_MAX_ROWS, TABLE_MAX_COLS = 50, 12  # a summary table in the terminal
-
-
-def bound_json(value, left_out: dict[str, int] | None = None, field: str = ""):
-    """``value`` with every list cut to JSON_MAX_LIST items and every mapping to JSON_MAX_MAP
-    entries; ``left_out`` counts what was cut, per top-level field. Pure."""
-    left_out = {} if left_out is None else left_out
-    if isinstance(value, dict):
-        items = list(value.items())
-        limit = JSON_MAX_MAP if field else len(items)  # the summary's own fields all stay
-        if len(items) > limit:
-            left_out[field] = left_out.get(field, 0) + len(items) - limit
-        return {k: bound_json(v, left_out, field or str(k)) for k, v in items[:limit]}
-    if isinstance(value, list):
-        if len(value) > JSON_MAX_LIST:
-            left_out[field] = left_out.get(field, 0) + len(value) - JSON_MAX_LIST
-        return [bound_json(v, left_out, field) for v in value[:JSON_MAX_LIST]]
-    return value
-
-
-def _left_out(left: dict[str, int]) -> dict[str, str]:
-    """``--json``'s note of what bounding left out: one wording for every command."""
-    return {k: f"{n} entries not listed here (the workspace's files hold them all)" for k, n in left.items()}
-
-
-def _emit(summary: object, title: str, workspace: object, as_json: bool) -> None:
-    """The summary: JSON on stdout (``--json``), or tables, then where the outputs are and what
-    to run next."""
-    from fercure.summary import as_json as summary_json
-
-    data = summary_json(summary, title, workspace)
-    if as_json:
-        import json
-
-        left: dict[str, int] = {}
-        data = bound_json(data, left)
-        if left:
-            data["left_out"] = _left_out(left)
-        typer.echo(json.dumps(data, ensure_ascii=False))
-        return
-    from fercure.console import console, text
-
-    _render(summary, title)
-    if data.get("outputs"):
-        console.print(f"[bold]Outputs:[/] {text(', '.join(data['outputs']))}", highlight=False, soft_wrap=True)
-    if data.get("next"):
-        console.print(f"[bold]Next:[/] {text(data['next'])}", highlight=False, soft_wrap=True)
-
-
-def _run(fn, title: str, as_json: bool | None = False, quiet: bool = False, **kwargs):
-    """Run a stage with a progress display and emit its summary (``as_json``: as JSON; None: the
-    caller prints it). ``quiet`` (the ranks of a data-parallel run other than 0) shows neither,
-    only errors."""
-    from fercure.console import RichReporter
-    from fercure.progress import NULL
-
-    try:
-        with (contextlib.nullcontext(NULL) if quiet else RichReporter()) as reporter:
-            summary = fn(reporter=reporter, **kwargs)
-    except FercureError as e:
-        _fail(str(e), error=e)
-    except KeyboardInterrupt:
-        _fail(_interrupted(title, kwargs.get("workspace")), 130)
-    except OSError as e:  # a write outside atomic_path (those already say which file)
-        if not is_disk_full(e):
-            raise
-        where = f" while writing {e.filename}" if e.filename else ""
-        _fail(f"Disk full{where} ({e.strerror or e}). Free space on the workspace's disk, or use a workspace "
-              "on a disk with more room, and run the command again.")
-    if not quiet and as_json is not None:  # None: the caller (demo) prints the summaries itself
-        _emit(summary, title, kwargs.get("workspace"), as_json)
-    return summary
 
 
 def _launch_ranks(nproc: int, workspace: Path, wait: bool, device: str = "auto") -> None:
@@ -304,17 +126,6 @@ def _launch_ranks(nproc: int, workspace: Path, wait: bool, device: str = "auto")
         code = launch.run_ranks(args, nproc, log=lambda line: err_console.print(
             f"[bold red]error:[/] {text(line)}", highlight=False, soft_wrap=True))
     raise typer.Exit(code)
-
-
-def _interrupted(title: str, workspace: object) -> str:
-    """What to run after Ctrl-C. prepare resumes by itself; train only with --resume (the same
-    command again would start a new run from epoch 1)."""
-    if title == "train":
-        return (f"train interrupted. Finished epochs are kept in the run's checkpoint: run `fercure train "
-                f"-w {workspace} --resume` to continue it (without --resume a new run starts).")
-    if title == "prepare":
-        return "prepare interrupted. Finished chunks are kept: run the same command again to resume."
-    return f"{title} interrupted; nothing was half-written. Run the same command again."
 
 
 def _version(value: bool) -> None:
@@ -679,64 +490,6 @@ def export_cleaned(
     _emit(summary, "export-cleaned", workspace, json_out)
 
 
-def find_sample_data() -> Path | None:
-    """sample_data/ beside the package (a source checkout) or in the current folder."""
-    for candidate in (Path(__file__).resolve().parent.parent / "sample_data", Path.cwd() / "sample_data"):
-        if (candidate / "labels.csv").exists():
-            return candidate
-    return None
-
-
-def _demo_labels(data: Path, workspace: Path, limit: int | None) -> Path:
-    """The demo's label file: DATA/labels.csv, or with ``limit`` its first ``limit`` rows of each
-    class (written to WS/demo-labels.csv; the first 12 per class are the earlier 84-image sample)."""
-    labels = data / "labels.csv"
-    if limit is None:
-        return labels
-    import pandas as pd
-
-    from fercure.workspace import atomic_path
-
-    df = pd.read_csv(labels, dtype=str, keep_default_na=False)
-    if "label" not in df.columns:
-        _fail(f"--limit needs a 'label' column in {labels} (it has {', '.join(df.columns)}).")
-    subset = df.groupby("label", sort=False).head(limit)
-    out = Path(workspace) / "demo-labels.csv"
-    with atomic_path(out) as tmp:
-        subset.to_csv(tmp, index=False)
-    return out
-
-
-def _demo_scorecard(data: Path, workspace: Path, quiet: bool = False) -> dict | None:
-    """Score the audit against DATA/ferplus_reference.csv (FER+ votes, evaluation only); print the
-    scorecard and write it to WS/scorecard.json. Skipped, with one line, without a reference."""
-    import pandas as pd
-
-    from fercure.console import console, text
-    from fercure.scorecard import render_scorecard, scorecard
-    from fercure.workspace import Workspace, atomic_write_json, read_metadata, read_table
-
-    if quiet:  # --json: notes go to stderr, the card into the JSON
-        from fercure.console import err_console as console
-    reference_path = data / "ferplus_reference.csv"
-    if not reference_path.exists():
-        console.print(f"Scorecard skipped: {text(reference_path)} not found (it holds the FER+ votes the audit is "
-                      "scored against).", soft_wrap=True, highlight=False)
-        return None
-    audit_path = Workspace(workspace).audit
-    try:
-        card = scorecard(read_table(audit_path), pd.read_csv(reference_path, keep_default_na=False),
-                         read_metadata(audit_path).get("stats"))
-    except ValueError as e:
-        console.print(f"Scorecard skipped: {text(e)}.", soft_wrap=True, highlight=False)
-        return None
-    card["reference"] = str(reference_path)
-    atomic_write_json(Path(workspace) / "scorecard.json", card)
-    if not quiet:
-        console.print(render_scorecard(card))
-    return card
-
-
 @app.command(epilog=_examples("Examples:\n\n  fercure demo -w demo-ws\n\n"
                               "  # 12 images per class, under a minute\n\n  fercure demo -w demo-ws --limit 12 --epochs 5"))
 def demo(
@@ -770,91 +523,6 @@ def demo(
                          backbone=backbone, backbone_args=backbone_args)
     with _locked(workspace, wait, create=True):  # one lock over all four stages
         _demo_stages(data, workspace, limit, config, force, json_out)
-
-
-def _check_demo_workspace(workspace: Path, data: Path) -> None:
-    """The demo's workspace may not lie in its input folder: refuse before anything (the lock,
-    demo-labels.csv) is written there."""
-    from fercure.workspace import is_inside
-
-    if is_inside(workspace, data):
-        _fail(f"--workspace {workspace} lies inside the sample data {data}; fercure never writes into its input. "
-              "Choose a workspace outside it, e.g. -w demo-ws.")
-    from fercure.workspace import Workspace
-
-    ws = Workspace(workspace)
-    if not ws.root.is_dir() or not any(p.name not in (".lock", ws.marker.name) for p in ws.root.iterdir()):
-        return
-    try:
-        before = ws.prepared_inputs()[0] if ws.manifest.is_file() else None
-        other = before is None or before != str((data / "images").resolve())
-    except FercureError:  # fercure's own manifest, unreadable: prepare rebuilds it, as it does for `prepare`
-        before, other = None, False
-    reviewed = ws.reviewed_work()
-    if other or reviewed:
-        why = (f"holds a person's review ({'; '.join(reviewed)})" if reviewed else
-               f"was prepared from {before}" if before else "holds files that are not an earlier demo's")
-        replaced = ws.contents() + ([f"{ws.root / 'cleaned.parquet'}"] if (ws.root / "cleaned.parquet").exists() else [])
-        _fail(f"--workspace {workspace} {why}; the demo would replace "
-              + ("; ".join(replaced) or "what is there") + ". Run the demo in a new workspace (e.g. -w demo-ws2).")
-
-
-# The demo's backbone: ResNet-18 at half width trains 2.7x more images per CPU-second than the full
-# width at 48 px (benchmarks/RESULTS.md, "demo"), so the first contact stays short on a laptop.
-DEMO_RESNET18_ARGS = {"channels": [32, 64, 128, 256]}
-
-
-def _demo_stages(data: Path, workspace: Path, limit: int | None, config: "TrainConfig", force: bool,
-                 as_json: bool = False) -> None:
-    from fercure.console import console, text
-    from fercure.stages.audit import run_audit
-    from fercure.stages.export import run_export
-    from fercure.stages.prepare import run_prepare
-    from fercure.stages.train import run_train
-    from fercure.workspace import Workspace
-
-    from fercure.summary import as_json as summary_json
-
-    def rule(title: str) -> None:
-        if not as_json:  # --json: stdout holds the one JSON object only
-            console.rule(title)
-
-    # Each stage prints its summary as it ends; with --json they are collected into one object.
-    emit = None if as_json else False
-    labels = _demo_labels(data, workspace, limit)
-    rule("[bold]1/4 prepare")
-    summaries = [("prepare", _run(run_prepare, "prepare", as_json=emit, input_root=data / "images",
-                                  workspace=workspace, labels_file=labels, device=config.device,
-                                  image_size=config.image_size))]
-    rule("[bold]2/4 train")
-    summaries.append(("train", _run(run_train, "train", as_json=emit, workspace=workspace, config=config)))
-    rule("[bold]3/4 audit-labels")
-    summaries.append(("audit-labels", _run(run_audit, "audit-labels", as_json=emit, workspace=workspace)))
-    rule("[bold]4/4 export-cleaned")
-    try:
-        summary = run_export(workspace, Path(workspace) / "cleaned.parquet", force=force)
-    except FercureError as e:
-        _fail(str(e), error=e)
-    summaries.append(("export-cleaned", summary))
-    if not as_json:
-        _emit(summary, "export-cleaned", workspace, False)
-    rule("[bold]scorecard")
-    card = _demo_scorecard(data, workspace, quiet=as_json)
-    report = Workspace(workspace).report.resolve()
-    if as_json:
-        import json
-
-        left: dict[str, int] = {}
-        stages = [bound_json(summary_json(s, t, workspace), left) for t, s in summaries]
-        typer.echo(json.dumps({"stages": stages, "scorecard": card, "report": str(report),
-                               **({"left_out": _left_out(left)} if left else {})}, ensure_ascii=False, default=str))
-    else:
-        from fercure.report.page import export_command
-
-        run_id = summaries[1][1].run_id
-        console.print(f"Review report: {text(report)} (open it in a browser, record decisions, save them, then, "
-                      f"in the folder the browser saved them to: `{text(export_command(str(workspace), run_id))}`).",
-                      soft_wrap=True, highlight=False)
 
 
 # The command list shows each command's first sentence in full (click would cut it to fit one line).
