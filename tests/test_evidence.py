@@ -65,7 +65,7 @@ def test_prepared_workspace_is_audited_from_pred_probs_without_a_run(prepared, t
     assert summary["run_id"] is None and summary["evidence"] == {"pred-probs": N}
     thresholds = read_metadata(ws.audit)["thresholds"]
     assert thresholds["threshold_method_used"] == "noise_rate" and thresholds["method"] == "self_confidence"
-    assert "No fercure run" in summary["warning"] and "noise-rate" in summary["warning"]
+    assert "No fercure run" in summary["warning"] and "the noise_rate rule (per class" in summary["warning"]
     given = audit["given_label"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
     assert audit["label_score"].to_numpy() == pytest.approx(good_probs(true)[np.arange(N), given])  # p(given)
     page = ws.report.read_text(encoding="utf-8")

@@ -113,6 +113,7 @@ class ThresholdRule(abc.ABC):
     # "inputs": the run lacks what the rule reads, and the stats record the rule that decided as the
     # method; "fit": the data made the rule's fit unusable, and the method stays as asked
     hand_over: ClassVar[Literal["inputs", "fit"]] = "inputs"
+    reads: ClassVar[str] = ""  # what of a run it reads beyond the scores ("a second model")
 
     @abc.abstractmethod
     def flag(self, s: Scored) -> Flags:
@@ -121,6 +122,11 @@ class ThresholdRule(abc.ABC):
     @abc.abstractmethod
     def reason(self, r: FlaggedRow) -> str:
         """The sentence a flagged row's reason starts with."""
+
+    @property
+    def needs_run(self) -> bool:
+        """Hands over when the run lacks what it reads (and always without a run)."""
+        return self.hands_over_to is not None and self.hand_over == "inputs"
 
     @property
     def draws_score_cut(self) -> bool:
@@ -160,6 +166,7 @@ class Retrain(ThresholdRule):
     cut = "none"
     chart_note = "a second model's held-out vote, not a cut on this score"
     hands_over_to = "noise_rate"
+    reads = "a second model trained without the suspects"
 
     def flag(self, s: Scored) -> Flags:
         issue = cnt.find_label_issues_retrain(s.predictions, s.classes, s.given)
@@ -201,6 +208,7 @@ class Planted(NoiseRate):
     summary = "per class, lowest score first, as many as the planted flips say are wrong"
     estimate = "the planted-flip"
     hands_over_to = "noise_rate"
+    reads = "the run's planted flips or reviewed rows"
 
     def flag(self, s: Scored) -> Flags:
         if not np.isfinite(s.error_share):

@@ -324,9 +324,11 @@ def _options_for(ev: ev_core.Evidence, run_id: str | None, method, threshold_met
         elif not (isinstance(method, str) and method in NO_RUN_SIGNALS):
             raise AuditInputError(f"--score {method} reads a fercure run's training; without a run choose one of "
                                   f"{', '.join(NO_RUN_SIGNALS)} (or train first: `fercure train`).")
-        if threshold_method in ("retrain", "planted"):
-            ev.notes.append(f"No fercure run: the {threshold_method} rule needs one (a second model, planted "
-                            f"flips), so the confident joint's noise-rate count decides which labels are issues.")
+        asked = core.RULES[threshold_method]
+        if asked.needs_run:
+            ev.notes.append(f"No fercure run: the {asked.name} rule needs one ({asked.reads}), so the "
+                            f"{asked.hands_over_to} rule ({core.RULES[asked.hands_over_to].summary}) decides which "
+                            f"labels are issues.")
         return method, threshold_method
     if ev.pred_probs is not None and isinstance(method, str) and method != "self_confidence":
         return {method: 1.0, "self_confidence": 1.0}, threshold_method
