@@ -148,8 +148,9 @@ class FitState:
     """Everything a fit carries from one epoch to the next, with one save/load pair."""
 
     def __init__(self, model: FerNet, opt: torch.optim.Optimizer, gen: torch.Generator,
-                 parts: list[Part], labels: torch.Tensor, n: int, c: int, device: torch.device,
+                 parts: list[Part], labels: torch.Tensor, n_classes: int, *, device: torch.device,
                  aug_gen: torch.Generator | None = None, world: dd.World = dd.SINGLE) -> None:
+        n = int(labels.numel())
         self.model, self.opt, self.gen, self.parts = model, opt, gen, parts
         # One process draws permutation and augmentation from one stream; under data parallelism
         # the permutation stream is shared by all ranks and each rank augments from its own.
@@ -157,7 +158,7 @@ class FitState:
         self.device, self.world = device, world
         self.current = labels.clone()
         self.relabel_count = torch.zeros(n, dtype=torch.long, device=device)
-        self.sum_probs = torch.zeros(n, c, dtype=torch.float32, device=device)
+        self.sum_probs = torch.zeros(n, n_classes, dtype=torch.float32, device=device)
         self.dyn: dict[str, list[np.ndarray]] = {}
         self.history: list[dict[str, float]] = []
         self.epoch = -1  # last finished epoch
@@ -248,7 +249,8 @@ def fit(images: Any, labels: Any, classes: list[str], config: TrainConfig, *,
     """
     seed = config.seed if seed is None else seed
     config = config.at_size(_store_side(images))
-    run = _start(images, labels, classes, config, index, seed, soft_targets, record_labels, vote_targets)
+    run = _start(images, labels, classes, config, index=index, seed=seed, soft_targets=soft_targets,
+                 record_labels=record_labels, vote_targets=vote_targets)
     if resume_state is not None:
         run.st.load(resume_state)
     bar = reporter.task(description, total=config.epochs)
@@ -296,7 +298,7 @@ class _Run:
         return int(self.rows.numel())
 
 
-def _start(images: Any, labels: Any, classes: list[str], config: TrainConfig, index: Any, seed: int,
+def _start(images: Any, labels: Any, classes: list[str], config: TrainConfig, *, index: Any, seed: int,
            soft_targets: Any, record_labels: Any, vote_targets: Any = None) -> _Run:
     """Open the store, build parts, model, optimiser, random streams and the step schedule."""
     world = dd.current()
@@ -321,7 +323,7 @@ def _start(images: Any, labels: Any, classes: list[str], config: TrainConfig, in
     if world.distributed:
         aug_gen = torch.Generator(device=device)
         aug_gen.manual_seed(seed + 7919 + 1_000_003 * (world.rank + 1))
-    st = FitState(model, opt, gen, parts, train_y, n, c, device, aug_gen=aug_gen, world=world)
+    st = FitState(model, opt, gen, parts, train_y, c, device=device, aug_gen=aug_gen, world=world)
     own, bounds = _rank_bounds(rows, n, config, world)
     positions, steps, fresh = step_layout(bounds, fixed=config.compile)
     positions = torch.from_numpy(positions).to(device)  # once per fit: the same every epoch
