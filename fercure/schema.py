@@ -280,8 +280,9 @@ AUDIT = Table(
         _c("trained", BOOL, "the sample was scored: the run trained it, or --pred-probs / --features gave it"),
         _c("predicted_label", STRING, "the most probable class of the suggestion distribution, flagged or not (cleanlab's "
            "predicted_label; null when not trained)"),
-        _c("suggested_label", STRING, "the replacement for a flagged label: the most probable other class; "
-           "the given label when not flagged (null when not trained)"),
+        _c("suggested_label", STRING, "the replacement for a flagged label, or for an unflagged card a re-ranked queue "
+           "puts among its first ones: the most probable other class; the given label otherwise (null when not "
+           "trained)"),
         _c("suggested_label_confidence", FLOAT64, "the suggestion distribution's probability of suggested_label",
            bounds=SCORE),
         _c("label_score", FLOAT64, "low = the given label is likely wrong (the --score signal)", bounds=SCORE),

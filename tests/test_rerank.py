@@ -320,3 +320,27 @@ def test_the_report_lists_the_unflagged_rows_a_reranked_queue_puts_first():
     assert np.flatnonzero(bits & BIT["queue"]).tolist() == [calm[0]]
     order = review_order(audit, listed, bits)
     assert order[0] == calm[0] and issues[-1] in order[: len(issues) + 1]
+
+
+def test_an_unflagged_card_the_reranked_queue_puts_first_gets_a_suggestion():
+    from fercure.audit.table import queue_suggestions
+
+    man, preds, _ = small_audit(n=80, seed=3)
+    audit, _ = core.build_audit(man, preds, CLASSES2, threshold_method="confident_joint")
+    issues = np.flatnonzero(audit["is_label_issue"].to_numpy())
+    calm = np.flatnonzero(~audit["is_label_issue"].to_numpy())
+    # the hand-made order's first cards are the label issues: nothing to add
+    probs = audit[[f"p_{c}" for c in CLASSES2]].to_numpy(float)
+    assert len(queue_suggestions(audit.copy(), probs, CLASSES2)) == 0
+    before = audit.copy()
+    rank = audit["review_rank"].astype(float).to_numpy().copy()
+    rank[calm[0]], rank[issues[-1]] = 0.5, len(audit) + 1.0  # an unflagged row first, a flagged one last
+    audit["review_rank"] = pd.Series(pd.Series(rank).rank(method="first").to_numpy(), dtype="Int64")
+    assert queue_suggestions(audit, probs, CLASSES2).tolist() == [calm[0]]
+    other = [c for c in CLASSES2 if c != audit["given_label"].iloc[calm[0]]]
+    assert audit["suggested_label"].iloc[calm[0]] == other[0]  # two classes: the other one
+    assert audit["suggested_label_confidence"].iloc[calm[0]] == pytest.approx(probs[calm[0], CLASSES2.index(other[0])])
+    assert "in the re-ranked queue (review_rank 1): if the label is wrong" in audit["reason"].iloc[calm[0]]
+    assert not audit["is_label_issue"].iloc[calm[0]]  # no export policy relabels it on its own
+    keep = np.setdiff1d(np.arange(len(audit)), [calm[0]])
+    assert audit["suggested_label"].iloc[keep].tolist() == before["suggested_label"].iloc[keep].tolist()

@@ -23,7 +23,7 @@ from fercure.audit.rules import DEFAULT_THRESHOLD, RULES, FlaggedRow, Flags, Sco
 from fercure.audit.scale import GROUPS, align_groups, estimator_groups
 from fercure.audit.signals import DEFAULT_SCORE, class_distribution, entropy, label_quality, signals_from_predictions
 from fercure.audit.suggest import (AMBIGUITY_MARGIN, AMBIGUITY_MAX_CONFIDENCE, Suggestions, noise_transition_matrix,
-                                   suggest_step)
+                                   suggest_labels, suggest_step)
 
 
 @dataclass(frozen=True)
@@ -164,10 +164,42 @@ def build_audit(
     queue = rerank.order_queue(audit, classes, rv.learnable_verdicts(decided, trained_with), queue_order,
                                rule_flags=rule_flags)
     audit["review_rank"] = pd.Series(queue.rank, index=audit.index).astype("Int64")
+    full = np.full((len(audit), len(classes)), np.nan)
+    full[al.rows] = sg.probs
+    queue_suggestions(audit, full, classes)
     stats["queue"] = queue.stats()
     stats["model_strength"] = rv.strength_stats(run_meta or {}, reviewed_rows, scored.group)
     stats.update(opts.stats(flags.rule, al.n_unmatched))
     return audit, stats
+
+
+def queue_suggestions(audit: pd.DataFrame, sugg_probs: np.ndarray, classes: list[str]) -> np.ndarray:
+    """Give the queue's unflagged cards a suggestion, in place: a queue re-ranked on decisions
+    (``fercure.rerank``) can put rows the rule did not flag among its first cards (as many as there are
+    open label issues), and a card that asks "is this label wrong?" should say what it would be instead.
+    The suggestion is the most probable other class of the suggestion distribution (``sugg_probs``,
+    manifest order); ``is_label_issue`` stays False, so no export policy relabels the row on its own.
+    Returns the rows changed."""
+    issue = audit["is_label_issue"].fillna(False).to_numpy(bool)
+    rank = pd.to_numeric(audit["review_rank"], errors="coerce").to_numpy(dtype=float)
+    reviewed = audit["is_reviewed"].fillna(False).to_numpy(bool) if "is_reviewed" in audit.columns \
+        else np.zeros(len(audit), bool)
+    rows = np.flatnonzero(np.isfinite(rank) & (rank <= int(issue.sum())) & ~issue & ~reviewed
+                          & np.isfinite(sugg_probs).all(axis=1))
+    if not len(rows):
+        return rows
+    cidx = {c: i for i, c in enumerate(classes)}
+    given = np.array([cidx.get(str(g), -1) for g in audit["given_label"].to_numpy()[rows]])
+    known = given >= 0
+    rows, given = rows[known], given[known]
+    suggested, conf = suggest_labels(sugg_probs[rows], given, np.ones(len(rows), bool))
+    names = np.array(classes, dtype=object)[suggested]
+    audit.loc[rows, "suggested_label"] = names
+    audit.loc[rows, "suggested_label_confidence"] = conf
+    audit.loc[rows, "reason"] = [f"{old}; in the re-ranked queue (review_rank {int(r)}): if the label is wrong, "
+                                 f"{name} ({c:.2f})" for old, r, name, c in
+                                 zip(audit["reason"].to_numpy()[rows], rank[rows], names, conf)]
+    return rows
 
 
 def score_step(al: Aligned, classes: list[str], opts: AuditOptions, run_meta: Mapping,
