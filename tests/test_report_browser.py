@@ -380,3 +380,31 @@ def test_bulk_actions_leave_cards_reviewed_in_an_earlier_round_alone(browser, tm
     assert not set(rows["sample_id"]) & set(done)
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == []
+
+
+def test_the_queue_filter_lists_the_unflagged_cards_a_reranked_queue_puts_first_with_a_suggestion(browser, tmp_path):
+    from fercure import audit as core
+    from fercure.audit.table import queue_suggestions
+    from fercure.report import render_report
+
+    classes = ["happy", "sad"]
+    man, preds, _ = small_audit(n=80, seed=3)
+    audit, stats = core.build_audit(man, preds, classes)
+    issues = np.flatnonzero(audit["is_label_issue"].to_numpy())
+    calm = np.flatnonzero(~audit["is_label_issue"].to_numpy() & ~audit["is_ambiguous_issue"].to_numpy()
+                          & (audit["suggested_label_confidence"].to_numpy() > 0.8))
+    # a far-off class made likely, so the suggestion is worth offering
+    probs = audit[[f"p_{c}" for c in classes]].to_numpy(float).copy()
+    probs[calm[0]] = [0.1, 0.9] if audit["given_label"].iloc[calm[0]] == "happy" else [0.9, 0.1]
+    rank = audit["review_rank"].astype(float).to_numpy().copy()
+    rank[calm[0]], rank[issues[-1]] = 0.5, len(audit) + 1.0
+    audit["review_rank"] = pd.Series(pd.Series(rank).rank(method="first").to_numpy(), dtype="Int64")
+    queue_suggestions(audit, probs, classes)
+    page = tmp_path / "report.html"
+    page.write_text(render_report(audit, stats, classes, run_id="q"), encoding="utf-8")
+    _open(browser, page)
+    Select(browser.find_element(By.ID, "f-cat")).select_by_value("queue")
+    cards = browser.find_elements(By.CSS_SELECTOR, ".card")
+    assert [c.get_attribute("data-id") for c in cards] == [audit["sample_id"].iloc[calm[0]]]
+    assert cards[0].find_elements(By.CSS_SELECTOR, "button.accept")
+    assert "next in the re-ranked queue" in cards[0].text

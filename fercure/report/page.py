@@ -322,6 +322,7 @@ _CONTROLS = """
 <div class="controls" id="controls">
 <label>show <select id="f-cat">
  <option value="review">label issues + ambiguous</option><option value="label_issue">label issues</option>
+ <option value="queue">unflagged cards the re-ranked queue puts first</option>
  <option value="ambiguous">ambiguous</option><option value="duplicate">duplicates (and first copies)</option>
  <option value="face">face problems</option><option value="quality">image quality issues</option>
  <option value="reviewed">reviewed (train --trusted)</option>
