@@ -274,6 +274,16 @@ def queue_key(prob_wrong: np.ndarray, flagged: np.ndarray, flagged_first: bool =
     return np.where(np.asarray(flagged, bool), k - 2.0 * span, k)
 
 
+def unflagged_first_cards(rank: np.ndarray, flagged: np.ndarray, reviewed: np.ndarray) -> np.ndarray:
+    """Positions of the rows the queue puts among its first cards without a flag: as many first cards
+    as there are open (unreviewed) label issues. Under the hand-made order those are the label issues
+    themselves, so none; a re-ranked queue can put unflagged rows there."""
+    rank = np.asarray(rank, dtype=float)
+    flagged = np.asarray(flagged, bool)
+    n_open = int((flagged & ~np.asarray(reviewed, bool)).sum())
+    return np.flatnonzero(np.isfinite(rank) & (rank <= n_open) & ~flagged)
+
+
 @dataclass
 class QueueOrder:
     """The audit's review queue: each row's place (``rank``: 1 first, NaN for reviewed and unscored

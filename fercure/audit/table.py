@@ -180,12 +180,11 @@ def queue_suggestions(audit: pd.DataFrame, sugg_probs: np.ndarray, classes: list
     The suggestion is the most probable other class of the suggestion distribution (``sugg_probs``,
     manifest order); ``is_label_issue`` stays False, so no export policy relabels the row on its own.
     Returns the rows changed."""
-    issue = audit["is_label_issue"].fillna(False).to_numpy(bool)
     rank = pd.to_numeric(audit["review_rank"], errors="coerce").to_numpy(dtype=float)
     reviewed = audit["is_reviewed"].fillna(False).to_numpy(bool) if "is_reviewed" in audit.columns \
         else np.zeros(len(audit), bool)
-    rows = np.flatnonzero(np.isfinite(rank) & (rank <= int(issue.sum())) & ~issue & ~reviewed
-                          & np.isfinite(sugg_probs).all(axis=1))
+    rows = rerank.unflagged_first_cards(rank, audit["is_label_issue"].fillna(False).to_numpy(bool), reviewed)
+    rows = rows[np.isfinite(sugg_probs[rows]).all(axis=1)]
     if not len(rows):
         return rows
     cidx = {c: i for i, c in enumerate(classes)}

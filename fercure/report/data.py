@@ -13,6 +13,7 @@ from fercure import review_calibration as rc
 from fercure import strength as st
 from fercure.audit.issues import ISSUES, IssueInputs
 from fercure.health import IMBALANCE_RATIO
+from fercure.rerank import unflagged_first_cards
 from fercure.faces import quality
 from fercure.report import columns as C
 from fercure.report import embedding as E
@@ -194,15 +195,12 @@ def missed_faces(audit: pd.DataFrame, manifest: pd.DataFrame | None) -> np.ndarr
 
 
 def queue_rows(audit: pd.DataFrame, bits: np.ndarray) -> np.ndarray:
-    """Rows the queue (``review_rank``) puts among its first cards without a flag: as many first cards as
-    there are open label issues. Under the hand-made order those are the label issues themselves, so
-    none; a queue re-ranked on the reviewer's decisions (``fercure.rerank``) can put unflagged rows there."""
+    """Rows the queue (``review_rank``) puts among its first cards without a flag
+    (``fercure.rerank.unflagged_first_cards``); none for an audit written before that column."""
     if not C.name(audit, "review_rank"):
         return np.zeros(0, np.int64)
-    rank = _num(C.column(audit, "review_rank"))
-    issue = (bits & BIT["label_issue"]) > 0
-    n_open = int((issue & ((bits & BIT["reviewed"]) == 0)).sum())
-    return np.flatnonzero(np.isfinite(rank) & (rank <= n_open) & ~issue)
+    return unflagged_first_cards(_num(C.column(audit, "review_rank")), (bits & BIT["label_issue"]) > 0,
+                                 (bits & BIT["reviewed"]) > 0)
 
 
 def spot_checks(audit: pd.DataFrame, bits: np.ndarray) -> np.ndarray:

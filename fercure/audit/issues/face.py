@@ -82,12 +82,12 @@ class BlurIssue(RowIssue):
     name = "blur"
     title = "blurry"
     quality = True
-    about = "sharpness (variance of the Laplacian) about 3 robust standard deviations under this dataset's typical crop"
+    about = ("sharpness (variance of the Laplacian) below {cut}, about 3 robust standard deviations under this "
+             "dataset's typical crop")
 
     def describe(self, stats: Mapping[str, Any]) -> str:
         cut = stats.get("blur_threshold")
-        return ("sharpness (variance of the Laplacian) below " + ("–" if cut is None else f"{cut:.1f}")
-                + ", about 3 robust standard deviations under this dataset's typical crop")
+        return self.about.format(cut="–" if cut is None else f"{cut:.1f}")
 
     def columns(self, x: IssueInputs) -> IssueColumns:
         sharpness = x.number("sharpness")
